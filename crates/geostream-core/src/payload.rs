@@ -1,0 +1,209 @@
+//! Application data that geostream carries without interpreting it (channel messages,
+//! presence info), kept in the encoding it arrived in.
+//!
+//! A message published as JSON is delivered to JSON subscribers byte for byte, and transcoded
+//! to MessagePack once per fan-out for MessagePack subscribers (and the other way round). The
+//! bytes are validated when they enter the server, so transcoding cannot fail later.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::msgpack::{self, WalkRules};
+
+/// Which encoding a [`Payload`]'s bytes are in. Stable numbers: they travel between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PayloadKind {
+    /// UTF-8 JSON text.
+    Json = 1,
+    /// A JSON-compatible MessagePack value.
+    Msgpack = 2,
+}
+
+impl PayloadKind {
+    /// From the number used between nodes.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(PayloadKind::Json),
+            2 => Some(PayloadKind::Msgpack),
+            _ => None,
+        }
+    }
+}
+
+/// A validated application value: one JSON value, or one JSON-compatible MessagePack value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload {
+    kind: PayloadKind,
+    bytes: Bytes,
+}
+
+/// A value that is not valid for its declared encoding.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {kind:?} payload: {reason}")]
+pub struct PayloadError {
+    kind: PayloadKind,
+    reason: String,
+}
+
+impl Payload {
+    /// Validates JSON text (exactly one value, nesting at most 128 deep).
+    pub fn from_json(bytes: Bytes) -> Result<Self, PayloadError> {
+        serde_json::from_slice::<&RawValue>(&bytes)
+            .map_err(|e| PayloadError { kind: PayloadKind::Json, reason: e.to_string() })?;
+        Ok(Payload { kind: PayloadKind::Json, bytes })
+    }
+
+    /// Wraps a value that was already validated as part of a JSON frame.
+    pub fn from_raw_json(raw: &RawValue) -> Self {
+        Payload { kind: PayloadKind::Json, bytes: Bytes::copy_from_slice(raw.get().as_bytes()) }
+    }
+
+    /// Validates MessagePack (exactly one JSON-compatible value).
+    pub fn from_msgpack(bytes: Bytes) -> Result<Self, PayloadError> {
+        msgpack::validate_exact(&bytes, WalkRules::default())
+            .map_err(|e| PayloadError { kind: PayloadKind::Msgpack, reason: e.to_string() })?;
+        Ok(Payload { kind: PayloadKind::Msgpack, bytes })
+    }
+
+    /// Serializes any value as a JSON payload.
+    pub fn json_value(value: &impl Serialize) -> Self {
+        let v = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+        Payload { kind: PayloadKind::Json, bytes: Bytes::from(v) }
+    }
+
+    /// Rebuilds a payload from bytes that another node (or this one) already validated.
+    pub fn from_trusted(kind: PayloadKind, bytes: Bytes) -> Self {
+        Payload { kind, bytes }
+    }
+
+    /// The encoding of the bytes.
+    pub fn kind(&self) -> PayloadKind {
+        self.kind
+    }
+
+    /// The bytes, in [`Payload::kind`] encoding.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the payload is empty (never true for a validated payload).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends the value as JSON text.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self.kind {
+            PayloadKind::Json => out.extend_from_slice(&self.bytes),
+            PayloadKind::Msgpack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(&self.bytes[..]);
+                let mut ser = serde_json::Serializer::new(&mut *out);
+                // Validated on entry: JSON-compatible, so this cannot fail.
+                if serde_transcode::transcode(&mut de, &mut ser).is_err() {
+                    out.extend_from_slice(b"null");
+                }
+            }
+        }
+    }
+
+    /// Appends the value as MessagePack.
+    pub fn write_msgpack(&self, out: &mut Vec<u8>) {
+        match self.kind {
+            PayloadKind::Msgpack => out.extend_from_slice(&self.bytes),
+            PayloadKind::Json => {
+                let mut de = serde_json::Deserializer::from_slice(&self.bytes);
+                let mut ser = rmp_serde::Serializer::new(&mut *out).with_struct_map();
+                if serde_transcode::transcode(&mut de, &mut ser).is_err() {
+                    out.push(0xc0);
+                }
+            }
+        }
+    }
+
+    /// The value as a `serde_json::Value` (allocates; for tests and slow paths).
+    pub fn to_value(&self) -> serde_json::Value {
+        let mut v = Vec::new();
+        self.write_json(&mut v);
+        serde_json::from_slice(&v).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Serialize for Payload {
+    /// Transcodes into whatever format is being written, so payloads can sit inside any
+    /// serializable response. Pushes take a faster path that copies bytes when formats match.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.kind {
+            PayloadKind::Json => {
+                let mut de = serde_json::Deserializer::from_slice(&self.bytes);
+                serde_transcode::transcode(&mut de, serializer)
+            }
+            PayloadKind::Msgpack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(&self.bytes[..]);
+                serde_transcode::transcode(&mut de, serializer)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            PayloadKind::Json => write!(f, "Json({})", String::from_utf8_lossy(&self.bytes)),
+            PayloadKind::Msgpack => write!(f, "Msgpack({} bytes)", self.bytes.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trips_through_msgpack() {
+        let v = json!({"text": "héllo", "n": [1, -2, 3.5, null, true], "o": {}});
+        let p = Payload::from_json(Bytes::from(serde_json::to_vec(&v).unwrap())).unwrap();
+        let mut mp = Vec::new();
+        p.write_msgpack(&mut mp);
+        let q = Payload::from_msgpack(Bytes::from(mp)).unwrap();
+        assert_eq!(q.to_value(), v);
+        let mut js = Vec::new();
+        q.write_json(&mut js);
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&js).unwrap(), v);
+    }
+
+    #[test]
+    fn json_is_copied_verbatim() {
+        let text = br#"{"b":1,   "a":"x"}"#;
+        let p = Payload::from_json(Bytes::from_static(text)).unwrap();
+        let mut out = Vec::new();
+        p.write_json(&mut out);
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn rejects_invalid() {
+        assert!(Payload::from_json(Bytes::from_static(b"{")).is_err());
+        assert!(Payload::from_json(Bytes::from_static(b"1 2")).is_err());
+        assert!(Payload::from_msgpack(Bytes::from_static(&[0xdd, 0xff, 0xff, 0xff, 0xff])).is_err());
+        assert!(Payload::from_msgpack(Bytes::from_static(&[0x81, 0x01, 0x02])).is_err());
+    }
+
+    #[test]
+    fn serializes_into_either_format() {
+        let p = Payload::from_json(Bytes::from_static(br#"{"k":[1,2]}"#)).unwrap();
+        assert_eq!(serde_json::to_value(&p).unwrap(), json!({"k": [1, 2]}));
+        let mp = rmp_serde::to_vec_named(&p).unwrap();
+        let back: serde_json::Value = rmp_serde::from_slice(&mp).unwrap();
+        assert_eq!(back, json!({"k": [1, 2]}));
+    }
+}

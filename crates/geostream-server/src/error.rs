@@ -1,0 +1,114 @@
+//! The server's errors, and the one place where they are mapped to the wire: an error frame
+//! (`RpcError`) on WebSocket, an HTTP status with a JSON body on HTTP.
+//!
+//! Errors the client caused are answered and not logged above debug; internal failures are
+//! logged with their details and answered with a generic message.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use geostream_broker::BrokerError;
+use geostream_core::error::{ErrorCode, RpcError};
+use geostream_hub::HubError;
+
+/// An error from any part of the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// An error already in wire form (validation, not found, conflicts, ...).
+    #[error("{0}")]
+    Rpc(#[from] RpcError),
+    /// From the hub (subscription limits and bookkeeping).
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// From the broker.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// Anything else unexpected: logged, answered as an internal error.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias for server operations.
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+impl ServerError {
+    /// Shorthand for an error of `code` with `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerError::Rpc(RpcError::new(code, message.into()))
+    }
+
+    /// Shorthand for invalid params.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ServerError::new(ErrorCode::InvalidParams, message)
+    }
+
+    /// The error as the client sees it.
+    pub fn to_rpc(&self) -> RpcError {
+        match self {
+            ServerError::Rpc(e) => e.clone(),
+            ServerError::Hub(e) => match e {
+                HubError::TooManySubscriptions(_) => RpcError::new(ErrorCode::LimitExceeded, e.to_string()),
+                HubError::AlreadySubscribed(sub) => {
+                    RpcError::new(ErrorCode::InvalidParams, e.to_string()).with_data(serde_json::json!({ "sub": sub }))
+                }
+                HubError::UnknownSubscription(_) => RpcError::new(ErrorCode::UnknownSubscription, e.to_string()),
+                _ => RpcError::new(ErrorCode::InternalError, "internal error"),
+            },
+            ServerError::Broker(e) => {
+                tracing::warn!(error = %e, "Broker operation failed.");
+                RpcError::new(ErrorCode::Unavailable, "the message broker is unavailable; retry later")
+            }
+            ServerError::Internal(detail) => {
+                tracing::error!(error = %detail, "Internal error.");
+                RpcError::new(ErrorCode::InternalError, "internal error")
+            }
+        }
+    }
+}
+
+/// The HTTP status for an error code.
+pub fn http_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::ParseError | ErrorCode::InvalidRequest | ErrorCode::InvalidParams | ErrorCode::InvalidFeature | ErrorCode::InvalidFilter => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::MethodNotFound | ErrorCode::LayerNotFound | ErrorCode::FeatureNotFound | ErrorCode::TileNotFound | ErrorCode::UnknownSubscription => {
+            StatusCode::NOT_FOUND
+        }
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Conflict | ErrorCode::LayerExists => StatusCode::CONFLICT,
+        ErrorCode::Locked => StatusCode::LOCKED,
+        ErrorCode::RequestCancelled => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The JSON body of every HTTP error: `{"error": {"code", "name", "message", "data"?}}`.
+pub fn error_body(e: &RpcError) -> serde_json::Value {
+    let mut inner = serde_json::json!({ "code": e.code.code(), "name": e.code.name(), "message": e.message });
+    if let Some(d) = &e.data {
+        inner["data"] = d.clone();
+    }
+    serde_json::json!({ "error": inner })
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let e = self.to_rpc();
+        let mut status = http_status(e.code);
+        if e.code == ErrorCode::Conflict && e.data.as_ref().is_some_and(|d| d.get("precondition").is_some()) {
+            status = StatusCode::PRECONDITION_FAILED;
+        }
+        (status, Json(error_body(&e))).into_response()
+    }
+}
+
+/// An HTTP error response from a code and message.
+pub fn http_error(code: ErrorCode, message: impl Into<String>) -> Response {
+    ServerError::new(code, message).into_response()
+}

@@ -1,0 +1,150 @@
+//! HTTP routes: health, metrics, channel publish / history / presence, and the transports'
+//! entry points. Every error is a JSON body `{"error": {"code", "name", "message"}}`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use geostream_core::api::{ChannelHistoryParams, Position};
+use geostream_core::error::ErrorCode;
+use geostream_core::payload::Payload;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::error::http_error;
+use crate::node::Node;
+use crate::{sse, ws};
+
+/// Builds the router.
+pub fn router(node: Arc<Node>) -> Router {
+    let max_body = node.config.websocket.max_frame_bytes + 1024;
+    Router::new()
+        .route("/", get(landing))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/sse", get(sse::stream))
+        .route("/v1/channels/{name}/messages", post(publish).get(history))
+        .route("/v1/channels/{name}/presence", get(presence))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(node)
+}
+
+async fn landing() -> Response {
+    Json(json!({
+        "title": "geostream",
+        "description": "Real-time geospatial streaming server",
+        "version": env!("CARGO_PKG_VERSION"),
+        "links": [
+            { "rel": "service-desc", "href": "/v1/ws", "title": "WebSocket endpoint (JSON-RPC 2.0; subprotocols geostream.v1.json, geostream.v1.msgpack, geostream.v1.msgpack-zstd)" },
+            { "rel": "alternate", "href": "/v1/sse", "title": "Server-Sent Events (?channel=NAME)" },
+            { "rel": "status", "href": "/healthz" },
+            { "rel": "status", "href": "/readyz" },
+            { "rel": "metrics", "href": "/metrics" }
+        ]
+    }))
+    .into_response()
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response()
+    } else {
+        Json(json!({ "status": "ready" })).into_response()
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let sessions = node.session_count() as f64;
+    let text = node.metrics.render(node.hub.stats(), &[("geostream_node_sessions", "Sessions registered on this node.", sessions)]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn not_found() -> Response {
+    http_error(ErrorCode::MethodNotFound, "no such endpoint")
+}
+
+fn path_error(e: PathRejection) -> Response {
+    http_error(ErrorCode::InvalidParams, format!("invalid path: {e}"))
+}
+
+fn body_error(e: BytesRejection) -> Response {
+    let status = e.status();
+    let mut r = http_error(if status == StatusCode::PAYLOAD_TOO_LARGE { ErrorCode::LimitExceeded } else { ErrorCode::InvalidRequest }, e.body_text());
+    *r.status_mut() = status;
+    r
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+async fn publish(State(node): State<Arc<Node>>, name: Result<Path<String>, PathRejection>, body: Result<Bytes, BytesRejection>) -> Response {
+    let start = Instant::now();
+    let r = async {
+        let Path(name) = name.map_err(path_error)?;
+        let body = body.map_err(body_error)?;
+        let parsed: PublishBody<'_> = serde_json::from_slice(&body)
+            .map_err(|e| http_error(ErrorCode::ParseError, format!("the body must be a JSON object {{\"data\": ...}}: {e}")))?;
+        let Some(data) = parsed.data else {
+            return Err(http_error(ErrorCode::InvalidParams, "the body must have a \"data\" member"));
+        };
+        let pos: Position = node.publish(&name, Payload::from_raw_json(data)).await.map_err(IntoResponse::into_response)?;
+        Ok::<_, Response>(Json(pos).into_response())
+    }
+    .await;
+    node.metrics.request("http.publish", r.is_ok());
+    node.metrics.request_latency.observe(start.elapsed());
+    r.unwrap_or_else(|e| e)
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    since: Option<u64>,
+    epoch: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn history(State(node): State<Arc<Node>>, name: Result<Path<String>, PathRejection>, q: Result<Query<HistoryQuery>, QueryRejection>) -> Response {
+    let r = async {
+        let Path(channel) = name.map_err(path_error)?;
+        let Query(q) = q.map_err(|e| http_error(ErrorCode::InvalidParams, e.body_text()))?;
+        let since = match (q.since, q.epoch) {
+            (Some(offset), Some(epoch)) => Some(Position { offset, epoch }),
+            (None, None) => None,
+            _ => return Err(http_error(ErrorCode::InvalidParams, "since and epoch go together")),
+        };
+        let result = node.history(&ChannelHistoryParams { channel, since, limit: q.limit }).await.map_err(IntoResponse::into_response)?;
+        Ok::<_, Response>(Json(result).into_response())
+    }
+    .await;
+    node.metrics.request("http.history", r.is_ok());
+    r.unwrap_or_else(|e| e)
+}
+
+async fn presence(State(node): State<Arc<Node>>, name: Result<Path<String>, PathRejection>) -> Response {
+    let r = async {
+        let Path(channel) = name.map_err(path_error)?;
+        let clients = node.presence(&channel).map_err(IntoResponse::into_response)?;
+        Ok::<_, Response>(Json(json!({ "clients": clients })).into_response())
+    }
+    .await;
+    node.metrics.request("http.presence", r.is_ok());
+    r.unwrap_or_else(|e| e)
+}

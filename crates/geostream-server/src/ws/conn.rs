@@ -1,0 +1,256 @@
+//! One WebSocket connection: a reader (this task) and a writer task.
+//!
+//! The reader waits for the socket to become readable and only then takes a read buffer, and
+//! gives it back when the connection goes quiet, so an idle connection holds no buffer. The
+//! writer drains the session's outbox in chunks, frames everything into one write buffer and
+//! writes it with one call; pushes are spliced for this connection's subscription ids as they
+//! are framed.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use geostream_core::api::{self, GapPush};
+use geostream_core::codec::{self, Encoding};
+use geostream_core::error::close;
+use geostream_hub::{CloseReason, Control, Outgoing, Session};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::frame::{self, Decoder, Message, opcode};
+use super::rpc::Rpc;
+use crate::metrics::LocalHistogram;
+use crate::node::Node;
+
+/// The writer takes at most this much from the outbox per write, so a burst does not build
+/// an unbounded write buffer and the outbox keeps accounting for what is still queued.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Read size per readiness event.
+const READ_CHUNK: usize = 4096;
+
+/// How long to wait for the client's close frame after ours, and for the writer to flush
+/// after the client's.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Serves an upgraded connection until it closes.
+pub(crate) async fn serve(stream: TcpStream, leftover: Bytes, node: Arc<Node>, encoding: Encoding, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let session = node.open_session(encoding, None);
+    node.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(session = %session.id(), %peer, %encoding, "WebSocket connected.");
+    let (rd, wr) = stream.into_split();
+    let mut writer = tokio::spawn(write_loop(wr, session.clone(), node.clone()));
+    let mut rpc = Rpc::new(node.clone(), session.clone());
+    let ended = read_loop(&rd, leftover, &node, &session, &mut rpc, &mut writer).await;
+    rpc.abort_all();
+    match ended {
+        ReadEnd::WriterDone => {
+            // Our close frame is out: the session is over. Then give the client a moment to
+            // answer it, so the TCP connection ends cleanly.
+            node.close_session(&session).await;
+            node.metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
+            linger(&rd, node.config.websocket.max_frame_bytes).await;
+            return;
+        }
+        ReadEnd::Close(reason) => {
+            session.outbox.close(reason);
+            if tokio::time::timeout(CLOSE_WAIT, &mut writer).await.is_err() {
+                writer.abort();
+            }
+        }
+        ReadEnd::Gone => writer.abort(),
+    }
+    node.close_session(&session).await;
+    node.metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(session = %session.id(), %peer, "WebSocket closed.");
+}
+
+enum ReadEnd {
+    /// The writer finished (it sent a close frame, or the socket failed).
+    WriterDone,
+    /// Close the connection with this reason (the client's close, or a violation).
+    Close(CloseReason),
+    /// The peer went away without a close frame.
+    Gone,
+}
+
+/// Reads (and discards) until the client's close frame, end of stream or [`CLOSE_WAIT`].
+async fn linger(rd: &OwnedReadHalf, max_frame: usize) {
+    let mut dec = Decoder::new(max_frame);
+    let mut buf = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+    loop {
+        if !matches!(tokio::time::timeout_at(deadline, rd.readable()).await, Ok(Ok(()))) {
+            return;
+        }
+        buf.reserve(READ_CHUNK);
+        match rd.try_read_buf(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(Message::Close(_))) | Err(_) => return,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+async fn read_loop(
+    rd: &OwnedReadHalf,
+    leftover: Bytes,
+    node: &Arc<Node>,
+    session: &Arc<Session>,
+    rpc: &mut Rpc,
+    writer: &mut tokio::task::JoinHandle<()>,
+) -> ReadEnd {
+    let cfg = &node.config.websocket;
+    let enc = session.encoding();
+    let traffic = node.metrics.traffic(enc);
+    let mut dec = Decoder::new(cfg.max_frame_bytes);
+    let mut buf = BytesMut::from(&leftover[..]);
+    let mut last_recv = Instant::now();
+    let mut last_ping = Instant::now();
+    let ping_every = cfg.ping_interval();
+    let idle_timeout = cfg.idle_timeout();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ping_every / 2, ping_every / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        loop {
+            let msg = match dec.decode(&mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    node.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(session = %session.id(), reason = e.reason, "Closing for a protocol violation.");
+                    return ReadEnd::Close(CloseReason { code: e.code, reason: e.reason });
+                }
+            };
+            match msg {
+                Message::Text(_) if enc.is_binary() => {
+                    node.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    return ReadEnd::Close(CloseReason { code: close::UNSUPPORTED_DATA, reason: "text frame on a MessagePack connection" });
+                }
+                Message::Binary(_) if !enc.is_binary() => {
+                    node.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    return ReadEnd::Close(CloseReason { code: close::UNSUPPORTED_DATA, reason: "binary frame on a JSON connection" });
+                }
+                Message::Text(data) | Message::Binary(data) => {
+                    traffic.frames_in.fetch_add(1, Ordering::Relaxed);
+                    traffic.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    rpc.handle(&data).await;
+                }
+                Message::Ping(p) => {
+                    session.outbox.push_always(Outgoing::Control(Control::Pong(p)));
+                }
+                Message::Pong(_) => {}
+                Message::Close(code) => {
+                    let code = match code {
+                        Some(c) if c != close::NORMAL && c < 4000 && c != 1005 && c != 1006 => c,
+                        _ => close::NORMAL,
+                    };
+                    return ReadEnd::Close(CloseReason { code, reason: "bye" });
+                }
+            }
+        }
+        tokio::select! {
+            r = rd.readable() => {
+                if r.is_err() {
+                    return ReadEnd::Gone;
+                }
+                buf.reserve(READ_CHUNK);
+                match rd.try_read_buf(&mut buf) {
+                    Ok(0) => return ReadEnd::Gone,
+                    Ok(_) => last_recv = Instant::now(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return ReadEnd::Gone,
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let quiet = now.duration_since(last_recv);
+                if quiet >= idle_timeout {
+                    tracing::debug!(session = %session.id(), "Closing an idle connection.");
+                    return ReadEnd::Close(CloseReason { code: close::IDLE_TIMEOUT, reason: "idle timeout" });
+                }
+                if quiet >= ping_every && now.duration_since(last_ping) >= ping_every {
+                    session.outbox.push_always(Outgoing::Control(Control::Ping(Bytes::new())));
+                    last_ping = now;
+                }
+                if buf.is_empty() && !dec.is_assembling() && buf.capacity() > 0 && quiet >= ping_every / 2 {
+                    // Quiet for a while: give the read buffer back.
+                    buf = BytesMut::new();
+                }
+            }
+            // We sent a close frame (shutdown, slow consumer) or the socket broke.
+            _ = &mut *writer => return ReadEnd::WriterDone,
+        }
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, session: Arc<Session>, node: Arc<Node>) {
+    let enc = session.encoding();
+    let traffic = node.metrics.traffic(enc);
+    let data_op = if enc.is_binary() { opcode::BINARY } else { opcode::TEXT };
+    let mut batch = VecDeque::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut latency = LocalHistogram::default();
+    loop {
+        session.outbox.ready().await;
+        let close = session.outbox.drain(&mut batch, WRITE_CHUNK);
+        let now = Instant::now();
+        let mut frames = 0u64;
+        for item in batch.drain(..) {
+            match item {
+                Outgoing::Push { sub, push } => {
+                    let f = push.frame(enc);
+                    frame::put_header(&mut buf, data_op, f.len(sub));
+                    f.write(sub, &mut buf);
+                    latency.observe(now.saturating_duration_since(push.created()));
+                }
+                Outgoing::Frame(b) => frame::put_frame(&mut buf, data_op, &b),
+                Outgoing::Control(Control::Ping(p)) => frame::put_frame(&mut buf, opcode::PING, &p),
+                Outgoing::Control(Control::Pong(p)) => frame::put_frame(&mut buf, opcode::PONG, &p),
+                Outgoing::Gap { sub, channel, from, epoch } => {
+                    let f = codec::encode_push(enc, api::push::GAP, &GapPush { channel: &channel, from, epoch: &epoch }, None);
+                    frame::put_header(&mut buf, data_op, f.len(sub));
+                    f.write(sub, &mut buf);
+                }
+            }
+            frames += 1;
+        }
+        if let Some(c) = &close {
+            frame::put_close(&mut buf, c.code, c.reason);
+        }
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                session.outbox.clear();
+                return;
+            }
+            traffic.frames_out.fetch_add(frames, Ordering::Relaxed);
+            traffic.bytes_out.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            node.metrics.deliver_latency.merge(&mut latency);
+            buf.clear();
+            // Keep a small buffer for the next batch; give big ones back so connections that
+            // had a burst do not hold on to it.
+            if buf.capacity() > 16 * 1024 {
+                buf = Vec::new();
+            }
+            if batch.capacity() > 256 {
+                batch = VecDeque::new();
+            }
+        }
+        if close.is_some() {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}

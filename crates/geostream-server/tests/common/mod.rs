@@ -1,0 +1,380 @@
+//! Test support: a server on 127.0.0.1:0, a WebSocket client speaking the raw protocol in any
+//! encoding, and small HTTP / SSE helpers. Every test gets its own server, so tests run in
+//! parallel.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use geostream_core::codec::{self, Encoding, Id, ServerFrame};
+use geostream_core::error::RpcError;
+use geostream_server::Config;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for anything before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    pub data_dir: tempdir::Dir,
+}
+
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory removed on drop.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("geostream-test-{tag}-{}-{}", std::process::id(), rand_suffix()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+        /// Keeps the directory (for a restart on the same data).
+        pub fn keep(self) -> PathBuf {
+            let p = self.0.clone();
+            std::mem::forget(self);
+            p
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::time::SystemTime::now())
+    }
+}
+
+/// A configuration suitable for tests (short timeouts, data in a temporary directory).
+pub fn test_config(dir: &tempdir::Dir) -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = dir.path().to_path_buf();
+    c.shutdown.drain_secs = 3;
+    c
+}
+
+impl TestServer {
+    /// Starts a server with the default test configuration.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tweak` adjusts the configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempdir::Dir::new("srv");
+        let mut cfg = test_config(&dir);
+        tweak(&mut cfg);
+        TestServer::start_config(cfg, dir).await
+    }
+
+    pub async fn start_config(cfg: Config, dir: tempdir::Dir) -> TestServer {
+        geostream_server::telemetry::init(&geostream_server::config::LogConfig { level: "warn".into(), ..Default::default() });
+        let listener = geostream_server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            geostream_server::run(listener, cfg, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer { addr, stop: Some(tx), task: Some(task), data_dir: dir }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Begins a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(WAIT, t).await.expect("server stops in time").unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol-level WebSocket client for tests.
+pub struct Ws {
+    pub enc: Encoding,
+    pub stream: Stream,
+    next_id: i64,
+    /// Notifications and pushes received while waiting for a response.
+    pub backlog: std::collections::VecDeque<(String, Value)>,
+}
+
+/// What the server sent, as a test sees it.
+#[derive(Debug)]
+pub enum Got {
+    Frame(ServerFrame),
+    Closed(Option<CloseFrame>),
+}
+
+impl Ws {
+    /// Connects offering the subprotocol of `enc`.
+    pub async fn connect(url: &str, enc: Encoding) -> Ws {
+        Ws::connect_with(url, Some(enc.subprotocol())).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    /// Connects offering `subprotocol` (or none).
+    pub async fn connect_with(url: &str, subprotocol: Option<&str>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = url.into_client_request()?;
+        if let Some(p) = subprotocol {
+            req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+        }
+        let (stream, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await.expect("connect in time")?;
+        let enc = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Encoding::from_subprotocol)
+            .unwrap_or(Encoding::Json);
+        Ok(Ws { enc, stream, next_id: 0, backlog: Default::default() })
+    }
+
+    /// Sends raw bytes as a frame of the encoding's type.
+    pub async fn send_raw(&mut self, bytes: Bytes) {
+        let msg = if self.enc.is_binary() { Message::Binary(bytes) } else { Message::Text(String::from_utf8(bytes.to_vec()).unwrap().into()) };
+        self.stream.send(msg).await.unwrap();
+    }
+
+    /// Sends a request without waiting; returns its id.
+    pub async fn send_request(&mut self, method: &str, params: Value) -> i64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let frame = codec::encode_request(self.enc, Some(&Id::Int(id)), method, &params);
+        self.send_raw(frame).await;
+        id
+    }
+
+    /// Sends a notification.
+    pub async fn notify(&mut self, method: &str, params: Value) {
+        let frame = codec::encode_request(self.enc, None, method, &params);
+        self.send_raw(frame).await;
+    }
+
+    /// Receives the next frame (or the close).
+    pub async fn recv(&mut self) -> Got {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a frame in time");
+            match m {
+                Some(Ok(Message::Text(t))) => return Got::Frame(codec::decode_server_frame(self.enc, t.as_bytes()).unwrap()),
+                Some(Ok(Message::Binary(b))) => return Got::Frame(codec::decode_server_frame(self.enc, &b).unwrap()),
+                Some(Ok(Message::Close(c))) => return Got::Closed(c),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Got::Closed(None),
+            }
+        }
+    }
+
+    /// Waits for the response to request `id`, keeping pushes that arrive meanwhile.
+    pub async fn response(&mut self, id: i64) -> Result<Value, RpcError> {
+        loop {
+            match self.recv().await {
+                Got::Frame(ServerFrame::Response { id: Id::Int(i), result }) if i == id => return Ok(result),
+                Got::Frame(ServerFrame::Error { id: Some(Id::Int(i)), error }) if i == id => return Err(error),
+                Got::Frame(ServerFrame::Notification { method, params }) => self.backlog.push_back((method, params)),
+                Got::Frame(other) => panic!("unexpected frame while waiting for {id}: {other:?}"),
+                Got::Closed(c) => panic!("closed while waiting for {id}: {c:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let id = self.send_request(method, params).await;
+        self.response(id).await
+    }
+
+    /// Like `call`, panicking on an error.
+    pub async fn ok(&mut self, method: &str, params: Value) -> Value {
+        let m = method.to_string();
+        self.call(method, params).await.unwrap_or_else(|e| panic!("{m} failed: {e}"))
+    }
+
+    /// The next notification or push.
+    pub async fn push(&mut self) -> (String, Value) {
+        if let Some(p) = self.backlog.pop_front() {
+            return p;
+        }
+        loop {
+            match self.recv().await {
+                Got::Frame(ServerFrame::Notification { method, params }) => return (method, params),
+                Got::Frame(other) => panic!("expected a push, got {other:?}"),
+                Got::Closed(c) => panic!("closed while waiting for a push: {c:?}"),
+            }
+        }
+    }
+
+    /// The next push of `method`, skipping others.
+    pub async fn push_of(&mut self, method: &str) -> Value {
+        loop {
+            let (m, p) = self.push().await;
+            if m == method {
+                return p;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives within `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        assert!(self.backlog.is_empty(), "unexpected backlog: {:?}", self.backlog);
+        if let Ok(m) = tokio::time::timeout(d, self.stream.next()).await {
+            panic!("expected silence, got {m:?}");
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close frame.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match self.recv().await {
+                Got::Closed(c) => return c,
+                Got::Frame(_) => continue,
+            }
+        }
+    }
+}
+
+/// A plain HTTP request; returns status, headers and body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> (u16, http::HeaderMap, Vec<u8>) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder().method(method).uri(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+    let resp = tokio::time::timeout(WAIT, send.send_request(req)).await.expect("response in time").unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(WAIT, resp.into_body().collect()).await.expect("body in time").unwrap().to_bytes().to_vec();
+    (status, headers, body)
+}
+
+/// A JSON request; returns status and parsed body.
+pub async fn http_json(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let b = body.map(|b| serde_json::to_vec(&b).unwrap());
+    let (status, _, bytes) = http(addr, method, path, &[("content-type", "application/json")], b).await;
+    let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())) };
+    (status, v)
+}
+
+/// Publishes over HTTP.
+pub async fn http_publish(addr: SocketAddr, channel: &str, data: Value) -> Value {
+    let (status, body) = http_json(addr, "POST", &format!("/v1/channels/{channel}/messages"), Some(json!({ "data": data }))).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// An open SSE stream.
+pub struct Sse {
+    body: hyper::body::Incoming,
+    buf: String,
+    pub status: u16,
+    /// The last `id:` seen, as EventSource keeps it.
+    pub last_id: Option<String>,
+}
+
+impl Sse {
+    pub async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Sse {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = http::Request::builder().uri(path).header("host", addr.to_string()).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = send.send_request(req.body(http_body_util::Empty::<Bytes>::new()).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        Sse { body: resp.into_body(), buf: String::new(), status, last_id: None }
+    }
+
+    /// The next event (comments skipped); `None` when the stream ends.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let mut ev = Event::default();
+                let mut any = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = Some(v.to_string());
+                        self.last_id = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        ev.data.push_str(v);
+                        any = true;
+                    }
+                }
+                if any {
+                    return Some(ev);
+                }
+                continue;
+            }
+            let frame = tokio::time::timeout(WAIT, self.body.frame()).await.expect("an event in time")?;
+            let frame = frame.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    }
+
+    /// The next event named `name` (the default event type is "message").
+    pub async fn next_of(&mut self, name: &str) -> Event {
+        loop {
+            let e = self.next().await.expect("stream open");
+            if e.event.as_deref().unwrap_or("message") == name {
+                return e;
+            }
+        }
+    }
+}
