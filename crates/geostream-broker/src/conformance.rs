@@ -79,7 +79,11 @@ impl BrokerHandler for Recorder {
     }
 
     fn on_ephemeral(&self, topic: &str, kind: u8, data: &Bytes) {
-        self.events.lock().push(Delivered::Ephemeral { topic: topic.to_string(), kind, data: data.clone() });
+        self.events.lock().push(Delivered::Ephemeral {
+            topic: topic.to_string(),
+            kind,
+            data: data.clone(),
+        });
         self.notify.notify_waiters();
     }
 }
@@ -95,7 +99,11 @@ where
     F: Fn(HistoryLimits) -> Fut,
     Fut: Future<Output = (B, Arc<Recorder>)>,
 {
-    let limits = HistoryLimits { size: 10, ttl: Duration::from_secs(60), meta_ttl: Duration::from_secs(3600) };
+    let limits = HistoryLimits {
+        size: 10,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(3600),
+    };
 
     // Offsets start at 1, grow by one, share an epoch; delivery is in order with the data.
     let (b, rec) = make(limits).await;
@@ -103,7 +111,10 @@ where
     b.subscribe(&t).await.unwrap();
     let mut epoch = None;
     for i in 1..=5u64 {
-        let p = b.publish(&t, 7, Bytes::from(format!("m{i}"))).await.unwrap();
+        let p = b
+            .publish(&t, 7, Bytes::from(format!("m{i}")))
+            .await
+            .unwrap();
         assert_eq!(p.offset, i);
         if let Some(e) = &epoch {
             assert_eq!(&p.epoch, e);
@@ -114,7 +125,11 @@ where
     let got: Vec<_> = got
         .into_iter()
         .filter_map(|d| match d {
-            Delivered::Publication { topic, publication, epoch } if topic == t => Some((publication, epoch)),
+            Delivered::Publication {
+                topic,
+                publication,
+                epoch,
+            } if topic == t => Some((publication, epoch)),
             _ => None,
         })
         .collect();
@@ -130,19 +145,43 @@ where
 
     // History: after an offset, newest N, and bounded by size.
     let page = b.history(&t, Some(2), 100).await.unwrap();
-    assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(
+        page.publications
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
     assert_eq!(page.first_offset, 1);
     let page = b.history(&t, Some(1), 2).await.unwrap();
-    assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        page.publications
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     let page = b.history(&t, None, 2).await.unwrap();
-    assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(
+        page.publications
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>(),
+        vec![4, 5]
+    );
     let page = b.history(&t, Some(5), 100).await.unwrap();
     assert!(page.publications.is_empty());
     for i in 6..=15u64 {
-        b.publish(&t, 7, Bytes::from(format!("m{i}"))).await.unwrap();
+        b.publish(&t, 7, Bytes::from(format!("m{i}")))
+            .await
+            .unwrap();
     }
     let page = b.history(&t, Some(0), 100).await.unwrap();
-    assert_eq!(page.first_offset, 6, "only the newest {} are kept", limits.size);
+    assert_eq!(
+        page.first_offset, 6,
+        "only the newest {} are kept",
+        limits.size
+    );
     assert_eq!(page.publications.first().map(|p| p.offset), Some(6));
     assert_eq!(page.publications.len(), 10);
 
@@ -157,9 +196,15 @@ where
     // Ephemeral messages are delivered and not kept.
     rec.clear();
     b.subscribe(&u).await.unwrap();
-    b.publish_ephemeral(&u, 9, Bytes::from_static(b"eph")).await.unwrap();
+    b.publish_ephemeral(&u, 9, Bytes::from_static(b"eph"))
+        .await
+        .unwrap();
     let got = rec.wait_for(1).await;
-    assert!(got.contains(&Delivered::Ephemeral { topic: u.clone(), kind: 9, data: Bytes::from_static(b"eph") }));
+    assert!(got.contains(&Delivered::Ephemeral {
+        topic: u.clone(),
+        kind: 9,
+        data: Bytes::from_static(b"eph")
+    }));
     assert_eq!(b.position(&u).await.unwrap().offset, 0);
 
     // Concurrent publishers: unique offsets, delivered in offset order.
@@ -174,7 +219,12 @@ where
         tasks.push(tokio::spawn(async move {
             let mut offs = Vec::new();
             for i in 0..50 {
-                offs.push(b.publish(&c, 1, Bytes::from(format!("{w}-{i}"))).await.unwrap().offset);
+                offs.push(
+                    b.publish(&c, 1, Bytes::from(format!("{w}-{i}")))
+                        .await
+                        .unwrap()
+                        .offset,
+                );
             }
             offs
         }));
@@ -189,9 +239,15 @@ where
     let offs: Vec<u64> = got
         .iter()
         .filter_map(|d| match d {
-            Delivered::Publication { topic, publication, .. } if *topic == c => Some(publication.offset),
+            Delivered::Publication {
+                topic, publication, ..
+            } if *topic == c => Some(publication.offset),
             _ => None,
         })
         .collect();
-    assert_eq!(offs, (1..=200).collect::<Vec<u64>>(), "delivery follows offset order");
+    assert_eq!(
+        offs,
+        (1..=200).collect::<Vec<u64>>(),
+        "delivery follows offset order"
+    );
 }

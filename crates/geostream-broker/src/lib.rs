@@ -64,7 +64,11 @@ pub struct HistoryLimits {
 
 impl Default for HistoryLimits {
     fn default() -> Self {
-        HistoryLimits { size: 1000, ttl: Duration::from_secs(600), meta_ttl: Duration::from_secs(24 * 3600) }
+        HistoryLimits {
+            size: 1000,
+            ttl: Duration::from_secs(600),
+            meta_ttl: Duration::from_secs(24 * 3600),
+        }
     }
 }
 
@@ -95,13 +99,28 @@ pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
 /// A broker: publishes to topics, keeps history, and delivers to every node's handler.
 pub trait Broker: Send + Sync + 'static {
     /// Publishes a message with history; returns its position once the broker has it.
-    fn publish(&self, topic: &str, kind: u8, data: Bytes) -> impl Future<Output = Result<StreamPosition>> + Send;
+    fn publish(
+        &self,
+        topic: &str,
+        kind: u8,
+        data: Bytes,
+    ) -> impl Future<Output = Result<StreamPosition>> + Send;
 
     /// Publishes a message without history.
-    fn publish_ephemeral(&self, topic: &str, kind: u8, data: Bytes) -> impl Future<Output = Result<()>> + Send;
+    fn publish_ephemeral(
+        &self,
+        topic: &str,
+        kind: u8,
+        data: Bytes,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Reads up to `limit` messages after offset `since` (or the newest `limit` without it).
-    fn history(&self, topic: &str, since: Option<u64>, limit: usize) -> impl Future<Output = Result<HistoryPage>> + Send;
+    fn history(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<HistoryPage>> + Send;
 
     /// The topic's current position.
     fn position(&self, topic: &str) -> impl Future<Output = Result<StreamPosition>> + Send;
@@ -115,14 +134,21 @@ pub trait Broker: Send + Sync + 'static {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A fresh epoch: 8 random alphanumerics.
 pub fn new_epoch() -> Arc<str> {
     use rand::Rng;
     use rand::distr::Alphanumeric;
-    let s: String = rand::rng().sample_iter(&Alphanumeric).take(8).map(char::from).collect();
+    let s: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(8)
+        .map(char::from)
+        .collect();
     s.into()
 }
 

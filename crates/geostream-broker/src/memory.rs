@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::{Broker, BrokerError, BrokerHandler, HistoryLimits, HistoryPage, Publication, Result, StreamPosition, new_epoch, now_ms};
+use crate::{
+    Broker, BrokerError, BrokerHandler, HistoryLimits, HistoryPage, Publication, Result,
+    StreamPosition, new_epoch, now_ms,
+};
 
 /// Shards of the topic table: publishers to different topics rarely meet on one lock.
 const SHARDS: usize = 32;
@@ -22,8 +25,12 @@ pub struct MemoryBroker {
     inner: Arc<Inner>,
 }
 
+/// Topics hashed over a fixed number of shards so publishers to different
+/// topics rarely contend on the same map lock.
+type Shard = Mutex<HashMap<Arc<str>, Arc<Mutex<Stream>>>>;
+
 struct Inner {
-    shards: Vec<Mutex<HashMap<Arc<str>, Arc<Mutex<Stream>>>>>,
+    shards: Vec<Shard>,
     hasher: RandomState,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     limits: HistoryLimits,
@@ -38,7 +45,12 @@ struct Stream {
 
 impl Stream {
     fn new() -> Self {
-        Stream { epoch: new_epoch(), top: 0, history: VecDeque::new(), last_publish: Instant::now() }
+        Stream {
+            epoch: new_epoch(),
+            top: 0,
+            history: VecDeque::new(),
+            last_publish: Instant::now(),
+        }
     }
 
     fn expire(&mut self, limits: &HistoryLimits, now: Instant) {
@@ -55,7 +67,10 @@ impl Stream {
     }
 
     fn position(&self) -> StreamPosition {
-        StreamPosition { offset: self.top, epoch: self.epoch.clone() }
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
     }
 }
 
@@ -123,7 +138,12 @@ impl MemoryBroker {
         let now = Instant::now();
         s.top += 1;
         s.last_publish = now;
-        let publication = Publication { offset: s.top, kind, data, time_ms: now_ms() };
+        let publication = Publication {
+            offset: s.top,
+            kind,
+            data,
+            time_ms: now_ms(),
+        };
         // Delivery happens under the stream lock, so every subscriber sees one topic's
         // messages in offset order even when several tasks publish at once. The handler only
         // queues (it never waits on a socket), so the lock is held briefly.
@@ -147,14 +167,27 @@ impl MemoryBroker {
             Some(since) => {
                 // Offsets in history are consecutive, so the start index is arithmetic.
                 let skip = (since + 1).saturating_sub(first_offset) as usize;
-                s.history.iter().skip(skip).take(limit).map(|(_, p)| p.clone()).collect()
+                s.history
+                    .iter()
+                    .skip(skip)
+                    .take(limit)
+                    .map(|(_, p)| p.clone())
+                    .collect()
             }
             None => {
                 let skip = s.history.len().saturating_sub(limit);
-                s.history.iter().skip(skip).map(|(_, p)| p.clone()).collect()
+                s.history
+                    .iter()
+                    .skip(skip)
+                    .map(|(_, p)| p.clone())
+                    .collect()
             }
         };
-        HistoryPage { publications, position: s.position(), first_offset }
+        HistoryPage {
+            publications,
+            position: s.position(),
+            first_offset,
+        }
     }
 }
 
@@ -187,7 +220,9 @@ impl Broker for MemoryBroker {
 
 impl std::fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryBroker").field("limits", &self.inner.limits).finish_non_exhaustive()
+        f.debug_struct("MemoryBroker")
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -217,7 +252,11 @@ mod tests {
 
     #[tokio::test]
     async fn sweep_forgets_idle_topics() {
-        let (b, _r) = broker(HistoryLimits { size: 10, ttl: Duration::from_millis(10), meta_ttl: Duration::from_millis(20) });
+        let (b, _r) = broker(HistoryLimits {
+            size: 10,
+            ttl: Duration::from_millis(10),
+            meta_ttl: Duration::from_millis(20),
+        });
         let p1 = b.publish("t", 1, Bytes::from_static(b"x")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
         b.sweep();

@@ -28,6 +28,38 @@ pub mod method {
     pub const CHANNEL_PRESENCE: &str = "channel.presence";
     /// Notification: abort the request with the given id.
     pub const CANCEL_REQUEST: &str = "$/cancelRequest";
+    /// Creates a layer.
+    pub const LAYER_CREATE: &str = "layer.create";
+    /// Lists layers.
+    pub const LAYER_LIST: &str = "layer.list";
+    /// Describes one layer.
+    pub const LAYER_GET: &str = "layer.get";
+    /// Deletes a layer and everything in it.
+    pub const LAYER_DELETE: &str = "layer.delete";
+    /// Subscribes to a layer's features with a spatial, temporal and attribute filter.
+    pub const LAYER_SUBSCRIBE: &str = "layer.subscribe";
+    /// Imports many features into a layer (long-running, with progress, cancellable).
+    pub const LAYER_IMPORT: &str = "layer.import";
+    /// Changes the filter (viewport) of a live layer subscription.
+    pub const SUBSCRIPTION_UPDATE: &str = "subscription.update";
+    /// Creates a feature.
+    pub const FEATURE_CREATE: &str = "feature.create";
+    /// Replaces a feature's geometry and properties.
+    pub const FEATURE_REPLACE: &str = "feature.replace";
+    /// Merges properties and/or sets the geometry of a feature.
+    pub const FEATURE_PATCH: &str = "feature.patch";
+    /// Deletes a feature.
+    pub const FEATURE_DELETE: &str = "feature.delete";
+    /// Reads one feature.
+    pub const FEATURE_GET: &str = "feature.get";
+    /// Queries features.
+    pub const FEATURE_QUERY: &str = "feature.query";
+    /// Applies several edits atomically.
+    pub const FEATURE_BATCH: &str = "feature.batch";
+    /// Locks features for editing.
+    pub const FEATURE_LOCK: &str = "feature.lock";
+    /// Releases locks.
+    pub const FEATURE_UNLOCK: &str = "feature.unlock";
 }
 
 /// Notification and push names (server to client).
@@ -44,6 +76,14 @@ pub mod push {
     pub const GAP: &str = "gap";
     /// The server ended a subscription.
     pub const UNSUBSCRIBED: &str = "unsubscribed";
+    /// A feature entered, changed in, left or was deleted from a layer subscription's view.
+    pub const FEATURE: &str = "feature";
+    /// A page of a layer subscription's snapshot.
+    pub const SNAPSHOT: &str = "snapshot";
+    /// The server cannot continue a layer subscription's stream; a fresh snapshot follows.
+    pub const RESYNC: &str = "resync";
+    /// A feature was locked or unlocked.
+    pub const LOCK: &str = "lock";
 }
 
 /// A position in a channel's stream: the offset of the last message and the history epoch.
@@ -71,6 +111,11 @@ pub struct HelloParams {
     /// Client software name and version, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<ClientSoftware>,
+    /// A stable id this client keeps across reconnects (a random string it stores). Locks
+    /// belong to it, so a client that reconnects within the grace period keeps its locks.
+    /// Without it, locks belong to the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// Shown to others in presence (a display name, a colour). At most 1 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Value>,
@@ -311,6 +356,482 @@ pub struct UnsubscribedPush<'a> {
     pub reason: &'a str,
 }
 
+/// What a `feature` push means for its subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureKind {
+    /// The feature now matches the subscription (it was created, moved in, or started
+    /// matching the filter): the whole feature follows.
+    Enter,
+    /// A feature the subscriber has changed and still matches: only what changed follows.
+    Update,
+    /// A feature the subscriber has no longer matches (moved out, stopped matching).
+    Exit,
+    /// A feature the subscriber has was deleted.
+    Delete,
+}
+
+/// Fields of a `feature` push (besides `sub`).
+#[derive(Clone, Debug, Serialize)]
+pub struct FeaturePush<'a> {
+    /// The layer.
+    pub layer: &'a str,
+    /// The change's sequence number in the layer.
+    pub seq: u64,
+    /// Enter, update, exit or delete.
+    pub kind: FeatureKind,
+    /// The feature id.
+    pub id: &'a str,
+    /// The feature's version after the change.
+    pub version: u64,
+    /// The whole feature: on `enter`, and on an `update` that replaces what the client
+    /// holds (after missed intermediate changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature: Option<&'a crate::feature::Feature>,
+    /// On a partial `update`: the changed properties as a JSON Merge Patch (`null` = removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub properties: Option<serde_json::Map<String, serde_json::Value>>,
+    /// On a partial `update` whose geometry changed: the new geometry (`null` = removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geometry: Option<Option<&'a crate::feature::Geometry>>,
+}
+
+impl<'a> FeaturePush<'a> {
+    /// The push for `change` as seen by a subscriber for whom it means `kind`.
+    pub fn new(change: &'a crate::feature::Change, kind: FeatureKind, full: bool) -> Self {
+        let mut p = FeaturePush {
+            layer: &change.layer,
+            seq: change.seq,
+            kind,
+            id: &change.id,
+            version: change.version,
+            feature: None,
+            properties: None,
+            geometry: None,
+        };
+        match kind {
+            FeatureKind::Enter => p.feature = change.new.as_ref(),
+            FeatureKind::Update if full => p.feature = change.new.as_ref(),
+            FeatureKind::Update => {
+                if let Some(new) = &change.new {
+                    let mut props = serde_json::Map::new();
+                    for k in &change.changed {
+                        props.insert(
+                            k.clone(),
+                            new.properties
+                                .get(k)
+                                .cloned()
+                                .unwrap_or(serde_json::Value::Null),
+                        );
+                    }
+                    if !props.is_empty() {
+                        p.properties = Some(props);
+                    }
+                    if change.geometry_changed {
+                        p.geometry = Some(new.geometry.as_ref());
+                    }
+                }
+            }
+            FeatureKind::Exit | FeatureKind::Delete => {}
+        }
+        p
+    }
+}
+
+/// A subscription or query filter as a client states it. Every part given must match.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FilterSpec {
+    /// `[min_lon, min_lat, max_lon, max_lat]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bbox: Option<Vec<f64>>,
+    /// A GeoJSON Polygon or MultiPolygon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geometry: Option<serde_json::Value>,
+    /// Centre `[lon, lat]` of a circle (with `radius`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<Vec<f64>>,
+    /// Circle radius in metres (with `point`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radius: Option<f64>,
+    /// An instant or interval as in OGC API Features: `2020-06-30T00:00:00Z/..`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datetime: Option<String>,
+    /// CQL2: text (a string) or JSON (an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<serde_json::Value>,
+}
+
+/// `layer.subscribe` params.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LayerSubscribeParams {
+    /// The layer.
+    pub layer: String,
+    /// The filter.
+    #[serde(flatten)]
+    pub filter: FilterSpec,
+    /// Resume: replay the changes after this sequence number instead of a snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Send a snapshot of the matching features first (default true; ignored with `since`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<bool>,
+    /// Features per snapshot page (default 500, at most 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<usize>,
+}
+
+/// `layer.subscribe` result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerSubscribeResult {
+    /// Subscription id.
+    pub sub: u32,
+    /// The layer.
+    pub layer: String,
+    /// The layer's sequence number the subscription starts from: the snapshot is as of this
+    /// number and live changes follow with higher ones.
+    pub seq: u64,
+    /// With `since`: whether the missed changes are being replayed (`false`: they are no
+    /// longer retained; a `resync` and a snapshot follow instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// With `since`: how many missed changes follow as `feature` pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<u64>,
+}
+
+/// `subscription.update` params: the new filter of a live layer subscription.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SubscriptionUpdateParams {
+    /// The subscription.
+    pub sub: u32,
+    /// The new filter (replaces the old one entirely).
+    #[serde(flatten)]
+    pub filter: FilterSpec,
+}
+
+/// `subscription.update` result; `enter` / `exit` pushes for the difference follow.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubscriptionUpdateResult {
+    /// The subscription.
+    pub sub: u32,
+    /// The sequence number the difference is computed at.
+    pub seq: u64,
+    /// Features entering the view.
+    pub entered: u64,
+    /// Features leaving it.
+    pub exited: u64,
+}
+
+/// Fields of a `snapshot` push.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotPush<'a> {
+    /// The layer.
+    pub layer: &'a str,
+    /// The sequence number the snapshot is as of.
+    pub seq: u64,
+    /// A page of matching features.
+    pub features: &'a [crate::feature::Feature],
+    /// Whether this is the last page.
+    pub last: bool,
+}
+
+/// Fields of a `resync` push.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResyncPush<'a> {
+    /// The layer.
+    pub layer: &'a str,
+    /// The sequence number the fresh snapshot will be as of.
+    pub seq: u64,
+    /// Why.
+    pub reason: &'a str,
+}
+
+/// Distinguishes an absent member (`None`) from an explicit `null` (`Some(None)`).
+fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `layer.create` params.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LayerCreateParams {
+    /// Unique name (same rules as channel names).
+    pub name: String,
+    /// Human title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Accept edits without a version (the last writer wins). Default false.
+    #[serde(default)]
+    pub last_writer_wins: bool,
+}
+
+/// Params naming one layer (`layer.get`, `layer.delete`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerNameParams {
+    /// The layer.
+    pub name: String,
+}
+
+/// `feature.create` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureCreateParams {
+    /// The layer.
+    pub layer: String,
+    /// A GeoJSON Feature; without `id`, the server assigns one.
+    pub feature: serde_json::Value,
+    /// Idempotency key: a repeated `op_id` returns the first result instead of applying
+    /// the edit again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
+}
+
+/// `feature.replace` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureReplaceParams {
+    /// The layer.
+    pub layer: String,
+    /// The feature id.
+    pub id: serde_json::Value,
+    /// The new GeoJSON Feature (its `id`, if any, must equal `id`).
+    pub feature: serde_json::Value,
+    /// The version the client edited (required unless the layer is last-writer-wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
+}
+
+/// `feature.patch` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeaturePatchParams {
+    /// The layer.
+    pub layer: String,
+    /// The feature id.
+    pub id: serde_json::Value,
+    /// A JSON Merge Patch (RFC 7396) for the properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A new geometry; `null` removes it; absent leaves it.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub geometry: Option<Option<serde_json::Value>>,
+    /// The version the client edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
+}
+
+/// `feature.delete` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureDeleteParams {
+    /// The layer.
+    pub layer: String,
+    /// The feature id.
+    pub id: serde_json::Value,
+    /// The version the client deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
+}
+
+/// `feature.get` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureGetParams {
+    /// The layer.
+    pub layer: String,
+    /// The feature id.
+    pub id: serde_json::Value,
+}
+
+/// `feature.query` params.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FeatureQueryParams {
+    /// The layer.
+    pub layer: String,
+    /// The filter.
+    #[serde(flatten)]
+    pub filter: FilterSpec,
+    /// Page size (default 100, at most 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Matching features to skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+}
+
+/// One operation of `feature.batch`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum BatchOp {
+    /// As `feature.create`.
+    Create {
+        /// The feature.
+        feature: serde_json::Value,
+    },
+    /// As `feature.replace`.
+    Replace {
+        /// Feature id.
+        id: serde_json::Value,
+        /// The feature.
+        feature: serde_json::Value,
+        /// Expected version.
+        #[serde(default)]
+        version: Option<u64>,
+    },
+    /// As `feature.patch`.
+    Patch {
+        /// Feature id.
+        id: serde_json::Value,
+        /// Merge patch.
+        #[serde(default)]
+        properties: Option<serde_json::Map<String, serde_json::Value>>,
+        /// New geometry, `null` removes.
+        #[serde(default, deserialize_with = "double_option")]
+        geometry: Option<Option<serde_json::Value>>,
+        /// Expected version.
+        #[serde(default)]
+        version: Option<u64>,
+    },
+    /// As `feature.delete`.
+    Delete {
+        /// Feature id.
+        id: serde_json::Value,
+        /// Expected version.
+        #[serde(default)]
+        version: Option<u64>,
+    },
+}
+
+/// `feature.batch` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureBatchParams {
+    /// The layer.
+    pub layer: String,
+    /// Operations, applied in order, all or nothing.
+    pub ops: Vec<BatchOp>,
+    /// Idempotency key for the whole batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
+}
+
+/// The result of one applied edit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EditResult {
+    /// The feature id.
+    pub id: String,
+    /// Its version after the edit.
+    pub version: u64,
+    /// The change's sequence number.
+    pub seq: u64,
+    /// The feature after the edit (absent after a delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<crate::feature::Feature>,
+    /// True when this answers a repeated `op_id` (nothing was applied again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+}
+
+/// `feature.lock` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureLockParams {
+    /// The layer.
+    pub layer: String,
+    /// Features to lock (all or none).
+    pub ids: Vec<String>,
+    /// How long, in milliseconds (default 60,000, at most 600,000). Locking again extends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+/// `feature.unlock` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureUnlockParams {
+    /// The layer.
+    pub layer: String,
+    /// Features to unlock.
+    pub ids: Vec<String>,
+}
+
+/// A lock as clients see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// The layer.
+    pub layer: String,
+    /// The feature id.
+    pub id: String,
+    /// The holder's client id.
+    pub client: String,
+    /// The holder's user, if authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Expiry, milliseconds since the Unix epoch.
+    pub until_ms: u64,
+}
+
+/// Fields of a `lock` push.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LockPush {
+    /// The lock (for an unlock, its last state).
+    #[serde(flatten)]
+    pub lock: LockInfo,
+    /// Locked (true) or released (false).
+    pub locked: bool,
+}
+
+/// `layer.import` params: features inline, or a file in the server's import directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LayerImportParams {
+    /// The layer (created, last-writer-wins off, if it does not exist).
+    pub layer: String,
+    /// GeoJSON Features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<serde_json::Value>>,
+    /// A GeoJSON FeatureCollection or newline-delimited GeoJSON file (optionally `.zst`),
+    /// relative to the server's import directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Features per transaction (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+}
+
+/// A feature an import refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rejected {
+    /// Its position in the input (0-based).
+    pub index: u64,
+    /// Its id, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// `layer.import` result.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ImportResult {
+    /// Features imported.
+    pub imported: u64,
+    /// Features refused.
+    pub rejected: u64,
+    /// The first refusals (at most 100), with reasons.
+    pub rejections: Vec<Rejected>,
+    /// The layer's sequence number after the import.
+    pub seq: u64,
+}
+
 /// Checks a channel or layer name: 1 to 200 bytes of `A-Z a-z 0-9 _ - . : / # @ =`.
 ///
 /// `#` separates a user-limited channel from its user (`notifications#alice`).
@@ -318,8 +839,13 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 200 {
         return Err(format!("{kind} name must be 1 to 200 bytes long"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_-.:/#@=".contains(*c))) {
-        return Err(format!("{kind} name contains {c:?}; allowed are A-Z a-z 0-9 and _ - . : / # @ ="));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_-.:/#@=".contains(*c)))
+    {
+        return Err(format!(
+            "{kind} name contains {c:?}; allowed are A-Z a-z 0-9 and _ - . : / # @ ="
+        ));
     }
     Ok(())
 }

@@ -128,10 +128,27 @@ pub enum Params<'a> {
 impl<'a> Params<'a> {
     /// Decodes the params into a typed value; absent params decode as an empty object.
     pub fn parse<T: Deserialize<'a>>(&self) -> Result<T, RpcError> {
+        // serde_path_to_error names the member that failed (`channel: invalid type ...`),
+        // which plain serde messages do not.
+        fn located<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
+            let path = e.path().to_string();
+            let inner = clean_serde_message(&e.into_inner().to_string());
+            if path == "." {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            }
+        }
         let r = match *self {
             Params::Absent => serde_json::from_str("{}").map_err(|e| e.to_string()),
-            Params::Json(raw) => serde_json::from_str(raw.get()).map_err(|e| clean_serde_message(&e.to_string())),
-            Params::Msgpack(b) => rmp_serde::from_slice(b).map_err(|e| e.to_string()),
+            Params::Json(raw) => {
+                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+                    .map_err(located)
+            }
+            Params::Msgpack(b) => {
+                serde_path_to_error::deserialize(&mut rmp_serde::Deserializer::from_read_ref(b))
+                    .map_err(located)
+            }
         };
         r.map_err(|m| RpcError::invalid_params(format!("invalid params: {m}")))
     }
@@ -149,9 +166,13 @@ impl<'a> Params<'a> {
             }
             Params::Msgpack(b) => {
                 if msgpack::map_header(b).is_none() {
-                    return Err(RpcError::invalid_params("invalid params: expected an object"));
+                    return Err(RpcError::invalid_params(
+                        "invalid params: expected an object",
+                    ));
                 }
-                Ok(msgpack::map_field(b, name).map(|v| Payload::from_trusted(crate::PayloadKind::Msgpack, Bytes::copy_from_slice(v))))
+                Ok(msgpack::map_field(b, name).map(|v| {
+                    Payload::from_trusted(crate::PayloadKind::Msgpack, Bytes::copy_from_slice(v))
+                }))
             }
         }
     }
@@ -236,12 +257,22 @@ pub struct DecodeError {
     /// The request id, when it could be read (the response then carries it).
     pub id: Option<Id>,
     /// The error to send.
-    pub error: RpcError,
+    pub error: Box<RpcError>,
 }
 
 impl DecodeError {
     fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
-        DecodeError { id: None, error: RpcError::new(code, message) }
+        DecodeError {
+            id: None,
+            error: Box::new(RpcError::new(code, message)),
+        }
+    }
+
+    fn with_id(id: Option<Id>, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        DecodeError {
+            id,
+            error: Box::new(RpcError::new(code, message)),
+        }
     }
 }
 
@@ -250,9 +281,11 @@ impl DecodeError {
 /// window to make the decoder allocate it).
 pub fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     let bad = |m: String| DecodeError::new(ErrorCode::ParseError, m);
-    let mut dec = zstd::stream::read::Decoder::with_buffer(data).map_err(|e| bad(format!("invalid zstd frame: {e}")))?;
+    let mut dec = zstd::stream::read::Decoder::with_buffer(data)
+        .map_err(|e| bad(format!("invalid zstd frame: {e}")))?;
     let window_log = (usize::BITS - limit.max(1 << 10).leading_zeros()).clamp(10, 27);
-    dec.window_log_max(window_log).map_err(|e| bad(format!("invalid zstd frame: {e}")))?;
+    dec.window_log_max(window_log)
+        .map_err(|e| bad(format!("invalid zstd frame: {e}")))?;
     let mut out = Vec::new();
     let n = dec
         .take(limit as u64 + 1)
@@ -291,23 +324,35 @@ struct JsonEnvelope<'a> {
 fn decode_json_frame(data: &[u8]) -> Result<ClientFrame<'_>, DecodeError> {
     let first = data.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
-        return Err(DecodeError::new(ErrorCode::InvalidRequest, "batch requests are not supported; send one request per frame"));
+        return Err(DecodeError::new(
+            ErrorCode::InvalidRequest,
+            "batch requests are not supported; send one request per frame",
+        ));
     }
     let env: JsonEnvelope<'_> = serde_json::from_slice(data).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            DecodeError::new(ErrorCode::InvalidRequest, format!("invalid request: {}", clean_serde_message(&e.to_string())))
-        }
-        _ => DecodeError::new(ErrorCode::ParseError, format!("invalid JSON: {}", clean_serde_message(&e.to_string()))),
+        serde_json::error::Category::Data => DecodeError::new(
+            ErrorCode::InvalidRequest,
+            format!("invalid request: {}", clean_serde_message(&e.to_string())),
+        ),
+        _ => DecodeError::new(
+            ErrorCode::ParseError,
+            format!("invalid JSON: {}", clean_serde_message(&e.to_string())),
+        ),
     })?;
     let id = env.id;
     if env.jsonrpc.as_deref() != Some("2.0") {
-        return Err(DecodeError {
+        return Err(DecodeError::with_id(
             id,
-            error: RpcError::new(ErrorCode::InvalidRequest, "\"jsonrpc\" must be \"2.0\""),
-        });
+            ErrorCode::InvalidRequest,
+            "\"jsonrpc\" must be \"2.0\"",
+        ));
     }
     let Some(method) = env.method else {
-        return Err(DecodeError { id, error: RpcError::new(ErrorCode::InvalidRequest, "\"method\" is missing") });
+        return Err(DecodeError::with_id(
+            id,
+            ErrorCode::InvalidRequest,
+            "\"method\" is missing",
+        ));
     };
     let params = env.params.map_or(Params::Absent, Params::Json);
     Ok(match id {
@@ -338,11 +383,14 @@ fn read_int(buf: &[u8]) -> Option<(i64, usize)> {
 }
 
 fn decode_msgpack_frame(data: &[u8]) -> Result<ClientFrame<'_>, DecodeError> {
-    msgpack::validate_exact(data, WalkRules::default())
-        .map_err(|e| DecodeError::new(ErrorCode::ParseError, format!("invalid MessagePack: {e}")))?;
+    msgpack::validate_exact(data, WalkRules::default()).map_err(|e| {
+        DecodeError::new(ErrorCode::ParseError, format!("invalid MessagePack: {e}"))
+    })?;
     let invalid = |m: &'static str| DecodeError::new(ErrorCode::InvalidRequest, m);
-    let (n, mut pos) = msgpack::array_header(data).ok_or_else(|| invalid("a frame must be an array [type, ...]"))?;
-    let (kind, used) = read_int(&data[pos..]).ok_or_else(|| invalid("the first element must be the frame type"))?;
+    let (n, mut pos) = msgpack::array_header(data)
+        .ok_or_else(|| invalid("a frame must be an array [type, ...]"))?;
+    let (kind, used) = read_int(&data[pos..])
+        .ok_or_else(|| invalid("the first element must be the frame type"))?;
     pos += used;
     let mut id = None;
     match (kind, n) {
@@ -361,14 +409,26 @@ fn decode_msgpack_frame(data: &[u8]) -> Result<ClientFrame<'_>, DecodeError> {
         (2, 3) => {}
         (0, _) => return Err(invalid("a request is [0, id, method, params]")),
         (2, _) => return Err(invalid("a notification is [2, method, params]")),
-        _ => return Err(invalid("the frame type must be 0 (request) or 2 (notification)")),
+        _ => {
+            return Err(invalid(
+                "the frame type must be 0 (request) or 2 (notification)",
+            ));
+        }
     }
     let Some((method, used)) = msgpack::read_str(&data[pos..]) else {
-        return Err(DecodeError { id, error: RpcError::new(ErrorCode::InvalidRequest, "the method must be a string") });
+        return Err(DecodeError::with_id(
+            id,
+            ErrorCode::InvalidRequest,
+            "the method must be a string",
+        ));
     };
     pos += used;
     let rest = &data[pos..];
-    let params = if rest == [0xc0] { Params::Absent } else { Params::Msgpack(rest) };
+    let params = if rest == [0xc0] {
+        Params::Absent
+    } else {
+        Params::Msgpack(rest)
+    };
     let method = Cow::Borrowed(method);
     Ok(match id {
         Some(id) => ClientFrame::Request { id, method, params },
@@ -469,7 +529,11 @@ pub fn encode_error(enc: Encoding, id: Option<&Id>, error: &RpcError) -> Bytes {
 }
 
 /// Encodes a notification from the server (`$/progress`, for example).
-pub fn encode_notification<T: Serialize + ?Sized>(enc: Encoding, method: &str, params: &T) -> Bytes {
+pub fn encode_notification<T: Serialize + ?Sized>(
+    enc: Encoding,
+    method: &str,
+    params: &T,
+) -> Bytes {
     let mut out = Vec::with_capacity(64);
     match enc {
         Encoding::Json => {
@@ -489,7 +553,12 @@ pub fn encode_notification<T: Serialize + ?Sized>(enc: Encoding, method: &str, p
 }
 
 /// Encodes a client request (used by the Rust client and tests).
-pub fn encode_request<T: Serialize + ?Sized>(enc: Encoding, id: Option<&Id>, method: &str, params: &T) -> Bytes {
+pub fn encode_request<T: Serialize + ?Sized>(
+    enc: Encoding,
+    id: Option<&Id>,
+    method: &str,
+    params: &T,
+) -> Bytes {
     let mut out = Vec::with_capacity(64);
     match enc {
         Encoding::Json => {
@@ -636,7 +705,12 @@ impl PushFrame {
 ///
 /// `fields` must serialize as a map (a struct). `raw` appends one member whose value is an
 /// opaque [`Payload`], copied as is when its encoding matches.
-pub fn encode_push<T: Serialize + ?Sized>(enc: Encoding, method: &str, fields: &T, raw: Option<(&str, &Payload)>) -> PushFrame {
+pub fn encode_push<T: Serialize + ?Sized>(
+    enc: Encoding,
+    method: &str,
+    fields: &T,
+    raw: Option<(&str, &Payload)>,
+) -> PushFrame {
     match enc {
         Encoding::Json => {
             let mut out = Vec::with_capacity(96 + raw.map_or(0, |r| r.1.len()));
@@ -660,7 +734,12 @@ pub fn encode_push<T: Serialize + ?Sized>(enc: Encoding, method: &str, fields: &
                 payload.write_json(&mut out);
             }
             out.extend_from_slice(b"}}");
-            PushFrame { bytes: Bytes::from(out), split, zstd: false, binary: false }
+            PushFrame {
+                bytes: Bytes::from(out),
+                split,
+                zstd: false,
+                binary: false,
+            }
         }
         Encoding::Msgpack | Encoding::MsgpackZstd => {
             let mut pairs = Vec::with_capacity(64 + raw.map_or(0, |r| r.1.len()));
@@ -685,10 +764,20 @@ pub fn encode_push<T: Serialize + ?Sized>(enc: Encoding, method: &str, fields: &
                 && z.len() + ZSTD_RAW_HEADER < tail.len()
             {
                 head.extend_from_slice(&z);
-                return PushFrame { bytes: Bytes::from(head), split, zstd: true, binary: true };
+                return PushFrame {
+                    bytes: Bytes::from(head),
+                    split,
+                    zstd: true,
+                    binary: true,
+                };
             }
             head.extend_from_slice(tail);
-            PushFrame { bytes: Bytes::from(head), split, zstd: false, binary: true }
+            PushFrame {
+                bytes: Bytes::from(head),
+                split,
+                zstd: false,
+                binary: true,
+            }
         }
     }
 }
@@ -749,13 +838,19 @@ pub fn decode_server_frame(enc: Encoding, data: &[u8]) -> Result<ServerFrame, Se
             }
             let e: Env = serde_json::from_slice(data).map_err(|e| err(e.to_string()))?;
             if let Some(method) = e.method {
-                return Ok(ServerFrame::Notification { method, params: e.params.unwrap_or_default() });
+                return Ok(ServerFrame::Notification {
+                    method,
+                    params: e.params.unwrap_or_default(),
+                });
             }
             if let Some(error) = e.error {
                 return Ok(ServerFrame::Error { id: e.id, error });
             }
             match e.id {
-                Some(id) => Ok(ServerFrame::Response { id, result: e.result.unwrap_or_default() }),
+                Some(id) => Ok(ServerFrame::Response {
+                    id,
+                    result: e.result.unwrap_or_default(),
+                }),
                 None => Err(err("frame has neither method nor id".into())),
             }
         }
@@ -767,9 +862,13 @@ pub fn decode_server_frame(enc: Encoding, data: &[u8]) -> Result<ServerFrame, Se
             } else {
                 data
             };
-            let v: Vec<rmpv_like::Any> = rmp_serde::from_slice(data).map_err(|e| err(e.to_string()))?;
+            let v: Vec<rmpv_like::Any> =
+                rmp_serde::from_slice(data).map_err(|e| err(e.to_string()))?;
             let to_json = |a: &rmpv_like::Any| a.0.clone();
-            let kind = v.first().and_then(|a| a.0.as_i64()).ok_or_else(|| err("missing frame type".into()))?;
+            let kind = v
+                .first()
+                .and_then(|a| a.0.as_i64())
+                .ok_or_else(|| err("missing frame type".into()))?;
             let id_of = |a: &rmpv_like::Any| -> Option<Id> {
                 match &a.0 {
                     serde_json::Value::Number(n) => n.as_i64().map(Id::Int),
@@ -781,17 +880,31 @@ pub fn decode_server_frame(enc: Encoding, data: &[u8]) -> Result<ServerFrame, Se
                 (1, 4) => {
                     let id = id_of(&v[1]);
                     if !v[2].0.is_null() {
-                        let error: RpcError = serde_json::from_value(to_json(&v[2])).map_err(|e| err(e.to_string()))?;
+                        let error: RpcError = serde_json::from_value(to_json(&v[2]))
+                            .map_err(|e| err(e.to_string()))?;
                         return Ok(ServerFrame::Error { id, error });
                     }
                     let id = id.ok_or_else(|| err("response without id".into()))?;
-                    Ok(ServerFrame::Response { id, result: to_json(&v[3]) })
+                    Ok(ServerFrame::Response {
+                        id,
+                        result: to_json(&v[3]),
+                    })
                 }
                 (2, 3) => {
-                    let method = v[1].0.as_str().ok_or_else(|| err("method is not a string".into()))?.to_string();
-                    Ok(ServerFrame::Notification { method, params: to_json(&v[2]) })
+                    let method = v[1]
+                        .0
+                        .as_str()
+                        .ok_or_else(|| err("method is not a string".into()))?
+                        .to_string();
+                    Ok(ServerFrame::Notification {
+                        method,
+                        params: to_json(&v[2]),
+                    })
                 }
-                _ => Err(err(format!("unexpected frame type {kind} with {} elements", v.len()))),
+                _ => Err(err(format!(
+                    "unexpected frame type {kind} with {} elements",
+                    v.len()
+                ))),
             }
         }
     }
@@ -808,7 +921,9 @@ mod rmpv_like {
             let mut out = Vec::new();
             let mut ser = serde_json::Serializer::new(&mut out);
             serde_transcode::transcode(d, &mut ser).map_err(serde::de::Error::custom)?;
-            serde_json::from_slice(&out).map(Any).map_err(serde::de::Error::custom)
+            serde_json::from_slice(&out)
+                .map(Any)
+                .map_err(serde::de::Error::custom)
         }
     }
 }
@@ -821,7 +936,9 @@ mod tests {
     #[test]
     fn decodes_json_requests_and_notifications() {
         let f = decode_client_frame(Encoding::Json, br#"{"jsonrpc":"2.0","id":7,"method":"channel.publish","params":{"channel":"c","data":{"a":1}}}"#).unwrap();
-        let ClientFrame::Request { id, method, params } = f else { panic!() };
+        let ClientFrame::Request { id, method, params } = f else {
+            panic!()
+        };
         assert_eq!(id, Id::Int(7));
         assert_eq!(method, "channel.publish");
         let data = params.field("data").unwrap().unwrap();
@@ -832,7 +949,11 @@ mod tests {
         }
         assert_eq!(params.parse::<P>().unwrap().channel, "c");
 
-        let f = decode_client_frame(Encoding::Json, br#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"x"}}"#).unwrap();
+        let f = decode_client_frame(
+            Encoding::Json,
+            br#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":"x"}}"#,
+        )
+        .unwrap();
         assert!(matches!(f, ClientFrame::Notification { .. }));
     }
 
@@ -840,27 +961,55 @@ mod tests {
     fn json_errors_are_classified() {
         let e = decode_client_frame(Encoding::Json, b"{not json").unwrap_err();
         assert_eq!(e.error.code, ErrorCode::ParseError);
-        let e = decode_client_frame(Encoding::Json, br#"{"jsonrpc":"2.0","id":{"x":1},"method":"m"}"#).unwrap_err();
+        let e = decode_client_frame(
+            Encoding::Json,
+            br#"{"jsonrpc":"2.0","id":{"x":1},"method":"m"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.error.code, ErrorCode::InvalidRequest);
-        let e = decode_client_frame(Encoding::Json, br#"{"jsonrpc":"1.0","id":3,"method":"m"}"#).unwrap_err();
-        assert_eq!((e.id, e.error.code), (Some(Id::Int(3)), ErrorCode::InvalidRequest));
-        let e = decode_client_frame(Encoding::Json, br#"[{"jsonrpc":"2.0","id":3,"method":"m"}]"#).unwrap_err();
+        let e = decode_client_frame(Encoding::Json, br#"{"jsonrpc":"1.0","id":3,"method":"m"}"#)
+            .unwrap_err();
+        assert_eq!(
+            (e.id, e.error.code),
+            (Some(Id::Int(3)), ErrorCode::InvalidRequest)
+        );
+        let e = decode_client_frame(
+            Encoding::Json,
+            br#"[{"jsonrpc":"2.0","id":3,"method":"m"}]"#,
+        )
+        .unwrap_err();
         assert_eq!(e.error.code, ErrorCode::InvalidRequest);
         let e = decode_client_frame(Encoding::Json, br#"{"jsonrpc":"2.0","id":3}"#).unwrap_err();
-        assert_eq!((e.id, e.error.code), (Some(Id::Int(3)), ErrorCode::InvalidRequest));
+        assert_eq!(
+            (e.id, e.error.code),
+            (Some(Id::Int(3)), ErrorCode::InvalidRequest)
+        );
     }
 
     #[test]
     fn msgpack_requests_round_trip() {
         for enc in [Encoding::Msgpack, Encoding::MsgpackZstd] {
-            let req = encode_request(enc, Some(&Id::Str("a1".into())), "channel.publish", &json!({"channel": "c", "data": [1, "x"]}));
+            let req = encode_request(
+                enc,
+                Some(&Id::Str("a1".into())),
+                "channel.publish",
+                &json!({"channel": "c", "data": [1, "x"]}),
+            );
             let f = decode_client_frame(enc, &req).unwrap();
-            let ClientFrame::Request { id, method, params } = f else { panic!() };
+            let ClientFrame::Request { id, method, params } = f else {
+                panic!()
+            };
             assert_eq!(id, Id::Str("a1".into()));
             assert_eq!(method, "channel.publish");
-            assert_eq!(params.field("data").unwrap().unwrap().to_value(), json!([1, "x"]));
+            assert_eq!(
+                params.field("data").unwrap().unwrap().to_value(),
+                json!([1, "x"])
+            );
             let note = encode_request(enc, None, "$/cancelRequest", &json!({"id": 1}));
-            assert!(matches!(decode_client_frame(enc, &note).unwrap(), ClientFrame::Notification { .. }));
+            assert!(matches!(
+                decode_client_frame(enc, &note).unwrap(),
+                ClientFrame::Notification { .. }
+            ));
         }
     }
 
@@ -870,9 +1019,19 @@ mod tests {
             (&[0xdd, 0xff, 0xff, 0xff, 0xff][..], ErrorCode::ParseError),
             (&[0x01], ErrorCode::InvalidRequest),
             (&[0x93, 0x01, 0xa1, b'm', 0x80], ErrorCode::InvalidRequest),
-            (&[0x94, 0x00, 0x80, 0xa1, b'm', 0x80], ErrorCode::InvalidRequest),
+            (
+                &[0x94, 0x00, 0x80, 0xa1, b'm', 0x80],
+                ErrorCode::InvalidRequest,
+            ),
         ] {
-            assert_eq!(decode_client_frame(Encoding::Msgpack, bytes).unwrap_err().error.code, code, "{bytes:?}");
+            assert_eq!(
+                decode_client_frame(Encoding::Msgpack, bytes)
+                    .unwrap_err()
+                    .error
+                    .code,
+                code,
+                "{bytes:?}"
+            );
         }
     }
 
@@ -886,11 +1045,29 @@ mod tests {
                 assert!(r.starts_with(&ZSTD_MAGIC));
                 assert!(r.len() < 1000);
             }
-            assert_eq!(decode_server_frame(enc, &r).unwrap(), ServerFrame::Response { id: id.clone(), result: json!({"ok": true, "big": big}) });
+            assert_eq!(
+                decode_server_frame(enc, &r).unwrap(),
+                ServerFrame::Response {
+                    id: id.clone(),
+                    result: json!({"ok": true, "big": big})
+                }
+            );
             let e = encode_error(enc, None, &RpcError::new(ErrorCode::ParseError, "bad"));
-            assert_eq!(decode_server_frame(enc, &e).unwrap(), ServerFrame::Error { id: None, error: RpcError::new(ErrorCode::ParseError, "bad") });
+            assert_eq!(
+                decode_server_frame(enc, &e).unwrap(),
+                ServerFrame::Error {
+                    id: None,
+                    error: RpcError::new(ErrorCode::ParseError, "bad")
+                }
+            );
             let n = encode_notification(enc, "$/progress", &json!({"id": 1, "done": 5}));
-            assert_eq!(decode_server_frame(enc, &n).unwrap(), ServerFrame::Notification { method: "$/progress".into(), params: json!({"id": 1, "done": 5}) });
+            assert_eq!(
+                decode_server_frame(enc, &n).unwrap(),
+                ServerFrame::Notification {
+                    method: "$/progress".into(),
+                    params: json!({"id": 1, "done": 5})
+                }
+            );
         }
     }
 
@@ -901,30 +1078,69 @@ mod tests {
             channel: &'a str,
             offset: u64,
         }
-        for raw in [Payload::from_json(Bytes::from_static(br#"{"t":"hi"}"#)).unwrap(), Payload::json_value(&"y".repeat(3000))] {
+        for raw in [
+            Payload::from_json(Bytes::from_static(br#"{"t":"hi"}"#)).unwrap(),
+            Payload::json_value(&"y".repeat(3000)),
+        ] {
             for enc in Encoding::ALL {
-                let p = encode_push(enc, "message", &F { channel: "chat", offset: 9 }, Some(("data", &raw)));
+                let p = encode_push(
+                    enc,
+                    "message",
+                    &F {
+                        channel: "chat",
+                        offset: 9,
+                    },
+                    Some(("data", &raw)),
+                );
                 for sub in [0u32, 1, 127, 128, 255, 256, 65535, 65536, u32::MAX] {
                     let b = p.to_bytes(sub);
                     assert_eq!(b.len(), p.len(sub));
-                    let ServerFrame::Notification { method, params } = decode_server_frame(enc, &b).unwrap() else { panic!() };
+                    let ServerFrame::Notification { method, params } =
+                        decode_server_frame(enc, &b).unwrap()
+                    else {
+                        panic!()
+                    };
                     assert_eq!(method, "message");
-                    assert_eq!(params, json!({"sub": sub, "channel": "chat", "offset": 9, "data": raw.to_value()}), "{enc} {sub}");
+                    assert_eq!(
+                        params,
+                        json!({"sub": sub, "channel": "chat", "offset": 9, "data": raw.to_value()}),
+                        "{enc} {sub}"
+                    );
                 }
             }
         }
         let big = Payload::json_value(&"y".repeat(3000));
-        let p = encode_push(Encoding::MsgpackZstd, "message", &F { channel: "chat", offset: 9 }, Some(("data", &big)));
+        let p = encode_push(
+            Encoding::MsgpackZstd,
+            "message",
+            &F {
+                channel: "chat",
+                offset: 9,
+            },
+            Some(("data", &big)),
+        );
         assert!(p.len(1) < 200, "compressed push is {} bytes", p.len(1));
     }
 
     #[test]
     fn json_params_without_envelope() {
-        let p = encode_push(Encoding::Json, "message", &json!({"channel": "c"}), Some(("data", &Payload::json_value(&[1, 2]))));
+        let p = encode_push(
+            Encoding::Json,
+            "message",
+            &json!({"channel": "c"}),
+            Some(("data", &Payload::json_value(&[1, 2]))),
+        );
         let mut out = Vec::new();
         p.write_json_params(12, &mut out).unwrap();
-        assert_eq!(serde_json::from_slice::<serde_json::Value>(&out).unwrap(), json!({"sub": 12, "channel": "c", "data": [1, 2]}));
-        assert!(encode_push(Encoding::Msgpack, "m", &json!({}), None).write_json_params(1, &mut out).is_none());
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+            json!({"sub": 12, "channel": "c", "data": [1, 2]})
+        );
+        assert!(
+            encode_push(Encoding::Msgpack, "m", &json!({}), None)
+                .write_json_params(1, &mut out)
+                .is_none()
+        );
     }
 
     #[test]
@@ -933,7 +1149,11 @@ mod tests {
         struct Empty {}
         for enc in Encoding::ALL {
             let p = encode_push(enc, "x", &Empty {}, None);
-            let ServerFrame::Notification { params, .. } = decode_server_frame(enc, &p.to_bytes(3)).unwrap() else { panic!() };
+            let ServerFrame::Notification { params, .. } =
+                decode_server_frame(enc, &p.to_bytes(3)).unwrap()
+            else {
+                panic!()
+            };
             assert_eq!(params, json!({"sub": 3}));
         }
     }
@@ -945,7 +1165,10 @@ mod tests {
         let e = decompress_bounded(&bomb, 1 << 20).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::LimitExceeded);
         let ok = zstd::bulk::compress(b"[2,\"ping\",{}]", 3).unwrap();
-        assert_eq!(decompress_bounded(&ok, 1 << 20).unwrap(), b"[2,\"ping\",{}]");
+        assert_eq!(
+            decompress_bounded(&ok, 1 << 20).unwrap(),
+            b"[2,\"ping\",{}]"
+        );
         assert!(decompress_bounded(&[0x28, 0xb5, 0x2f, 0xfd, 0xff], 1 << 20).is_err());
     }
 }

@@ -182,7 +182,11 @@ pub struct RpcError {
 impl RpcError {
     /// An error with a message and no data.
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
-        RpcError { code, message: message.into(), data: None }
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
     }
 
     /// Attaches structured details.

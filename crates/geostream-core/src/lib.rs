@@ -8,6 +8,7 @@
 pub mod api;
 pub mod codec;
 pub mod error;
+pub mod feature;
 pub mod msgpack;
 pub mod payload;
 

@@ -46,7 +46,10 @@ pub struct WalkRules {
 
 impl Default for WalkRules {
     fn default() -> Self {
-        WalkRules { max_depth: 64, json_compatible: true }
+        WalkRules {
+            max_depth: 64,
+            json_compatible: true,
+        }
     }
 }
 
@@ -59,7 +62,11 @@ pub fn value_len(buf: &[u8], rules: WalkRules) -> Result<usize, MsgpackError> {
 
 /// Checks that `buf` is exactly one valid MessagePack value.
 pub fn validate_exact(buf: &[u8], rules: WalkRules) -> Result<(), MsgpackError> {
-    if value_len(buf, rules)? == buf.len() { Ok(()) } else { Err(MsgpackError::Trailing) }
+    if value_len(buf, rules)? == buf.len() {
+        Ok(())
+    } else {
+        Err(MsgpackError::Trailing)
+    }
 }
 
 struct Walker<'a> {
@@ -95,7 +102,9 @@ impl Walker<'_> {
 
     fn string(&mut self, n: usize) -> Result<(), MsgpackError> {
         let s = self.take(n)?;
-        std::str::from_utf8(s).map(|_| ()).map_err(|_| MsgpackError::InvalidUtf8)
+        std::str::from_utf8(s)
+            .map(|_| ())
+            .map_err(|_| MsgpackError::InvalidUtf8)
     }
 
     fn is_string_marker(b: u8) -> bool {
@@ -219,8 +228,14 @@ impl Walker<'_> {
 pub fn array_header(buf: &[u8]) -> Option<(usize, usize)> {
     match *buf.first()? {
         m @ 0x90..=0x9f => Some((usize::from(m & 0x0f), 1)),
-        0xdc => Some((usize::from(u16::from_be_bytes(buf.get(1..3)?.try_into().ok()?)), 3)),
-        0xdd => Some((u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize, 5)),
+        0xdc => Some((
+            usize::from(u16::from_be_bytes(buf.get(1..3)?.try_into().ok()?)),
+            3,
+        )),
+        0xdd => Some((
+            u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        )),
         _ => None,
     }
 }
@@ -229,8 +244,14 @@ pub fn array_header(buf: &[u8]) -> Option<(usize, usize)> {
 pub fn map_header(buf: &[u8]) -> Option<(usize, usize)> {
     match *buf.first()? {
         m @ 0x80..=0x8f => Some((usize::from(m & 0x0f), 1)),
-        0xde => Some((usize::from(u16::from_be_bytes(buf.get(1..3)?.try_into().ok()?)), 3)),
-        0xdf => Some((u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize, 5)),
+        0xde => Some((
+            usize::from(u16::from_be_bytes(buf.get(1..3)?.try_into().ok()?)),
+            3,
+        )),
+        0xdf => Some((
+            u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        )),
         _ => None,
     }
 }
@@ -240,8 +261,14 @@ pub fn read_str(buf: &[u8]) -> Option<(&str, usize)> {
     let (n, h): (usize, usize) = match *buf.first()? {
         m @ 0xa0..=0xbf => (usize::from(m & 0x1f), 1),
         0xd9 => (usize::from(*buf.get(1)?), 2),
-        0xda => (usize::from(u16::from_be_bytes(buf.get(1..3)?.try_into().ok()?)), 3),
-        0xdb => (u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize, 5),
+        0xda => (
+            usize::from(u16::from_be_bytes(buf.get(1..3)?.try_into().ok()?)),
+            3,
+        ),
+        0xdb => (
+            u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        ),
         _ => return None,
     };
     let s = std::str::from_utf8(buf.get(h..h.checked_add(n)?)?).ok()?;
@@ -250,7 +277,10 @@ pub fn read_str(buf: &[u8]) -> Option<(&str, usize)> {
 
 /// Finds the raw bytes of `key`'s value in a map that has already been validated.
 pub fn map_field<'a>(map: &'a [u8], key: &str) -> Option<&'a [u8]> {
-    let rules = WalkRules { max_depth: 64, json_compatible: false };
+    let rules = WalkRules {
+        max_depth: 64,
+        json_compatible: false,
+    };
     let (n, mut pos) = map_header(map)?;
     for _ in 0..n {
         let klen = value_len(&map[pos..], rules).ok()?;
@@ -275,8 +305,10 @@ mod tests {
 
     #[test]
     fn measures_values() {
-        let v = rmp_serde::to_vec_named(&serde_json::json!({"a": [1, 2.5, "x", null, true], "b": {"c": -7}}))
-            .unwrap();
+        let v = rmp_serde::to_vec_named(
+            &serde_json::json!({"a": [1, 2.5, "x", null, true], "b": {"c": -7}}),
+        )
+        .unwrap();
         assert_eq!(value_len(&v, rules()), Ok(v.len()));
         let mut two = v.clone();
         two.extend_from_slice(&v);
@@ -293,7 +325,11 @@ mod tests {
             &[0xdf, 0xff, 0xff, 0xff, 0xff, 0xa1, b'a', 0x01],
             &[0xc6, 0xff, 0xff, 0xff, 0xff, 0x00],
         ] {
-            assert_eq!(value_len(bomb, rules()), Err(MsgpackError::Truncated), "{bomb:?}");
+            assert_eq!(
+                value_len(bomb, rules()),
+                Err(MsgpackError::Truncated),
+                "{bomb:?}"
+            );
         }
     }
 
@@ -305,17 +341,34 @@ mod tests {
 
     #[test]
     fn json_compatibility() {
-        assert_eq!(value_len(&[0x81, 0x01, 0x02], rules()), Err(MsgpackError::NonStringKey));
-        assert_eq!(value_len(&[0xd4, 0x01, 0x02], rules()), Err(MsgpackError::Extension));
-        assert_eq!(value_len(&[0xa2, 0xff, 0xfe], rules()), Err(MsgpackError::InvalidUtf8));
-        assert_eq!(value_len(&[0xc1], rules()), Err(MsgpackError::InvalidMarker(0xc1)));
-        let lax = WalkRules { json_compatible: false, ..rules() };
+        assert_eq!(
+            value_len(&[0x81, 0x01, 0x02], rules()),
+            Err(MsgpackError::NonStringKey)
+        );
+        assert_eq!(
+            value_len(&[0xd4, 0x01, 0x02], rules()),
+            Err(MsgpackError::Extension)
+        );
+        assert_eq!(
+            value_len(&[0xa2, 0xff, 0xfe], rules()),
+            Err(MsgpackError::InvalidUtf8)
+        );
+        assert_eq!(
+            value_len(&[0xc1], rules()),
+            Err(MsgpackError::InvalidMarker(0xc1))
+        );
+        let lax = WalkRules {
+            json_compatible: false,
+            ..rules()
+        };
         assert_eq!(value_len(&[0xd4, 0x01, 0x02], lax), Ok(3));
     }
 
     #[test]
     fn finds_fields() {
-        let v = rmp_serde::to_vec_named(&serde_json::json!({"channel": "c", "data": {"x": [1, 2]}})).unwrap();
+        let v =
+            rmp_serde::to_vec_named(&serde_json::json!({"channel": "c", "data": {"x": [1, 2]}}))
+                .unwrap();
         let data = map_field(&v, "data").unwrap();
         let back: serde_json::Value = rmp_serde::from_slice(data).unwrap();
         assert_eq!(back, serde_json::json!({"x": [1, 2]}));
@@ -324,8 +377,10 @@ mod tests {
 
     #[test]
     fn never_panics_on_prefixes_of_valid_input() {
-        let v = rmp_serde::to_vec_named(&serde_json::json!({"k": ["a", 1, {"z": 3.0}], "m": "x".repeat(300)}))
-            .unwrap();
+        let v = rmp_serde::to_vec_named(
+            &serde_json::json!({"k": ["a", 1, {"z": 3.0}], "m": "x".repeat(300)}),
+        )
+        .unwrap();
         for i in 0..v.len() {
             assert!(value_len(&v[..i], rules()).is_err());
         }

@@ -52,27 +52,43 @@ pub struct PayloadError {
 impl Payload {
     /// Validates JSON text (exactly one value, nesting at most 128 deep).
     pub fn from_json(bytes: Bytes) -> Result<Self, PayloadError> {
-        serde_json::from_slice::<&RawValue>(&bytes)
-            .map_err(|e| PayloadError { kind: PayloadKind::Json, reason: e.to_string() })?;
-        Ok(Payload { kind: PayloadKind::Json, bytes })
+        serde_json::from_slice::<&RawValue>(&bytes).map_err(|e| PayloadError {
+            kind: PayloadKind::Json,
+            reason: e.to_string(),
+        })?;
+        Ok(Payload {
+            kind: PayloadKind::Json,
+            bytes,
+        })
     }
 
     /// Wraps a value that was already validated as part of a JSON frame.
     pub fn from_raw_json(raw: &RawValue) -> Self {
-        Payload { kind: PayloadKind::Json, bytes: Bytes::copy_from_slice(raw.get().as_bytes()) }
+        Payload {
+            kind: PayloadKind::Json,
+            bytes: Bytes::copy_from_slice(raw.get().as_bytes()),
+        }
     }
 
     /// Validates MessagePack (exactly one JSON-compatible value).
     pub fn from_msgpack(bytes: Bytes) -> Result<Self, PayloadError> {
-        msgpack::validate_exact(&bytes, WalkRules::default())
-            .map_err(|e| PayloadError { kind: PayloadKind::Msgpack, reason: e.to_string() })?;
-        Ok(Payload { kind: PayloadKind::Msgpack, bytes })
+        msgpack::validate_exact(&bytes, WalkRules::default()).map_err(|e| PayloadError {
+            kind: PayloadKind::Msgpack,
+            reason: e.to_string(),
+        })?;
+        Ok(Payload {
+            kind: PayloadKind::Msgpack,
+            bytes,
+        })
     }
 
     /// Serializes any value as a JSON payload.
     pub fn json_value(value: &impl Serialize) -> Self {
         let v = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
-        Payload { kind: PayloadKind::Json, bytes: Bytes::from(v) }
+        Payload {
+            kind: PayloadKind::Json,
+            bytes: Bytes::from(v),
+        }
     }
 
     /// Rebuilds a payload from bytes that another node (or this one) already validated.
@@ -194,7 +210,9 @@ mod tests {
     fn rejects_invalid() {
         assert!(Payload::from_json(Bytes::from_static(b"{")).is_err());
         assert!(Payload::from_json(Bytes::from_static(b"1 2")).is_err());
-        assert!(Payload::from_msgpack(Bytes::from_static(&[0xdd, 0xff, 0xff, 0xff, 0xff])).is_err());
+        assert!(
+            Payload::from_msgpack(Bytes::from_static(&[0xdd, 0xff, 0xff, 0xff, 0xff])).is_err()
+        );
         assert!(Payload::from_msgpack(Bytes::from_static(&[0x81, 0x01, 0x02])).is_err());
     }
 

@@ -6,6 +6,7 @@
 //! in each matching outbox without ever waiting.
 #![warn(missing_docs)]
 
+pub mod layers;
 pub mod outbox;
 pub mod prepared;
 pub mod session;
@@ -20,6 +21,7 @@ use geostream_core::codec::Encoding;
 use geostream_core::payload::Payload;
 use parking_lot::{Mutex, RwLock};
 
+pub use layers::{ChangeView, Dispatched, LayerMove, LayerRecovering, Side};
 pub use outbox::{CloseReason, Control, Outbox, OutboxLimits, OutboxStats, Outgoing, PushOutcome};
 pub use prepared::{Prepared, PushEvent};
 pub use session::{Session, SubTarget};
@@ -49,11 +51,19 @@ pub struct HubLimits {
     /// Live messages buffered per subscription while it catches up from history; past this
     /// the subscription continues with a gap notice.
     pub recovery_buffer: usize,
+    /// Find the layer subscriptions a change concerns with an R-tree of their areas (true,
+    /// the default) or by testing every subscription of the layer (for comparison).
+    pub spatial_index: bool,
 }
 
 impl Default for HubLimits {
     fn default() -> Self {
-        HubLimits { max_subscriptions: 128, outbox: OutboxLimits::default(), recovery_buffer: 10_000 }
+        HubLimits {
+            max_subscriptions: 128,
+            outbox: OutboxLimits::default(),
+            recovery_buffer: 10_000,
+            spatial_index: true,
+        }
     }
 }
 
@@ -121,13 +131,14 @@ pub struct Removed {
     pub sub: u32,
     /// What it was subscribed to.
     pub target: SubTarget,
-    /// Whether it was the last subscriber of its channel on this node.
+    /// Whether it was the last subscriber of its channel or layer on this node.
     pub last_on_node: bool,
 }
 
 /// This node's subscriptions and fan-out.
 pub struct Hub {
     shards: Vec<RwLock<HashMap<Arc<str>, ChannelEntry>>>,
+    layers: RwLock<HashMap<Arc<str>, Arc<Mutex<layers::LayerEntry>>>>,
     hasher: RandomState,
     limits: HubLimits,
     stats: Arc<HubStats>,
@@ -139,6 +150,7 @@ impl Hub {
     pub fn new(limits: HubLimits) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            layers: RwLock::new(HashMap::new()),
             hasher: RandomState::new(),
             limits,
             stats: Arc::new(HubStats::default()),
@@ -164,24 +176,66 @@ impl Hub {
     pub fn new_session(&self, encoding: Encoding, user: Option<String>) -> Arc<Session> {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = session_id(n).into();
-        let client = ClientInfo { session: id.to_string(), user, info: None };
+        let client = ClientInfo {
+            session: id.to_string(),
+            user,
+            info: None,
+        };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Session::new(id, encoding, client, Outbox::new(self.limits.outbox, self.stats.outbox.clone())))
+        Arc::new(Session::new(
+            id,
+            encoding,
+            client,
+            Outbox::new(self.limits.outbox, self.stats.outbox.clone()),
+        ))
     }
 
     /// Registers a channel subscription. Live messages are held back until
     /// [`Hub::finish_recovery`], so the subscribe response and any replayed history can be
     /// queued first.
-    pub fn add_channel_sub(&self, session: &Arc<Session>, channel: &str, presence: bool) -> Result<Recovering, HubError> {
+    pub fn add_channel_sub(
+        &self,
+        session: &Arc<Session>,
+        channel: &str,
+        presence: bool,
+    ) -> Result<Recovering, HubError> {
         let mut shard = self.shard(channel).write();
-        let name: Arc<str> = shard.get(channel).map_or_else(|| channel.into(), |e| e.name.clone());
-        let sub = session.add_sub(SubTarget::Channel { channel: name.clone(), presence }, self.limits.max_subscriptions)?;
-        let state = Arc::new(SubState { recovering: AtomicBool::new(true), pending: Mutex::new(Pending { items: Vec::new(), overflow_from: None }) });
-        let entry = shard.entry(name.clone()).or_insert_with(|| ChannelEntry { name: name.clone(), subs: Vec::new() });
+        let name: Arc<str> = shard
+            .get(channel)
+            .map_or_else(|| channel.into(), |e| e.name.clone());
+        let sub = session.add_sub(
+            SubTarget::Channel {
+                channel: name.clone(),
+                presence,
+            },
+            self.limits.max_subscriptions,
+        )?;
+        let state = Arc::new(SubState {
+            recovering: AtomicBool::new(true),
+            pending: Mutex::new(Pending {
+                items: Vec::new(),
+                overflow_from: None,
+            }),
+        });
+        let entry = shard.entry(name.clone()).or_insert_with(|| ChannelEntry {
+            name: name.clone(),
+            subs: Vec::new(),
+        });
         let first_on_node = entry.subs.is_empty();
-        entry.subs.push(ChannelSub { session: session.clone(), sub, presence, state: state.clone() });
+        entry.subs.push(ChannelSub {
+            session: session.clone(),
+            sub,
+            presence,
+            state: state.clone(),
+        });
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-        Ok(Recovering { sub, channel: name, first_on_node, session: session.clone(), state })
+        Ok(Recovering {
+            sub,
+            channel: name,
+            first_on_node,
+            session: session.clone(),
+            state,
+        })
     }
 
     /// Ends the catch-up of a subscription: queues the live messages held back with an offset
@@ -197,9 +251,18 @@ impl Hub {
             }
             if let Some(from) = gap_from.take() {
                 // The buffer overflowed: tell the client where its stream has a hole.
-                let _ = r.session.outbox.push_always(Outgoing::Gap { sub: r.sub, channel: r.channel.clone(), from: from.max(after + 1), epoch: epoch.clone() });
+                let _ = r.session.outbox.push_always(Outgoing::Gap {
+                    sub: r.sub,
+                    channel: r.channel.clone(),
+                    from: from.max(after + 1),
+                    epoch: epoch.clone(),
+                });
             }
-            if r.session.outbox.push_stream(r.sub, push, &r.channel, offset, &epoch) == PushOutcome::Queued {
+            if r.session
+                .outbox
+                .push_stream(r.sub, push, &r.channel, offset, &epoch)
+                == PushOutcome::Queued
+            {
                 n += 1;
             }
         }
@@ -209,30 +272,54 @@ impl Hub {
 
     /// Removes one subscription of a session.
     pub fn remove_sub(&self, session: &Session, sub: u32) -> Result<Removed, HubError> {
-        let target = session.remove_sub(sub).ok_or(HubError::UnknownSubscription(sub))?;
+        let target = session
+            .remove_sub(sub)
+            .ok_or(HubError::UnknownSubscription(sub))?;
         Ok(self.unregister(session, sub, target))
     }
 
     fn unregister(&self, session: &Session, sub: u32, target: SubTarget) -> Removed {
-        let SubTarget::Channel { channel, .. } = &target;
-        let mut shard = self.shard(channel).write();
+        let channel = match &target {
+            SubTarget::Channel { channel, .. } => channel.clone(),
+            SubTarget::Layer { layer } => {
+                let last_on_node = self.unregister_layer_sub(session, sub, layer);
+                return Removed {
+                    sub,
+                    target,
+                    last_on_node,
+                };
+            }
+        };
+        let mut shard = self.shard(&channel).write();
         let mut last_on_node = false;
-        if let Some(entry) = shard.get_mut(&**channel) {
-            if let Some(i) = entry.subs.iter().position(|s| s.sub == sub && Arc::ptr_eq(s.session.id(), session.id())) {
+        if let Some(entry) = shard.get_mut(&*channel) {
+            if let Some(i) = entry
+                .subs
+                .iter()
+                .position(|s| s.sub == sub && Arc::ptr_eq(s.session.id(), session.id()))
+            {
                 entry.subs.swap_remove(i);
                 self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             }
             if entry.subs.is_empty() {
-                shard.remove(&**channel);
+                shard.remove(&*channel);
                 last_on_node = true;
             }
         }
-        Removed { sub, target, last_on_node }
+        Removed {
+            sub,
+            target,
+            last_on_node,
+        }
     }
 
     /// Removes a closed session and all its subscriptions.
     pub fn remove_session(&self, session: &Session) -> Vec<Removed> {
-        let removed = session.take_subs().into_iter().map(|(sub, target)| self.unregister(session, sub, target)).collect();
+        let removed = session
+            .take_subs()
+            .into_iter()
+            .map(|(sub, target)| self.unregister(session, sub, target))
+            .collect();
         session.outbox.clear();
         self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
         removed
@@ -246,7 +333,10 @@ impl Hub {
     /// Who is subscribed to `channel` on this node (one entry per session).
     pub fn presence(&self, channel: &str) -> Vec<ClientInfo> {
         let shard = self.shard(channel).read();
-        shard.get(channel).map(|e| e.subs.iter().map(|s| s.session.client()).collect()).unwrap_or_default()
+        shard
+            .get(channel)
+            .map(|e| e.subs.iter().map(|s| s.session.client()).collect())
+            .unwrap_or_default()
     }
 
     /// Fans a channel message out to this node's subscribers of `channel`.
@@ -254,8 +344,14 @@ impl Hub {
     /// Must be called in offset order per channel (brokers guarantee it).
     pub fn dispatch_message(&self, channel: &str, offset: u64, epoch: &Arc<str>, data: Payload) {
         let shard = self.shard(channel).read();
-        let Some(entry) = shard.get(channel) else { return };
-        let push = Prepared::new(PushEvent::Message { channel: entry.name.clone(), offset, data });
+        let Some(entry) = shard.get(channel) else {
+            return;
+        };
+        let push = Prepared::new(PushEvent::Message {
+            channel: entry.name.clone(),
+            offset,
+            data,
+        });
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         let mut delivered = 0u64;
         for s in &entry.subs {
@@ -272,25 +368,41 @@ impl Hub {
                     continue;
                 }
             }
-            if s.session.outbox.push_stream(s.sub, push.clone(), &entry.name, offset, epoch) == PushOutcome::Queued {
+            if s.session
+                .outbox
+                .push_stream(s.sub, push.clone(), &entry.name, offset, epoch)
+                == PushOutcome::Queued
+            {
                 delivered += 1;
             }
         }
-        self.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
+        self.stats
+            .deliveries
+            .fetch_add(delivered, Ordering::Relaxed);
     }
 
     /// Fans a join or leave out to this node's subscribers of `channel` that asked for
     /// presence pushes.
     pub fn dispatch_presence(&self, channel: &str, join: bool, client: ClientInfo) {
         let shard = self.shard(channel).read();
-        let Some(entry) = shard.get(channel) else { return };
+        let Some(entry) = shard.get(channel) else {
+            return;
+        };
         if !entry.subs.iter().any(|s| s.presence) {
             return;
         }
-        let push = Prepared::new(PushEvent::Presence { channel: entry.name.clone(), join, client });
+        let push = Prepared::new(PushEvent::Presence {
+            channel: entry.name.clone(),
+            join,
+            client,
+        });
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         for s in entry.subs.iter().filter(|s| s.presence) {
-            if s.session.outbox.push(Outgoing::Push { sub: s.sub, push: push.clone() }) == PushOutcome::Queued {
+            if s.session.outbox.push(Outgoing::Push {
+                sub: s.sub,
+                push: push.clone(),
+            }) == PushOutcome::Queued
+            {
                 self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -299,7 +411,9 @@ impl Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -346,7 +460,9 @@ mod tests {
     fn fan_out_shares_one_prepared_push() {
         let hub = Hub::new(HubLimits::default());
         let epoch: Arc<str> = "e".into();
-        let sessions: Vec<_> = (0..3).map(|_| hub.new_session(Encoding::Json, None)).collect();
+        let sessions: Vec<_> = (0..3)
+            .map(|_| hub.new_session(Encoding::Json, None))
+            .collect();
         for s in &sessions {
             let r = hub.add_channel_sub(s, "c", false).unwrap();
             hub.finish_recovery(r, 0);
@@ -361,7 +477,10 @@ mod tests {
                 _ => panic!(),
             })
             .collect();
-        assert!(ptrs.windows(2).all(|w| w[0] == w[1]), "one allocation shared by all subscribers");
+        assert!(
+            ptrs.windows(2).all(|w| w[0] == w[1]),
+            "one allocation shared by all subscribers"
+        );
         assert_eq!(hub.stats().deliveries.load(Ordering::Relaxed), 3);
     }
 
@@ -376,7 +495,10 @@ mod tests {
         for i in 5..=8 {
             hub.dispatch_message("c", i, &epoch, data(i));
         }
-        assert!(drain(&s).is_empty(), "nothing is delivered before the subscription is live");
+        assert!(
+            drain(&s).is_empty(),
+            "nothing is delivered before the subscription is live"
+        );
         assert_eq!(hub.finish_recovery(r, 6), 2);
         hub.dispatch_message("c", 9, &epoch, data(9));
         assert_eq!(offsets(&drain(&s)), vec![7, 8, 9]);
@@ -384,16 +506,28 @@ mod tests {
 
     #[test]
     fn limits_and_unsubscribe() {
-        let hub = Hub::new(HubLimits { max_subscriptions: 2, ..HubLimits::default() });
+        let hub = Hub::new(HubLimits {
+            max_subscriptions: 2,
+            ..HubLimits::default()
+        });
         let s = hub.new_session(Encoding::Json, None);
         let a = hub.add_channel_sub(&s, "a", true).unwrap();
-        assert_eq!(hub.add_channel_sub(&s, "a", true).err(), Some(HubError::AlreadySubscribed(a.sub)));
+        assert_eq!(
+            hub.add_channel_sub(&s, "a", true).err(),
+            Some(HubError::AlreadySubscribed(a.sub))
+        );
         let b = hub.add_channel_sub(&s, "b", false).unwrap();
-        assert_eq!(hub.add_channel_sub(&s, "c", false).err(), Some(HubError::TooManySubscriptions(2)));
+        assert_eq!(
+            hub.add_channel_sub(&s, "c", false).err(),
+            Some(HubError::TooManySubscriptions(2))
+        );
         let removed = hub.remove_sub(&s, a.sub).unwrap();
         assert!(removed.last_on_node);
         assert!(!hub.has_channel("a"));
-        assert_eq!(hub.remove_sub(&s, a.sub).err(), Some(HubError::UnknownSubscription(a.sub)));
+        assert_eq!(
+            hub.remove_sub(&s, a.sub).err(),
+            Some(HubError::UnknownSubscription(a.sub))
+        );
         let _ = b;
         assert_eq!(hub.remove_session(&s).len(), 1);
         assert_eq!(hub.stats().subscriptions.load(Ordering::Relaxed), 0);
@@ -409,7 +543,15 @@ mod tests {
             hub.finish_recovery(r, 0);
         }
         assert_eq!(hub.presence("room").len(), 2);
-        hub.dispatch_presence("room", true, ClientInfo { session: "x".into(), user: None, info: None });
+        hub.dispatch_presence(
+            "room",
+            true,
+            ClientInfo {
+                session: "x".into(),
+                user: None,
+                info: None,
+            },
+        );
         assert_eq!(drain(&watcher).len(), 1);
         assert!(drain(&quiet).is_empty());
     }

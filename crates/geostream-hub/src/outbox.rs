@@ -5,7 +5,7 @@
 //! past the budget the outbox applies the overflow policy (see [`Outbox::push`]), and a
 //! connection that stays over its hard limit is closed as a slow consumer.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,7 +28,10 @@ pub struct OutboxLimits {
 
 impl Default for OutboxLimits {
     fn default() -> Self {
-        OutboxLimits { budget_bytes: 4 << 20, slow_grace: Duration::from_secs(10) }
+        OutboxLimits {
+            budget_bytes: 4 << 20,
+            slow_grace: Duration::from_secs(10),
+        }
     }
 }
 
@@ -42,8 +45,20 @@ pub enum Outgoing {
         /// The push, shared by every subscriber.
         push: Arc<Prepared>,
     },
+    /// A state push (a feature of a layer subscription) keyed by what it is the state of:
+    /// a newer push with the same `(sub, key)` replaces it while it waits (coalescing).
+    State {
+        /// Subscription id spliced into the frame.
+        sub: u32,
+        /// The feature id (or tile key) the push is the state of.
+        key: Arc<str>,
+        /// The push, shared by every subscriber.
+        push: Arc<Prepared>,
+    },
     /// A finished frame in this connection's encoding (a response or notification).
     Frame(Bytes),
+    /// A queued item that was superseded by a coalesced one; writers skip it.
+    Skip,
     /// A transport control message (WebSocket ping or pong payload).
     Control(Control),
     /// Messages of a stream subscription were dropped from `from` on; the writer encodes a
@@ -73,7 +88,8 @@ impl Outgoing {
     fn cost(&self) -> usize {
         // A fixed overhead per item keeps a flood of tiny pushes bounded too.
         32 + match self {
-            Outgoing::Push { push, .. } => push.cost(),
+            Outgoing::Skip => return 0,
+            Outgoing::Push { push, .. } | Outgoing::State { push, .. } => push.cost(),
             Outgoing::Frame(b) => b.len(),
             Outgoing::Control(Control::Ping(b) | Control::Pong(b)) => b.len(),
             Outgoing::Gap { channel, .. } => 48 + channel.len(),
@@ -105,6 +121,13 @@ struct State {
     queue: VecDeque<Outgoing>,
     /// Gaps not yet queued: one per subscription that lost messages since its last delivery.
     gaps: Vec<Outgoing>,
+    /// Absolute position (see `base`) of each queued state push, by `(sub, key)`.
+    keys: HashMap<(u32, Arc<str>), u64>,
+    /// State pushes that did not fit: the latest (coalesced) state per `(sub, key)`, queued
+    /// in sequence order once the queue has drained to half its budget.
+    overflow: HashMap<(u32, Arc<str>), Outgoing>,
+    /// Absolute position of the queue's front item.
+    base: u64,
     bytes: usize,
     close: Option<CloseReason>,
     /// When the outbox first refused a push since it last drained below budget.
@@ -122,12 +145,17 @@ pub struct OutboxStats {
     pub slow_closed: AtomicU64,
     /// Bytes currently queued in all outboxes.
     pub queued_bytes: AtomicU64,
+    /// State pushes merged into a newer one instead of being sent twice.
+    pub coalesced: AtomicU64,
 }
 
 /// One connection's outbound queue.
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken when the queue drains below half its budget (for producers that can wait, such
+    /// as snapshot streams). Separate from `notify`, which belongs to the writer.
+    room: Notify,
     limits: OutboxLimits,
     stats: Arc<OutboxStats>,
 }
@@ -136,8 +164,18 @@ impl Outbox {
     /// An empty outbox.
     pub fn new(limits: OutboxLimits, stats: Arc<OutboxStats>) -> Self {
         Outbox {
-            state: Mutex::new(State { queue: VecDeque::new(), gaps: Vec::new(), bytes: 0, close: None, over_since: None }),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                gaps: Vec::new(),
+                keys: HashMap::new(),
+                overflow: HashMap::new(),
+                base: 0,
+                bytes: 0,
+                close: None,
+                over_since: None,
+            }),
             notify: Notify::new(),
+            room: Notify::new(),
             limits,
             stats,
         }
@@ -169,18 +207,36 @@ impl Outbox {
     /// does not fit, the loss is remembered as a gap, and the `gap` push is queued before the
     /// subscription's next message (or as soon as the queue has drained to half its budget),
     /// so the client always learns what it missed, in order.
-    pub fn push_stream(&self, sub: u32, push: Arc<Prepared>, channel: &Arc<str>, offset: u64, epoch: &Arc<str>) -> PushOutcome {
+    pub fn push_stream(
+        &self,
+        sub: u32,
+        push: Arc<Prepared>,
+        channel: &Arc<str>,
+        offset: u64,
+        epoch: &Arc<str>,
+    ) -> PushOutcome {
         let item = Outgoing::Push { sub, push };
         let cost = item.cost();
         let mut s = self.state.lock();
         if s.close.is_some() {
             return PushOutcome::Closed;
         }
-        let pending = if s.gaps.is_empty() { None } else { s.gaps.iter().position(|g| matches!(g, Outgoing::Gap { sub: gs, .. } if *gs == sub)) };
+        let pending = if s.gaps.is_empty() {
+            None
+        } else {
+            s.gaps
+                .iter()
+                .position(|g| matches!(g, Outgoing::Gap { sub: gs, .. } if *gs == sub))
+        };
         let gap_cost = pending.map_or(0, |i| s.gaps[i].cost());
         if s.bytes + cost + gap_cost > self.limits.budget_bytes {
             if pending.is_none() {
-                s.gaps.push(Outgoing::Gap { sub, channel: channel.clone(), from: offset, epoch: epoch.clone() });
+                s.gaps.push(Outgoing::Gap {
+                    sub,
+                    channel: channel.clone(),
+                    from: offset,
+                    epoch: epoch.clone(),
+                });
             }
             return self.refuse(s);
         }
@@ -188,10 +244,110 @@ impl Outbox {
             let gap = s.gaps.swap_remove(i);
             s.queue.push_back(gap);
             s.bytes += gap_cost;
-            self.stats.queued_bytes.fetch_add(gap_cost as u64, Ordering::Relaxed);
+            self.stats
+                .queued_bytes
+                .fetch_add(gap_cost as u64, Ordering::Relaxed);
         }
         self.enqueue(s, item, cost);
         PushOutcome::Queued
+    }
+
+    /// Queues a state push (a feature of a layer subscription). Under pressure (a quarter of
+    /// the budget queued), if a push for the same `(sub, key)` is still waiting, the two are
+    /// merged ([`crate::prepared::coalesce`]) and the result goes to the back of the queue (so
+    /// sequence numbers stay in order on the wire); over budget, the merged state waits aside
+    /// and is queued once the queue has drained, so the client always ends at the latest state.
+    pub fn push_state(&self, sub: u32, key: &Arc<str>, push: Arc<Prepared>) -> PushOutcome {
+        let mut s = self.state.lock();
+        if s.close.is_some() {
+            return PushOutcome::Closed;
+        }
+        // A client that keeps up gets every transition; coalescing (which merges transitions)
+        // starts only once a quarter of the budget is queued, and costs nothing before.
+        if s.bytes < self.limits.budget_bytes / 4 && s.overflow.is_empty() && s.keys.is_empty() {
+            let item = Outgoing::State {
+                sub,
+                key: key.clone(),
+                push,
+            };
+            let cost = item.cost();
+            self.enqueue(s, item, cost);
+            return PushOutcome::Queued;
+        }
+        let k = (sub, key.clone());
+        let mut push = push;
+        let mut merged = false;
+        if let Some(abs) = s.keys.remove(&k) {
+            let i = (abs - s.base) as usize;
+            if let Some(old) = s
+                .queue
+                .get_mut(i)
+                .map(|slot| std::mem::replace(slot, Outgoing::Skip))
+            {
+                s.bytes -= old.cost().min(s.bytes);
+                self.stats
+                    .queued_bytes
+                    .fetch_sub(old.cost() as u64, Ordering::Relaxed);
+                if let Outgoing::State { push: older, .. } = old {
+                    merged = true;
+                    match crate::prepared::coalesce(&older, &push) {
+                        Some(p) => push = p,
+                        None => {
+                            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                            return PushOutcome::Queued;
+                        }
+                    }
+                }
+            }
+        } else if let Some(Outgoing::State { push: older, .. }) = s.overflow.remove(&k) {
+            merged = true;
+            match crate::prepared::coalesce(&older, &push) {
+                Some(p) => push = p,
+                None => {
+                    self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                    return PushOutcome::Queued;
+                }
+            }
+        }
+        if merged {
+            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+        }
+        let item = Outgoing::State {
+            sub,
+            key: key.clone(),
+            push,
+        };
+        let cost = item.cost();
+        if s.bytes + cost > self.limits.budget_bytes || !s.overflow.is_empty() {
+            // Nothing is lost: the latest state waits aside. Once anything waits aside, later
+            // states wait too, so they are queued in order after it.
+            s.overflow.insert(k, item);
+            return match self.refuse_kept(s) {
+                PushOutcome::Closed => PushOutcome::Closed,
+                _ => PushOutcome::Queued,
+            };
+        }
+        let abs = s.base + s.queue.len() as u64;
+        s.keys.insert(k, abs);
+        self.enqueue(s, item, cost);
+        PushOutcome::Queued
+    }
+
+    /// Like `refuse`, for a push that was kept aside rather than dropped.
+    fn refuse_kept(&self, mut s: parking_lot::MutexGuard<'_, State>) -> PushOutcome {
+        let now = Instant::now();
+        let since = *s.over_since.get_or_insert(now);
+        if now.duration_since(since) >= self.limits.slow_grace {
+            s.close = Some(CloseReason {
+                code: geostream_core::error::close::SLOW_CONSUMER,
+                reason: "slow consumer",
+            });
+            self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+            drop(s);
+            self.notify.notify_one();
+            return PushOutcome::Closed;
+        }
+        PushOutcome::Dropped
     }
 
     fn refuse(&self, mut s: parking_lot::MutexGuard<'_, State>) -> PushOutcome {
@@ -199,7 +355,10 @@ impl Outbox {
         let since = *s.over_since.get_or_insert(now);
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         if now.duration_since(since) >= self.limits.slow_grace {
-            s.close = Some(CloseReason { code: geostream_core::error::close::SLOW_CONSUMER, reason: "slow consumer" });
+            s.close = Some(CloseReason {
+                code: geostream_core::error::close::SLOW_CONSUMER,
+                reason: "slow consumer",
+            });
             self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
             drop(s);
             self.notify.notify_one();
@@ -225,7 +384,9 @@ impl Outbox {
         s.bytes += cost;
         drop(s);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        self.stats.queued_bytes.fetch_add(cost as u64, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .fetch_add(cost as u64, Ordering::Relaxed);
         // Wake the writer only on the empty -> non-empty edge: while it is busy it will find
         // the new items on its next drain without a wake-up per item.
         if was_empty {
@@ -241,6 +402,7 @@ impl Outbox {
         }
         drop(s);
         self.notify.notify_one();
+        self.room.notify_waiters();
     }
 
     /// The close reason, once closing.
@@ -254,11 +416,32 @@ impl Outbox {
             let notified = self.notify.notified();
             {
                 let s = self.state.lock();
-                if !s.queue.is_empty() || s.close.is_some() || (!s.gaps.is_empty() && s.bytes < self.limits.budget_bytes / 2) {
+                let room = s.bytes < self.limits.budget_bytes / 2;
+                if !s.queue.is_empty()
+                    || s.close.is_some()
+                    || (room && (!s.gaps.is_empty() || !s.overflow.is_empty()))
+                {
                     return;
                 }
             }
             notified.await;
+        }
+    }
+
+    /// Waits until the queue is below half its budget. Returns `false` if the outbox closed.
+    pub async fn wait_room(&self) -> bool {
+        loop {
+            let room = self.room.notified();
+            {
+                let s = self.state.lock();
+                if s.close.is_some() {
+                    return false;
+                }
+                if s.bytes < self.limits.budget_bytes / 2 {
+                    return true;
+                }
+            }
+            room.await;
         }
     }
 
@@ -270,13 +453,44 @@ impl Outbox {
             let gaps = std::mem::take(&mut s.gaps);
             for g in gaps {
                 s.bytes += g.cost();
-                self.stats.queued_bytes.fetch_add(g.cost() as u64, Ordering::Relaxed);
+                self.stats
+                    .queued_bytes
+                    .fetch_add(g.cost() as u64, Ordering::Relaxed);
                 s.queue.push_back(g);
+            }
+        }
+        if !s.overflow.is_empty() && s.bytes < self.limits.budget_bytes / 2 {
+            let mut waiting: Vec<((u32, Arc<str>), Outgoing)> = s.overflow.drain().collect();
+            waiting.sort_by_key(|(_, item)| match item {
+                Outgoing::State { push, .. } => push.order(),
+                _ => 0,
+            });
+            for (k, item) in waiting {
+                let abs = s.base + s.queue.len() as u64;
+                s.keys.insert(k, abs);
+                s.bytes += item.cost();
+                self.stats
+                    .queued_bytes
+                    .fetch_add(item.cost() as u64, Ordering::Relaxed);
+                s.queue.push_back(item);
             }
         }
         let mut taken = 0;
         while taken < max_bytes {
-            let Some(item) = s.queue.pop_front() else { break };
+            let Some(item) = s.queue.pop_front() else {
+                break;
+            };
+            let abs = s.base;
+            s.base += 1;
+            if let Outgoing::State { sub, key, .. } = &item {
+                let k = (*sub, key.clone());
+                if s.keys.get(&k) == Some(&abs) {
+                    s.keys.remove(&k);
+                }
+            }
+            if matches!(item, Outgoing::Skip) {
+                continue;
+            }
             taken += item.cost();
             out.push_back(item);
         }
@@ -288,9 +502,22 @@ impl Outbox {
             // Give back memory after a burst: idle connections should cost little.
             s.queue = VecDeque::new();
         }
-        let close = if s.queue.is_empty() { s.close.clone() } else { None };
+        if s.keys.is_empty() && s.keys.capacity() > 64 {
+            s.keys = HashMap::new();
+        }
+        let close = if s.queue.is_empty() && s.overflow.is_empty() {
+            s.close.clone()
+        } else {
+            None
+        };
+        let roomy = s.bytes < self.limits.budget_bytes / 2;
         drop(s);
-        self.stats.queued_bytes.fetch_sub(taken as u64, Ordering::Relaxed);
+        if roomy {
+            self.room.notify_waiters();
+        }
+        self.stats
+            .queued_bytes
+            .fetch_sub(taken as u64, Ordering::Relaxed);
         close
     }
 
@@ -305,19 +532,31 @@ impl Outbox {
         let bytes = s.bytes;
         s.queue = VecDeque::new();
         s.gaps = Vec::new();
+        s.keys = HashMap::new();
+        s.overflow = HashMap::new();
         s.bytes = 0;
         if s.close.is_none() {
-            s.close = Some(CloseReason { code: geostream_core::error::close::NORMAL, reason: "closed" });
+            s.close = Some(CloseReason {
+                code: geostream_core::error::close::NORMAL,
+                reason: "closed",
+            });
         }
         drop(s);
-        self.stats.queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
+        self.room.notify_waiters();
     }
 }
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.state.lock();
-        f.debug_struct("Outbox").field("items", &s.queue.len()).field("bytes", &s.bytes).field("close", &s.close).finish()
+        f.debug_struct("Outbox")
+            .field("items", &s.queue.len())
+            .field("bytes", &s.bytes)
+            .field("close", &s.close)
+            .finish()
     }
 }
 
@@ -332,14 +571,24 @@ mod tests {
     #[tokio::test]
     async fn bounded_and_drains_in_order() {
         let stats = Arc::new(OutboxStats::default());
-        let o = Outbox::new(OutboxLimits { budget_bytes: 1000, slow_grace: Duration::from_secs(60) }, stats.clone());
+        let o = Outbox::new(
+            OutboxLimits {
+                budget_bytes: 1000,
+                slow_grace: Duration::from_secs(60),
+            },
+            stats.clone(),
+        );
         let mut n = 0;
         while o.push(frame(100)) == PushOutcome::Queued {
             n += 1;
         }
         assert_eq!(n, 7, "7 x (100 + 32) fit in 1000 bytes");
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
-        assert_eq!(o.push_always(frame(100)), PushOutcome::Queued, "responses bypass the budget");
+        assert_eq!(
+            o.push_always(frame(100)),
+            PushOutcome::Queued,
+            "responses bypass the budget"
+        );
         o.ready().await;
         let mut out = VecDeque::new();
         assert!(o.drain(&mut out, 300).is_none());
@@ -353,16 +602,29 @@ mod tests {
     #[tokio::test]
     async fn stays_over_budget_then_closes_as_slow() {
         let stats = Arc::new(OutboxStats::default());
-        let o = Outbox::new(OutboxLimits { budget_bytes: 200, slow_grace: Duration::from_millis(20) }, stats.clone());
+        let o = Outbox::new(
+            OutboxLimits {
+                budget_bytes: 200,
+                slow_grace: Duration::from_millis(20),
+            },
+            stats.clone(),
+        );
         assert_eq!(o.push(frame(150)), PushOutcome::Queued);
         assert_eq!(o.push(frame(150)), PushOutcome::Dropped);
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(o.push(frame(150)), PushOutcome::Closed);
-        assert_eq!(o.close_reason().unwrap().code, geostream_core::error::close::SLOW_CONSUMER);
+        assert_eq!(
+            o.close_reason().unwrap().code,
+            geostream_core::error::close::SLOW_CONSUMER
+        );
         assert_eq!(stats.slow_closed.load(Ordering::Relaxed), 1);
         let mut out = VecDeque::new();
         let close = o.drain(&mut out, usize::MAX);
-        assert_eq!(out.len(), 1, "what was queued before the close is still delivered");
+        assert_eq!(
+            out.len(),
+            1,
+            "what was queued before the close is still delivered"
+        );
         assert!(close.is_some());
     }
 
@@ -376,7 +638,13 @@ mod tests {
 
     #[tokio::test]
     async fn gap_precedes_the_next_message() {
-        let o = Outbox::new(OutboxLimits { budget_bytes: 400, slow_grace: Duration::from_secs(60) }, Arc::new(OutboxStats::default()));
+        let o = Outbox::new(
+            OutboxLimits {
+                budget_bytes: 400,
+                slow_grace: Duration::from_secs(60),
+            },
+            Arc::new(OutboxStats::default()),
+        );
         let (ch, ep): (Arc<str>, Arc<str>) = ("c".into(), "e".into());
         let mut offset = 0;
         loop {
@@ -387,22 +655,36 @@ mod tests {
         }
         let first_dropped = offset;
         offset += 1;
-        assert_eq!(o.push_stream(1, message(offset), &ch, offset, &ep), PushOutcome::Dropped);
+        assert_eq!(
+            o.push_stream(1, message(offset), &ch, offset, &ep),
+            PushOutcome::Dropped
+        );
         let mut out = VecDeque::new();
         o.drain(&mut out, usize::MAX);
         let delivered = out.len();
         assert_eq!(delivered as u64, first_dropped - 1);
         offset += 1;
-        assert_eq!(o.push_stream(1, message(offset), &ch, offset, &ep), PushOutcome::Queued);
+        assert_eq!(
+            o.push_stream(1, message(offset), &ch, offset, &ep),
+            PushOutcome::Queued
+        );
         out.clear();
         o.drain(&mut out, usize::MAX);
         assert!(matches!(out[0], Outgoing::Gap { sub: 1, from, .. } if from == first_dropped));
-        assert!(matches!(&out[1], Outgoing::Push { push, .. } if matches!(push.event(), crate::prepared::PushEvent::Message { offset: o, .. } if *o == offset)));
+        assert!(
+            matches!(&out[1], Outgoing::Push { push, .. } if matches!(push.event(), crate::prepared::PushEvent::Message { offset: o, .. } if *o == offset))
+        );
     }
 
     #[tokio::test]
     async fn pending_gap_is_flushed_by_draining() {
-        let o = Outbox::new(OutboxLimits { budget_bytes: 300, slow_grace: Duration::from_secs(60) }, Arc::new(OutboxStats::default()));
+        let o = Outbox::new(
+            OutboxLimits {
+                budget_bytes: 300,
+                slow_grace: Duration::from_secs(60),
+            },
+            Arc::new(OutboxStats::default()),
+        );
         let (ch, ep): (Arc<str>, Arc<str>) = ("c".into(), "e".into());
         let mut offset = 0;
         while o.push_stream(2, message(offset + 1), &ch, offset + 1, &ep) == PushOutcome::Queued {
@@ -411,14 +693,19 @@ mod tests {
         let mut out = VecDeque::new();
         o.drain(&mut out, usize::MAX);
         out.clear();
-        tokio::time::timeout(Duration::from_secs(1), o.ready()).await.expect("a pending gap wakes the writer");
+        tokio::time::timeout(Duration::from_secs(1), o.ready())
+            .await
+            .expect("a pending gap wakes the writer");
         o.drain(&mut out, usize::MAX);
         assert!(matches!(out[0], Outgoing::Gap { sub: 2, from, .. } if from == offset + 1));
     }
 
     #[tokio::test]
     async fn wakes_a_waiting_writer() {
-        let o = Arc::new(Outbox::new(OutboxLimits::default(), Arc::new(OutboxStats::default())));
+        let o = Arc::new(Outbox::new(
+            OutboxLimits::default(),
+            Arc::new(OutboxStats::default()),
+        ));
         let o2 = o.clone();
         let w = tokio::spawn(async move {
             o2.ready().await;
@@ -428,6 +715,12 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         o.push(frame(1));
-        assert_eq!(tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap(), 1);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .unwrap()
+                .unwrap(),
+            1
+        );
     }
 }

@@ -8,8 +8,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use geostream_core::api::{self, ClientInfo, MessagePush, PresencePush};
+use geostream_core::api::{
+    self, ClientInfo, FeatureKind, FeaturePush, LockPush, MessagePush, PresencePush,
+};
 use geostream_core::codec::{Encoding, PushFrame, encode_push};
+use geostream_core::feature::Change;
 use geostream_core::payload::Payload;
 
 /// What a push says.
@@ -23,6 +26,21 @@ pub enum PushEvent {
         offset: u64,
         /// Data as published.
         data: Payload,
+    },
+    /// A feature entered, changed in, left or was deleted from a subscription's view.
+    Feature {
+        /// The change that caused it.
+        change: Arc<Change>,
+        /// What it means for the subscriber.
+        kind: FeatureKind,
+        /// Carry the whole feature, not only what changed (enters always do; a coalesced
+        /// update does, because the client missed intermediate changes).
+        full: bool,
+    },
+    /// A feature of a subscribed layer was locked or unlocked.
+    Lock {
+        /// The lock event.
+        lock: LockPush,
     },
     /// Someone joined (`join == true`) or left a channel.
     Presence {
@@ -40,6 +58,8 @@ impl PushEvent {
     pub fn method(&self) -> &'static str {
         match self {
             PushEvent::Message { .. } => api::push::MESSAGE,
+            PushEvent::Feature { .. } => api::push::FEATURE,
+            PushEvent::Lock { .. } => api::push::LOCK,
             PushEvent::Presence { join: true, .. } => api::push::JOIN,
             PushEvent::Presence { join: false, .. } => api::push::LEAVE,
         }
@@ -47,12 +67,37 @@ impl PushEvent {
 
     fn encode(&self, enc: Encoding) -> PushFrame {
         match self {
-            PushEvent::Message { channel, offset, data } => {
-                encode_push(enc, self.method(), &MessagePush { channel, offset: *offset }, Some(("data", data)))
-            }
-            PushEvent::Presence { channel, client, .. } => {
-                encode_push(enc, self.method(), &PresencePush { channel, client: client.clone() }, None)
-            }
+            PushEvent::Message {
+                channel,
+                offset,
+                data,
+            } => encode_push(
+                enc,
+                self.method(),
+                &MessagePush {
+                    channel,
+                    offset: *offset,
+                },
+                Some(("data", data)),
+            ),
+            PushEvent::Presence {
+                channel, client, ..
+            } => encode_push(
+                enc,
+                self.method(),
+                &PresencePush {
+                    channel,
+                    client: client.clone(),
+                },
+                None,
+            ),
+            PushEvent::Feature { change, kind, full } => encode_push(
+                enc,
+                self.method(),
+                &FeaturePush::new(change, *kind, *full),
+                None,
+            ),
+            PushEvent::Lock { lock } => encode_push(enc, self.method(), lock, None),
         }
     }
 
@@ -60,8 +105,43 @@ impl PushEvent {
         match self {
             PushEvent::Message { channel, data, .. } => 48 + channel.len() + data.len(),
             PushEvent::Presence { channel, .. } => 128 + channel.len(),
+            PushEvent::Lock { lock } => 128 + lock.lock.layer.len() + lock.lock.id.len(),
+            PushEvent::Feature { change, kind, full } => {
+                let carries =
+                    matches!(kind, FeatureKind::Enter) || *full || change.geometry_changed;
+                let geometry = if carries {
+                    change
+                        .new
+                        .as_ref()
+                        .and_then(|f| f.geometry.as_ref())
+                        .map_or(0, geometry_cost)
+                } else {
+                    0
+                };
+                let props = change.new.as_ref().map_or(0, |f| {
+                    24 * if *full || matches!(kind, FeatureKind::Enter) {
+                        f.properties.len()
+                    } else {
+                        change.changed.len()
+                    }
+                });
+                96 + change.layer.len() + change.id.len() + geometry + props
+            }
         }
     }
+}
+
+/// Approximate encoded size of a geometry: about 20 bytes per position.
+fn geometry_cost(g: &geojson::Geometry) -> usize {
+    use geojson::Value as G;
+    24 + 20
+        * match &g.value {
+            G::Point(_) => 1,
+            G::MultiPoint(p) | G::LineString(p) => p.len(),
+            G::MultiLineString(l) | G::Polygon(l) => l.iter().map(Vec::len).sum(),
+            G::MultiPolygon(m) => m.iter().flatten().map(Vec::len).sum(),
+            G::GeometryCollection(gs) => return gs.iter().map(geometry_cost).sum(),
+        }
 }
 
 /// A push shared by all its subscribers, encoded lazily once per encoding.
@@ -76,7 +156,12 @@ impl Prepared {
     /// Prepares an event.
     pub fn new(event: PushEvent) -> Arc<Self> {
         let cost = event.cost();
-        Arc::new(Prepared { event, frames: Default::default(), cost, created: Instant::now() })
+        Arc::new(Prepared {
+            event,
+            frames: Default::default(),
+            cost,
+            created: Instant::now(),
+        })
     }
 
     /// The event.
@@ -94,6 +179,15 @@ impl Prepared {
         self.created
     }
 
+    /// Where the push sorts among state pushes waiting aside: its change's sequence number.
+    pub fn order(&self) -> u64 {
+        match &self.event {
+            PushEvent::Feature { change, .. } => change.seq,
+            PushEvent::Message { offset, .. } => *offset,
+            PushEvent::Presence { .. } | PushEvent::Lock { .. } => 0,
+        }
+    }
+
     /// Approximate size in bytes, for outbox budgets (known before any encoding).
     pub fn cost(&self) -> usize {
         self.cost
@@ -102,6 +196,48 @@ impl Prepared {
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared").field("event", &self.event).finish_non_exhaustive()
+        f.debug_struct("Prepared")
+            .field("event", &self.event)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Merges a waiting state push with a newer one for the same subscription and feature, so the
+/// client ends in the newer state as if it had received both. `None` means the two cancel
+/// out (the client never learns of a feature that entered and left while it waited).
+pub fn coalesce(older: &Arc<Prepared>, newer: &Arc<Prepared>) -> Option<Arc<Prepared>> {
+    use FeatureKind::{Delete, Enter, Exit, Update};
+    let (
+        PushEvent::Feature { kind: old_kind, .. },
+        PushEvent::Feature {
+            change,
+            kind: new_kind,
+            full: new_full,
+        },
+    ) = (older.event(), newer.event())
+    else {
+        return Some(newer.clone());
+    };
+    let (kind, full) = match (old_kind, new_kind) {
+        // The client does not have it yet: it gets the latest state whole, or nothing.
+        (Enter, Enter | Update) => (Enter, true),
+        (Enter, Exit | Delete) => return None,
+        // The client has an older state: two partial updates make one whole one.
+        (Update, Enter | Update) => (Update, true),
+        (Update, Exit) => (Exit, false),
+        (Update, Delete) => (Delete, false),
+        // The client still has the feature (the removal never reached it): refresh it.
+        (Exit | Delete, Enter | Update) => (Update, true),
+        (Exit, Exit) => (Exit, false),
+        (Exit | Delete, Delete) | (Delete, Exit) => (Delete, false),
+    };
+    if kind == *new_kind && (full == *new_full || kind != Update) {
+        Some(newer.clone())
+    } else {
+        Some(Prepared::new(PushEvent::Feature {
+            change: change.clone(),
+            kind,
+            full,
+        }))
     }
 }

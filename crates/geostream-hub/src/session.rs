@@ -20,6 +20,11 @@ pub enum SubTarget {
         /// Whether the subscriber receives join/leave pushes.
         presence: bool,
     },
+    /// A layer's features.
+    Layer {
+        /// The layer name.
+        layer: Arc<str>,
+    },
 }
 
 #[derive(Default)]
@@ -40,8 +45,19 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(id: Arc<str>, encoding: Encoding, client: ClientInfo, outbox: Outbox) -> Self {
-        Session { id, encoding, client: Mutex::new(client), outbox, subs: Mutex::new(SubTable::default()) }
+    pub(crate) fn new(
+        id: Arc<str>,
+        encoding: Encoding,
+        client: ClientInfo,
+        outbox: Outbox,
+    ) -> Self {
+        Session {
+            id,
+            encoding,
+            client: Mutex::new(client),
+            outbox,
+            subs: Mutex::new(SubTable::default()),
+        }
     }
 
     /// The session id.
@@ -81,18 +97,23 @@ impl Session {
 
     /// All subscriptions.
     pub fn subscriptions(&self) -> Vec<(u32, SubTarget)> {
-        self.subs.lock().subs.iter().map(|(k, v)| (*k, v.clone())).collect()
+        self.subs
+            .lock()
+            .subs
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 
     pub(crate) fn add_sub(&self, target: SubTarget, max: usize) -> Result<u32, crate::HubError> {
         let mut t = self.subs.lock();
-        if t.subs.len() >= max {
-            return Err(crate::HubError::TooManySubscriptions(max));
-        }
         if let SubTarget::Channel { channel, .. } = &target
             && let Some(existing) = t.channels.get(channel)
         {
             return Err(crate::HubError::AlreadySubscribed(*existing));
+        }
+        if t.subs.len() >= max {
+            return Err(crate::HubError::TooManySubscriptions(max));
         }
         t.next = t.next.wrapping_add(1).max(1);
         while t.subs.contains_key(&t.next) {
@@ -124,6 +145,9 @@ impl Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("id", &self.id).field("encoding", &self.encoding).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("encoding", &self.encoding)
+            .finish_non_exhaustive()
     }
 }

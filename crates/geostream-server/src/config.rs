@@ -35,6 +35,12 @@ pub struct Config {
     pub channels: ChannelsConfig,
     /// The broker that moves messages between nodes.
     pub broker: BrokerConfig,
+    /// Where layers and features are stored.
+    pub store: StoreConfig,
+    /// Layers, features and their subscriptions.
+    pub layers: LayersConfig,
+    /// Server-side imports (`layer.import` with a `path`).
+    pub import: ImportConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
 }
@@ -50,6 +56,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             channels: ChannelsConfig::default(),
             broker: BrokerConfig::default(),
+            store: StoreConfig::default(),
+            layers: LayersConfig::default(),
+            import: ImportConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -68,7 +77,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Pretty, level: "info".into() }
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
     }
 }
 
@@ -101,7 +113,12 @@ pub struct WebSocketConfig {
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        WebSocketConfig { ping_interval_secs: 25, idle_timeout_secs: 60, max_frame_bytes: 1 << 20, max_concurrent_requests: 16 }
+        WebSocketConfig {
+            ping_interval_secs: 25,
+            idle_timeout_secs: 60,
+            max_frame_bytes: 1 << 20,
+            max_concurrent_requests: 16,
+        }
     }
 }
 
@@ -146,7 +163,11 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_subscriptions: 128, outbox_bytes: 4 << 20, slow_consumer_grace_secs: 10 }
+        LimitsConfig {
+            max_subscriptions: 128,
+            outbox_bytes: 4 << 20,
+            slow_consumer_grace_secs: 10,
+        }
     }
 }
 
@@ -164,21 +185,115 @@ pub struct ChannelsConfig {
 
 impl Default for ChannelsConfig {
     fn default() -> Self {
-        ChannelsConfig { history_size: 1000, history_ttl_secs: 600, history_page: 1000 }
+        ChannelsConfig {
+            history_size: 1000,
+            history_ttl_secs: 600,
+            history_page: 1000,
+        }
     }
 }
 
 /// Which broker to use.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BrokerConfig {
     /// In-process: one node, no outside service, history in memory. The default.
+    #[default]
     Memory,
 }
 
-impl Default for BrokerConfig {
+/// Which store to use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// A SQLite file (WAL, every commit synced). The default.
+    Sqlite {
+        /// The database file; relative paths are under `data_dir`. Default: `geostream.db`.
+        #[serde(default = "default_sqlite_path")]
+        path: PathBuf,
+        /// Changes kept per layer for resume and gap repair. Default: 100000.
+        #[serde(default = "default_retention")]
+        change_retention: u64,
+    },
+}
+
+fn default_sqlite_path() -> PathBuf {
+    PathBuf::from("geostream.db")
+}
+
+fn default_retention() -> u64 {
+    100_000
+}
+
+impl Default for StoreConfig {
     fn default() -> Self {
-        BrokerConfig::Memory
+        StoreConfig::Sqlite {
+            path: default_sqlite_path(),
+            change_retention: default_retention(),
+        }
+    }
+}
+
+/// Layers, features and subscriptions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LayersConfig {
+    /// Most positions in one feature's geometry. Default: 100000.
+    pub max_vertices: usize,
+    /// Largest `properties` object of a feature, in bytes of JSON. Default: 65536.
+    pub max_property_bytes: usize,
+    /// Most nodes in a CQL2 filter. Default: 200.
+    pub max_filter_nodes: usize,
+    /// Most vertices in a polygon filter. Default: 10000.
+    pub max_filter_vertices: usize,
+    /// Default features per snapshot page. Default: 500.
+    pub snapshot_page: usize,
+    /// Most changes replayed to a resuming subscriber; beyond this it gets a fresh snapshot.
+    /// Default: 10000.
+    pub max_replay: usize,
+    /// Use an R-tree of subscription areas to find the subscribers of a change (true), or test
+    /// every subscription (false; only for comparison). Default: true.
+    pub spatial_index: bool,
+    /// Default lock duration, in milliseconds. Default: 60000.
+    pub lock_ttl_ms: u64,
+    /// Longest lock duration a client may ask for, in milliseconds. Default: 600000.
+    pub max_lock_ttl_ms: u64,
+    /// How long a disconnected client keeps its locks (to reconnect and resume editing), in
+    /// milliseconds. Default: 15000.
+    pub lock_grace_ms: u64,
+}
+
+impl Default for LayersConfig {
+    fn default() -> Self {
+        LayersConfig {
+            max_vertices: 100_000,
+            max_property_bytes: 64 * 1024,
+            max_filter_nodes: 200,
+            max_filter_vertices: 10_000,
+            snapshot_page: 500,
+            max_replay: 10_000,
+            spatial_index: true,
+            lock_ttl_ms: 60_000,
+            max_lock_ttl_ms: 600_000,
+            lock_grace_ms: 15_000,
+        }
+    }
+}
+
+/// Server-side imports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportConfig {
+    /// Directory `layer.import` may read files from (a `path` cannot leave it); relative paths
+    /// are under `data_dir`. Default: `import`.
+    pub dir: PathBuf,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        ImportConfig {
+            dir: PathBuf::from("import"),
+        }
     }
 }
 
@@ -219,17 +334,27 @@ pub struct ConfigError(String);
 impl Config {
     /// Loads defaults, then `file` (if any), then `env` (pairs such as the process
     /// environment), then `cli`.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, cli: &CliOverrides) -> Result<Config, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        cli: &CliOverrides,
+    ) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file(path));
         }
         // Read env through a plain iterator (not the process environment directly) so tests
         // can pass their own.
-        let vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("GEOSTREAM_") && k != "GEOSTREAM_CONFIG").collect();
+        let vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("GEOSTREAM_") && k != "GEOSTREAM_CONFIG")
+            .collect();
         let env_toml = env_to_toml(&vars)?;
         fig = fig.merge(Toml::string(&env_toml));
         let mut overrides = serde_json::Map::new();
@@ -237,7 +362,10 @@ impl Config {
             overrides.insert("listen".into(), serde_json::Value::String(l.to_string()));
         }
         if let Some(d) = &cli.data_dir {
-            overrides.insert("data_dir".into(), serde_json::Value::String(d.display().to_string()));
+            overrides.insert(
+                "data_dir".into(),
+                serde_json::Value::String(d.display().to_string()),
+            );
         }
         if let Some(f) = cli.log_format {
             overrides.insert("log".into(), serde_json::json!({ "format": f }));
@@ -255,7 +383,9 @@ impl Config {
             return bad("websocket.max_frame_bytes must be at least 1024");
         }
         if self.websocket.idle_timeout_secs <= self.websocket.ping_interval_secs {
-            return bad("websocket.idle_timeout_secs must be larger than websocket.ping_interval_secs");
+            return bad(
+                "websocket.idle_timeout_secs must be larger than websocket.ping_interval_secs",
+            );
         }
         if self.limits.outbox_bytes < 64 * 1024 {
             return bad("limits.outbox_bytes must be at least 65536");
@@ -266,7 +396,19 @@ impl Config {
         if self.channels.history_page == 0 {
             return bad("channels.history_page must be at least 1");
         }
+        if self.layers.snapshot_page == 0 || self.layers.snapshot_page > 5000 {
+            return bad("layers.snapshot_page must be 1 to 5000");
+        }
         Ok(())
+    }
+
+    /// A path from the configuration, resolved against `data_dir` when relative.
+    pub fn data_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.data_dir.join(p)
+        }
     }
 
     /// The effective configuration as TOML.
@@ -280,20 +422,38 @@ impl Config {
 fn env_to_toml(vars: &[(String, String)]) -> Result<String, ConfigError> {
     let mut root = toml::Table::new();
     for (k, v) in vars {
-        let path: Vec<String> = k["GEOSTREAM_".len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let path: Vec<String> = k["GEOSTREAM_".len()..]
+            .split("__")
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
         if path.iter().any(|p| p.is_empty()) {
-            return Err(ConfigError(format!("environment variable {k} has an empty key part")));
+            return Err(ConfigError(format!(
+                "environment variable {k} has an empty key part"
+            )));
         }
         let value = match format!("x = {v}").parse::<toml::Table>() {
-            Ok(mut t) if !matches!(t.get("x"), Some(toml::Value::Table(_) | toml::Value::Array(_))) => t.remove("x").unwrap_or(toml::Value::String(v.clone())),
+            Ok(mut t)
+                if !matches!(
+                    t.get("x"),
+                    Some(toml::Value::Table(_) | toml::Value::Array(_))
+                ) =>
+            {
+                t.remove("x").unwrap_or(toml::Value::String(v.clone()))
+            }
             _ => toml::Value::String(v.clone()),
         };
         let mut table = &mut root;
         for part in &path[..path.len() - 1] {
-            let entry = table.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             table = match entry {
                 toml::Value::Table(t) => t,
-                _ => return Err(ConfigError(format!("environment variable {k} conflicts with another"))),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "environment variable {k} conflicts with another"
+                    )));
+                }
             };
         }
         table.insert(path[path.len() - 1].clone(), value);
@@ -306,7 +466,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -317,13 +480,26 @@ mod tests {
         std::fs::write(&file, "listen = \"127.0.0.1:9000\"\n[websocket]\nping_interval_secs = 5\nidle_timeout_secs = 30\n[channels]\nhistory_size = 50\n").unwrap();
         let cfg = Config::load(
             Some(&file),
-            env(&[("GEOSTREAM_WEBSOCKET__PING_INTERVAL_SECS", "7"), ("GEOSTREAM_DATA_DIR", "/tmp/x"), ("OTHER", "1")]),
-            &CliOverrides { listen: Some("127.0.0.1:9100".parse().unwrap()), ..Default::default() },
+            env(&[
+                ("GEOSTREAM_WEBSOCKET__PING_INTERVAL_SECS", "7"),
+                ("GEOSTREAM_DATA_DIR", "/tmp/x"),
+                ("OTHER", "1"),
+            ]),
+            &CliOverrides {
+                listen: Some("127.0.0.1:9100".parse().unwrap()),
+                ..Default::default()
+            },
         )
         .unwrap();
         assert_eq!(cfg.listen.port(), 9100, "CLI wins over the file");
-        assert_eq!(cfg.websocket.ping_interval_secs, 7, "env wins over the file");
-        assert_eq!(cfg.websocket.idle_timeout_secs, 30, "file wins over defaults");
+        assert_eq!(
+            cfg.websocket.ping_interval_secs, 7,
+            "env wins over the file"
+        );
+        assert_eq!(
+            cfg.websocket.idle_timeout_secs, 30,
+            "file wins over defaults"
+        );
         assert_eq!(cfg.channels.history_size, 50);
         assert_eq!(cfg.channels.history_ttl_secs, 600, "defaults fill the rest");
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
@@ -331,11 +507,28 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
-        let e = Config::load(None, env(&[("GEOSTREAM_WEBSOCKET__PING_INTERVAL", "7")]), &CliOverrides::default()).unwrap_err();
+        let e = Config::load(
+            None,
+            env(&[("GEOSTREAM_WEBSOCKET__PING_INTERVAL", "7")]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("ping_interval"), "{e}");
-        let e = Config::load(None, env(&[("GEOSTREAM_WEBSOCKET__IDLE_TIMEOUT_SECS", "1")]), &CliOverrides::default()).unwrap_err();
+        let e = Config::load(
+            None,
+            env(&[("GEOSTREAM_WEBSOCKET__IDLE_TIMEOUT_SECS", "1")]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
-        assert!(Config::load(Some(Path::new("/nonexistent/geostream.toml")), env(&[]), &CliOverrides::default()).is_err());
+        assert!(
+            Config::load(
+                Some(Path::new("/nonexistent/geostream.toml")),
+                env(&[]),
+                &CliOverrides::default()
+            )
+            .is_err()
+        );
     }
 
     #[test]

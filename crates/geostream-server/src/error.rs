@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use geostream_broker::BrokerError;
 use geostream_core::error::{ErrorCode, RpcError};
 use geostream_hub::HubError;
+use geostream_store::StoreError;
+use serde_json::json;
 
 /// An error from any part of the server.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,9 @@ pub enum ServerError {
     /// From the broker.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// From the store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// Anything else unexpected: logged, answered as an internal error.
     #[error("internal error: {0}")]
     Internal(String),
@@ -47,16 +52,25 @@ impl ServerError {
         match self {
             ServerError::Rpc(e) => e.clone(),
             ServerError::Hub(e) => match e {
-                HubError::TooManySubscriptions(_) => RpcError::new(ErrorCode::LimitExceeded, e.to_string()),
-                HubError::AlreadySubscribed(sub) => {
-                    RpcError::new(ErrorCode::InvalidParams, e.to_string()).with_data(serde_json::json!({ "sub": sub }))
+                HubError::TooManySubscriptions(_) => {
+                    RpcError::new(ErrorCode::LimitExceeded, e.to_string())
                 }
-                HubError::UnknownSubscription(_) => RpcError::new(ErrorCode::UnknownSubscription, e.to_string()),
+                HubError::AlreadySubscribed(sub) => {
+                    RpcError::new(ErrorCode::InvalidParams, e.to_string())
+                        .with_data(serde_json::json!({ "sub": sub }))
+                }
+                HubError::UnknownSubscription(_) => {
+                    RpcError::new(ErrorCode::UnknownSubscription, e.to_string())
+                }
                 _ => RpcError::new(ErrorCode::InternalError, "internal error"),
             },
+            ServerError::Store(e) => store_error(e),
             ServerError::Broker(e) => {
                 tracing::warn!(error = %e, "Broker operation failed.");
-                RpcError::new(ErrorCode::Unavailable, "the message broker is unavailable; retry later")
+                RpcError::new(
+                    ErrorCode::Unavailable,
+                    "the message broker is unavailable; retry later",
+                )
             }
             ServerError::Internal(detail) => {
                 tracing::error!(error = %detail, "Internal error.");
@@ -66,15 +80,60 @@ impl ServerError {
     }
 }
 
+fn store_error(e: &StoreError) -> RpcError {
+    let msg = e.to_string();
+    match e {
+        StoreError::LayerNotFound(_) => RpcError::new(ErrorCode::LayerNotFound, msg),
+        StoreError::LayerExists(_) => RpcError::new(ErrorCode::LayerExists, msg),
+        StoreError::FeatureNotFound { .. } => RpcError::new(ErrorCode::FeatureNotFound, msg),
+        StoreError::FeatureExists { current, .. } => RpcError::new(ErrorCode::Conflict, msg)
+            .with_data(json!({ "current": current, "exists": true })),
+        StoreError::Conflict {
+            current, expected, ..
+        } => RpcError::new(ErrorCode::Conflict, msg)
+            .with_data(json!({ "current": current, "expected": expected })),
+        StoreError::VersionRequired { .. } => {
+            RpcError::new(ErrorCode::Conflict, msg).with_data(json!({ "version_required": true }))
+        }
+        StoreError::Locked {
+            id,
+            holder,
+            until_ms,
+        } => RpcError::new(ErrorCode::Locked, msg).with_data(json!({
+            "id": id,
+            "client": holder.client,
+            "user": holder.user,
+            "until_ms": until_ms,
+            "until": geostream_core::feature::format_time_ms(*until_ms),
+        })),
+        StoreError::Invalid(_) => RpcError::new(ErrorCode::InvalidParams, msg),
+        StoreError::Unavailable(detail) => {
+            tracing::error!(error = %detail, "Store failure.");
+            RpcError::new(
+                ErrorCode::Unavailable,
+                "the store is unavailable; retry later",
+            )
+        }
+        _ => {
+            tracing::error!(error = %msg, "Unexpected store error.");
+            RpcError::new(ErrorCode::InternalError, "internal error")
+        }
+    }
+}
+
 /// The HTTP status for an error code.
 pub fn http_status(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::ParseError | ErrorCode::InvalidRequest | ErrorCode::InvalidParams | ErrorCode::InvalidFeature | ErrorCode::InvalidFilter => {
-            StatusCode::BAD_REQUEST
-        }
-        ErrorCode::MethodNotFound | ErrorCode::LayerNotFound | ErrorCode::FeatureNotFound | ErrorCode::TileNotFound | ErrorCode::UnknownSubscription => {
-            StatusCode::NOT_FOUND
-        }
+        ErrorCode::ParseError
+        | ErrorCode::InvalidRequest
+        | ErrorCode::InvalidParams
+        | ErrorCode::InvalidFeature
+        | ErrorCode::InvalidFilter => StatusCode::BAD_REQUEST,
+        ErrorCode::MethodNotFound
+        | ErrorCode::LayerNotFound
+        | ErrorCode::FeatureNotFound
+        | ErrorCode::TileNotFound
+        | ErrorCode::UnknownSubscription => StatusCode::NOT_FOUND,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -90,7 +149,8 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
 
 /// The JSON body of every HTTP error: `{"error": {"code", "name", "message", "data"?}}`.
 pub fn error_body(e: &RpcError) -> serde_json::Value {
-    let mut inner = serde_json::json!({ "code": e.code.code(), "name": e.code.name(), "message": e.message });
+    let mut inner =
+        serde_json::json!({ "code": e.code.code(), "name": e.code.name(), "message": e.message });
     if let Some(d) = &e.data {
         inner["data"] = d.clone();
     }
@@ -101,7 +161,11 @@ impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let e = self.to_rpc();
         let mut status = http_status(e.code);
-        if e.code == ErrorCode::Conflict && e.data.as_ref().is_some_and(|d| d.get("precondition").is_some()) {
+        if e.code == ErrorCode::Conflict
+            && e.data
+                .as_ref()
+                .is_some_and(|d| d.get("precondition").is_some())
+        {
             status = StatusCode::PRECONDITION_FAILED;
         }
         (status, Json(error_body(&e))).into_response()

@@ -62,7 +62,11 @@ async fn healthz() -> Response {
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response()
     } else {
         Json(json!({ "status": "ready" })).into_response()
     }
@@ -70,8 +74,22 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let sessions = node.session_count() as f64;
-    let text = node.metrics.render(node.hub.stats(), &[("geostream_node_sessions", "Sessions registered on this node.", sessions)]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    let text = node.metrics.render(
+        node.hub.stats(),
+        &[(
+            "geostream_node_sessions",
+            "Sessions registered on this node.",
+            sessions,
+        )],
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
@@ -84,7 +102,14 @@ fn path_error(e: PathRejection) -> Response {
 
 fn body_error(e: BytesRejection) -> Response {
     let status = e.status();
-    let mut r = http_error(if status == StatusCode::PAYLOAD_TOO_LARGE { ErrorCode::LimitExceeded } else { ErrorCode::InvalidRequest }, e.body_text());
+    let mut r = http_error(
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::LimitExceeded
+        } else {
+            ErrorCode::InvalidRequest
+        },
+        e.body_text(),
+    );
     *r.status_mut() = status;
     r
 }
@@ -95,17 +120,31 @@ struct PublishBody<'a> {
     data: Option<&'a RawValue>,
 }
 
-async fn publish(State(node): State<Arc<Node>>, name: Result<Path<String>, PathRejection>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn publish(
+    State(node): State<Arc<Node>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let start = Instant::now();
     let r = async {
         let Path(name) = name.map_err(path_error)?;
         let body = body.map_err(body_error)?;
-        let parsed: PublishBody<'_> = serde_json::from_slice(&body)
-            .map_err(|e| http_error(ErrorCode::ParseError, format!("the body must be a JSON object {{\"data\": ...}}: {e}")))?;
+        let parsed: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
+            http_error(
+                ErrorCode::ParseError,
+                format!("the body must be a JSON object {{\"data\": ...}}: {e}"),
+            )
+        })?;
         let Some(data) = parsed.data else {
-            return Err(http_error(ErrorCode::InvalidParams, "the body must have a \"data\" member"));
+            return Err(http_error(
+                ErrorCode::InvalidParams,
+                "the body must have a \"data\" member",
+            ));
         };
-        let pos: Position = node.publish(&name, Payload::from_raw_json(data)).await.map_err(IntoResponse::into_response)?;
+        let pos: Position = node
+            .publish(&name, Payload::from_raw_json(data))
+            .await
+            .map_err(IntoResponse::into_response)?;
         Ok::<_, Response>(Json(pos).into_response())
     }
     .await;
@@ -121,16 +160,32 @@ struct HistoryQuery {
     limit: Option<u32>,
 }
 
-async fn history(State(node): State<Arc<Node>>, name: Result<Path<String>, PathRejection>, q: Result<Query<HistoryQuery>, QueryRejection>) -> Response {
+async fn history(
+    State(node): State<Arc<Node>>,
+    name: Result<Path<String>, PathRejection>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Response {
     let r = async {
         let Path(channel) = name.map_err(path_error)?;
         let Query(q) = q.map_err(|e| http_error(ErrorCode::InvalidParams, e.body_text()))?;
         let since = match (q.since, q.epoch) {
             (Some(offset), Some(epoch)) => Some(Position { offset, epoch }),
             (None, None) => None,
-            _ => return Err(http_error(ErrorCode::InvalidParams, "since and epoch go together")),
+            _ => {
+                return Err(http_error(
+                    ErrorCode::InvalidParams,
+                    "since and epoch go together",
+                ));
+            }
         };
-        let result = node.history(&ChannelHistoryParams { channel, since, limit: q.limit }).await.map_err(IntoResponse::into_response)?;
+        let result = node
+            .history(&ChannelHistoryParams {
+                channel,
+                since,
+                limit: q.limit,
+            })
+            .await
+            .map_err(IntoResponse::into_response)?;
         Ok::<_, Response>(Json(result).into_response())
     }
     .await;
@@ -138,10 +193,15 @@ async fn history(State(node): State<Arc<Node>>, name: Result<Path<String>, PathR
     r.unwrap_or_else(|e| e)
 }
 
-async fn presence(State(node): State<Arc<Node>>, name: Result<Path<String>, PathRejection>) -> Response {
+async fn presence(
+    State(node): State<Arc<Node>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
     let r = async {
         let Path(channel) = name.map_err(path_error)?;
-        let clients = node.presence(&channel).map_err(IntoResponse::into_response)?;
+        let clients = node
+            .presence(&channel)
+            .map_err(IntoResponse::into_response)?;
         Ok::<_, Response>(Json(json!({ "clients": clients })).into_response())
     }
     .await;

@@ -6,7 +6,10 @@
 
 pub mod config;
 pub mod error;
+pub mod features;
 pub mod http;
+pub mod import;
+mod layer_ops;
 pub mod metrics;
 pub mod node;
 mod sse;
@@ -33,14 +36,22 @@ pub use node::Node;
 /// Starts a node from `config` and serves it on `listener` until `shutdown` completes, then
 /// drains: stops accepting, tells every client to reconnect (close code 1012), waits up to
 /// `shutdown.drain_secs` for connections to finish, and returns.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let node = Node::start(config).await?;
     serve(listener, node, shutdown).await;
     Ok(())
 }
 
 /// Serves an already started node.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()> + Send) {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
     let app = http::router(node.clone());
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -82,7 +93,10 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     let both = async {
         tokio::join!(node.drain(drain), graceful.shutdown());
     };
-    if tokio::time::timeout(drain + Duration::from_secs(1), both).await.is_err() {
+    if tokio::time::timeout(drain + Duration::from_secs(1), both)
+        .await
+        .is_err()
+    {
         tracing::warn!("HTTP connections did not finish in time.");
     }
     tracing::info!("Stopped.");
@@ -91,7 +105,11 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
 /// Binds a listener with a deep accept backlog (many clients reconnecting at once after a
 /// restart should not be refused).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)

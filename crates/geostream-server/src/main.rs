@@ -52,18 +52,28 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let overrides = CliOverrides { listen: args.listen, data_dir: args.data_dir, log_format: args.log_format };
+    let overrides = CliOverrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        log_format: args.log_format,
+    };
     let config = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(());
     }
     geostream_server::telemetry::init(&config.log);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let listener = geostream_server::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener = geostream_server::bind(config.listen)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        eprintln!("geostream {} listening on http://{addr} (WebSocket ws://{addr}/v1/ws)", env!("CARGO_PKG_VERSION"));
+        eprintln!(
+            "geostream {} listening on http://{addr} (WebSocket ws://{addr}/v1/ws)",
+            env!("CARGO_PKG_VERSION")
+        );
         geostream_server::run(listener, config, shutdown_signal()).await
     })
 }

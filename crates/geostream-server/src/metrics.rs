@@ -29,7 +29,10 @@ const METHODS: &[&str] = &[
 ];
 
 /// Latency buckets, in seconds.
-const BUCKETS: [f64; 16] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 /// A histogram with fixed buckets.
 #[derive(Default)]
@@ -71,7 +74,11 @@ impl Histogram {
         }
         cum += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
         let _ = writeln!(out, "{name}_count{{{labels}}} {cum}");
     }
 }
@@ -88,7 +95,10 @@ impl LocalHistogram {
     /// Records one observation.
     pub fn observe(&mut self, d: Duration) {
         let s = d.as_secs_f64();
-        let i = BUCKETS.iter().position(|b| s <= *b).unwrap_or(BUCKETS.len());
+        let i = BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(BUCKETS.len());
         self.counts[i] += 1;
         self.sum_ns += d.as_nanos() as u64;
         self.n += 1;
@@ -135,7 +145,10 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a finished request.
     pub fn request(&self, method: &str, ok: bool) {
-        let i = METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1);
+        let i = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(METHODS.len() - 1);
         self.requests[i][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -146,23 +159,52 @@ impl Metrics {
 
     /// Requests counted for `method` with the given outcome (for tests).
     pub fn requests(&self, method: &str, ok: bool) -> u64 {
-        METHODS.iter().position(|m| *m == method).map_or(0, |i| self.requests[i][usize::from(!ok)].load(Ordering::Relaxed))
+        METHODS.iter().position(|m| *m == method).map_or(0, |i| {
+            self.requests[i][usize::from(!ok)].load(Ordering::Relaxed)
+        })
     }
 
     /// Renders everything in the Prometheus text format.
     pub fn render(&self, hub: &HubStats, extra: &[(&str, &str, f64)]) -> String {
         let mut o = String::with_capacity(8192);
         let r = Ordering::Relaxed;
-        gauge(&mut o, "geostream_connections", "Open client connections by transport.", &[
-            ("transport=\"ws\"", self.ws_connections.load(r) as f64),
-            ("transport=\"sse\"", self.sse_connections.load(r) as f64),
-        ]);
-        counter(&mut o, "geostream_tcp_accepted_total", "TCP connections accepted.", &[("", self.accepted.load(r) as f64)]);
-        counter(&mut o, "geostream_tcp_refused_total", "TCP connections refused by connection limits.", &[("", self.refused.load(r) as f64)]);
+        gauge(
+            &mut o,
+            "geostream_connections",
+            "Open client connections by transport.",
+            &[
+                ("transport=\"ws\"", self.ws_connections.load(r) as f64),
+                ("transport=\"sse\"", self.sse_connections.load(r) as f64),
+            ],
+        );
+        counter(
+            &mut o,
+            "geostream_tcp_accepted_total",
+            "TCP connections accepted.",
+            &[("", self.accepted.load(r) as f64)],
+        );
+        counter(
+            &mut o,
+            "geostream_tcp_refused_total",
+            "TCP connections refused by connection limits.",
+            &[("", self.refused.load(r) as f64)],
+        );
         for (name, help, pick) in [
-            ("geostream_frames_in_total", "WebSocket data frames received, by encoding.", 0),
-            ("geostream_bytes_in_total", "WebSocket payload bytes received, by encoding.", 1),
-            ("geostream_frames_out_total", "Frames sent (WebSocket frames and SSE events), by encoding.", 2),
+            (
+                "geostream_frames_in_total",
+                "WebSocket data frames received, by encoding.",
+                0,
+            ),
+            (
+                "geostream_bytes_in_total",
+                "WebSocket payload bytes received, by encoding.",
+                1,
+            ),
+            (
+                "geostream_frames_out_total",
+                "Frames sent (WebSocket frames and SSE events), by encoding.",
+                2,
+            ),
             ("geostream_bytes_out_total", "Bytes sent, by encoding.", 3),
         ] {
             let series: Vec<(String, f64)> = Encoding::ALL
@@ -179,26 +221,87 @@ impl Metrics {
         let mut series = Vec::new();
         for (i, m) in METHODS.iter().enumerate() {
             for (j, outcome) in ["ok", "error"].iter().enumerate() {
-                series.push((format!("method=\"{m}\",outcome=\"{outcome}\""), self.requests[i][j].load(r) as f64));
+                series.push((
+                    format!("method=\"{m}\",outcome=\"{outcome}\""),
+                    self.requests[i][j].load(r) as f64,
+                ));
             }
         }
         let s: Vec<(&str, f64)> = series.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        counter(&mut o, "geostream_requests_total", "Requests handled, by method and outcome.", &s);
-        counter(&mut o, "geostream_requests_cancelled_total", "Requests aborted by $/cancelRequest or a closed connection.", &[("", self.cancelled.load(r) as f64)]);
-        counter(&mut o, "geostream_protocol_errors_total", "Connections closed for protocol violations.", &[("", self.protocol_errors.load(r) as f64)]);
-        let _ = writeln!(o, "# HELP geostream_publish_to_deliver_seconds Time from a push being prepared on this node to its bytes reaching the socket.");
+        counter(
+            &mut o,
+            "geostream_requests_total",
+            "Requests handled, by method and outcome.",
+            &s,
+        );
+        counter(
+            &mut o,
+            "geostream_requests_cancelled_total",
+            "Requests aborted by $/cancelRequest or a closed connection.",
+            &[("", self.cancelled.load(r) as f64)],
+        );
+        counter(
+            &mut o,
+            "geostream_protocol_errors_total",
+            "Connections closed for protocol violations.",
+            &[("", self.protocol_errors.load(r) as f64)],
+        );
+        let _ = writeln!(
+            o,
+            "# HELP geostream_publish_to_deliver_seconds Time from a push being prepared on this node to its bytes reaching the socket."
+        );
         let _ = writeln!(o, "# TYPE geostream_publish_to_deliver_seconds histogram");
-        self.deliver_latency.render(&mut o, "geostream_publish_to_deliver_seconds", "");
-        let _ = writeln!(o, "# HELP geostream_request_duration_seconds Time to handle a request.");
+        self.deliver_latency
+            .render(&mut o, "geostream_publish_to_deliver_seconds", "");
+        let _ = writeln!(
+            o,
+            "# HELP geostream_request_duration_seconds Time to handle a request."
+        );
         let _ = writeln!(o, "# TYPE geostream_request_duration_seconds histogram");
-        self.request_latency.render(&mut o, "geostream_request_duration_seconds", "");
-        gauge(&mut o, "geostream_sessions", "Sessions open.", &[("", hub.sessions.load(r) as f64)]);
-        gauge(&mut o, "geostream_subscriptions", "Subscriptions open.", &[("", hub.subscriptions.load(r) as f64)]);
-        counter(&mut o, "geostream_events_total", "Events dispatched to this node's subscribers (before fan-out).", &[("", hub.events.load(r) as f64)]);
-        counter(&mut o, "geostream_deliveries_total", "Pushes queued to subscribers (after fan-out).", &[("", hub.deliveries.load(r) as f64)]);
-        gauge(&mut o, "geostream_outbox_queued_bytes", "Bytes waiting in all outboxes.", &[("", hub.outbox.queued_bytes.load(r) as f64)]);
-        counter(&mut o, "geostream_outbox_dropped_total", "Pushes dropped because an outbox was over budget.", &[("", hub.outbox.dropped.load(r) as f64)]);
-        counter(&mut o, "geostream_slow_consumer_disconnects_total", "Connections closed as slow consumers.", &[("", hub.outbox.slow_closed.load(r) as f64)]);
+        self.request_latency
+            .render(&mut o, "geostream_request_duration_seconds", "");
+        gauge(
+            &mut o,
+            "geostream_sessions",
+            "Sessions open.",
+            &[("", hub.sessions.load(r) as f64)],
+        );
+        gauge(
+            &mut o,
+            "geostream_subscriptions",
+            "Subscriptions open.",
+            &[("", hub.subscriptions.load(r) as f64)],
+        );
+        counter(
+            &mut o,
+            "geostream_events_total",
+            "Events dispatched to this node's subscribers (before fan-out).",
+            &[("", hub.events.load(r) as f64)],
+        );
+        counter(
+            &mut o,
+            "geostream_deliveries_total",
+            "Pushes queued to subscribers (after fan-out).",
+            &[("", hub.deliveries.load(r) as f64)],
+        );
+        gauge(
+            &mut o,
+            "geostream_outbox_queued_bytes",
+            "Bytes waiting in all outboxes.",
+            &[("", hub.outbox.queued_bytes.load(r) as f64)],
+        );
+        counter(
+            &mut o,
+            "geostream_outbox_dropped_total",
+            "Pushes dropped because an outbox was over budget.",
+            &[("", hub.outbox.dropped.load(r) as f64)],
+        );
+        counter(
+            &mut o,
+            "geostream_slow_consumer_disconnects_total",
+            "Connections closed as slow consumers.",
+            &[("", hub.outbox.slow_closed.load(r) as f64)],
+        );
         for (name, help, v) in extra {
             gauge(&mut o, name, help, &[("", *v)]);
         }
@@ -256,7 +359,9 @@ mod tests {
         m.request("channel.publish", true);
         m.request("nonsense", false);
         let text = m.render(&HubStats::default(), &[]);
-        assert!(text.contains("geostream_requests_total{method=\"channel.publish\",outcome=\"ok\"} 1"));
+        assert!(
+            text.contains("geostream_requests_total{method=\"channel.publish\",outcome=\"ok\"} 1")
+        );
         assert!(text.contains("geostream_requests_total{method=\"other\",outcome=\"error\"} 1"));
     }
 }

@@ -10,19 +10,33 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
-use geostream_broker::{Broker, BrokerHandler, HistoryLimits, HistoryPage, MemoryBroker, Publication, StreamPosition};
-use geostream_core::api::{
-    ChannelHistoryParams, ChannelHistoryResult, ChannelSubscribeParams, ChannelSubscribeResult, ClientInfo, HistoryMessage, Position, validate_name,
+use geostream_broker::{
+    Broker, BrokerHandler, HistoryLimits, HistoryPage, MemoryBroker, Publication, StreamPosition,
 };
-use geostream_core::codec::Encoding;
+use geostream_core::api::{
+    self, ChannelHistoryParams, ChannelHistoryResult, ChannelSubscribeParams,
+    ChannelSubscribeResult, ClientInfo, HistoryMessage, LockInfo, LockPush, Position,
+    UnsubscribedPush, validate_name,
+};
+use geostream_core::codec::{Encoding, encode_push};
 use geostream_core::error::ErrorCode;
+use geostream_core::feature::{Change, Feature};
 use geostream_core::payload::{Payload, PayloadKind};
-use geostream_hub::{CloseReason, Hub, HubLimits, OutboxLimits, Prepared, PushEvent, Recovering, Removed, Session, SubTarget};
+use geostream_hub::{
+    CloseReason, Hub, HubLimits, OutboxLimits, Prepared, PushEvent, Recovering, Removed, Session,
+    SubTarget,
+};
+use geostream_hub::{Dispatched, Outgoing};
+use geostream_store::{
+    ChangePage, FeatureQuery, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Snapshot,
+    SnapshotRequest, SqliteOptions, SqliteStore, Store, WriteOutcome, WriteRequest,
+};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::config::{BrokerConfig, Config};
+use crate::config::{BrokerConfig, Config, StoreConfig};
 use crate::error::{Result, ServerError};
 use crate::metrics::Metrics;
 
@@ -36,6 +50,96 @@ pub(crate) mod kind {
     pub(crate) const JOIN: u8 = 10;
     /// Someone left a channel.
     pub(crate) const LEAVE: u8 = 11;
+    /// A layer change; data is a MessagePack `Change`.
+    pub(crate) const CHANGE: u8 = 20;
+    /// A feature was locked or unlocked; data is a JSON `LockPush`.
+    pub(crate) const LOCK: u8 = 21;
+    /// A layer was deleted.
+    pub(crate) const LAYER_DELETED: u8 = 22;
+}
+
+/// The configured store (see [`AnyBroker`] for why an enum).
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    /// SQLite.
+    Sqlite(SqliteStore),
+}
+
+macro_rules! store_call {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn create_layer(&self, spec: LayerSpec) -> geostream_store::Result<LayerInfo> {
+        store_call!(self, s => s.create_layer(spec).await)
+    }
+    async fn list_layers(&self) -> geostream_store::Result<Vec<LayerInfo>> {
+        store_call!(self, s => s.list_layers().await)
+    }
+    async fn layer(&self, name: &str) -> geostream_store::Result<LayerInfo> {
+        store_call!(self, s => s.layer(name).await)
+    }
+    async fn delete_layer(&self, name: &str) -> geostream_store::Result<()> {
+        store_call!(self, s => s.delete_layer(name).await)
+    }
+    async fn apply(&self, req: WriteRequest) -> geostream_store::Result<WriteOutcome> {
+        store_call!(self, s => s.apply(req).await)
+    }
+    async fn get(&self, layer: &str, id: &str) -> geostream_store::Result<Option<Feature>> {
+        store_call!(self, s => s.get(layer, id).await)
+    }
+    async fn query(&self, layer: &str, q: FeatureQuery) -> geostream_store::Result<QueryPage> {
+        store_call!(self, s => s.query(layer, q).await)
+    }
+    async fn snapshot(
+        &self,
+        layer: &str,
+        req: SnapshotRequest,
+    ) -> geostream_store::Result<Snapshot> {
+        store_call!(self, s => s.snapshot(layer, req).await)
+    }
+    async fn changes(
+        &self,
+        layer: &str,
+        since: u64,
+        limit: usize,
+    ) -> geostream_store::Result<ChangePage> {
+        store_call!(self, s => s.changes(layer, since, limit).await)
+    }
+    async fn lock(
+        &self,
+        layer: &str,
+        ids: &[String],
+        holder: &Holder,
+        ttl_ms: u64,
+    ) -> geostream_store::Result<Vec<Lock>> {
+        store_call!(self, s => s.lock(layer, ids, holder, ttl_ms).await)
+    }
+    async fn unlock(
+        &self,
+        layer: &str,
+        ids: &[String],
+        holder: &Holder,
+    ) -> geostream_store::Result<Vec<Lock>> {
+        store_call!(self, s => s.unlock(layer, ids, holder).await)
+    }
+    async fn expire_client_locks(
+        &self,
+        client: &str,
+        grace_ms: u64,
+    ) -> geostream_store::Result<Vec<Lock>> {
+        store_call!(self, s => s.expire_client_locks(client, grace_ms).await)
+    }
+    async fn reap_locks(&self) -> geostream_store::Result<Vec<Lock>> {
+        store_call!(self, s => s.reap_locks().await)
+    }
+    async fn locks(&self, layer: &str) -> geostream_store::Result<Vec<Lock>> {
+        store_call!(self, s => s.locks(layer).await)
+    }
 }
 
 /// The configured broker. An enum rather than a trait object: the choice is made once at
@@ -47,17 +151,32 @@ pub enum AnyBroker {
 }
 
 impl Broker for AnyBroker {
-    async fn publish(&self, topic: &str, kind: u8, data: Bytes) -> geostream_broker::Result<StreamPosition> {
+    async fn publish(
+        &self,
+        topic: &str,
+        kind: u8,
+        data: Bytes,
+    ) -> geostream_broker::Result<StreamPosition> {
         match self {
             AnyBroker::Memory(b) => b.publish(topic, kind, data).await,
         }
     }
-    async fn publish_ephemeral(&self, topic: &str, kind: u8, data: Bytes) -> geostream_broker::Result<()> {
+    async fn publish_ephemeral(
+        &self,
+        topic: &str,
+        kind: u8,
+        data: Bytes,
+    ) -> geostream_broker::Result<()> {
         match self {
             AnyBroker::Memory(b) => b.publish_ephemeral(topic, kind, data).await,
         }
     }
-    async fn history(&self, topic: &str, since: Option<u64>, limit: usize) -> geostream_broker::Result<HistoryPage> {
+    async fn history(
+        &self,
+        topic: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> geostream_broker::Result<HistoryPage> {
         match self {
             AnyBroker::Memory(b) => b.history(topic, since, limit).await,
         }
@@ -82,12 +201,19 @@ impl Broker for AnyBroker {
 /// Delivers what the broker brings to this node's hub.
 pub struct HubBridge {
     hub: Arc<Hub>,
+    /// Layers whose changes arrived with a gap, for the gap filler.
+    gaps: tokio::sync::mpsc::Sender<(String, u64)>,
 }
 
 impl BrokerHandler for HubBridge {
     fn on_publication(&self, topic: &str, p: &Publication, epoch: &Arc<str>) {
         if let Some(k) = PayloadKind::from_u8(p.kind) {
-            self.hub.dispatch_message(topic, p.offset, epoch, Payload::from_trusted(k, p.data.clone()));
+            self.hub.dispatch_message(
+                topic,
+                p.offset,
+                epoch,
+                Payload::from_trusted(k, p.data.clone()),
+            );
         }
     }
 
@@ -95,7 +221,40 @@ impl BrokerHandler for HubBridge {
         match kind {
             kind::JOIN | kind::LEAVE => {
                 if let Ok(client) = serde_json::from_slice::<ClientInfo>(data) {
-                    self.hub.dispatch_presence(topic, kind == kind::JOIN, client);
+                    self.hub
+                        .dispatch_presence(topic, kind == kind::JOIN, client);
+                }
+            }
+            kind::CHANGE => match rmp_serde::from_slice::<Change>(data) {
+                Ok(c) => {
+                    let layer = c.layer.clone();
+                    if let Dispatched::Waiting { missing } = self.hub.dispatch_change(Arc::new(c)) {
+                        let _ = self.gaps.try_send((layer, missing));
+                    }
+                }
+                Err(e) => tracing::warn!(topic, error = %e, "Dropping an undecodable change."),
+            },
+            kind::LOCK => {
+                if let (Some(layer), Ok(lock)) = (
+                    topic.strip_prefix("$layer/"),
+                    serde_json::from_slice::<LockPush>(data),
+                ) {
+                    self.hub.dispatch_lock(layer, lock);
+                }
+            }
+            kind::LAYER_DELETED => {
+                if let Some(layer) = topic.strip_prefix("$layer/") {
+                    for (session, sub) in self.hub.drop_layer(layer) {
+                        let f = encode_push(
+                            session.encoding(),
+                            api::push::UNSUBSCRIBED,
+                            &UnsubscribedPush {
+                                reason: "layer deleted",
+                            },
+                            None,
+                        );
+                        session.outbox.push_always(Outgoing::Frame(f.to_bytes(sub)));
+                    }
                 }
             }
             _ => tracing::debug!(topic, kind, "Ignoring a broker message of unknown kind."),
@@ -122,6 +281,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// The broker.
     pub broker: AnyBroker,
+    /// The store.
+    pub store: AnyStore,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
@@ -140,13 +301,18 @@ impl Node {
                 slow_grace: Duration::from_secs(config.limits.slow_consumer_grace_secs),
             },
             recovery_buffer: 10_000,
+            spatial_index: config.layers.spatial_index,
         }));
         let limits = HistoryLimits {
             size: config.channels.history_size,
             ttl: Duration::from_secs(config.channels.history_ttl_secs),
             meta_ttl: Duration::from_secs(24 * 3600),
         };
-        let bridge = Arc::new(HubBridge { hub: hub.clone() });
+        let (gaps_tx, mut gaps_rx) = tokio::sync::mpsc::channel::<(String, u64)>(1024);
+        let bridge = Arc::new(HubBridge {
+            hub: hub.clone(),
+            gaps: gaps_tx,
+        });
         let broker = match &config.broker {
             BrokerConfig::Memory => {
                 let b = MemoryBroker::new(limits);
@@ -162,15 +328,64 @@ impl Node {
                 AnyBroker::Memory(b)
             }
         };
-        Ok(Arc::new(Node {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let store = match &config.store {
+            StoreConfig::Sqlite {
+                path,
+                change_retention,
+            } => {
+                let path = config.data_path(path);
+                let change_retention = *change_retention;
+                let opts = SqliteOptions {
+                    change_retention,
+                    ..SqliteOptions::default()
+                };
+                let s = SqliteStore::open(&path, opts)
+                    .with_context(|| format!("cannot open the store {}", path.display()))?;
+                AnyStore::Sqlite(s)
+            }
+        };
+        // The hub must know where every layer's change log stands before anything is
+        // dispatched, so it recognises a missing change as a gap.
+        for l in store.list_layers().await.context("cannot list layers")? {
+            hub.init_layer(&l.name, l.seq);
+        }
+        let node = Arc::new(Node {
             config,
             hub,
             broker,
+            store,
             metrics: Arc::new(Metrics::default()),
             sessions: Mutex::new(HashMap::new()),
             sessions_empty: Notify::new(),
             draining: AtomicBool::new(false),
-        }))
+        });
+        let n = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            while let Some((layer, missing)) = gaps_rx.recv().await {
+                let Some(node) = n.upgrade() else { return };
+                node.fill_gap(&layer, missing).await;
+            }
+        });
+        let n = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                let Some(node) = n.upgrade() else { return };
+                match node.store.reap_locks().await {
+                    Ok(expired) => {
+                        for l in expired {
+                            node.announce_lock(&l, false).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Could not reap expired locks."),
+                }
+            }
+        });
+        Ok(node)
     }
 
     /// Opens a session for a new connection.
@@ -213,7 +428,10 @@ impl Node {
     pub async fn drain(&self, timeout: Duration) {
         self.draining.store(true, Ordering::Release);
         let sessions: Vec<_> = self.sessions.lock().values().cloned().collect();
-        tracing::info!(sessions = sessions.len(), "Draining: asking clients to reconnect.");
+        tracing::info!(
+            sessions = sessions.len(),
+            "Draining: asking clients to reconnect."
+        );
         for s in &sessions {
             s.outbox.close(restart_reason());
         }
@@ -227,14 +445,19 @@ impl Node {
             }
         };
         if tokio::time::timeout(timeout, wait).await.is_err() {
-            tracing::warn!(left = self.session_count(), "Drain timed out; closing the remaining connections.");
+            tracing::warn!(
+                left = self.session_count(),
+                "Drain timed out; closing the remaining connections."
+            );
         }
     }
 
     fn check_channel(&self, name: &str) -> Result<()> {
         validate_name("channel", name).map_err(ServerError::invalid)?;
         if name.starts_with('$') {
-            return Err(ServerError::invalid("channel names starting with $ are reserved"));
+            return Err(ServerError::invalid(
+                "channel names starting with $ are reserved",
+            ));
         }
         Ok(())
     }
@@ -244,18 +467,31 @@ impl Node {
         self.check_channel(channel)?;
         let max = self.config.websocket.max_frame_bytes;
         if data.len() > max {
-            return Err(ServerError::new(ErrorCode::LimitExceeded, format!("message data is larger than {max} bytes")));
+            return Err(ServerError::new(
+                ErrorCode::LimitExceeded,
+                format!("message data is larger than {max} bytes"),
+            ));
         }
         let k = match data.kind() {
             PayloadKind::Json => kind::MESSAGE_JSON,
             PayloadKind::Msgpack => kind::MESSAGE_MSGPACK,
         };
-        let p = self.broker.publish(channel, k, data.bytes().clone()).await?;
-        Ok(Position { offset: p.offset, epoch: p.epoch.to_string() })
+        let p = self
+            .broker
+            .publish(channel, k, data.bytes().clone())
+            .await?;
+        Ok(Position {
+            offset: p.offset,
+            epoch: p.epoch.to_string(),
+        })
     }
 
     /// Registers a channel subscription and reads what it missed; see [`PendingSubscription`].
-    pub async fn subscribe(&self, session: &Arc<Session>, p: ChannelSubscribeParams) -> Result<PendingSubscription> {
+    pub async fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        p: ChannelSubscribeParams,
+    ) -> Result<PendingSubscription> {
         self.check_channel(&p.channel)?;
         let recovering = self.hub.add_channel_sub(session, &p.channel, p.presence)?;
         let sub = recovering.sub;
@@ -264,11 +500,20 @@ impl Node {
                 let result = ChannelSubscribeResult {
                     sub,
                     channel: p.channel.clone(),
-                    position: Position { offset: position.offset, epoch: position.epoch.to_string() },
+                    position: Position {
+                        offset: position.offset,
+                        epoch: position.epoch.to_string(),
+                    },
                     recovered,
                     replayed: recovered.map(|_| replay.len() as u64),
                 };
-                Ok(PendingSubscription { result, replay, epoch: position.epoch, recovering, after: position.offset })
+                Ok(PendingSubscription {
+                    result,
+                    replay,
+                    epoch: position.epoch,
+                    recovering,
+                    after: position.offset,
+                })
             }
             Err(e) => {
                 if let Ok(r) = self.hub.remove_sub(session, sub)
@@ -281,15 +526,27 @@ impl Node {
         }
     }
 
-    async fn read_start(&self, p: &ChannelSubscribeParams, first: bool) -> Result<(StreamPosition, Vec<Publication>, Option<bool>)> {
+    async fn read_start(
+        &self,
+        p: &ChannelSubscribeParams,
+        first: bool,
+    ) -> Result<(StreamPosition, Vec<Publication>, Option<bool>)> {
         if first {
             self.broker.subscribe(&p.channel).await?;
         }
         Ok(match &p.since {
             Some(since) => {
-                let page = self.broker.history(&p.channel, Some(since.offset), self.config.channels.history_size.max(1)).await?;
+                let page = self
+                    .broker
+                    .history(
+                        &p.channel,
+                        Some(since.offset),
+                        self.config.channels.history_size.max(1),
+                    )
+                    .await?;
                 let same_epoch = *page.position.epoch == *since.epoch;
-                let in_range = since.offset + 1 >= page.first_offset && since.offset <= page.position.offset;
+                let in_range =
+                    since.offset + 1 >= page.first_offset && since.offset <= page.position.offset;
                 if same_epoch && in_range {
                     (page.position, page.publications, Some(true))
                 } else {
@@ -307,13 +564,23 @@ impl Node {
         let sub = pending.recovering.sub;
         for p in pending.replay {
             if let Some(k) = PayloadKind::from_u8(p.kind) {
-                let push = Prepared::new(PushEvent::Message { channel: channel.clone(), offset: p.offset, data: Payload::from_trusted(k, p.data) });
-                session.outbox.push_stream(sub, push, &channel, p.offset, &pending.epoch);
+                let push = Prepared::new(PushEvent::Message {
+                    channel: channel.clone(),
+                    offset: p.offset,
+                    data: Payload::from_trusted(k, p.data),
+                });
+                session
+                    .outbox
+                    .push_stream(sub, push, &channel, p.offset, &pending.epoch);
             }
         }
         self.hub.finish_recovery(pending.recovering, pending.after);
         let client = serde_json::to_vec(&session.client()).unwrap_or_default();
-        if let Err(e) = self.broker.publish_ephemeral(&channel, kind::JOIN, Bytes::from(client)).await {
+        if let Err(e) = self
+            .broker
+            .publish_ephemeral(&channel, kind::JOIN, Bytes::from(client))
+            .await
+        {
             tracing::debug!(error = %e, "Could not announce a join.");
         }
     }
@@ -326,9 +593,14 @@ impl Node {
     }
 
     async fn after_unsubscribe(&self, r: &Removed, client: &ClientInfo) {
-        let SubTarget::Channel { channel, .. } = &r.target;
+        let SubTarget::Channel { channel, .. } = &r.target else {
+            return;
+        };
         if let Ok(data) = serde_json::to_vec(client) {
-            let _ = self.broker.publish_ephemeral(channel, kind::LEAVE, Bytes::from(data)).await;
+            let _ = self
+                .broker
+                .publish_ephemeral(channel, kind::LEAVE, Bytes::from(data))
+                .await;
         }
         if r.last_on_node {
             let _ = self.broker.unsubscribe(channel).await;
@@ -343,7 +615,11 @@ impl Node {
         let since = p.since.as_ref().map(|s| s.offset);
         let page = self.broker.history(&p.channel, since, limit + 1).await?;
         let complete = match &p.since {
-            Some(s) => *page.position.epoch == *s.epoch && s.offset + 1 >= page.first_offset && s.offset <= page.position.offset,
+            Some(s) => {
+                *page.position.epoch == *s.epoch
+                    && s.offset + 1 >= page.first_offset
+                    && s.offset <= page.position.offset
+            }
             None => true,
         };
         let mut pubs = page.publications;
@@ -359,11 +635,19 @@ impl Node {
         };
         let messages = pubs
             .into_iter()
-            .filter_map(|p| PayloadKind::from_u8(p.kind).map(|k| HistoryMessage { offset: p.offset, data: Payload::from_trusted(k, p.data) }))
+            .filter_map(|p| {
+                PayloadKind::from_u8(p.kind).map(|k| HistoryMessage {
+                    offset: p.offset,
+                    data: Payload::from_trusted(k, p.data),
+                })
+            })
             .collect();
         Ok(ChannelHistoryResult {
             messages,
-            position: Position { offset: page.position.offset, epoch: page.position.epoch.to_string() },
+            position: Position {
+                offset: page.position.offset,
+                epoch: page.position.epoch.to_string(),
+            },
             complete,
             more,
         })
@@ -376,6 +660,67 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Limits for validating features.
+    pub fn feature_limits(&self) -> geostream_core::feature::FeatureLimits {
+        let l = &self.config.layers;
+        geostream_core::feature::FeatureLimits {
+            max_vertices: l.max_vertices,
+            max_property_bytes: l.max_property_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// Limits for parsing filters.
+    pub fn filter_limits(&self) -> geostream_filter::Limits {
+        let l = &self.config.layers;
+        geostream_filter::Limits {
+            max_nodes: l.max_filter_nodes,
+            max_vertices: l.max_filter_vertices,
+            ..Default::default()
+        }
+    }
+
+    /// A client's connection is gone: its locks expire after the grace period unless it
+    /// comes back and locks again.
+    pub(crate) async fn release_client(&self, holder: &Holder) {
+        if let Err(e) = self
+            .store
+            .expire_client_locks(&holder.client, self.config.layers.lock_grace_ms)
+            .await
+        {
+            tracing::warn!(error = %e, "Could not schedule a disconnected client's locks to expire.");
+        }
+    }
+
+    /// Tells every node's subscribers of the lock's layer that it was locked or released.
+    pub(crate) async fn announce_lock(&self, l: &Lock, locked: bool) {
+        let push = LockPush {
+            lock: LockInfo {
+                layer: l.layer.clone(),
+                id: l.id.clone(),
+                client: l.holder.client.clone(),
+                user: l.holder.user.clone(),
+                until_ms: l.until_ms,
+            },
+            locked,
+        };
+        if let Ok(data) = serde_json::to_vec(&push) {
+            let _ = self
+                .broker
+                .publish_ephemeral(
+                    &crate::layer_ops::layer_topic(&l.layer),
+                    kind::LOCK,
+                    Bytes::from(data),
+                )
+                .await;
+        }
+    }
+}
+
 fn restart_reason() -> CloseReason {
-    CloseReason { code: geostream_core::error::close::SERVICE_RESTART, reason: "server restarting; reconnect" }
+    CloseReason {
+        code: geostream_core::error::close::SERVICE_RESTART,
+        reason: "server restarting; reconnect",
+    }
 }

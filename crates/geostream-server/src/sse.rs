@@ -47,11 +47,23 @@ pub(crate) fn parse_event_id(id: &str) -> Result<HashMap<String, Position>, Stri
     let mut out = HashMap::new();
     for entry in id.split(',').filter(|e| !e.is_empty()) {
         let mut parts = entry.split('~');
-        let (Some(ch), Some(epoch), Some(off), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("invalid event id entry {entry:?}; expected channel~epoch~offset"));
+        let (Some(ch), Some(epoch), Some(off), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "invalid event id entry {entry:?}; expected channel~epoch~offset"
+            ));
         };
-        let offset = off.parse::<u64>().map_err(|_| format!("invalid offset {off:?} in event id"))?;
-        out.insert(ch.to_string(), Position { offset, epoch: epoch.to_string() });
+        let offset = off
+            .parse::<u64>()
+            .map_err(|_| format!("invalid offset {off:?} in event id"))?;
+        out.insert(
+            ch.to_string(),
+            Position {
+                offset,
+                epoch: epoch.to_string(),
+            },
+        );
     }
     Ok(out)
 }
@@ -64,7 +76,10 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.node.metrics.sse_connections.fetch_sub(1, Ordering::Relaxed);
+        self.node
+            .metrics
+            .sse_connections
+            .fetch_sub(1, Ordering::Relaxed);
         let node = self.node.clone();
         let session = self.session.clone();
         tokio::spawn(async move { node.close_session(&session).await });
@@ -99,9 +114,11 @@ fn event(out: &mut Vec<u8>, id: Option<&str>, name: Option<&str>, data: impl FnO
 impl Stream {
     fn format(&mut self, item: Outgoing, out: &mut Vec<u8>) {
         match item {
-            Outgoing::Push { sub, push } => {
+            Outgoing::Push { sub, push } | Outgoing::State { sub, push, .. } => {
                 let id = match push.event() {
-                    PushEvent::Message { channel, offset, .. } => {
+                    PushEvent::Message {
+                        channel, offset, ..
+                    } => {
                         if let Some(p) = self.positions.iter_mut().find(|p| p.0 == *channel) {
                             p.2 = *offset;
                         }
@@ -115,13 +132,27 @@ impl Stream {
                     let _ = push.frame(Encoding::Json).write_json_params(sub, o);
                 });
             }
-            Outgoing::Gap { sub, channel, from, epoch } => {
-                let f = encode_push(Encoding::Json, api::push::GAP, &GapPush { channel: &channel, from, epoch: &epoch }, None);
+            Outgoing::Gap {
+                sub,
+                channel,
+                from,
+                epoch,
+            } => {
+                let f = encode_push(
+                    Encoding::Json,
+                    api::push::GAP,
+                    &GapPush {
+                        channel: &channel,
+                        from,
+                        epoch: &epoch,
+                    },
+                    None,
+                );
                 event(out, None, Some(api::push::GAP), |o| {
                     let _ = f.write_json_params(sub, o);
                 });
             }
-            Outgoing::Frame(_) | Outgoing::Control(_) => {}
+            Outgoing::Frame(_) | Outgoing::Control(_) | Outgoing::Skip => {}
         }
     }
 
@@ -166,31 +197,42 @@ impl Stream {
 }
 
 /// Opens an event stream.
-pub(crate) async fn stream(State(node): State<Arc<Node>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub(crate) async fn stream(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let query = query.unwrap_or_default();
     let mut channels: Vec<String> = Vec::new();
     let mut since = None;
     let mut presence = false;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
-            "channel" => {
-                if !channels.iter().any(|c| *c == v) {
-                    channels.push(v.into_owned());
-                }
-            }
+            "channel" if !channels.iter().any(|c| *c == v) => channels.push(v.into_owned()),
+            "channel" => {}
             "since" => since = Some(v.into_owned()),
             "presence" => presence = v == "true" || v == "1",
             _ => {}
         }
     }
     if channels.is_empty() {
-        return http_error(ErrorCode::InvalidParams, "give at least one channel: /v1/sse?channel=NAME");
+        return http_error(
+            ErrorCode::InvalidParams,
+            "give at least one channel: /v1/sse?channel=NAME",
+        );
     }
     let max = node.config.limits.max_subscriptions;
     if channels.len() > max {
-        return http_error(ErrorCode::LimitExceeded, format!("at most {max} channels per stream"));
+        return http_error(
+            ErrorCode::LimitExceeded,
+            format!("at most {max} channels per stream"),
+        );
     }
-    let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string).or(since);
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(since);
     let mut resume = match last_id.as_deref().map(parse_event_id) {
         Some(Ok(m)) => m,
         Some(Err(e)) => return http_error(ErrorCode::InvalidParams, e),
@@ -201,13 +243,26 @@ pub(crate) async fn stream(State(node): State<Arc<Node>>, headers: HeaderMap, Ra
     }
     let session = node.open_session(Encoding::Json, None);
     node.metrics.sse_connections.fetch_add(1, Ordering::Relaxed);
-    let guard = Guard { node: node.clone(), session: session.clone() };
+    let guard = Guard {
+        node: node.clone(),
+        session: session.clone(),
+    };
     let mut first = Vec::new();
     let mut positions = Vec::new();
     for ch in &channels {
         let since = resume.remove(ch);
         let resuming = since.clone();
-        let pending = match node.subscribe(&session, ChannelSubscribeParams { channel: ch.clone(), since, presence }).await {
+        let pending = match node
+            .subscribe(
+                &session,
+                ChannelSubscribeParams {
+                    channel: ch.clone(),
+                    since,
+                    presence,
+                },
+            )
+            .await
+        {
             Ok(p) => p,
             Err(e) => return e.into_response(), // the guard closes the session
         };
@@ -216,7 +271,11 @@ pub(crate) async fn stream(State(node): State<Arc<Node>>, headers: HeaderMap, Ra
             (Some(p), Some(true)) => p.offset,
             _ => pending.result.position.offset,
         };
-        positions.push((Arc::<str>::from(ch.as_str()), pending.result.position.epoch.clone(), start));
+        positions.push((
+            Arc::<str>::from(ch.as_str()),
+            pending.result.position.epoch.clone(),
+            start,
+        ));
         event(&mut first, None, Some("subscribed"), |o| {
             let _ = serde_json::to_writer(o, &pending.result);
         });
@@ -225,13 +284,26 @@ pub(crate) async fn stream(State(node): State<Arc<Node>>, headers: HeaderMap, Ra
     // An initial id, so a client that reconnects before any message still resumes exactly.
     first.extend_from_slice(format!("id: {}\n\n", format_event_id(&positions)).as_bytes());
     let keepalive_every = Duration::from_secs(node.config.sse.keepalive_secs.max(1));
-    let keepalive = tokio::time::interval_at(tokio::time::Instant::now() + keepalive_every, keepalive_every);
-    let s = Stream { guard, positions, batch: VecDeque::new(), first: Some(Bytes::from(first)), keepalive, done: false };
+    let keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + keepalive_every,
+        keepalive_every,
+    );
+    let s = Stream {
+        guard,
+        positions,
+        batch: VecDeque::new(),
+        first: Some(Bytes::from(first)),
+        keepalive,
+        done: false,
+    };
     let body = Body::from_stream(futures_util::stream::unfold(s, Stream::next));
     let mut r = Response::new(body);
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
@@ -243,11 +315,20 @@ mod tests {
 
     #[test]
     fn event_ids_round_trip() {
-        let p = vec![(Arc::<str>::from("chat"), "AbC123xy".to_string(), 42), (Arc::<str>::from("a/b:c#d"), "e".to_string(), 0)];
+        let p = vec![
+            (Arc::<str>::from("chat"), "AbC123xy".to_string(), 42),
+            (Arc::<str>::from("a/b:c#d"), "e".to_string(), 0),
+        ];
         let id = format_event_id(&p);
         assert_eq!(id, "chat~AbC123xy~42,a/b:c#d~e~0");
         let back = parse_event_id(&id).unwrap();
-        assert_eq!(back["chat"], Position { offset: 42, epoch: "AbC123xy".into() });
+        assert_eq!(
+            back["chat"],
+            Position {
+                offset: 42,
+                epoch: "AbC123xy".into()
+            }
+        );
         assert_eq!(back["a/b:c#d"].offset, 0);
         assert!(parse_event_id("chat~e").is_err());
         assert!(parse_event_id("chat~e~x").is_err());

@@ -38,7 +38,13 @@ const READ_CHUNK: usize = 4096;
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Serves an upgraded connection until it closes.
-pub(crate) async fn serve(stream: TcpStream, leftover: Bytes, node: Arc<Node>, encoding: Encoding, peer: SocketAddr) {
+pub(crate) async fn serve(
+    stream: TcpStream,
+    leftover: Bytes,
+    node: Arc<Node>,
+    encoding: Encoding,
+    peer: SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     let session = node.open_session(encoding, None);
     node.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
@@ -48,6 +54,9 @@ pub(crate) async fn serve(stream: TcpStream, leftover: Bytes, node: Arc<Node>, e
     let mut rpc = Rpc::new(node.clone(), session.clone());
     let ended = read_loop(&rd, leftover, &node, &session, &mut rpc, &mut writer).await;
     rpc.abort_all();
+    if let Some(holder) = rpc.lock_holder() {
+        node.release_client(holder).await;
+    }
     match ended {
         ReadEnd::WriterDone => {
             // Our close frame is out: the session is over. Then give the client a moment to
@@ -85,7 +94,10 @@ async fn linger(rd: &OwnedReadHalf, max_frame: usize) {
     let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
     loop {
-        if !matches!(tokio::time::timeout_at(deadline, rd.readable()).await, Ok(Ok(()))) {
+        if !matches!(
+            tokio::time::timeout_at(deadline, rd.readable()).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
         buf.reserve(READ_CHUNK);
@@ -121,7 +133,8 @@ async fn read_loop(
     let mut last_ping = Instant::now();
     let ping_every = cfg.ping_interval();
     let idle_timeout = cfg.idle_timeout();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ping_every / 2, ping_every / 2);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_every / 2, ping_every / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         loop {
@@ -131,25 +144,38 @@ async fn read_loop(
                 Err(e) => {
                     node.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(session = %session.id(), reason = e.reason, "Closing for a protocol violation.");
-                    return ReadEnd::Close(CloseReason { code: e.code, reason: e.reason });
+                    return ReadEnd::Close(CloseReason {
+                        code: e.code,
+                        reason: e.reason,
+                    });
                 }
             };
             match msg {
                 Message::Text(_) if enc.is_binary() => {
                     node.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    return ReadEnd::Close(CloseReason { code: close::UNSUPPORTED_DATA, reason: "text frame on a MessagePack connection" });
+                    return ReadEnd::Close(CloseReason {
+                        code: close::UNSUPPORTED_DATA,
+                        reason: "text frame on a MessagePack connection",
+                    });
                 }
                 Message::Binary(_) if !enc.is_binary() => {
                     node.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    return ReadEnd::Close(CloseReason { code: close::UNSUPPORTED_DATA, reason: "binary frame on a JSON connection" });
+                    return ReadEnd::Close(CloseReason {
+                        code: close::UNSUPPORTED_DATA,
+                        reason: "binary frame on a JSON connection",
+                    });
                 }
                 Message::Text(data) | Message::Binary(data) => {
                     traffic.frames_in.fetch_add(1, Ordering::Relaxed);
-                    traffic.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    traffic
+                        .bytes_in
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     rpc.handle(&data).await;
                 }
                 Message::Ping(p) => {
-                    session.outbox.push_always(Outgoing::Control(Control::Pong(p)));
+                    session
+                        .outbox
+                        .push_always(Outgoing::Control(Control::Pong(p)));
                 }
                 Message::Pong(_) => {}
                 Message::Close(code) => {
@@ -157,7 +183,10 @@ async fn read_loop(
                         Some(c) if c != close::NORMAL && c < 4000 && c != 1005 && c != 1006 => c,
                         _ => close::NORMAL,
                     };
-                    return ReadEnd::Close(CloseReason { code, reason: "bye" });
+                    return ReadEnd::Close(CloseReason {
+                        code,
+                        reason: "bye",
+                    });
                 }
             }
         }
@@ -199,7 +228,11 @@ async fn read_loop(
 async fn write_loop(mut wr: OwnedWriteHalf, session: Arc<Session>, node: Arc<Node>) {
     let enc = session.encoding();
     let traffic = node.metrics.traffic(enc);
-    let data_op = if enc.is_binary() { opcode::BINARY } else { opcode::TEXT };
+    let data_op = if enc.is_binary() {
+        opcode::BINARY
+    } else {
+        opcode::TEXT
+    };
     let mut batch = VecDeque::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut latency = LocalHistogram::default();
@@ -210,17 +243,32 @@ async fn write_loop(mut wr: OwnedWriteHalf, session: Arc<Session>, node: Arc<Nod
         let mut frames = 0u64;
         for item in batch.drain(..) {
             match item {
-                Outgoing::Push { sub, push } => {
+                Outgoing::Push { sub, push } | Outgoing::State { sub, push, .. } => {
                     let f = push.frame(enc);
                     frame::put_header(&mut buf, data_op, f.len(sub));
                     f.write(sub, &mut buf);
                     latency.observe(now.saturating_duration_since(push.created()));
                 }
                 Outgoing::Frame(b) => frame::put_frame(&mut buf, data_op, &b),
+                Outgoing::Skip => continue,
                 Outgoing::Control(Control::Ping(p)) => frame::put_frame(&mut buf, opcode::PING, &p),
                 Outgoing::Control(Control::Pong(p)) => frame::put_frame(&mut buf, opcode::PONG, &p),
-                Outgoing::Gap { sub, channel, from, epoch } => {
-                    let f = codec::encode_push(enc, api::push::GAP, &GapPush { channel: &channel, from, epoch: &epoch }, None);
+                Outgoing::Gap {
+                    sub,
+                    channel,
+                    from,
+                    epoch,
+                } => {
+                    let f = codec::encode_push(
+                        enc,
+                        api::push::GAP,
+                        &GapPush {
+                            channel: &channel,
+                            from,
+                            epoch: &epoch,
+                        },
+                        None,
+                    );
                     frame::put_header(&mut buf, data_op, f.len(sub));
                     f.write(sub, &mut buf);
                 }
@@ -236,7 +284,9 @@ async fn write_loop(mut wr: OwnedWriteHalf, session: Arc<Session>, node: Arc<Nod
                 return;
             }
             traffic.frames_out.fetch_add(frames, Ordering::Relaxed);
-            traffic.bytes_out.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            traffic
+                .bytes_out
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
             node.metrics.deliver_latency.merge(&mut latency);
             buf.clear();
             // Keep a small buffer for the next batch; give big ones back so connections that

@@ -43,7 +43,10 @@ pub(crate) struct FrameError {
 }
 
 const fn violation(reason: &'static str) -> FrameError {
-    FrameError { code: close::PROTOCOL_ERROR, reason }
+    FrameError {
+        code: close::PROTOCOL_ERROR,
+        reason,
+    }
 }
 
 /// Turns bytes from the socket into messages.
@@ -55,7 +58,10 @@ pub(crate) struct Decoder {
 
 impl Decoder {
     pub(crate) fn new(max_message: usize) -> Self {
-        Decoder { max_message, partial: None }
+        Decoder {
+            max_message,
+            partial: None,
+        }
     }
 
     /// Decodes the next message from `buf`, consuming what it used. `Ok(None)`: more bytes
@@ -69,7 +75,9 @@ impl Decoder {
             let b1 = buf[1];
             let fin = b0 & 0x80 != 0;
             if b0 & 0x70 != 0 {
-                return Err(violation("reserved bits set without a negotiated extension"));
+                return Err(violation(
+                    "reserved bits set without a negotiated extension",
+                ));
             }
             let op = b0 & 0x0f;
             if b1 & 0x80 == 0 {
@@ -96,16 +104,26 @@ impl Decoder {
             };
             let is_control = op & 0x08 != 0;
             match op {
-                opcode::CONTINUATION | opcode::TEXT | opcode::BINARY | opcode::CLOSE | opcode::PING | opcode::PONG => {}
+                opcode::CONTINUATION
+                | opcode::TEXT
+                | opcode::BINARY
+                | opcode::CLOSE
+                | opcode::PING
+                | opcode::PONG => {}
                 _ => return Err(violation("unknown opcode")),
             }
             if is_control && (!fin || len > 125) {
-                return Err(violation("control frames must be unfragmented and at most 125 bytes"));
+                return Err(violation(
+                    "control frames must be unfragmented and at most 125 bytes",
+                ));
             }
             // Refuse an oversized message from its header, before buffering any of it.
             let already = self.partial.as_ref().map_or(0, |(_, p)| p.len()) as u64;
             if !is_control && already + len > self.max_message as u64 {
-                return Err(FrameError { code: close::MESSAGE_TOO_BIG, reason: "message larger than the server's limit" });
+                return Err(FrameError {
+                    code: close::MESSAGE_TOO_BIG,
+                    reason: "message larger than the server's limit",
+                });
             }
             let mask_at = header;
             header += 4;
@@ -127,14 +145,25 @@ impl Decoder {
                 };
             }
             match (op, self.partial.as_mut()) {
-                (opcode::CONTINUATION, None) => return Err(violation("continuation frame without a message to continue")),
+                (opcode::CONTINUATION, None) => {
+                    return Err(violation(
+                        "continuation frame without a message to continue",
+                    ));
+                }
                 (opcode::CONTINUATION, Some((_, acc))) => acc.extend_from_slice(&payload),
-                (_, Some(_)) => return Err(violation("new message started before the previous one finished")),
+                (_, Some(_)) => {
+                    return Err(violation(
+                        "new message started before the previous one finished",
+                    ));
+                }
                 (_, None) if fin => return finish(op, payload).map(Some),
                 (_, None) => self.partial = Some((op, payload)),
             }
             if fin {
-                let (op, acc) = self.partial.take().unwrap_or((opcode::BINARY, BytesMut::new()));
+                let (op, acc) = self
+                    .partial
+                    .take()
+                    .unwrap_or((opcode::BINARY, BytesMut::new()));
                 return finish(op, acc).map(Some);
             }
         }
@@ -149,7 +178,10 @@ impl Decoder {
 fn finish(op: u8, payload: BytesMut) -> Result<Message, FrameError> {
     if op == opcode::TEXT {
         if std::str::from_utf8(&payload).is_err() {
-            return Err(FrameError { code: close::INVALID_PAYLOAD, reason: "text message is not UTF-8" });
+            return Err(FrameError {
+                code: close::INVALID_PAYLOAD,
+                reason: "text message is not UTF-8",
+            });
         }
         Ok(Message::Text(payload.freeze()))
     } else {
@@ -168,7 +200,10 @@ fn parse_close(p: &[u8]) -> Result<Option<u16>, FrameError> {
                 return Err(violation("invalid close code"));
             }
             if std::str::from_utf8(&p[2..]).is_err() {
-                return Err(FrameError { code: close::INVALID_PAYLOAD, reason: "close reason is not UTF-8" });
+                return Err(FrameError {
+                    code: close::INVALID_PAYLOAD,
+                    reason: "close reason is not UTF-8",
+                });
             }
             Ok(Some(code))
         }
@@ -177,7 +212,9 @@ fn parse_close(p: &[u8]) -> Result<Option<u16>, FrameError> {
 
 /// XORs the payload with the client's mask, eight bytes at a time.
 fn unmask(data: &mut [u8], mask: [u8; 4]) {
-    let m8 = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let m8 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
     let mut chunks = data.chunks_exact_mut(8);
     for c in &mut chunks {
         let v = u64::from_ne_bytes((&*c).try_into().unwrap_or_default()) ^ m8;
@@ -261,7 +298,11 @@ pub(crate) mod tests {
         for n in [0usize, 1, 7, 8, 9, 125, 126, 127, 65535, 65536, 200_000] {
             let payload: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
             let f = client_frame(true, opcode::BINARY, &payload);
-            assert_eq!(decode_all(&f, 1 << 20).unwrap(), vec![Message::Binary(Bytes::from(payload))], "n={n}");
+            assert_eq!(
+                decode_all(&f, 1 << 20).unwrap(),
+                vec![Message::Binary(Bytes::from(payload))],
+                "n={n}"
+            );
         }
     }
 
@@ -278,7 +319,13 @@ pub(crate) mod tests {
                 got.push(m);
             }
         }
-        assert_eq!(got, vec![Message::Text(Bytes::from_static(b"hello")), Message::Ping(Bytes::from_static(b"p"))]);
+        assert_eq!(
+            got,
+            vec![
+                Message::Text(Bytes::from_static(b"hello")),
+                Message::Ping(Bytes::from_static(b"p"))
+            ]
+        );
     }
 
     #[test]
@@ -287,7 +334,13 @@ pub(crate) mod tests {
         f.extend(client_frame(true, opcode::PING, b""));
         f.extend(client_frame(false, opcode::CONTINUATION, b"lo "));
         f.extend(client_frame(true, opcode::CONTINUATION, "wörld".as_bytes()));
-        assert_eq!(decode_all(&f, 1024).unwrap(), vec![Message::Ping(Bytes::new()), Message::Text(Bytes::from("hello wörld"))]);
+        assert_eq!(
+            decode_all(&f, 1024).unwrap(),
+            vec![
+                Message::Ping(Bytes::new()),
+                Message::Text(Bytes::from("hello wörld"))
+            ]
+        );
     }
 
     #[test]
@@ -306,19 +359,61 @@ pub(crate) mod tests {
             (unmasked, close::PROTOCOL_ERROR),
             (rsv, close::PROTOCOL_ERROR),
             (client_frame(true, 0x3, b""), close::PROTOCOL_ERROR),
-            (client_frame(false, opcode::PING, b""), close::PROTOCOL_ERROR),
-            (client_frame(true, opcode::PING, &[0; 126]), close::PROTOCOL_ERROR),
-            (client_frame(true, opcode::CONTINUATION, b"x"), close::PROTOCOL_ERROR),
-            ([client_frame(false, opcode::TEXT, b"a"), client_frame(true, opcode::TEXT, b"b")].concat(), close::PROTOCOL_ERROR),
-            (client_frame(true, opcode::TEXT, &[0xff, 0xfe]), close::INVALID_PAYLOAD),
-            (client_frame(true, opcode::BINARY, &[0; 2000]), close::MESSAGE_TOO_BIG),
-            ([client_frame(false, opcode::BINARY, &[0; 600]), client_frame(true, opcode::CONTINUATION, &[0; 600])].concat(), close::MESSAGE_TOO_BIG),
-            (client_frame(true, opcode::CLOSE, &[0x03]), close::PROTOCOL_ERROR),
-            (client_frame(true, opcode::CLOSE, &[0x03, 0xed]), close::PROTOCOL_ERROR),
-            (client_frame(true, opcode::CLOSE, &[0x03, 0xe8, 0xff]), close::INVALID_PAYLOAD),
+            (
+                client_frame(false, opcode::PING, b""),
+                close::PROTOCOL_ERROR,
+            ),
+            (
+                client_frame(true, opcode::PING, &[0; 126]),
+                close::PROTOCOL_ERROR,
+            ),
+            (
+                client_frame(true, opcode::CONTINUATION, b"x"),
+                close::PROTOCOL_ERROR,
+            ),
+            (
+                [
+                    client_frame(false, opcode::TEXT, b"a"),
+                    client_frame(true, opcode::TEXT, b"b"),
+                ]
+                .concat(),
+                close::PROTOCOL_ERROR,
+            ),
+            (
+                client_frame(true, opcode::TEXT, &[0xff, 0xfe]),
+                close::INVALID_PAYLOAD,
+            ),
+            (
+                client_frame(true, opcode::BINARY, &[0; 2000]),
+                close::MESSAGE_TOO_BIG,
+            ),
+            (
+                [
+                    client_frame(false, opcode::BINARY, &[0; 600]),
+                    client_frame(true, opcode::CONTINUATION, &[0; 600]),
+                ]
+                .concat(),
+                close::MESSAGE_TOO_BIG,
+            ),
+            (
+                client_frame(true, opcode::CLOSE, &[0x03]),
+                close::PROTOCOL_ERROR,
+            ),
+            (
+                client_frame(true, opcode::CLOSE, &[0x03, 0xed]),
+                close::PROTOCOL_ERROR,
+            ),
+            (
+                client_frame(true, opcode::CLOSE, &[0x03, 0xe8, 0xff]),
+                close::INVALID_PAYLOAD,
+            ),
         ];
         for (bytes, code) in cases {
-            assert_eq!(decode_all(&bytes, 1024).unwrap_err().code, code, "{bytes:02x?}");
+            assert_eq!(
+                decode_all(&bytes, 1024).unwrap_err().code,
+                code,
+                "{bytes:02x?}"
+            );
         }
     }
 
@@ -334,8 +429,18 @@ pub(crate) mod tests {
 
     #[test]
     fn close_frames() {
-        assert_eq!(decode_all(&client_frame(true, opcode::CLOSE, &[]), 10).unwrap(), vec![Message::Close(None)]);
-        assert_eq!(decode_all(&client_frame(true, opcode::CLOSE, &[0x03, 0xe8, b'o', b'k']), 10).unwrap(), vec![Message::Close(Some(1000))]);
+        assert_eq!(
+            decode_all(&client_frame(true, opcode::CLOSE, &[]), 10).unwrap(),
+            vec![Message::Close(None)]
+        );
+        assert_eq!(
+            decode_all(
+                &client_frame(true, opcode::CLOSE, &[0x03, 0xe8, b'o', b'k']),
+                10
+            )
+            .unwrap(),
+            vec![Message::Close(Some(1000))]
+        );
         let mut out = Vec::new();
         put_close(&mut out, 4008, &"é".repeat(100));
         assert!(out.len() <= 127);

@@ -29,7 +29,12 @@ use crate::node::Node;
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Picks the encoding from the offered subprotocols: the first one we speak; JSON when none
@@ -46,44 +51,80 @@ pub(crate) fn choose_encoding(headers: &HeaderMap) -> Result<Option<Encoding>, S
     if offered.is_empty() {
         return Ok(None);
     }
-    offered.iter().find_map(|s| Encoding::from_subprotocol(s)).map(Some).ok_or_else(|| {
-        format!(
-            "none of the offered subprotocols ({}) is supported; offer {}, {} or {}",
-            offered.join(", "),
-            Encoding::Json.subprotocol(),
-            Encoding::Msgpack.subprotocol(),
-            Encoding::MsgpackZstd.subprotocol()
-        )
-    })
+    offered
+        .iter()
+        .find_map(|s| Encoding::from_subprotocol(s))
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "none of the offered subprotocols ({}) is supported; offer {}, {} or {}",
+                offered.join(", "),
+                Encoding::Json.subprotocol(),
+                Encoding::Msgpack.subprotocol(),
+                Encoding::MsgpackZstd.subprotocol()
+            )
+        })
 }
 
 /// Answers the upgrade request and hands the connection to [`conn::serve`].
-pub(crate) async fn upgrade(State(node): State<Arc<Node>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request) -> Response {
+pub(crate) async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
     let headers = req.headers();
-    if !header_has_token(headers, header::CONNECTION, "upgrade") || !header_has_token(headers, header::UPGRADE, "websocket") {
-        return http_error(ErrorCode::InvalidRequest, "this endpoint speaks WebSocket: send an Upgrade: websocket request");
+    if !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return http_error(
+            ErrorCode::InvalidRequest,
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request",
+        );
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = http_error(ErrorCode::InvalidRequest, "unsupported WebSocket version; use 13");
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut r = http_error(
+            ErrorCode::InvalidRequest,
+            "unsupported WebSocket version; use 13",
+        );
         *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return r;
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return http_error(ErrorCode::InvalidRequest, "Sec-WebSocket-Key is missing");
     };
-    if base64::engine::general_purpose::STANDARD.decode(key.as_bytes()).map(|k| k.len()) != Ok(16) {
-        return http_error(ErrorCode::InvalidRequest, "Sec-WebSocket-Key must be 16 bytes in base64");
+    if base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes())
+        .map(|k| k.len())
+        != Ok(16)
+    {
+        return http_error(
+            ErrorCode::InvalidRequest,
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        );
     }
     let selected = match choose_encoding(headers) {
         Ok(s) => s,
         Err(m) => return http_error(ErrorCode::InvalidRequest, m),
     };
     if node.is_draining() {
-        return http_error(ErrorCode::Unavailable, "the server is shutting down; reconnect to another node or retry");
+        return http_error(
+            ErrorCode::Unavailable,
+            "the server is shutting down; reconnect to another node or retry",
+        );
     }
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        return http_error(ErrorCode::InvalidRequest, "this connection cannot be upgraded (HTTP/2 WebSocket is not supported)");
+        return http_error(
+            ErrorCode::InvalidRequest,
+            "this connection cannot be upgraded (HTTP/2 WebSocket is not supported)",
+        );
     };
     let accept = {
         let mut h = Sha1::new();
@@ -101,7 +142,9 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, ConnectInfo(peer): Co
             }
         };
         match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
-            Ok(parts) => conn::serve(parts.io.into_inner(), parts.read_buf, node, encoding, peer).await,
+            Ok(parts) => {
+                conn::serve(parts.io.into_inner(), parts.read_buf, node, encoding, peer).await
+            }
             Err(_) => tracing::error!("Upgraded connection is not a TCP stream."),
         }
     });
@@ -114,7 +157,10 @@ pub(crate) async fn upgrade(State(node): State<Arc<Node>>, ConnectInfo(peer): Co
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     if let Some(e) = selected {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(e.subprotocol()));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(e.subprotocol()),
+        );
     }
     r.into_response()
 }
@@ -127,9 +173,15 @@ mod tests {
     fn subprotocol_choice() {
         let mut h = HeaderMap::new();
         assert_eq!(choose_encoding(&h), Ok(None));
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("foo, geostream.v1.msgpack, geostream.v1.json"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("foo, geostream.v1.msgpack, geostream.v1.json"),
+        );
         assert_eq!(choose_encoding(&h), Ok(Some(Encoding::Msgpack)));
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("foo"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("foo"),
+        );
         assert!(choose_encoding(&h).is_err());
     }
 }

@@ -14,19 +14,54 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use geostream_core::api::{
-    self, CancelParams, ChannelHistoryParams, ChannelPresenceParams, ChannelPresenceResult, ChannelPublishParams, ChannelSubscribeParams,
-    HelloParams, HelloResult, Heartbeat, PROTOCOL_VERSION, ProgressParams, ServerSoftware, SessionLimits, UnsubscribeParams,
+    self, CancelParams, ChannelHistoryParams, ChannelPresenceParams, ChannelPresenceResult,
+    ChannelPublishParams, ChannelSubscribeParams, EditResult, FeatureBatchParams,
+    FeatureCreateParams, FeatureDeleteParams, FeatureGetParams, FeatureLockParams,
+    FeaturePatchParams, FeatureQueryParams, FeatureReplaceParams, FeatureUnlockParams, Heartbeat,
+    HelloParams, HelloResult, LayerCreateParams, LayerImportParams, LayerNameParams,
+    LayerSubscribeParams, LockInfo, PROTOCOL_VERSION, ProgressParams, ServerSoftware,
+    SessionLimits, SubscriptionUpdateParams, UnsubscribeParams,
 };
 use geostream_core::codec::{self, ClientFrame, Encoding, Id, Params, ZSTD_MAGIC};
 use geostream_core::error::{ErrorCode, RpcError};
 use geostream_core::payload::Payload;
 use geostream_hub::{Outgoing, Session};
+use geostream_store::{FeatureQuery, Holder, LayerSpec, Lock, Store, WriteOp, WriteRequest};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::AbortHandle;
 
 use crate::error::{Result, ServerError};
+use crate::features::{self, build_filter};
 use crate::node::Node;
+
+/// The result of one applied change.
+fn edit_result(c: &geostream_core::feature::Change, replayed: bool) -> EditResult {
+    EditResult {
+        id: c.id.clone(),
+        version: c.version,
+        seq: c.seq,
+        feature: c.new.clone(),
+        replayed,
+    }
+}
+
+fn lock_info(l: &Lock) -> LockInfo {
+    LockInfo {
+        layer: l.layer.clone(),
+        id: l.id.clone(),
+        client: l.holder.client.clone(),
+        user: l.holder.user.clone(),
+        until_ms: l.until_ms,
+    }
+}
+
+/// Says which operation of a batch was invalid.
+fn with_index(e: ServerError, i: usize) -> ServerError {
+    let mut r = e.to_rpc();
+    r.message = format!("ops[{i}]: {}", r.message).into();
+    ServerError::Rpc(r)
+}
 
 /// Requests running as their own tasks, by id.
 type Running = Arc<Mutex<HashMap<Id, AbortHandle>>>;
@@ -40,6 +75,10 @@ pub(crate) struct Rpc {
     session: Arc<Session>,
     enc: Encoding,
     running: Running,
+    /// Who this connection writes and locks as (`hello.client_id`, or the session id).
+    holder: Holder,
+    /// Whether it ever took a lock (its locks must then expire when it leaves).
+    locked: bool,
 }
 
 /// Sends `$/progress` notifications for a long request.
@@ -52,7 +91,12 @@ pub(crate) struct Progress {
 impl Progress {
     /// Reports progress.
     pub(crate) fn report(&self, done: u64, total: Option<u64>, message: Option<String>) {
-        let p = ProgressParams { id: self.id.clone(), done, total, message };
+        let p = ProgressParams {
+            id: self.id.clone(),
+            done,
+            total,
+            message,
+        };
         let frame = codec::encode_notification(self.session.encoding(), api::push::PROGRESS, &p);
         self.session.outbox.push_always(Outgoing::Frame(frame));
     }
@@ -61,7 +105,18 @@ impl Progress {
 impl Rpc {
     pub(crate) fn new(node: Arc<Node>, session: Arc<Session>) -> Self {
         let enc = session.encoding();
-        Rpc { node, session, enc, running: Arc::new(Mutex::new(HashMap::new())) }
+        let holder = Holder {
+            client: session.id().to_string(),
+            user: session.client().user,
+        };
+        Rpc {
+            node,
+            session,
+            enc,
+            running: Arc::new(Mutex::new(HashMap::new())),
+            holder,
+            locked: false,
+        }
     }
 
     fn send(&self, frame: Bytes) {
@@ -116,7 +171,12 @@ impl Rpc {
         Ok(Some(codec::encode_response(self.enc, id, result)))
     }
 
-    async fn request(&mut self, id: &Id, method: &str, params: Params<'_>) -> Result<Option<Bytes>> {
+    async fn request(
+        &mut self,
+        id: &Id,
+        method: &str,
+        params: Params<'_>,
+    ) -> Result<Option<Bytes>> {
         match method {
             api::method::HELLO => {
                 let p: HelloParams = params.parse()?;
@@ -163,21 +223,278 @@ impl Rpc {
                 let clients = self.node.presence(&p.channel)?;
                 self.respond(id, &ChannelPresenceResult { clients })
             }
-            other => Err(ServerError::new(ErrorCode::MethodNotFound, format!("unknown method {other:?}"))),
+            api::method::LAYER_CREATE => {
+                let p: LayerCreateParams = params.parse()?;
+                let info = self
+                    .node
+                    .create_layer(LayerSpec {
+                        name: p.name,
+                        title: p.title,
+                        description: p.description,
+                        last_writer_wins: p.last_writer_wins,
+                    })
+                    .await?;
+                self.respond(id, &info)
+            }
+            api::method::LAYER_LIST => {
+                let layers = self.node.store.list_layers().await?;
+                self.respond(id, &serde_json::json!({ "layers": layers }))
+            }
+            api::method::LAYER_GET => {
+                let p: LayerNameParams = params.parse()?;
+                let info = self.node.store.layer(&p.name).await?;
+                self.respond(id, &info)
+            }
+            api::method::LAYER_DELETE => {
+                let p: LayerNameParams = params.parse()?;
+                self.node.delete_layer(&p.name).await?;
+                self.respond(id, &serde_json::json!({}))
+            }
+            api::method::LAYER_SUBSCRIBE => {
+                let p: LayerSubscribeParams = params.parse()?;
+                let filter = Arc::new(build_filter(&p.filter, &self.node.filter_limits())?);
+                let page = p
+                    .page_size
+                    .unwrap_or(self.node.config.layers.snapshot_page)
+                    .clamp(1, 5000);
+                let pending = self
+                    .node
+                    .subscribe_layer(
+                        &self.session,
+                        &p.layer,
+                        filter,
+                        p.since,
+                        p.snapshot.unwrap_or(true),
+                        page,
+                    )
+                    .await?;
+                // The response first: it carries the subscription id the pushes refer to.
+                self.send(codec::encode_response(self.enc, id, &pending.result));
+                self.node.activate_layer_sub(&self.session, pending).await;
+                Ok(None)
+            }
+            api::method::SUBSCRIPTION_UPDATE => {
+                let p: SubscriptionUpdateParams = params.parse()?;
+                let filter = Arc::new(build_filter(&p.filter, &self.node.filter_limits())?);
+                let (result, frames, recovering) = self
+                    .node
+                    .move_layer_sub(&self.session, p.sub, filter)
+                    .await?;
+                self.send(codec::encode_response(self.enc, id, &result));
+                for f in frames {
+                    self.session.outbox.push_always(f);
+                }
+                self.node.hub.finish_layer_recovery(recovering, result.seq);
+                Ok(None)
+            }
+            api::method::FEATURE_CREATE => {
+                let p: FeatureCreateParams = params.parse()?;
+                let op = features::create_op(&p.feature, &self.node.feature_limits())?;
+                self.edit(id, p.layer, vec![op], p.op_id).await
+            }
+            api::method::FEATURE_REPLACE => {
+                let p: FeatureReplaceParams = params.parse()?;
+                let op = features::replace_op(
+                    &p.id,
+                    &p.feature,
+                    p.version,
+                    &self.node.feature_limits(),
+                )?;
+                self.edit(id, p.layer, vec![op], p.op_id).await
+            }
+            api::method::FEATURE_PATCH => {
+                let p: FeaturePatchParams = params.parse()?;
+                let op = features::patch_op(
+                    &p.id,
+                    p.properties,
+                    p.geometry,
+                    p.version,
+                    &self.node.feature_limits(),
+                )?;
+                self.edit(id, p.layer, vec![op], p.op_id).await
+            }
+            api::method::FEATURE_DELETE => {
+                let p: FeatureDeleteParams = params.parse()?;
+                let op = features::delete_op(&p.id, p.version, &self.node.feature_limits())?;
+                self.edit(id, p.layer, vec![op], p.op_id).await
+            }
+            api::method::FEATURE_BATCH => {
+                let p: FeatureBatchParams = params.parse()?;
+                if p.ops.is_empty() {
+                    return Err(ServerError::invalid("a batch needs at least one operation"));
+                }
+                let limits = self.node.feature_limits();
+                let ops = p
+                    .ops
+                    .iter()
+                    .enumerate()
+                    .map(|(i, op)| features::batch_op(op, &limits).map_err(|e| with_index(e, i)))
+                    .collect::<Result<Vec<WriteOp>>>()?;
+                let outcome = self
+                    .node
+                    .apply(WriteRequest {
+                        layer: p.layer,
+                        ops,
+                        writer: self.holder.clone(),
+                        op_id: p.op_id,
+                    })
+                    .await?;
+                let results: Vec<EditResult> = outcome
+                    .changes
+                    .iter()
+                    .map(|c| edit_result(c, outcome.replayed))
+                    .collect();
+                let seq = outcome.changes.last().map_or(0, |c| c.seq);
+                self.respond(id, &serde_json::json!({ "results": results, "seq": seq, "replayed": outcome.replayed }))
+            }
+            api::method::FEATURE_GET => {
+                let p: FeatureGetParams = params.parse()?;
+                let fid = features::feature_id(&p.id, &self.node.feature_limits())?;
+                match self.node.store.get(&p.layer, &fid).await? {
+                    Some(f) => self.respond(id, &serde_json::json!({ "feature": f })),
+                    None => {
+                        // Distinguish a missing layer from a missing feature.
+                        self.node.store.layer(&p.layer).await?;
+                        Err(ServerError::new(
+                            ErrorCode::FeatureNotFound,
+                            format!("feature {fid:?} does not exist in layer {:?}", p.layer),
+                        ))
+                    }
+                }
+            }
+            api::method::FEATURE_QUERY => {
+                let p: FeatureQueryParams = params.parse()?;
+                let filter = build_filter(&p.filter, &self.node.filter_limits())?;
+                let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
+                let bbox = filter.bbox();
+                let page = self
+                    .node
+                    .store
+                    .query(
+                        &p.layer,
+                        FeatureQuery {
+                            bbox,
+                            filter: Some(Arc::new(filter)),
+                            limit,
+                            offset: p.offset.unwrap_or(0),
+                        },
+                    )
+                    .await?;
+                self.respond(id, &serde_json::json!({ "type": "FeatureCollection", "features": page.features, "next_offset": page.next_offset, "seq": page.seq }))
+            }
+            api::method::FEATURE_LOCK => {
+                let p: FeatureLockParams = params.parse()?;
+                let cfg = &self.node.config.layers;
+                let ttl = p
+                    .ttl_ms
+                    .unwrap_or(cfg.lock_ttl_ms)
+                    .clamp(1000, cfg.max_lock_ttl_ms);
+                if p.ids.is_empty() {
+                    return Err(ServerError::invalid("ids: give at least one feature id"));
+                }
+                self.locked = true;
+                let locks = self
+                    .node
+                    .store
+                    .lock(&p.layer, &p.ids, &self.holder, ttl)
+                    .await?;
+                for l in &locks {
+                    self.node.announce_lock(l, true).await;
+                }
+                self.respond(id, &serde_json::json!({ "locks": locks.iter().map(lock_info).collect::<Vec<_>>() }))
+            }
+            api::method::FEATURE_UNLOCK => {
+                let p: FeatureUnlockParams = params.parse()?;
+                let released = self
+                    .node
+                    .store
+                    .unlock(&p.layer, &p.ids, &self.holder)
+                    .await?;
+                for l in &released {
+                    self.node.announce_lock(l, false).await;
+                }
+                self.respond(id, &serde_json::json!({ "released": released.iter().map(lock_info).collect::<Vec<_>>() }))
+            }
+            api::method::LAYER_IMPORT => {
+                let p: LayerImportParams = params.parse()?;
+                let node = self.node.clone();
+                let writer = self.holder.clone();
+                let enc = self.enc;
+                let rid = id.clone();
+                self.spawn(
+                    id.clone(),
+                    api::method::LAYER_IMPORT,
+                    move |progress| async move {
+                        let result = crate::import::run(&node, p, writer, move |done, total| {
+                            progress.report(done, total, None)
+                        })
+                        .await?;
+                        Ok(codec::encode_response(enc, &rid, &result))
+                    },
+                )?;
+                Ok(None)
+            }
+            other => Err(ServerError::new(
+                ErrorCode::MethodNotFound,
+                format!("unknown method {other:?}"),
+            )),
         }
+    }
+
+    async fn edit(
+        &mut self,
+        id: &Id,
+        layer: String,
+        ops: Vec<WriteOp>,
+        op_id: Option<String>,
+    ) -> Result<Option<Bytes>> {
+        let outcome = self
+            .node
+            .apply(WriteRequest {
+                layer,
+                ops,
+                writer: self.holder.clone(),
+                op_id,
+            })
+            .await?;
+        let c = outcome
+            .changes
+            .first()
+            .ok_or_else(|| ServerError::Internal("an applied edit produced no change".into()))?;
+        self.respond(id, &edit_result(c, outcome.replayed))
+    }
+
+    /// Who this connection locked as, if it ever locked anything.
+    pub(crate) fn lock_holder(&self) -> Option<&Holder> {
+        self.locked.then_some(&self.holder)
     }
 
     fn hello(&mut self, p: HelloParams) -> Result<HelloResult> {
         if let Some(v) = p.protocol
             && v != PROTOCOL_VERSION
         {
-            return Err(ServerError::invalid(format!("unsupported protocol version {v}; this server speaks {PROTOCOL_VERSION}")));
+            return Err(ServerError::invalid(format!(
+                "unsupported protocol version {v}; this server speaks {PROTOCOL_VERSION}"
+            )));
         }
         if let Some(info) = &p.info {
-            let n = serde_json::to_vec(info).map(|v| v.len()).unwrap_or(usize::MAX);
+            let n = serde_json::to_vec(info)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if n > MAX_INFO_BYTES {
-                return Err(ServerError::new(ErrorCode::LimitExceeded, format!("hello.info is {n} bytes; at most {MAX_INFO_BYTES} are allowed")));
+                return Err(ServerError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("hello.info is {n} bytes; at most {MAX_INFO_BYTES} are allowed"),
+                ));
             }
+        }
+        if let Some(cid) = &p.client_id {
+            if cid.is_empty() || cid.len() > 128 || cid.chars().any(char::is_control) {
+                return Err(ServerError::invalid(
+                    "client_id must be 1 to 128 printable characters",
+                ));
+            }
+            self.holder.client = cid.clone();
         }
         let mut client = self.session.client();
         client.info = p.info;
@@ -185,7 +502,10 @@ impl Rpc {
         let cfg = &self.node.config;
         Ok(HelloResult {
             session: self.session.id().to_string(),
-            server: ServerSoftware { name: "geostream".into(), version: env!("CARGO_PKG_VERSION").into() },
+            server: ServerSoftware {
+                name: "geostream".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
             protocol: PROTOCOL_VERSION,
             encoding: self.enc.name().into(),
             user: client.user,
@@ -204,12 +524,17 @@ impl Rpc {
     fn notification(&mut self, method: &str, params: Params<'_>) {
         match method {
             api::method::CANCEL_REQUEST => {
-                let Ok(p) = params.parse::<CancelParams>() else { return };
+                let Ok(p) = params.parse::<CancelParams>() else {
+                    return;
+                };
                 let handle = self.running.lock().remove(&p.id);
                 if let Some(h) = handle {
                     h.abort();
                     self.node.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                    self.send_error(Some(&p.id), &RpcError::new(ErrorCode::RequestCancelled, "request cancelled"));
+                    self.send_error(
+                        Some(&p.id),
+                        &RpcError::new(ErrorCode::RequestCancelled, "request cancelled"),
+                    );
                 }
             }
             // JSON-RPC forbids answering a notification, even an unknown one.
@@ -218,7 +543,6 @@ impl Rpc {
     }
 
     /// Runs a long request as its own task that `$/cancelRequest` can abort.
-    #[allow(dead_code)] // Used by long-running methods (imports, snapshots).
     pub(crate) fn spawn<F, Fut>(&self, id: Id, method: &'static str, work: F) -> Result<()>
     where
         F: FnOnce(Progress) -> Fut,
@@ -228,13 +552,21 @@ impl Rpc {
         if running.len() >= self.node.config.websocket.max_concurrent_requests {
             return Err(ServerError::new(
                 ErrorCode::LimitExceeded,
-                format!("at most {} requests may run at once on a connection", self.node.config.websocket.max_concurrent_requests),
+                format!(
+                    "at most {} requests may run at once on a connection",
+                    self.node.config.websocket.max_concurrent_requests
+                ),
             ));
         }
         if running.contains_key(&id) {
-            return Err(ServerError::invalid(format!("request id {id} is already running")));
+            return Err(ServerError::invalid(format!(
+                "request id {id} is already running"
+            )));
         }
-        let fut = work(Progress { session: self.session.clone(), id: id.clone() });
+        let fut = work(Progress {
+            session: self.session.clone(),
+            id: id.clone(),
+        });
         let registry = self.running.clone();
         let session = self.session.clone();
         let node = self.node.clone();

@@ -39,7 +39,11 @@ pub mod tempdir {
 
     impl Dir {
         pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("geostream-test-{tag}-{}-{}", std::process::id(), rand_suffix()));
+            let p = std::env::temp_dir().join(format!(
+                "geostream-test-{tag}-{}-{}",
+                std::process::id(),
+                rand_suffix()
+            ));
             std::fs::create_dir_all(&p).unwrap();
             Dir(p)
         }
@@ -68,9 +72,11 @@ pub mod tempdir {
 
 /// A configuration suitable for tests (short timeouts, data in a temporary directory).
 pub fn test_config(dir: &tempdir::Dir) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.data_dir = dir.path().to_path_buf();
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
     c.shutdown.drain_secs = 3;
     c
 }
@@ -90,7 +96,10 @@ impl TestServer {
     }
 
     pub async fn start_config(cfg: Config, dir: tempdir::Dir) -> TestServer {
-        geostream_server::telemetry::init(&geostream_server::config::LogConfig { level: "warn".into(), ..Default::default() });
+        geostream_server::telemetry::init(&geostream_server::config::LogConfig {
+            level: "warn".into(),
+            ..Default::default()
+        });
         let listener = geostream_server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -101,7 +110,12 @@ impl TestServer {
             .await
             .unwrap();
         });
-        TestServer { addr, stop: Some(tx), task: Some(task), data_dir: dir }
+        TestServer {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+            data_dir: dir,
+        }
     }
 
     pub fn ws_url(&self) -> String {
@@ -118,7 +132,10 @@ impl TestServer {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
-            tokio::time::timeout(WAIT, t).await.expect("server stops in time").unwrap();
+            tokio::time::timeout(WAIT, t)
+                .await
+                .expect("server stops in time")
+                .unwrap();
         }
     }
 }
@@ -152,28 +169,45 @@ pub enum Got {
 impl Ws {
     /// Connects offering the subprotocol of `enc`.
     pub async fn connect(url: &str, enc: Encoding) -> Ws {
-        Ws::connect_with(url, Some(enc.subprotocol())).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+        Ws::connect_with(url, Some(enc.subprotocol()))
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"))
     }
 
     /// Connects offering `subprotocol` (or none).
-    pub async fn connect_with(url: &str, subprotocol: Option<&str>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    pub async fn connect_with(
+        url: &str,
+        subprotocol: Option<&str>,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
         let mut req = url.into_client_request()?;
         if let Some(p) = subprotocol {
-            req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+            req.headers_mut()
+                .insert("sec-websocket-protocol", p.parse().unwrap());
         }
-        let (stream, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await.expect("connect in time")?;
+        let (stream, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect in time")?;
         let enc = resp
             .headers()
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok())
             .and_then(Encoding::from_subprotocol)
             .unwrap_or(Encoding::Json);
-        Ok(Ws { enc, stream, next_id: 0, backlog: Default::default() })
+        Ok(Ws {
+            enc,
+            stream,
+            next_id: 0,
+            backlog: Default::default(),
+        })
     }
 
     /// Sends raw bytes as a frame of the encoding's type.
     pub async fn send_raw(&mut self, bytes: Bytes) {
-        let msg = if self.enc.is_binary() { Message::Binary(bytes) } else { Message::Text(String::from_utf8(bytes.to_vec()).unwrap().into()) };
+        let msg = if self.enc.is_binary() {
+            Message::Binary(bytes)
+        } else {
+            Message::Text(String::from_utf8(bytes.to_vec()).unwrap().into())
+        };
         self.stream.send(msg).await.unwrap();
     }
 
@@ -195,10 +229,16 @@ impl Ws {
     /// Receives the next frame (or the close).
     pub async fn recv(&mut self) -> Got {
         loop {
-            let m = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a frame in time");
+            let m = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame in time");
             match m {
-                Some(Ok(Message::Text(t))) => return Got::Frame(codec::decode_server_frame(self.enc, t.as_bytes()).unwrap()),
-                Some(Ok(Message::Binary(b))) => return Got::Frame(codec::decode_server_frame(self.enc, &b).unwrap()),
+                Some(Ok(Message::Text(t))) => {
+                    return Got::Frame(codec::decode_server_frame(self.enc, t.as_bytes()).unwrap());
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    return Got::Frame(codec::decode_server_frame(self.enc, &b).unwrap());
+                }
                 Some(Ok(Message::Close(c))) => return Got::Closed(c),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Got::Closed(None),
@@ -210,9 +250,17 @@ impl Ws {
     pub async fn response(&mut self, id: i64) -> Result<Value, RpcError> {
         loop {
             match self.recv().await {
-                Got::Frame(ServerFrame::Response { id: Id::Int(i), result }) if i == id => return Ok(result),
-                Got::Frame(ServerFrame::Error { id: Some(Id::Int(i)), error }) if i == id => return Err(error),
-                Got::Frame(ServerFrame::Notification { method, params }) => self.backlog.push_back((method, params)),
+                Got::Frame(ServerFrame::Response {
+                    id: Id::Int(i),
+                    result,
+                }) if i == id => return Ok(result),
+                Got::Frame(ServerFrame::Error {
+                    id: Some(Id::Int(i)),
+                    error,
+                }) if i == id => return Err(error),
+                Got::Frame(ServerFrame::Notification { method, params }) => {
+                    self.backlog.push_back((method, params))
+                }
                 Got::Frame(other) => panic!("unexpected frame while waiting for {id}: {other:?}"),
                 Got::Closed(c) => panic!("closed while waiting for {id}: {c:?}"),
             }
@@ -228,7 +276,9 @@ impl Ws {
     /// Like `call`, panicking on an error.
     pub async fn ok(&mut self, method: &str, params: Value) -> Value {
         let m = method.to_string();
-        self.call(method, params).await.unwrap_or_else(|e| panic!("{m} failed: {e}"))
+        self.call(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{m} failed: {e}"))
     }
 
     /// The next notification or push.
@@ -236,12 +286,10 @@ impl Ws {
         if let Some(p) = self.backlog.pop_front() {
             return p;
         }
-        loop {
-            match self.recv().await {
-                Got::Frame(ServerFrame::Notification { method, params }) => return (method, params),
-                Got::Frame(other) => panic!("expected a push, got {other:?}"),
-                Got::Closed(c) => panic!("closed while waiting for a push: {c:?}"),
-            }
+        match self.recv().await {
+            Got::Frame(ServerFrame::Notification { method, params }) => (method, params),
+            Got::Frame(other) => panic!("expected a push, got {other:?}"),
+            Got::Closed(c) => panic!("closed while waiting for a push: {c:?}"),
         }
     }
 
@@ -257,9 +305,19 @@ impl Ws {
 
     /// Asserts nothing arrives within `d`.
     pub async fn expect_silence(&mut self, d: Duration) {
-        assert!(self.backlog.is_empty(), "unexpected backlog: {:?}", self.backlog);
-        if let Ok(m) = tokio::time::timeout(d, self.stream.next()).await {
-            panic!("expected silence, got {m:?}");
+        assert!(
+            self.backlog.is_empty(),
+            "unexpected backlog: {:?}",
+            self.backlog
+        );
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return,
+                // Heartbeats are not messages (tungstenite answers pings by itself).
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(m) => panic!("expected silence, got {m:?}"),
+            }
         }
     }
 
@@ -275,33 +333,80 @@ impl Ws {
 }
 
 /// A plain HTTP request; returns status, headers and body.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> (u16, http::HeaderMap, Vec<u8>) {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let mut req = http::Request::builder().method(method).uri(path).header("host", addr.to_string());
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(http_body_util::Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
-    let resp = tokio::time::timeout(WAIT, send.send_request(req)).await.expect("response in time").unwrap();
+    let req = req
+        .body(http_body_util::Full::new(Bytes::from(
+            body.unwrap_or_default(),
+        )))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, send.send_request(req))
+        .await
+        .expect("response in time")
+        .unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = tokio::time::timeout(WAIT, resp.into_body().collect()).await.expect("body in time").unwrap().to_bytes().to_vec();
+    let body = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .unwrap()
+        .to_bytes()
+        .to_vec();
     (status, headers, body)
 }
 
 /// A JSON request; returns status and parsed body.
-pub async fn http_json(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let b = body.map(|b| serde_json::to_vec(&b).unwrap());
-    let (status, _, bytes) = http(addr, method, path, &[("content-type", "application/json")], b).await;
-    let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())) };
+    let (status, _, bytes) = http(
+        addr,
+        method,
+        path,
+        &[("content-type", "application/json")],
+        b,
+    )
+    .await;
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
     (status, v)
 }
 
 /// Publishes over HTTP.
 pub async fn http_publish(addr: SocketAddr, channel: &str, data: Value) -> Value {
-    let (status, body) = http_json(addr, "POST", &format!("/v1/channels/{channel}/messages"), Some(json!({ "data": data }))).await;
+    let (status, body) = http_json(
+        addr,
+        "POST",
+        &format!("/v1/channels/{channel}/messages"),
+        Some(json!({ "data": data })),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -326,15 +431,29 @@ pub struct Sse {
 impl Sse {
     pub async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Sse {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
         tokio::spawn(conn);
-        let mut req = http::Request::builder().uri(path).header("host", addr.to_string()).header("accept", "text/event-stream");
+        let mut req = http::Request::builder()
+            .uri(path)
+            .header("host", addr.to_string())
+            .header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
-        let resp = send.send_request(req.body(http_body_util::Empty::<Bytes>::new()).unwrap()).await.unwrap();
+        let resp = send
+            .send_request(req.body(http_body_util::Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
-        Sse { body: resp.into_body(), buf: String::new(), status, last_id: None }
+        Sse {
+            body: resp.into_body(),
+            buf: String::new(),
+            status,
+            last_id: None,
+        }
     }
 
     /// The next event (comments skipped); `None` when the stream ends.
@@ -360,7 +479,9 @@ impl Sse {
                 }
                 continue;
             }
-            let frame = tokio::time::timeout(WAIT, self.body.frame()).await.expect("an event in time")?;
+            let frame = tokio::time::timeout(WAIT, self.body.frame())
+                .await
+                .expect("an event in time")?;
             let frame = frame.ok()?;
             if let Ok(data) = frame.into_data() {
                 self.buf.push_str(std::str::from_utf8(&data).unwrap());
@@ -377,4 +498,111 @@ impl Sse {
             }
         }
     }
+}
+
+/// A WebSocket connection driven byte by byte, for frames a well-behaved client never sends.
+pub struct RawWs {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Performs the opening handshake offering `subprotocol`.
+    pub async fn connect(addr: SocketAddr, subprotocol: &str) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed during handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                assert!(
+                    head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+                    "RFC 6455 sample accept key: {head}"
+                );
+                buf.drain(..i + 4);
+                return RawWs { stream, buf };
+            }
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one server frame: (opcode, payload). `None` at end of stream.
+    pub async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 2 {
+                let op = self.buf[0] & 0x0f;
+                let (len, h) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    n if n < 126 => (n as usize, 2),
+                    _ => (usize::MAX, 0),
+                };
+                if len != usize::MAX && self.buf.len() >= h + len {
+                    let payload = self.buf[h..h + len].to_vec();
+                    self.buf.drain(..h + len);
+                    return Some((op, payload));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("a frame in time")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads frames until a close frame; returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some((op, p)) = self.frame().await {
+            if op == 0x8 {
+                return Some(u16::from_be_bytes([p[0], p[1]]));
+            }
+        }
+        None
+    }
+}
+
+/// A masked client frame.
+pub fn client_frame(op: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0xa1, 0xb2, 0xc3, 0xd4];
+    let mut out = vec![0x80 | op];
+    let n = payload.len();
+    if n < 126 {
+        out.push(0x80 | n as u8);
+    } else if n <= 0xffff {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
 }

@@ -1,0 +1,349 @@
+//! Where layers, features, change logs, locks and operation ids live: SQLite by default, and
+//! PostgreSQL/PostGIS when several nodes share one store. Knows SQL, not subscribers.
+//!
+//! Every write goes through [`Store::apply`]: a batch of operations on one layer, applied all
+//! or nothing, each accepted operation producing one [`Change`] with the layer's next
+//! sequence number. `apply` returns only once the changes are durable (committed and synced),
+//! which is what lets the server acknowledge an edit only when it cannot be lost.
+//!
+//! The same conformance suite ([`conformance`], feature `conformance`) runs against every
+//! implementation.
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::sync::Arc;
+
+use geostream_core::feature::{BBox, Change, Feature, Geometry, ValidFeature};
+use geostream_filter::Filter;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// How a layer is created.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// Unique name (same rules as channel names).
+    pub name: String,
+    /// Human title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Whether edits without an expected version are accepted (the last writer wins). When
+    /// false (the default), replace, patch and delete must state the version they edited.
+    #[serde(default)]
+    pub last_writer_wins: bool,
+}
+
+/// A layer as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// Name.
+    pub name: String,
+    /// Title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// See [`LayerSpec::last_writer_wins`].
+    pub last_writer_wins: bool,
+    /// Sequence number of the layer's last change (0 before the first).
+    pub seq: u64,
+    /// Number of features.
+    pub count: u64,
+    /// Extent of all features, if any have geometry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bbox: Option<BBox>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// One operation of a write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteOp {
+    /// Creates a feature; the store assigns an id (UUID v7) when `feature.id` is `None`.
+    /// Fails with [`StoreError::FeatureExists`] when the id is taken.
+    Create {
+        /// The validated feature.
+        feature: ValidFeature,
+    },
+    /// Replaces geometry and properties of feature `id`. With `expected`, fails with
+    /// [`StoreError::Conflict`] unless the current version is `expected`. Without it (only on
+    /// last-writer-wins layers) it also creates a missing feature.
+    Replace {
+        /// Feature id.
+        id: String,
+        /// New content (its `id` is ignored).
+        feature: ValidFeature,
+        /// Version the client edited.
+        expected: Option<u64>,
+    },
+    /// Merges `properties` (JSON Merge Patch, RFC 7396) and/or sets the geometry.
+    Patch {
+        /// Feature id.
+        id: String,
+        /// Merge patch for the properties.
+        properties: Option<Map<String, Value>>,
+        /// New geometry: `Some(None)` removes it.
+        geometry: Option<Option<(Geometry, BBox)>>,
+        /// Version the client edited.
+        expected: Option<u64>,
+    },
+    /// Deletes feature `id`.
+    Delete {
+        /// Feature id.
+        id: String,
+        /// Version the client edited.
+        expected: Option<u64>,
+    },
+}
+
+/// Who holds or wants a lock: a client that survives reconnects (`client`, chosen by the
+/// client and kept across sessions, or the session id when it gives none) and the user.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Holder {
+    /// Stable client id.
+    pub client: String,
+    /// Authenticated user, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// A batch of operations on one layer, applied all or nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteRequest {
+    /// The layer.
+    pub layer: String,
+    /// Operations, applied in order.
+    pub ops: Vec<WriteOp>,
+    /// Who writes: recorded in the change log, scopes `op_id`, and owns the locks that let
+    /// it edit locked features.
+    pub writer: Holder,
+    /// Idempotency key chosen by the client. A request whose `(writer.user or
+    /// writer.client, op_id)` was already applied is not applied again: its original outcome
+    /// is returned with [`WriteOutcome::replayed`] set.
+    pub op_id: Option<String>,
+}
+
+/// The result of an applied write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// One change per operation, in order, with consecutive sequence numbers.
+    pub changes: Vec<Change>,
+    /// True when the request was a repetition of an already applied `op_id`.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// A lock on a feature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    /// Layer.
+    pub layer: String,
+    /// Feature id.
+    pub id: String,
+    /// Who holds it.
+    pub holder: Holder,
+    /// When it expires, milliseconds since the Unix epoch.
+    pub until_ms: u64,
+}
+
+/// A query over a layer's current features.
+#[derive(Clone, Debug, Default)]
+pub struct FeatureQuery {
+    /// Only features whose bounding box intersects this box (a fast pre-filter; `filter`'s
+    /// spatial part is exact).
+    pub bbox: Option<BBox>,
+    /// Exact filter (spatial, temporal, CQL2).
+    pub filter: Option<Arc<Filter>>,
+    /// Page size.
+    pub limit: usize,
+    /// Matching features to skip.
+    pub offset: usize,
+}
+
+/// One page of a query.
+#[derive(Clone, Debug)]
+pub struct QueryPage {
+    /// Features, in a stable order (creation order).
+    pub features: Vec<Feature>,
+    /// The offset of the next page, when there is one.
+    pub next_offset: Option<usize>,
+    /// The layer's sequence number the page was read at.
+    pub seq: u64,
+}
+
+/// What a subscription needs to start or move: a consistent cut of the layer.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotRequest {
+    /// Features whose bounding box intersects this box (all when `None`).
+    pub bbox: Option<BBox>,
+    /// Only features matching this filter (all in `bbox` when `None`).
+    pub filter: Option<Arc<Filter>>,
+    /// Also return the changes after this sequence number, up to the snapshot's.
+    pub since: Option<u64>,
+    /// Features per page.
+    pub page_size: usize,
+}
+
+/// A consistent view of a layer at sequence number `seq`: the changes after the requested
+/// `since` (read in the same transaction) and the features, delivered in pages.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The layer's sequence number at the cut.
+    pub seq: u64,
+    /// Changes with `since < seq' <= seq`, in order (empty without `since`).
+    pub changes: Vec<Change>,
+    /// False when some changes after `since` are no longer retained (the caller must resync).
+    pub complete: bool,
+    /// Pages of features as of `seq`. Dropping the receiver stops the read.
+    pub pages: tokio::sync::mpsc::Receiver<Result<Vec<Feature>, StoreError>>,
+}
+
+/// A page of the change log.
+#[derive(Clone, Debug)]
+pub struct ChangePage {
+    /// Changes after the requested sequence number, in order.
+    pub changes: Vec<Change>,
+    /// The oldest sequence number still retained.
+    pub first_retained: u64,
+    /// The layer's current sequence number.
+    pub seq: u64,
+}
+
+/// Errors of a store.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No such layer.
+    #[error("layer {0:?} does not exist")]
+    LayerNotFound(String),
+    /// The layer name is taken.
+    #[error("layer {0:?} already exists")]
+    LayerExists(String),
+    /// No such feature.
+    #[error("feature {id:?} does not exist in layer {layer:?}")]
+    FeatureNotFound {
+        /// Layer.
+        layer: String,
+        /// Feature id.
+        id: String,
+    },
+    /// Create with an id that is taken.
+    #[error("feature {id:?} already exists in layer {layer:?}")]
+    FeatureExists {
+        /// Layer.
+        layer: String,
+        /// Feature id.
+        id: String,
+        /// The existing feature.
+        current: Box<Feature>,
+    },
+    /// The edit was based on another version.
+    #[error("feature {id:?} is at version {}, not {expected}", current.as_ref().map_or(0, |f| f.version))]
+    Conflict {
+        /// Feature id.
+        id: String,
+        /// The version the client stated.
+        expected: u64,
+        /// The current feature (`None`: it was deleted).
+        current: Option<Box<Feature>>,
+    },
+    /// An edit without a version on a layer that requires one.
+    #[error("layer {layer:?} requires the version you edited (it is not last-writer-wins)")]
+    VersionRequired {
+        /// Layer.
+        layer: String,
+    },
+    /// The feature is locked by another holder.
+    #[error("feature {id:?} is locked by {} until {until_ms}", holder.user.as_deref().unwrap_or(&holder.client))]
+    Locked {
+        /// Feature id.
+        id: String,
+        /// Who holds it.
+        holder: Holder,
+        /// Until when (ms since the Unix epoch).
+        until_ms: u64,
+    },
+    /// Input the store cannot take (checked by the store itself).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store cannot be reached or failed; the operation may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A store of layers. Implementations: [`SqliteStore`] (default) and PostgreSQL.
+pub trait Store: Send + Sync + 'static {
+    /// Creates a layer.
+    fn create_layer(&self, spec: LayerSpec) -> impl Future<Output = Result<LayerInfo>> + Send;
+    /// All layers, by name.
+    fn list_layers(&self) -> impl Future<Output = Result<Vec<LayerInfo>>> + Send;
+    /// One layer.
+    fn layer(&self, name: &str) -> impl Future<Output = Result<LayerInfo>> + Send;
+    /// Deletes a layer with its features, change log and locks.
+    fn delete_layer(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Applies a batch atomically and durably; see [`WriteRequest`].
+    fn apply(&self, req: WriteRequest) -> impl Future<Output = Result<WriteOutcome>> + Send;
+
+    /// One feature.
+    fn get(&self, layer: &str, id: &str) -> impl Future<Output = Result<Option<Feature>>> + Send;
+    /// A page of matching features.
+    fn query(&self, layer: &str, q: FeatureQuery)
+    -> impl Future<Output = Result<QueryPage>> + Send;
+    /// A consistent cut for a subscription; see [`Snapshot`].
+    fn snapshot(
+        &self,
+        layer: &str,
+        req: SnapshotRequest,
+    ) -> impl Future<Output = Result<Snapshot>> + Send;
+    /// Up to `limit` changes after `since`.
+    fn changes(
+        &self,
+        layer: &str,
+        since: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<ChangePage>> + Send;
+
+    /// Locks features for `holder` until `now + ttl_ms`, all or none: fails with
+    /// [`StoreError::Locked`] if another holder has a live lock on any of them. Locking again
+    /// extends the holder's own locks. Features must exist.
+    fn lock(
+        &self,
+        layer: &str,
+        ids: &[String],
+        holder: &Holder,
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Lock>>> + Send;
+    /// Releases the holder's locks on these features (others' locks are left alone);
+    /// returns the locks released.
+    fn unlock(
+        &self,
+        layer: &str,
+        ids: &[String],
+        holder: &Holder,
+    ) -> impl Future<Output = Result<Vec<Lock>>> + Send;
+    /// Shortens every lock of `client` to expire within `grace_ms` (its connection is gone);
+    /// returns them with the new expiry.
+    fn expire_client_locks(
+        &self,
+        client: &str,
+        grace_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Lock>>> + Send;
+    /// Removes expired locks and returns them (the caller announces the unlocks).
+    fn reap_locks(&self) -> impl Future<Output = Result<Vec<Lock>>> + Send;
+    /// The live locks of a layer.
+    fn locks(&self, layer: &str) -> impl Future<Output = Result<Vec<Lock>>> + Send;
+}

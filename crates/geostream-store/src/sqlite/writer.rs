@@ -1,0 +1,1115 @@
+//! The writer thread: group commit, and every mutation of the database.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use geostream_core::api::validate_name;
+use geostream_core::feature::{
+    BBox, Change, ChangeOp, Feature, FeatureType, Geometry, changed_properties, format_time_ms,
+    geometry_bbox, merge_patch,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use super::codec::{FEATURE_COLUMNS, StoredFeature, corrupt, decode_outcome, encode_change};
+use super::op_index::OpIndex;
+use super::schema::{create_rtree_sql, rtree_table};
+use super::{SqliteOptions, db_err};
+use crate::{
+    Holder, LayerInfo, LayerSpec, Lock, Result, StoreError, WriteOp, WriteOutcome, WriteRequest,
+};
+
+/// A unit of work for the writer: run inside the group's transaction, answered after the
+/// commit.
+pub(crate) trait Job: Send {
+    /// Runs the work; true when it succeeded (its savepoint is kept).
+    fn run(&mut self, w: &mut Writer, now: u64) -> bool;
+    /// Whether the work needs a savepoint to be undone when it fails. Work that makes all
+    /// its checks before its first write (a single-operation edit) does not: skipping the
+    /// savepoint spares copying every page it touches into the savepoint journal.
+    fn savepoint(&self) -> bool;
+    /// Sends the answer, given how the group's commit went.
+    fn finish(self: Box<Self>, commit: &Result<()>);
+}
+
+/// A [`Job`] made of a closure and the oneshot its caller waits on.
+pub(crate) struct Task<T, F> {
+    work: Option<F>,
+    savepoint: bool,
+    reply: oneshot::Sender<Result<T>>,
+    result: Option<Result<T>>,
+}
+
+impl<T, F> Task<T, F> {
+    /// See [`Job::savepoint`] for `savepoint`.
+    pub(crate) fn new(work: F, reply: oneshot::Sender<Result<T>>, savepoint: bool) -> Self {
+        Task {
+            work: Some(work),
+            savepoint,
+            reply,
+            result: None,
+        }
+    }
+}
+
+impl<T, F> Job for Task<T, F>
+where
+    T: Send,
+    F: FnOnce(&mut Writer, u64) -> Result<T> + Send,
+{
+    fn run(&mut self, w: &mut Writer, now: u64) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = work(w, now);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn savepoint(&self) -> bool {
+        self.savepoint
+    }
+
+    fn finish(self: Box<Self>, commit: &Result<()>) {
+        let answer = match (self.result, commit) {
+            // Its own failure stands (it changed nothing either way).
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (Some(Ok(_)), Err(e)) | (None, Err(e)) => Err(e.clone()),
+            (None, Ok(())) => Err(StoreError::Unavailable(
+                "internal error while applying the request".into(),
+            )),
+        };
+        // The caller may have gone away; the work is done regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// A layer row as the writer keeps it during a group: read once, updated in memory by each
+/// successful request, written back once before COMMIT.
+#[derive(Clone)]
+struct LayerRow {
+    id: i64,
+    name: String,
+    lww: bool,
+    seq: u64,
+    count: u64,
+    /// Changed in this group, to be written back.
+    dirty: bool,
+}
+
+/// Who and when, for every operation of one request.
+struct OpCtx<'a> {
+    writer: &'a Holder,
+    op_id: Option<&'a str>,
+    now: u64,
+    /// `now` as RFC 3339, formatted once per request.
+    updated: String,
+}
+
+/// Where the answers of a committed group go.
+pub(crate) enum Acks {
+    /// Straight to the callers (the commit itself was synced, or syncing is off).
+    Direct,
+    /// To the sync thread, which answers once the WAL is on disk.
+    Synced(mpsc::Sender<Vec<Box<dyn Job>>>),
+}
+
+/// Owns the write connection; lives on the writer thread.
+pub(crate) struct Writer {
+    conn: Connection,
+    acks: Acks,
+    /// Set by the checkpointer when the WAL has grown long: the writer then checkpoints
+    /// between two groups (see [`Writer::checkpoint_tail`]).
+    wal_restart: Arc<AtomicBool>,
+    change_retention: u64,
+    op_id_retention_ms: u64,
+    lock_reap_ms: u64,
+    /// The layers read or written in the current group, by name (see [`LayerRow`]).
+    layers: HashMap<String, LayerRow>,
+    /// Idempotency keys.
+    ops: OpIndex,
+    /// Features recently read or written, by layer id and feature id: an edit's feature
+    /// is usually one edited moments ago, and this spares the read and JSON parse of its
+    /// row. Kept exactly in step with the database: updated by every write, emptied when
+    /// a write is rolled back and when another connection has committed (see
+    /// `data_version`). At most [`FEATURE_CACHE`] entries.
+    features: HashMap<i64, HashMap<String, StoredFeature>>,
+    cached: usize,
+    /// `PRAGMA data_version` when last read: it changes when another connection commits.
+    data_version: i64,
+}
+
+/// Most features the writer keeps in memory (a few megabytes).
+const FEATURE_CACHE: usize = 8192;
+
+fn sql_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        opts: &SqliteOptions,
+        acks: Acks,
+        wal_restart: Arc<AtomicBool>,
+    ) -> Result<Writer> {
+        Ok(Writer {
+            ops: OpIndex::load(&conn)?,
+            conn,
+            acks,
+            wal_restart,
+            change_retention: opts.change_retention,
+            op_id_retention_ms: opts.op_id_retention_ms,
+            lock_reap_ms: opts.lock_reap_ms,
+            layers: HashMap::new(),
+            features: HashMap::new(),
+            cached: 0,
+            data_version: 0,
+        })
+    }
+
+    /// Forgets every cached feature.
+    fn forget_features(&mut self) {
+        self.features.clear();
+        self.cached = 0;
+    }
+
+    /// Caches a feature as it now is in the database.
+    fn remember(&mut self, layer: i64, f: StoredFeature) {
+        if self.cached >= FEATURE_CACHE {
+            self.forget_features();
+        }
+        let old = self
+            .features
+            .entry(layer)
+            .or_default()
+            .insert(f.feature.id.clone(), f);
+        if old.is_none() {
+            self.cached += 1;
+        }
+    }
+
+    /// Drops a feature from the cache (it was deleted).
+    fn forget(&mut self, layer: i64, id: &str) {
+        if let Some(m) = self.features.get_mut(&layer)
+            && m.remove(id).is_some()
+        {
+            self.cached -= 1;
+        }
+    }
+
+    /// The thread's loop: wait for work, take everything queued, commit it as one group.
+    pub(crate) fn run(
+        mut self,
+        jobs: mpsc::Receiver<Box<dyn Job>>,
+        max_batch: usize,
+        housekeeping: Duration,
+    ) {
+        let mut next_housekeeping = Instant::now() + housekeeping;
+        let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch.min(4096));
+        loop {
+            let wait = next_housekeeping.saturating_duration_since(Instant::now());
+            match jobs.recv_timeout(wait) {
+                Ok(job) => group.push(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            while group.len() < max_batch {
+                match jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(&mut group);
+            }
+            // Between groups: the writer's own upkeep, in short steps.
+            if self.ops.should_merge() {
+                self.merge_op_index();
+            }
+            if self.wal_restart.swap(false, Ordering::Relaxed) {
+                self.checkpoint_tail();
+            }
+            if Instant::now() >= next_housekeeping {
+                self.housekeeping();
+                next_housekeeping = Instant::now() + housekeeping;
+            }
+        }
+        tracing::debug!("SQLite writer stopped.");
+    }
+
+    fn exec(&self, sql: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(db_err)
+    }
+
+    /// One transaction for the whole group, one savepoint per job, answers after COMMIT.
+    fn commit_group(&mut self, group: &mut Vec<Box<dyn Job>>) {
+        self.layers.clear();
+        // Another process writing the same file would make the cache stale.
+        match self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+        {
+            Ok(v) if v == self.data_version => {}
+            Ok(v) => {
+                self.data_version = v;
+                self.forget_features();
+            }
+            Err(_) => self.forget_features(),
+        }
+        let now = super::now_ms();
+        let mut outcome = self.exec("BEGIN IMMEDIATE");
+        if outcome.is_ok() {
+            for job in group.iter_mut() {
+                let savepoint = job.savepoint();
+                if savepoint && let Err(e) = self.exec("SAVEPOINT request") {
+                    outcome = Err(e);
+                    break;
+                }
+                let changes_before = self.conn.total_changes();
+                // A panic is a bug, but it must cost one request, not the writer thread.
+                let ok = std::panic::catch_unwind(AssertUnwindSafe(|| job.run(self, now)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("A store request panicked; it was rolled back.");
+                        false
+                    });
+                if !ok && savepoint {
+                    // Its earlier operations may have cached what is now rolled back.
+                    self.forget_features();
+                }
+                let end = match (ok, savepoint) {
+                    (true, true) => self.exec("RELEASE request"),
+                    (false, true) => self
+                        .exec("ROLLBACK TO request")
+                        .and_then(|()| self.exec("RELEASE request")),
+                    (true, false) => Ok(()),
+                    // Failed before writing anything: nothing to undo.
+                    (false, false) if self.conn.total_changes() == changes_before => Ok(()),
+                    // Failed after a write (an SQL error halfway): without a savepoint the
+                    // only safe undo is the whole group's.
+                    (false, false) => Err(StoreError::Unavailable(
+                        "a request failed halfway; its group was rolled back".into(),
+                    )),
+                };
+                if let Err(e) = end {
+                    outcome = Err(e);
+                    break;
+                }
+                if self.conn.is_autocommit() {
+                    // SQLite rolled the whole transaction back (I/O error, disk full...):
+                    // nothing of this group is in the database.
+                    outcome = Err(StoreError::Unavailable(
+                        "the SQLite transaction was rolled back by an error".into(),
+                    ));
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            outcome = self.flush_layers().and_then(|()| self.exec("COMMIT"));
+        }
+        match &outcome {
+            Ok(()) => self.ops.group_committed(),
+            Err(_) => self.ops.group_failed(),
+        }
+        if let Err(e) = &outcome {
+            self.layers.clear();
+            self.forget_features();
+            tracing::error!(error = %e, requests = group.len(), "SQLite group commit failed.");
+            if !self.conn.is_autocommit() {
+                let _ = self.exec("ROLLBACK");
+            }
+        }
+        if let (Ok(()), Acks::Synced(sync)) = (&outcome, &self.acks) {
+            match sync.send(std::mem::take(group)) {
+                Ok(()) => return,
+                Err(mpsc::SendError(jobs)) => {
+                    let e = Err(StoreError::Unavailable(
+                        "the SQLite sync thread has stopped".into(),
+                    ));
+                    jobs.into_iter().for_each(|job| job.finish(&e));
+                    return;
+                }
+            }
+        }
+        for job in group.drain(..) {
+            job.finish(&outcome);
+        }
+    }
+
+    /// Checkpoints from the writer itself, between two groups, so the next group can start
+    /// the WAL over from its beginning.
+    ///
+    /// Why: the checkpointer thread copies the WAL into the database while groups keep
+    /// being appended, so it never finds the WAL fully copied with no write since — and
+    /// SQLite only rewinds the WAL (instead of growing it) when that is the case. Here no
+    /// write can slip in, and the background checkpoints have already copied most frames,
+    /// so this copies only the recent tail.
+    fn checkpoint_tail(&mut self) {
+        let r = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            });
+        match r {
+            Ok((busy, log, done)) => tracing::debug!(busy, log, done, "SQLite writer checkpoint."),
+            Err(e) => tracing::warn!(error = %e, "SQLite writer checkpoint failed."),
+        }
+    }
+
+    /// Writes back the layers this group changed, and drops their changes beyond the
+    /// retention, in the group's transaction (no extra fsync).
+    fn flush_layers(&mut self) -> Result<()> {
+        let mut update = self
+            .conn
+            .prepare_cached("UPDATE layers SET seq = ?2, count = ?3 WHERE id = ?1")
+            .map_err(db_err)?;
+        let mut prune = self
+            .conn
+            .prepare_cached("DELETE FROM changes WHERE layer = ?1 AND seq <= ?2")
+            .map_err(db_err)?;
+        for l in self.layers.values().filter(|l| l.dirty) {
+            update
+                .execute(params![l.id, sql_i64(l.seq), sql_i64(l.count)])
+                .map_err(db_err)?;
+            if l.seq > self.change_retention {
+                prune
+                    .execute(params![l.id, sql_i64(l.seq - self.change_retention)])
+                    .map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `work` in a transaction of its own, between groups (rolled back on error).
+    fn own_transaction<T>(&mut self, work: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        self.exec("BEGIN IMMEDIATE")?;
+        let r = work(self).and_then(|v| self.exec("COMMIT").map(|()| v));
+        if r.is_err() && !self.conn.is_autocommit() {
+            let _ = self.exec("ROLLBACK");
+        }
+        r
+    }
+
+    /// Moves the next chunk of pending op-id keys into `op_index` (see [`OpIndex`]).
+    fn merge_op_index(&mut self) {
+        match self.own_transaction(|w| w.ops.merge_step(&w.conn)) {
+            Ok(()) => self.ops.merge_committed(),
+            Err(e) => {
+                self.ops.merge_failed();
+                tracing::warn!(error = %e, "Indexing SQLite op ids failed.");
+            }
+        }
+    }
+
+    /// Forgets old op ids and locks nobody reaped, in a transaction of its own.
+    fn housekeeping(&mut self) {
+        let now = super::now_ms();
+        let op_cutoff = sql_i64(now.saturating_sub(self.op_id_retention_ms));
+        let lock_cutoff = sql_i64(now.saturating_sub(self.lock_reap_ms));
+        let r = self.own_transaction(|w| {
+            let (ops, cut) = w.ops.expire(&w.conn, op_cutoff)?;
+            let locks = w
+                .conn
+                .prepare_cached("DELETE FROM locks WHERE until_ms < ?1")
+                .and_then(|mut s| s.execute([lock_cutoff]))
+                .map_err(db_err)?;
+            Ok((ops, cut, locks))
+        });
+        match r {
+            Ok((ops, cut, locks)) => {
+                self.ops.expired(cut);
+                tracing::debug!(op_ids = ops, locks, "SQLite housekeeping done.");
+            }
+            Err(e) => tracing::warn!(error = %e, "SQLite housekeeping failed."),
+        }
+    }
+
+    /// The layer's row as of this point of the group (see [`LayerRow`]).
+    fn layer_row(&mut self, name: &str) -> Result<LayerRow> {
+        if let Some(l) = self.layers.get(name) {
+            return Ok(l.clone());
+        }
+        let row = self
+            .conn
+            .prepare_cached("SELECT id, last_writer_wins, seq, count FROM layers WHERE name = ?1")
+            .and_then(|mut s| {
+                s.query_row([name], |r| {
+                    Ok(LayerRow {
+                        id: r.get(0)?,
+                        name: name.to_owned(),
+                        lww: r.get(1)?,
+                        seq: r.get(2)?,
+                        count: r.get(3)?,
+                        dirty: false,
+                    })
+                })
+                .optional()
+            })
+            .map_err(db_err)?
+            .ok_or_else(|| StoreError::LayerNotFound(name.to_owned()))?;
+        self.layers.insert(name.to_owned(), row.clone());
+        Ok(row)
+    }
+
+    fn layer_name(&self, id: i64, names: &mut HashMap<i64, String>) -> Result<String> {
+        if let Some(n) = names.get(&id) {
+            return Ok(n.clone());
+        }
+        let name: String = self
+            .conn
+            .prepare_cached("SELECT name FROM layers WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+            .map_err(db_err)?
+            .ok_or_else(|| corrupt("lock", format!("layer {id} does not exist")))?;
+        names.insert(id, name.clone());
+        Ok(name)
+    }
+
+    // ----- layers -----
+
+    pub(crate) fn create_layer(&mut self, spec: LayerSpec, now: u64) -> Result<LayerInfo> {
+        validate_name("layer", &spec.name).map_err(StoreError::Invalid)?;
+        let exists = self
+            .conn
+            .prepare_cached("SELECT 1 FROM layers WHERE name = ?1")
+            .and_then(|mut s| s.exists([&spec.name]))
+            .map_err(db_err)?;
+        if exists {
+            return Err(StoreError::LayerExists(spec.name));
+        }
+        self.conn
+            .prepare_cached("INSERT INTO layers (name, title, description, last_writer_wins, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .and_then(|mut s| s.execute(params![spec.name, spec.title, spec.description, spec.last_writer_wins, sql_i64(now)]))
+            .map_err(db_err)?;
+        let id = self.conn.last_insert_rowid();
+        self.conn
+            .execute_batch(&create_rtree_sql(id))
+            .map_err(db_err)?;
+        Ok(LayerInfo {
+            name: spec.name,
+            title: spec.title,
+            description: spec.description,
+            last_writer_wins: spec.last_writer_wins,
+            seq: 0,
+            count: 0,
+            bbox: None,
+            created_ms: now,
+        })
+    }
+
+    pub(crate) fn delete_layer(&mut self, name: &str) -> Result<()> {
+        let layer = self.layer_row(name)?;
+        for sql in [
+            "DELETE FROM features WHERE layer = ?1",
+            "DELETE FROM changes WHERE layer = ?1",
+            "DELETE FROM locks WHERE layer = ?1",
+            "DELETE FROM layers WHERE id = ?1",
+        ] {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute([layer.id]))
+                .map_err(db_err)?;
+        }
+        self.conn
+            .execute_batch(&format!("DROP TABLE {}", rtree_table(layer.id)))
+            .map_err(db_err)?;
+        // Last, so a failure above leaves the (rolled back) layer's pending row in place.
+        self.layers.remove(name);
+        if let Some(m) = self.features.remove(&layer.id) {
+            self.cached -= m.len();
+        }
+        Ok(())
+    }
+
+    // ----- writes -----
+
+    pub(crate) fn apply(&mut self, req: WriteRequest, now: u64) -> Result<WriteOutcome> {
+        // Prefixed so that a user and a client that happen to share a name stay apart.
+        let scope = match &req.writer.user {
+            Some(user) => format!("u:{user}"),
+            None => format!("c:{}", req.writer.client),
+        };
+        if let Some(op_id) = &req.op_id
+            && let Some(body) = self.ops.lookup(&self.conn, &scope, op_id)?
+        {
+            return Ok(WriteOutcome {
+                changes: decode_outcome(&body)?,
+                replayed: true,
+            });
+        }
+        if req.ops.is_empty() {
+            return Err(StoreError::Invalid(
+                "a write needs at least one operation".into(),
+            ));
+        }
+        let mut layer = self.layer_row(&req.layer)?;
+        let ctx = OpCtx {
+            writer: &req.writer,
+            op_id: req.op_id.as_deref(),
+            now,
+            updated: format_time_ms(now),
+        };
+        let mut changes = Vec::with_capacity(req.ops.len());
+        // The outcome kept for the op id is the change bodies already encoded for the log.
+        let mut outcome = String::from("[");
+        for op in req.ops {
+            let change = self.op(&mut layer, op, &ctx)?;
+            let body = encode_change(&change)?;
+            self.conn
+                .prepare_cached("INSERT INTO changes (layer, seq, body) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![layer.id, sql_i64(change.seq), body]))
+                .map_err(db_err)?;
+            if req.op_id.is_some() {
+                if outcome.len() > 1 {
+                    outcome.push(',');
+                }
+                outcome.push_str(&body);
+            }
+            changes.push(change);
+        }
+        if let Some(op_id) = &req.op_id {
+            outcome.push(']');
+            self.ops
+                .insert(&self.conn, &scope, op_id, sql_i64(now), &outcome)?;
+        }
+        layer.dirty = true;
+        self.layers.insert(req.layer, layer);
+        Ok(WriteOutcome {
+            changes,
+            replayed: false,
+        })
+    }
+
+    fn op(&mut self, layer: &mut LayerRow, op: WriteOp, ctx: &OpCtx<'_>) -> Result<Change> {
+        match op {
+            WriteOp::Create { feature } => {
+                let id = match feature.id {
+                    Some(id) if id.is_empty() => {
+                        return Err(StoreError::Invalid("a feature id must not be empty".into()));
+                    }
+                    Some(id) => id,
+                    None => uuid::Uuid::now_v7().to_string(),
+                };
+                if let Some(current) = self.load(layer.id, &id)? {
+                    return Err(StoreError::FeatureExists {
+                        layer: layer.name.clone(),
+                        id,
+                        current: Box::new(current.feature),
+                    });
+                }
+                self.check_lock(layer.id, &id, ctx)?;
+                self.insert(layer, id, feature.geometry, feature.properties, ctx)
+            }
+            WriteOp::Replace {
+                id,
+                feature,
+                expected,
+            } => {
+                let current = self.current(layer, &id, expected)?;
+                match current {
+                    // Only reachable without `expected` on a last-writer-wins layer: upsert.
+                    None => {
+                        self.check_lock(layer.id, &id, ctx)?;
+                        self.insert(layer, id, feature.geometry, feature.properties, ctx)
+                    }
+                    Some(current) => {
+                        self.check_lock(layer.id, &id, ctx)?;
+                        let changed =
+                            changed_properties(&current.feature.properties, &feature.properties);
+                        self.update(
+                            layer,
+                            current,
+                            feature.geometry,
+                            feature.properties,
+                            changed,
+                            ctx,
+                        )
+                    }
+                }
+            }
+            WriteOp::Patch {
+                id,
+                properties,
+                geometry,
+                expected,
+            } => {
+                let Some(current) = self.current(layer, &id, expected)? else {
+                    return Err(StoreError::FeatureNotFound {
+                        layer: layer.name.clone(),
+                        id,
+                    });
+                };
+                self.check_lock(layer.id, &id, ctx)?;
+                let mut props = current.feature.properties.clone();
+                let changed = match &properties {
+                    Some(patch) => merge_patch(&mut props, patch),
+                    None => Vec::new(),
+                };
+                let geometry = match geometry {
+                    Some(g) => g.map(|(g, _)| g),
+                    None => current.feature.geometry.clone(),
+                };
+                self.update(layer, current, geometry, props, changed, ctx)
+            }
+            WriteOp::Delete { id, expected } => {
+                let Some(current) = self.current(layer, &id, expected)? else {
+                    return Err(StoreError::FeatureNotFound {
+                        layer: layer.name.clone(),
+                        id,
+                    });
+                };
+                self.check_lock(layer.id, &id, ctx)?;
+                self.delete(layer, current, ctx)
+            }
+        }
+    }
+
+    /// The feature an edit applies to, after the version rules: `VersionRequired` without
+    /// `expected` on a strict layer, `Conflict` when `expected` is not the current version
+    /// (or the feature is missing). `Ok(None)`: missing, and no version was stated.
+    fn current(
+        &mut self,
+        layer: &LayerRow,
+        id: &str,
+        expected: Option<u64>,
+    ) -> Result<Option<StoredFeature>> {
+        if expected.is_none() && !layer.lww {
+            return Err(StoreError::VersionRequired {
+                layer: layer.name.clone(),
+            });
+        }
+        let current = self.load(layer.id, id)?;
+        if let Some(expected) = expected {
+            let version = current.as_ref().map(|c| c.feature.version);
+            if version != Some(expected) {
+                return Err(StoreError::Conflict {
+                    id: id.to_owned(),
+                    expected,
+                    current: current.map(|c| Box::new(c.feature)),
+                });
+            }
+        }
+        Ok(current)
+    }
+
+    /// The feature as stored, from the cache or the database.
+    fn load(&mut self, layer: i64, id: &str) -> Result<Option<StoredFeature>> {
+        if let Some(f) = self.features.get(&layer).and_then(|m| m.get(id)) {
+            return Ok(Some(f.clone()));
+        }
+        let found = {
+            let mut st = self
+                .conn
+                .prepare_cached(feature_by_id_sql())
+                .map_err(db_err)?;
+            let mut rows = st.query(params![layer, id]).map_err(db_err)?;
+            match rows.next().map_err(db_err)? {
+                Some(row) => Some(StoredFeature::from_row(row)?),
+                None => None,
+            }
+        };
+        if let Some(f) = &found {
+            self.remember(layer, f.clone());
+        }
+        Ok(found)
+    }
+
+    fn check_lock(&self, layer: i64, id: &str, ctx: &OpCtx<'_>) -> Result<()> {
+        let lock = self
+            .conn
+            .prepare_cached("SELECT client, user, until_ms FROM locks WHERE layer = ?1 AND fid = ?2 AND until_ms > ?3")
+            .and_then(|mut s| {
+                s.query_row(params![layer, id, sql_i64(ctx.now)], |r| {
+                    Ok((Holder { client: r.get(0)?, user: r.get(1)? }, r.get::<_, u64>(2)?))
+                })
+                .optional()
+            })
+            .map_err(db_err)?;
+        match lock {
+            Some((holder, until_ms)) if holder != *ctx.writer => Err(StoreError::Locked {
+                id: id.to_owned(),
+                holder,
+                until_ms,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn insert(
+        &mut self,
+        layer: &mut LayerRow,
+        id: String,
+        geometry: Option<Geometry>,
+        properties: Map<String, Value>,
+        ctx: &OpCtx<'_>,
+    ) -> Result<Change> {
+        let bbox = checked_bbox(geometry.as_ref())?;
+        let geometry_json = geometry.as_ref().map(to_json).transpose()?;
+        let properties_json = to_json(&properties)?;
+        let [minx, miny, maxx, maxy] = bbox.map(|b| b.map(Some)).unwrap_or_default();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO features (layer, fid, version, updated_ms, geometry, properties, minx, miny, maxx, maxy) \
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| s.execute(params![layer.id, id, sql_i64(ctx.now), geometry_json, properties_json, minx, miny, maxx, maxy]))
+            .map_err(db_err)?;
+        let ord = self.conn.last_insert_rowid();
+        self.rtree_set(layer.id, ord, None, bbox)?;
+        layer.count += 1;
+        layer.seq += 1;
+        let changed = properties.keys().cloned().collect();
+        let feature = Feature {
+            kind: FeatureType::Feature,
+            id: id.clone(),
+            geometry,
+            properties,
+            version: 1,
+            updated: ctx.updated.clone(),
+        };
+        let stored = StoredFeature {
+            ord,
+            feature: feature.clone(),
+            bbox,
+            geometry_json,
+        };
+        self.remember(layer.id, stored);
+        Ok(Change {
+            layer: layer.name.clone(),
+            seq: layer.seq,
+            op: ChangeOp::Insert,
+            id,
+            version: 1,
+            old: None,
+            geometry_changed: feature.geometry.is_some(),
+            new: Some(feature),
+            old_bbox: None,
+            new_bbox: bbox,
+            changed,
+            author: ctx.writer.user.clone(),
+            op_id: ctx.op_id.map(str::to_owned),
+            time_ms: ctx.now,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        layer: &mut LayerRow,
+        current: StoredFeature,
+        geometry: Option<Geometry>,
+        properties: Map<String, Value>,
+        changed: Vec<String>,
+        ctx: &OpCtx<'_>,
+    ) -> Result<Change> {
+        let geometry_changed = geometry != current.feature.geometry;
+        let (bbox, geometry_json) = if geometry_changed {
+            (
+                checked_bbox(geometry.as_ref())?,
+                geometry.as_ref().map(to_json).transpose()?,
+            )
+        } else {
+            (current.bbox, current.geometry_json.clone())
+        };
+        let properties_json = to_json(&properties)?;
+        let version = current.feature.version + 1;
+        let [minx, miny, maxx, maxy] = bbox.map(|b| b.map(Some)).unwrap_or_default();
+        self.conn
+            .prepare_cached(
+                "UPDATE features SET version = ?2, updated_ms = ?3, geometry = ?4, properties = ?5, \
+                 minx = ?6, miny = ?7, maxx = ?8, maxy = ?9 WHERE ord = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![current.ord, sql_i64(version), sql_i64(ctx.now), geometry_json, properties_json, minx, miny, maxx, maxy])
+            })
+            .map_err(db_err)?;
+        if bbox != current.bbox {
+            self.rtree_set(layer.id, current.ord, current.bbox, bbox)?;
+        }
+        layer.seq += 1;
+        let new = Feature {
+            kind: FeatureType::Feature,
+            id: current.feature.id.clone(),
+            geometry,
+            properties,
+            version,
+            updated: ctx.updated.clone(),
+        };
+        let stored = StoredFeature {
+            ord: current.ord,
+            feature: new.clone(),
+            bbox,
+            geometry_json,
+        };
+        self.remember(layer.id, stored);
+        Ok(Change {
+            layer: layer.name.clone(),
+            seq: layer.seq,
+            op: ChangeOp::Update,
+            id: new.id.clone(),
+            version,
+            old: Some(current.feature),
+            new: Some(new),
+            old_bbox: current.bbox,
+            new_bbox: bbox,
+            changed,
+            geometry_changed,
+            author: ctx.writer.user.clone(),
+            op_id: ctx.op_id.map(str::to_owned),
+            time_ms: ctx.now,
+        })
+    }
+
+    fn delete(
+        &mut self,
+        layer: &mut LayerRow,
+        current: StoredFeature,
+        ctx: &OpCtx<'_>,
+    ) -> Result<Change> {
+        self.conn
+            .prepare_cached("DELETE FROM features WHERE ord = ?1")
+            .and_then(|mut s| s.execute([current.ord]))
+            .map_err(db_err)?;
+        self.rtree_set(layer.id, current.ord, current.bbox, None)?;
+        self.forget(layer.id, &current.feature.id);
+        layer.count = layer.count.saturating_sub(1);
+        layer.seq += 1;
+        Ok(Change {
+            layer: layer.name.clone(),
+            seq: layer.seq,
+            op: ChangeOp::Delete,
+            id: current.feature.id.clone(),
+            version: current.feature.version + 1,
+            changed: current.feature.properties.keys().cloned().collect(),
+            geometry_changed: current.feature.geometry.is_some(),
+            old: Some(current.feature),
+            new: None,
+            old_bbox: current.bbox,
+            new_bbox: None,
+            author: ctx.writer.user.clone(),
+            op_id: ctx.op_id.map(str::to_owned),
+            time_ms: ctx.now,
+        })
+    }
+
+    /// Moves a feature's entry in its layer's R-tree from `old` to `new`.
+    fn rtree_set(&self, layer: i64, ord: i64, old: Option<BBox>, new: Option<BBox>) -> Result<()> {
+        let table = rtree_table(layer);
+        let r = match (old, new) {
+            (None, None) => return Ok(()),
+            (Some(_), None) => self
+                .conn
+                .prepare_cached(&format!("DELETE FROM {table} WHERE ord = ?1"))
+                .and_then(|mut s| s.execute([ord])),
+            (None, Some(b)) => self
+                .conn
+                .prepare_cached(&format!(
+                    "INSERT INTO {table} (ord, minx, maxx, miny, maxy) VALUES (?1, ?2, ?3, ?4, ?5)"
+                ))
+                .and_then(|mut s| s.execute(params![ord, b[0], b[2], b[1], b[3]])),
+            (Some(_), Some(b)) => self
+                .conn
+                .prepare_cached(&format!(
+                    "UPDATE {table} SET minx = ?2, maxx = ?3, miny = ?4, maxy = ?5 WHERE ord = ?1"
+                ))
+                .and_then(|mut s| s.execute(params![ord, b[0], b[2], b[1], b[3]])),
+        };
+        r.map(drop).map_err(db_err)
+    }
+
+    // ----- locks -----
+
+    pub(crate) fn lock(
+        &mut self,
+        layer: &str,
+        ids: &[String],
+        holder: &Holder,
+        ttl_ms: u64,
+        now: u64,
+    ) -> Result<Vec<Lock>> {
+        let row = self.layer_row(layer)?;
+        let until_ms = now.saturating_add(ttl_ms).min(i64::MAX as u64);
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<&String> = ids.iter().filter(|id| seen.insert(id.as_str())).collect();
+        let ctx = OpCtx {
+            writer: holder,
+            op_id: None,
+            now,
+            updated: String::new(),
+        };
+        for id in &ids {
+            let exists = self
+                .conn
+                .prepare_cached("SELECT 1 FROM features WHERE layer = ?1 AND fid = ?2")
+                .and_then(|mut s| s.exists(params![row.id, id]))
+                .map_err(db_err)?;
+            if !exists {
+                return Err(StoreError::FeatureNotFound {
+                    layer: layer.to_owned(),
+                    id: (*id).clone(),
+                });
+            }
+            self.check_lock(row.id, id, &ctx)?;
+        }
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO locks (layer, fid, client, user, until_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (layer, fid) DO UPDATE SET client = excluded.client, user = excluded.user, until_ms = excluded.until_ms",
+            )
+            .map_err(db_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            st.execute(params![
+                row.id,
+                id,
+                holder.client,
+                holder.user,
+                sql_i64(until_ms)
+            ])
+            .map_err(db_err)?;
+            out.push(Lock {
+                layer: layer.to_owned(),
+                id: id.clone(),
+                holder: holder.clone(),
+                until_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn unlock(
+        &mut self,
+        layer: &str,
+        ids: &[String],
+        holder: &Holder,
+    ) -> Result<Vec<Lock>> {
+        let row = self.layer_row(layer)?;
+        let mut st = self
+            .conn
+            .prepare_cached("DELETE FROM locks WHERE layer = ?1 AND fid = ?2 AND client = ?3 AND user IS ?4 RETURNING until_ms")
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for id in ids {
+            let until: Option<u64> = st
+                .query_row(params![row.id, id, holder.client, holder.user], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db_err)?;
+            if let Some(until_ms) = until {
+                out.push(Lock {
+                    layer: layer.to_owned(),
+                    id: id.clone(),
+                    holder: holder.clone(),
+                    until_ms,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn expire_client_locks(
+        &mut self,
+        client: &str,
+        grace_ms: u64,
+        now: u64,
+    ) -> Result<Vec<Lock>> {
+        let until = sql_i64(now.saturating_add(grace_ms));
+        self.locks_returning(
+            "UPDATE locks SET until_ms = min(until_ms, ?2) WHERE client = ?1 AND until_ms > ?3 \
+             RETURNING layer, fid, client, user, until_ms",
+            params![client, until, sql_i64(now)],
+        )
+    }
+
+    pub(crate) fn reap_locks(&mut self, now: u64) -> Result<Vec<Lock>> {
+        self.locks_returning(
+            "DELETE FROM locks WHERE until_ms <= ?1 RETURNING layer, fid, client, user, until_ms",
+            params![sql_i64(now)],
+        )
+    }
+
+    fn locks_returning(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<Lock>> {
+        let rows: Vec<(i64, String, Holder, u64)> = {
+            let mut st = self.conn.prepare_cached(sql).map_err(db_err)?;
+            let rows = st
+                .query_map(params, |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        Holder {
+                            client: r.get(2)?,
+                            user: r.get(3)?,
+                        },
+                        r.get(4)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db_err)?
+        };
+        let mut names = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for (layer, id, holder, until_ms) in rows {
+            out.push(Lock {
+                layer: self.layer_name(layer, &mut names)?,
+                id,
+                holder,
+                until_ms,
+            });
+        }
+        out.sort_by(|a, b| (&a.layer, &a.id).cmp(&(&b.layer, &b.id)));
+        Ok(out)
+    }
+}
+
+fn feature_by_id_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!("SELECT {FEATURE_COLUMNS} FROM features WHERE layer = ?1 AND fid = ?2")
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Invalid(format!("cannot encode as JSON: {e}")))
+}
+
+/// The box the store keeps for a geometry: computed here (not trusted from the caller),
+/// after checking every position is finite — the R-tree rejects NaN, and JSON would turn it
+/// into a `null` that no longer reads back as a geometry.
+fn checked_bbox(g: Option<&Geometry>) -> Result<Option<BBox>> {
+    fn finite(v: &geojson::Value) -> bool {
+        use geojson::Value as G;
+        let pos = |p: &Vec<f64>| p.len() >= 2 && p.iter().all(|c| c.is_finite());
+        match v {
+            G::Point(p) => pos(p),
+            G::MultiPoint(ps) | G::LineString(ps) => ps.iter().all(pos),
+            G::MultiLineString(ls) | G::Polygon(ls) => ls.iter().flatten().all(pos),
+            G::MultiPolygon(pss) => pss.iter().flatten().flatten().all(pos),
+            G::GeometryCollection(gs) => gs.iter().all(|g| finite(&g.value)),
+        }
+    }
+    let Some(g) = g else { return Ok(None) };
+    if !finite(&g.value) {
+        return Err(StoreError::Invalid(
+            "geometry: every position needs 2 or 3 finite numbers".into(),
+        ));
+    }
+    // `None`: valid GeoJSON without positions (an empty collection): kept, not indexed.
+    Ok(geometry_bbox(g))
+}

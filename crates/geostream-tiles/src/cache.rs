@@ -1,0 +1,408 @@
+//! A byte-bounded LRU cache of tiles with versions.
+//!
+//! Each (layer, tile) holds its current version plus the last few older
+//! versions, so when a tile changes the server can still find the bytes a
+//! client holds and send it a delta instead of the whole tile.
+//!
+//! One `parking_lot::Mutex` guards everything. Critical sections are map
+//! operations and refcount bumps only (tile bytes are `Bytes`, cloning is a
+//! pointer copy); no hashing of tile contents, encoding or I/O happens under
+//! the lock, apart from the CRC-32 of the ETag which is computed before
+//! taking it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::tile::{LonLatBbox, TileRange, tile_ranges};
+use crate::{Result, TileError, TileId};
+
+/// Bookkeeping cost charged per cached tile on top of its bytes, so that a
+/// flood of tiny tiles is bounded too.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// One version of a tile as the cache serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedTile {
+    /// Version, increasing per tile (supplied by the caller on insert).
+    pub version: u64,
+    /// The tile bytes.
+    pub bytes: Bytes,
+    /// A strong HTTP ETag, quotes included: `"<version>-<crc32 hex>"`.
+    /// Shared, so cloning a `CachedTile` never copies it.
+    pub etag: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// `None` after invalidation: the tile must be regenerated, but its old
+    /// bytes stay in `history` for deltas.
+    current: Option<CachedTile>,
+    /// Older versions, oldest first.
+    history: VecDeque<(u64, Bytes)>,
+    /// Highest version ever inserted, to refuse out-of-order inserts.
+    last_version: u64,
+    tick: u64,
+    cost: usize,
+}
+
+impl Entry {
+    fn compute_cost(&self) -> usize {
+        ENTRY_OVERHEAD
+            + self
+                .current
+                .as_ref()
+                .map_or(0, |c| c.bytes.len() + c.etag.len())
+            + self.history.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
+
+    /// Moves the current version into the history, trimming it to `max`.
+    fn retire_current(&mut self, max: usize) {
+        if let Some(c) = self.current.take() {
+            self.history.push_back((c.version, c.bytes));
+        }
+        while self.history.len() > max {
+            self.history.pop_front();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    layers: HashMap<Arc<str>, HashMap<TileId, Entry>>,
+    /// Access order: tick → key. The smallest tick is the least recently used.
+    lru: BTreeMap<u64, (Arc<str>, TileId)>,
+    tick: u64,
+    bytes: usize,
+}
+
+impl Inner {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    fn evict_to(&mut self, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some((_, (layer, tile))) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some(tiles) = self.layers.get_mut(&layer) {
+                if let Some(e) = tiles.remove(&tile) {
+                    self.bytes -= e.cost;
+                }
+                if tiles.is_empty() {
+                    self.layers.remove(&layer);
+                }
+            }
+        }
+    }
+}
+
+/// Statistics of a [`TileCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Tiles held (current or only history).
+    pub tiles: usize,
+    /// Bytes charged against the budget.
+    pub bytes: usize,
+}
+
+/// Thread-safe, byte-bounded LRU cache of versioned tiles.
+#[derive(Debug)]
+pub struct TileCache {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+    max_history: usize,
+}
+
+impl TileCache {
+    /// A cache holding at most `max_bytes` (tile bytes plus a fixed overhead
+    /// per tile) and, per tile, at most `max_history` older versions.
+    pub fn new(max_bytes: usize, max_history: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            max_bytes,
+            max_history,
+        }
+    }
+
+    /// The current version of a tile, if cached and not invalidated. Counts
+    /// as a use for the LRU order.
+    pub fn get(&self, layer: &str, tile: TileId) -> Option<CachedTile> {
+        let mut g = self.inner.lock();
+        let tick = g.next_tick();
+        let inner = &mut *g;
+        let e = inner.layers.get_mut(layer)?.get_mut(&tile)?;
+        let current = e.current.clone()?;
+        let old = std::mem::replace(&mut e.tick, tick);
+        if let Some(key) = inner.lru.remove(&old) {
+            inner.lru.insert(tick, key);
+        }
+        Some(current)
+    }
+
+    /// Stores `bytes` as version `version` of the tile, keeping the previous
+    /// current version for deltas. Fails with [`TileError::StaleVersion`] when
+    /// the cache has already seen this or a newer version, so a slow render
+    /// finishing late cannot overwrite a fresher one. A tile larger than the
+    /// whole budget is returned but not kept.
+    pub fn insert(
+        &self,
+        layer: &str,
+        tile: TileId,
+        version: u64,
+        bytes: Bytes,
+    ) -> Result<CachedTile> {
+        let etag: Arc<str> = format!("\"{version}-{:08x}\"", crate::delta::checksum(&bytes)).into();
+        let cached = CachedTile {
+            version,
+            bytes,
+            etag,
+        };
+        let mut g = self.inner.lock();
+        let tick = g.next_tick();
+        let inner = &mut *g;
+        let key: Arc<str> = match inner.layers.get_key_value(layer) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(layer),
+        };
+        let tiles = inner.layers.entry(key.clone()).or_default();
+        match tiles.get_mut(&tile) {
+            Some(e) => {
+                if version <= e.last_version {
+                    return Err(TileError::StaleVersion {
+                        version,
+                        current: e.last_version,
+                    });
+                }
+                e.retire_current(self.max_history);
+                e.current = Some(cached.clone());
+                e.last_version = version;
+                let old_tick = std::mem::replace(&mut e.tick, tick);
+                let old_cost = std::mem::replace(&mut e.cost, 0);
+                e.cost = e.compute_cost();
+                inner.bytes = inner.bytes - old_cost + e.cost;
+                inner.lru.remove(&old_tick);
+            }
+            None => {
+                let mut e = Entry {
+                    current: Some(cached.clone()),
+                    history: VecDeque::new(),
+                    last_version: version,
+                    tick,
+                    cost: 0,
+                };
+                e.cost = e.compute_cost();
+                inner.bytes += e.cost;
+                tiles.insert(tile, e);
+            }
+        }
+        inner.lru.insert(tick, (key, tile));
+        inner.evict_to(self.max_bytes);
+        Ok(cached)
+    }
+
+    /// Marks a tile as needing regeneration: `get` returns `None` until the
+    /// next insert, while its bytes stay available to
+    /// [`TileCache::version_bytes`]. Returns whether a current version was
+    /// invalidated.
+    pub fn invalidate(&self, layer: &str, tile: TileId) -> bool {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let Some(e) = inner.layers.get_mut(layer).and_then(|t| t.get_mut(&tile)) else {
+            return false;
+        };
+        if e.current.is_none() {
+            return false;
+        }
+        let old_cost = e.cost;
+        e.retire_current(self.max_history);
+        e.cost = e.compute_cost();
+        inner.bytes = inner.bytes - old_cost + e.cost;
+        true
+    }
+
+    /// Invalidates every cached tile of `layer` at zoom levels `zooms` that
+    /// touches `bbox` (lon/lat). Returns the tiles invalidated, sorted.
+    ///
+    /// Scans the layer's cached tiles rather than enumerating the bbox, so a
+    /// world-sized edit at zoom 18 costs the size of the cache, not 4^18.
+    pub fn invalidate_bbox(
+        &self,
+        layer: &str,
+        bbox: &LonLatBbox,
+        zooms: RangeInclusive<u8>,
+    ) -> Result<Vec<TileId>> {
+        let mut ranges: Vec<TileRange> = Vec::new();
+        for z in zooms {
+            ranges.extend(tile_ranges(bbox, z)?);
+        }
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let Some(tiles) = inner.layers.get_mut(layer) else {
+            return Ok(Vec::new());
+        };
+        let mut hit = Vec::new();
+        for (tile, e) in tiles.iter_mut() {
+            if e.current.is_some() && ranges.iter().any(|r| r.contains(*tile)) {
+                let old_cost = e.cost;
+                e.retire_current(self.max_history);
+                e.cost = e.compute_cost();
+                inner.bytes = inner.bytes - old_cost + e.cost;
+                hit.push(*tile);
+            }
+        }
+        hit.sort_unstable();
+        Ok(hit)
+    }
+
+    /// The bytes of a given version of a tile (current or kept history), to
+    /// serve as the base of a delta for a client holding that version.
+    pub fn version_bytes(&self, layer: &str, tile: TileId, version: u64) -> Option<Bytes> {
+        let g = self.inner.lock();
+        let e = g.layers.get(layer)?.get(&tile)?;
+        if let Some(c) = &e.current
+            && c.version == version
+        {
+            return Some(c.bytes.clone());
+        }
+        e.history
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Drops everything cached for `layer`.
+    pub fn remove_layer(&self, layer: &str) {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        if let Some(tiles) = inner.layers.remove(layer) {
+            for e in tiles.values() {
+                inner.bytes -= e.cost;
+                inner.lru.remove(&e.tick);
+            }
+        }
+    }
+
+    /// Tiles held and bytes charged.
+    pub fn stats(&self) -> CacheStats {
+        let g = self.inner.lock();
+        CacheStats {
+            tiles: g.layers.values().map(HashMap::len).sum(),
+            bytes: g.bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(z: u8, x: u32, y: u32) -> TileId {
+        TileId::new(z, x, y).unwrap()
+    }
+
+    fn b(n: usize, fill: u8) -> Bytes {
+        Bytes::from(vec![fill; n])
+    }
+
+    #[test]
+    fn versions_history_and_stale_inserts() {
+        let c = TileCache::new(1 << 20, 2);
+        let tile = t(3, 1, 2);
+        let v1 = c.insert("roads", tile, 1, b(10, 1)).unwrap();
+        assert_eq!(c.get("roads", tile), Some(v1.clone()));
+        assert!(v1.etag.starts_with("\"1-") && v1.etag.ends_with('"'));
+        c.insert("roads", tile, 2, b(10, 2)).unwrap();
+        c.insert("roads", tile, 5, b(10, 5)).unwrap();
+        assert!(matches!(
+            c.insert("roads", tile, 5, b(1, 0)),
+            Err(TileError::StaleVersion { current: 5, .. })
+        ));
+        assert_eq!(c.get("roads", tile).unwrap().version, 5);
+        assert_eq!(c.version_bytes("roads", tile, 2), Some(b(10, 2)));
+        assert_eq!(c.version_bytes("roads", tile, 1), Some(b(10, 1)));
+        c.insert("roads", tile, 6, b(10, 6)).unwrap();
+        // History holds two: versions 2 and 5; version 1 is gone.
+        assert_eq!(c.version_bytes("roads", tile, 1), None);
+        assert_eq!(c.version_bytes("roads", tile, 5), Some(b(10, 5)));
+        assert_eq!(c.get("other", tile), None);
+    }
+
+    #[test]
+    fn invalidation_keeps_bytes_for_deltas() {
+        let c = TileCache::new(1 << 20, 4);
+        let tile = t(2, 1, 1);
+        c.insert("l", tile, 1, b(5, 1)).unwrap();
+        assert!(c.invalidate("l", tile));
+        assert!(!c.invalidate("l", tile));
+        assert_eq!(c.get("l", tile), None);
+        assert_eq!(c.version_bytes("l", tile, 1), Some(b(5, 1)));
+        assert!(c.insert("l", tile, 1, b(5, 9)).is_err());
+        c.insert("l", tile, 2, b(5, 2)).unwrap();
+        assert_eq!(c.get("l", tile).unwrap().version, 2);
+    }
+
+    #[test]
+    fn bbox_invalidation() {
+        let c = TileCache::new(1 << 20, 4);
+        let helsinki = TileId::from_lon_lat(24.94, 60.17, 10).unwrap();
+        let sf = TileId::from_lon_lat(-122.42, 37.77, 10).unwrap();
+        let helsinki_z5 = TileId::from_lon_lat(24.94, 60.17, 5).unwrap();
+        for (i, tile) in [helsinki, sf, helsinki_z5].into_iter().enumerate() {
+            c.insert("l", tile, i as u64 + 1, b(3, 0)).unwrap();
+        }
+        c.insert("other", helsinki, 1, b(3, 0)).unwrap();
+        let bbox = LonLatBbox::new(24.9, 60.1, 25.0, 60.2).unwrap();
+        let hit = c.invalidate_bbox("l", &bbox, 0..=10).unwrap();
+        assert_eq!(hit, vec![helsinki_z5, helsinki]);
+        assert!(c.get("l", sf).is_some());
+        assert!(c.get("other", helsinki).is_some());
+        assert!(c.invalidate_bbox("l", &bbox, 11..=12).unwrap().is_empty());
+    }
+
+    #[test]
+    fn lru_eviction_by_bytes() {
+        let per = 1000 + ENTRY_OVERHEAD + 16;
+        let c = TileCache::new(per * 3, 0);
+        for x in 0..3 {
+            c.insert("l", t(4, x, 0), 1, b(1000, 0)).unwrap();
+        }
+        // Touch tile 0 so tile 1 is the least recently used.
+        assert!(c.get("l", t(4, 0, 0)).is_some());
+        c.insert("l", t(4, 3, 0), 1, b(1000, 0)).unwrap();
+        assert!(c.get("l", t(4, 1, 0)).is_none());
+        assert!(c.get("l", t(4, 0, 0)).is_some());
+        assert!(c.get("l", t(4, 3, 0)).is_some());
+        let s = c.stats();
+        assert_eq!(s.tiles, 3);
+        assert!(s.bytes <= per * 3);
+        c.remove_layer("l");
+        assert_eq!(c.stats(), CacheStats { tiles: 0, bytes: 0 });
+    }
+
+    #[test]
+    fn shared_between_threads() {
+        let c = Arc::new(TileCache::new(64 << 10, 2));
+        let handles: Vec<_> = (0..4u32)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for v in 1..200u64 {
+                        let tile = t(8, i, (v % 7) as u32);
+                        let _ = c.insert("l", tile, v, Bytes::from(vec![i as u8; 300]));
+                        let _ = c.get("l", tile);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(c.stats().bytes <= 64 << 10);
+    }
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs geostream on the embedded defaults (in-process broker, data in ./data), listening on
+# http://127.0.0.1:8080. Arguments are passed on to `geostream serve`.
+#
+# Builds in release mode the first time (a few minutes on 2 cores); later runs start at once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p geostream-server --bin geostream
+exec target/release/geostream serve "$@"
