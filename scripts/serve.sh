@@ -3,7 +3,10 @@
 # http://127.0.0.1:8080. Arguments are passed on to `geostream serve`.
 #
 # Builds in release mode the first time (a few minutes on 2 cores); later runs start at once.
+# Builds the demo page first (npm ci the first time, then an esbuild bundle in seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The demo page served at / (TypeScript and MapLibre, bundled from npm packages).
+scripts/npm-web.sh
 cargo build --release --locked -p geostream-server --bin geostream
 exec target/release/geostream serve "$@"

@@ -8,6 +8,8 @@
 #![warn(missing_docs)]
 
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use memory::MemoryBroker;
+#[cfg(feature = "nats")]
+pub use nats::{NatsBroker, NatsOptions};
 
 /// A message kept in a topic's history.
 #[derive(Clone, Debug, PartialEq, Eq)]

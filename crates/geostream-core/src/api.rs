@@ -60,6 +60,14 @@ pub mod method {
     pub const FEATURE_LOCK: &str = "feature.lock";
     /// Releases locks.
     pub const FEATURE_UNLOCK: &str = "feature.unlock";
+    /// Joins a layer's presence: who else views or edits it, and their cursors.
+    pub const PRESENCE_SUBSCRIBE: &str = "presence.subscribe";
+    /// Shares this client's cursor on a layer (rate-limited, not stored).
+    pub const PRESENCE_CURSOR: &str = "presence.cursor";
+    /// Subscribes to a layer's tiles (a viewport at a zoom, or a list of tiles).
+    pub const TILE_SUBSCRIBE: &str = "tile.subscribe";
+    /// Moves a tile subscription to another viewport or tile list.
+    pub const TILE_UPDATE: &str = "tile.update";
 }
 
 /// Notification and push names (server to client).
@@ -84,6 +92,11 @@ pub mod push {
     pub const RESYNC: &str = "resync";
     /// A feature was locked or unlocked.
     pub const LOCK: &str = "lock";
+    /// Someone on a layer moved their cursor (presence subscriptions).
+    pub const CURSOR: &str = "cursor";
+    /// A subscribed tile changed (or is sent for the first time): a delta, the full tile, or a
+    /// notice.
+    pub const TILE: &str = "tile";
 }
 
 /// A position in a channel's stream: the offset of the last message and the history epoch.
@@ -850,6 +863,147 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tiles
+// ---------------------------------------------------------------------------------------------
+
+/// A viewport: the tiles of zoom `zoom` that cover `bbox`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TileViewport {
+    /// `[west, south, east, north]` in degrees; `west > east` crosses the antimeridian.
+    pub bbox: [f64; 4],
+    /// Zoom level (0 to 22).
+    pub zoom: u8,
+}
+
+/// What a tile subscription receives when a tile changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TileMode {
+    /// A binary delta against the version the client holds when that is smaller than the
+    /// tile, the full tile otherwise. The default.
+    #[default]
+    Delta,
+    /// Always the full tile.
+    Full,
+    /// Only "changed, now version V" (the client refetches over HTTP with its ETag).
+    Notify,
+}
+
+/// `tile.subscribe` params. Exactly one of `viewport` and `tiles`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TileSubscribeParams {
+    /// A vector layer (features) or a raster tile layer.
+    pub layer: String,
+    /// The tiles covering a bbox at a zoom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewport: Option<TileViewport>,
+    /// An explicit tile set, `"z/x/y"` each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<Vec<String>>,
+    /// Deltas (default), full tiles or notices.
+    #[serde(default)]
+    pub mode: TileMode,
+    /// Versions the client already holds, `{"z/x/y": version}`: a tile held at its current
+    /// version is not sent, an older one is sent as a delta against it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub have: std::collections::BTreeMap<String, u64>,
+}
+
+/// `tile.subscribe` result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TileSubscribeResult {
+    /// Subscription id.
+    pub sub: u32,
+    /// The layer.
+    pub layer: String,
+    /// `"vector"` (Mapbox Vector Tiles made from features) or `"raster"`.
+    pub kind: String,
+    /// The subscribed tiles, `"z/x/y"`.
+    pub tiles: Vec<String>,
+}
+
+/// `tile.update` params: the new viewport or tile list (exactly one), and versions held.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TileUpdateParams {
+    /// The subscription.
+    pub sub: u32,
+    /// The tiles covering a bbox at a zoom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewport: Option<TileViewport>,
+    /// An explicit tile set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<Vec<String>>,
+    /// Versions the client holds (for tiles entering the set, or to correct what the server
+    /// believes it holds, e.g. after a delta failed to apply: give version 0).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub have: std::collections::BTreeMap<String, u64>,
+}
+
+/// `tile.update` result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TileUpdateResult {
+    /// Subscription id.
+    pub sub: u32,
+    /// Tiles that entered the set.
+    pub added: Vec<String>,
+    /// Tiles that left it (no more pushes for them).
+    pub removed: Vec<String>,
+}
+
+/// What a `tile` push carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TilePushKind {
+    /// `data` is a delta (docs/DELTA.md) that turns version `base` into version `version`.
+    Delta,
+    /// `data` is the whole tile.
+    Full,
+    /// No data: the tile is now at `version`; fetch it over HTTP.
+    Notify,
+}
+
+/// Tile bytes in a push: a base64 string (RFC 4648, with padding) in JSON, MessagePack
+/// `bin` in the binary encodings, so tiles travel there without inflation.
+#[derive(Clone, Copy, Debug)]
+pub struct TileBytes<'a>(pub &'a [u8]);
+
+impl Serialize for TileBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            use base64::Engine;
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+        } else {
+            s.serialize_bytes(self.0)
+        }
+    }
+}
+
+/// Push `tile`: `{"sub", "layer", "tile", "version", "kind", "base"?, "etag", "data"?}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TilePush<'a> {
+    /// The layer.
+    pub layer: &'a str,
+    /// The tile, `"z/x/y"`.
+    pub tile: &'a str,
+    /// The tile's version after this push.
+    pub version: u64,
+    /// Delta, full tile or notice.
+    pub kind: TilePushKind,
+    /// The version the server believes the client holds (the base of a delta); absent when
+    /// it holds none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
+    /// The HTTP ETag of this version (quotes included).
+    pub etag: &'a str,
+    /// Delta or tile bytes (absent for notices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<TileBytes<'a>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -862,4 +1016,49 @@ mod tests {
         assert!(validate_name("channel", "a b").is_err());
         assert!(validate_name("channel", &"x".repeat(201)).is_err());
     }
+}
+
+/// `presence.subscribe` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PresenceSubscribeParams {
+    /// The layer.
+    pub layer: String,
+}
+
+/// `presence.subscribe` result. `join`, `leave` and `cursor` pushes follow, carrying `sub`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PresenceSubscribeResult {
+    /// Subscription id (end it with `unsubscribe`).
+    pub sub: u32,
+    /// The layer.
+    pub layer: String,
+    /// Who is on the layer now, this client included.
+    pub members: Vec<ClientInfo>,
+}
+
+/// `presence.cursor` params.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CursorParams {
+    /// The layer.
+    pub layer: String,
+    /// Where the pointer is, `[lon, lat]`; absent or `null` when it left the map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<[f64; 2]>,
+    /// Features being edited (for highlighting), at most 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub editing: Vec<String>,
+}
+
+/// Fields of a `cursor` push.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CursorPush {
+    /// The layer.
+    pub layer: String,
+    /// Whose cursor.
+    pub client: ClientInfo,
+    /// Where, `[lon, lat]`; `null` when it left the map.
+    pub position: Option<[f64; 2]>,
+    /// Features being edited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub editing: Vec<String>,
 }

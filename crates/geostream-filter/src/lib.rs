@@ -76,7 +76,7 @@ use serde_json::{Map, Value};
 pub use attr::AttributeFilter;
 pub use error::{FilterError, Result};
 pub use spatial::{EARTH_RADIUS_M, SpatialFilter, haversine_m};
-pub use time::TemporalFilter;
+pub use time::{TemporalFilter, parse_datetime_ms};
 
 /// A borrowed view of a feature: everything a filter reads, nothing it would copy.
 #[derive(Debug, Clone, Copy)]

@@ -31,6 +31,12 @@ impl Stamp {
     }
 }
 
+/// Reads an RFC 3339 time (or a date, as its first millisecond) as milliseconds since the
+/// Unix epoch; `None` when it is not one. The same reading temporal filters use.
+pub fn parse_datetime_ms(s: &str) -> Option<i64> {
+    parse_stamp(s).ok().map(|st| st.ms)
+}
+
 /// Parses `YYYY-MM-DD` or `YYYY-MM-DD(T| )HH:MM:SS[.fraction][Z|±HH:MM]`.
 ///
 /// A time without an offset is read as UTC. Digits past the millisecond are dropped

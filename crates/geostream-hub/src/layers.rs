@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use geostream_core::api::FeatureKind;
 use geostream_core::feature::{BBox, Change, Feature};
@@ -136,6 +136,11 @@ struct Held {
 pub struct LayerSubState {
     recovering: AtomicBool,
     held: Mutex<Held>,
+    /// The sequence number the subscription's start (snapshot, replay or move) covered:
+    /// a change at or below it is already reflected, even when the broker brings it to
+    /// this node only after the subscription went live (the store read can see a commit
+    /// before its publication arrives).
+    covered: AtomicU64,
 }
 
 struct LayerSub {
@@ -335,6 +340,7 @@ impl Hub {
                 items: Vec::new(),
                 overflow: false,
             }),
+            covered: AtomicU64::new(0),
         });
         let boxes = subscription_boxes(&filter);
         let slot = e.free.pop().unwrap_or_else(|| {
@@ -419,6 +425,7 @@ impl Hub {
                 r.session.outbox.push_state(r.sub, &key, push);
             }
         }
+        r.state.covered.fetch_max(after, Ordering::AcqRel);
         r.state.recovering.store(false, Ordering::Release);
         complete
     }
@@ -579,6 +586,10 @@ fn deliver(s: &LayerSub, key: &Arc<str>, push: Arc<Prepared>, seq: u64) -> bool 
             }
             return false;
         }
+    }
+    // Read after the flag: `finish_layer_recovery` sets `covered` before clearing it.
+    if seq <= s.state.covered.load(Ordering::Acquire) {
+        return false;
     }
     s.session.outbox.push_state(s.sub, key, push) == PushOutcome::Queued
 }

@@ -10,13 +10,14 @@ pub mod layers;
 pub mod outbox;
 pub mod prepared;
 pub mod session;
+pub mod tiles;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use geostream_core::api::ClientInfo;
+use geostream_core::api::{self, ClientInfo};
 use geostream_core::codec::Encoding;
 use geostream_core::payload::Payload;
 use parking_lot::{Mutex, RwLock};
@@ -289,6 +290,7 @@ impl Hub {
                     last_on_node,
                 };
             }
+            SubTarget::Tiles { .. } => return self.unregister_tile_sub(sub, target),
         };
         let mut shard = self.shard(&channel).write();
         let mut last_on_node = false;
@@ -403,6 +405,29 @@ impl Hub {
                 push: push.clone(),
             }) == PushOutcome::Queued
             {
+                self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Fans a cursor move out to the presence subscribers of `channel` (a layer's presence
+    /// channel). Cursors are state: a subscriber that falls behind gets each sender's latest
+    /// position, not every step.
+    pub fn dispatch_cursor(&self, channel: &str, cursor: api::CursorPush) {
+        let shard = self.shard(channel).read();
+        let Some(entry) = shard.get(channel) else {
+            return;
+        };
+        if !entry.subs.iter().any(|s| s.presence) {
+            return;
+        }
+        let key: Arc<str> = Arc::from(format!("cursor:{}", cursor.client.session));
+        let push = Prepared::new(PushEvent::Cursor { cursor });
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        for s in entry.subs.iter().filter(|s| s.presence) {
+            if s.session.outbox.push_state(s.sub, &key, push.clone()) == PushOutcome::Queued {
                 self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use geostream_core::api::{
-    self, ClientInfo, FeatureKind, FeaturePush, LockPush, MessagePush, PresencePush,
+    self, ClientInfo, CursorPush, FeatureKind, FeaturePush, LockPush, MessagePush, PresencePush,
 };
 use geostream_core::codec::{Encoding, PushFrame, encode_push};
 use geostream_core::feature::Change;
@@ -51,6 +51,11 @@ pub enum PushEvent {
         /// Who.
         client: ClientInfo,
     },
+    /// Someone on a layer moved their cursor.
+    Cursor {
+        /// The cursor.
+        cursor: CursorPush,
+    },
 }
 
 impl PushEvent {
@@ -62,6 +67,7 @@ impl PushEvent {
             PushEvent::Lock { .. } => api::push::LOCK,
             PushEvent::Presence { join: true, .. } => api::push::JOIN,
             PushEvent::Presence { join: false, .. } => api::push::LEAVE,
+            PushEvent::Cursor { .. } => api::push::CURSOR,
         }
     }
 
@@ -98,6 +104,7 @@ impl PushEvent {
                 None,
             ),
             PushEvent::Lock { lock } => encode_push(enc, self.method(), lock, None),
+            PushEvent::Cursor { cursor } => encode_push(enc, self.method(), cursor, None),
         }
     }
 
@@ -105,6 +112,9 @@ impl PushEvent {
         match self {
             PushEvent::Message { channel, data, .. } => 48 + channel.len() + data.len(),
             PushEvent::Presence { channel, .. } => 128 + channel.len(),
+            PushEvent::Cursor { cursor } => {
+                160 + cursor.layer.len() + cursor.editing.iter().map(|e| 8 + e.len()).sum::<usize>()
+            }
             PushEvent::Lock { lock } => 128 + lock.lock.layer.len() + lock.lock.id.len(),
             PushEvent::Feature { change, kind, full } => {
                 let carries =
@@ -184,7 +194,7 @@ impl Prepared {
         match &self.event {
             PushEvent::Feature { change, .. } => change.seq,
             PushEvent::Message { offset, .. } => *offset,
-            PushEvent::Presence { .. } | PushEvent::Lock { .. } => 0,
+            PushEvent::Presence { .. } | PushEvent::Lock { .. } | PushEvent::Cursor { .. } => 0,
         }
     }
 

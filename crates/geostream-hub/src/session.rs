@@ -25,6 +25,12 @@ pub enum SubTarget {
         /// The layer name.
         layer: Arc<str>,
     },
+    /// A set of a layer's tiles (the subscription's state lives with the server's tile
+    /// service; the hub only hands out its id).
+    Tiles {
+        /// The layer name.
+        layer: Arc<str>,
+    },
 }
 
 #[derive(Default)]

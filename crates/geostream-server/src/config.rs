@@ -43,6 +43,10 @@ pub struct Config {
     pub import: ImportConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// Vector and raster tiles.
+    pub tiles: TilesConfig,
+    /// The demo page and its basemap.
+    pub web: WebConfig,
 }
 
 impl Default for Config {
@@ -60,6 +64,8 @@ impl Default for Config {
             layers: LayersConfig::default(),
             import: ImportConfig::default(),
             shutdown: ShutdownConfig::default(),
+            tiles: TilesConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -200,6 +206,41 @@ pub enum BrokerConfig {
     /// In-process: one node, no outside service, history in memory. The default.
     #[default]
     Memory,
+    /// NATS with JetStream, for several nodes (`type = "nats"`): every node of a deployment
+    /// points at the same NATS with the same `prefix`. Channel history lives in JetStream
+    /// (file storage, `channels.history_size` / `history_ttl_secs` per channel).
+    Nats {
+        /// Server URL(s), comma-separated. Default: `nats://127.0.0.1:4222`.
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// Prefix of every subject and stream of this deployment (letters, digits, `_`,
+        /// `-`). Default: `geostream`.
+        #[serde(default = "default_prefix")]
+        prefix: String,
+        /// JetStream replicas per history stream (3 on a NATS cluster). Default: 1.
+        #[serde(default = "default_replicas")]
+        replicas: usize,
+        /// Milliseconds between this node's heartbeats to the others (presence across
+        /// nodes); a node silent for three heartbeats is taken for dead. Default: 2000.
+        #[serde(default = "default_heartbeat_ms")]
+        heartbeat_ms: u64,
+    },
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+
+fn default_prefix() -> String {
+    "geostream".into()
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+fn default_heartbeat_ms() -> u64 {
+    2000
 }
 
 /// Which store to use.
@@ -215,6 +256,34 @@ pub enum StoreConfig {
         #[serde(default = "default_retention")]
         change_retention: u64,
     },
+    /// PostgreSQL 15+ with PostGIS 3, shared by several nodes (`type = "postgres"`). The
+    /// schema is created and migrated at start-up; PostGIS is created if the role may.
+    Postgres {
+        /// Connection string. Default: `postgres://postgres@127.0.0.1:5432/postgres`.
+        #[serde(default = "default_postgres_url")]
+        url: String,
+        /// Schema holding the tables (lower-case letters, digits, `_`). Default: `geostream`.
+        #[serde(default = "default_schema")]
+        schema: String,
+        /// Connections in this node's pool. Default: 16.
+        #[serde(default = "default_pool_size")]
+        pool_size: usize,
+        /// Changes kept per layer for resume and gap repair. Default: 100000.
+        #[serde(default = "default_retention")]
+        change_retention: u64,
+    },
+}
+
+fn default_postgres_url() -> String {
+    "postgres://postgres@127.0.0.1:5432/postgres".into()
+}
+
+fn default_schema() -> String {
+    "geostream".into()
+}
+
+fn default_pool_size() -> usize {
+    16
 }
 
 fn default_sqlite_path() -> PathBuf {
@@ -310,6 +379,103 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig { drain_secs: 10 }
     }
+}
+
+/// The demo page served at `/` to browsers, and the basemap layer it draws.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Directory of the built page (`npm run build` in `web/`, which `scripts/serve.sh` runs).
+    /// A relative path is looked up in the working directory, then in the source tree the
+    /// binary was built from. Default: `web/dist`.
+    pub dir: PathBuf,
+    /// GeoJSON FeatureCollection (optionally `.zst`) loaded into the layer `basemap_layer` at
+    /// startup when that layer does not exist; empty to load nothing. Relative paths are
+    /// resolved as `dir`. Default: `web/data/world_countries_110m.geojson` (Natural Earth).
+    pub basemap: PathBuf,
+    /// The layer the basemap is loaded into (served as vector tiles). Default: `countries`.
+    pub basemap_layer: String,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            dir: PathBuf::from("web/dist"),
+            basemap: PathBuf::from("web/data/world_countries_110m.geojson"),
+            basemap_layer: "countries".into(),
+        }
+    }
+}
+
+/// Tiles: Mapbox Vector Tiles generated from layers, and raster tile layers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TilesConfig {
+    /// Bytes of tiles kept in memory (current versions and the older ones kept for deltas).
+    /// Default: 67108864 (64 MiB).
+    pub cache_bytes: usize,
+    /// Older versions kept per tile, so a client holding one gets a delta. Default: 4.
+    pub history: usize,
+    /// Vector tile extent, in tile units per side. Default: 4096.
+    pub extent: u32,
+    /// Vector tile buffer around each tile, in tile units. Default: 64.
+    pub buffer: u32,
+    /// Most features in one vector tile (the first ones in creation order). Default: 20000.
+    pub max_features: usize,
+    /// Highest zoom level served for vector layers (at most 22). Default: 22.
+    pub max_zoom: u8,
+    /// How long changes to subscribed tiles are gathered before they are pushed, in
+    /// milliseconds: a tile edited many times within this window is sent once. Default: 50.
+    pub flush_ms: u64,
+    /// Most tiles in one tile subscription. Default: 256.
+    pub max_tiles_per_subscription: usize,
+    /// Largest tile accepted by `PUT /v1/tiles/{layer}/{z}/{x}/{y}`, in bytes. Default:
+    /// 4194304 (4 MiB).
+    pub max_upload_bytes: usize,
+    /// The store of uploaded tiles (SQLite); relative paths are under `data_dir`. Default:
+    /// `tiles.db`.
+    pub store_path: PathBuf,
+    /// Raster tile layers: `[[tiles.raster]]` entries with `name`, and optionally `path` (an
+    /// MBTiles or PMTiles archive to serve), `format` and `read_only`. Default: none.
+    pub raster: Vec<RasterLayerConfig>,
+}
+
+impl Default for TilesConfig {
+    fn default() -> Self {
+        TilesConfig {
+            cache_bytes: 64 << 20,
+            history: 4,
+            extent: 4096,
+            buffer: 64,
+            max_features: 20_000,
+            max_zoom: 22,
+            flush_ms: 50,
+            max_tiles_per_subscription: 256,
+            max_upload_bytes: 4 << 20,
+            store_path: PathBuf::from("tiles.db"),
+            raster: Vec::new(),
+        }
+    }
+}
+
+/// One raster tile layer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RasterLayerConfig {
+    /// Layer name in tile URLs (same rules as layer names).
+    pub name: String,
+    /// An MBTiles (`.mbtiles`) or PMTiles (`.pmtiles`) archive served read-only; uploaded
+    /// tiles take precedence over its tiles. Without it, the layer holds uploaded tiles only.
+    /// Relative paths are under `data_dir`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Tile format when there is no archive to say: `png`, `jpg`, `webp` or `pbf`.
+    /// Default: the archive's, else `png`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Refuse uploads. Default: false.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Values from the command line that override the file and the environment.

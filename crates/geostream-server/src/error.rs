@@ -161,12 +161,15 @@ impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let e = self.to_rpc();
         let mut status = http_status(e.code);
-        if e.code == ErrorCode::Conflict
-            && e.data
-                .as_ref()
-                .is_some_and(|d| d.get("precondition").is_some())
-        {
-            status = StatusCode::PRECONDITION_FAILED;
+        if e.code == ErrorCode::Conflict {
+            // HTTP has its own statuses for failed and missing preconditions (If-Match).
+            if let Some(d) = &e.data {
+                if d.get("precondition").is_some() {
+                    status = StatusCode::PRECONDITION_FAILED;
+                } else if d.get("version_required").is_some() {
+                    status = StatusCode::PRECONDITION_REQUIRED;
+                }
+            }
         }
         (status, Json(error_body(&e))).into_response()
     }

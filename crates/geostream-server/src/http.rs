@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 
 use crate::error::http_error;
 use crate::node::Node;
-use crate::{sse, ws};
+use crate::{ogc, sse, web, ws};
 
 /// Builds the router.
 pub fn router(node: Arc<Node>) -> Router {
@@ -35,25 +35,20 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sse", get(sse::stream))
         .route("/v1/channels/{name}/messages", post(publish).get(history))
         .route("/v1/channels/{name}/presence", get(presence))
+        .merge(crate::tiles::routes())
+        .merge(ogc::routes())
+        .merge(web::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(node)
 }
 
-async fn landing() -> Response {
-    Json(json!({
-        "title": "geostream",
-        "description": "Real-time geospatial streaming server",
-        "version": env!("CARGO_PKG_VERSION"),
-        "links": [
-            { "rel": "service-desc", "href": "/v1/ws", "title": "WebSocket endpoint (JSON-RPC 2.0; subprotocols geostream.v1.json, geostream.v1.msgpack, geostream.v1.msgpack-zstd)" },
-            { "rel": "alternate", "href": "/v1/sse", "title": "Server-Sent Events (?channel=NAME)" },
-            { "rel": "status", "href": "/healthz" },
-            { "rel": "status", "href": "/readyz" },
-            { "rel": "metrics", "href": "/metrics" }
-        ]
-    }))
-    .into_response()
+/// The landing page: JSON for API clients (OGC API - Features landing page).
+async fn landing(node: State<Arc<Node>>, headers: axum::http::HeaderMap) -> Response {
+    if web::wants_html(&headers) {
+        return web::index(node).await;
+    }
+    Json(ogc::landing_page(&headers)).into_response()
 }
 
 async fn healthz() -> Response {

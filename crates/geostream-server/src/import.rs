@@ -97,6 +97,34 @@ pub(crate) async fn run(
                     break;
                 }
                 Err(ServerError::Store(StoreError::FeatureExists { id, .. })) => {
+                    // Re-importing a file hits many taken ids: find them all with reads
+                    // rather than one failed transaction per id.
+                    let mut kept = Vec::with_capacity(ops.len());
+                    for (index, op) in ops.drain(..) {
+                        let taken = match &op {
+                            WriteOp::Create { feature } => match feature.id.as_deref() {
+                                Some(fid) if fid != id => {
+                                    node.store.get(&p.layer, fid).await?.is_some()
+                                }
+                                _ => false,
+                            },
+                            _ => false,
+                        };
+                        if taken {
+                            let fid = match &op {
+                                WriteOp::Create { feature } => feature.id.clone(),
+                                _ => None,
+                            };
+                            let reason = format!(
+                                "a feature with id {:?} already exists",
+                                fid.as_deref().unwrap_or_default()
+                            );
+                            reject(&mut result, index, fid, reason);
+                        } else {
+                            kept.push((index, op));
+                        }
+                    }
+                    ops = kept;
                     let Some(pos) = ops.iter().position(|(_, op)| matches!(op, WriteOp::Create { feature } if feature.id.as_deref() == Some(id.as_str()))) else {
                         return Err(ServerError::Internal(format!("import: the store refused id {id:?} that is not in the batch")));
                     };
@@ -149,7 +177,7 @@ fn resolve(node: &Node, path: &str) -> Result<PathBuf> {
 }
 
 /// Reads GeoJSON features from a FeatureCollection or newline-delimited file (`.zst` too).
-pub(crate) fn read_file(path: &Path) -> Result<Vec<Value>> {
+pub fn read_file(path: &Path) -> Result<Vec<Value>> {
     let f = std::fs::File::open(path)
         .map_err(|e| ServerError::invalid(format!("cannot open {}: {e}", path.display())))?;
     let name = path

@@ -12,8 +12,13 @@ pub mod import;
 mod layer_ops;
 pub mod metrics;
 pub mod node;
+pub mod ogc;
+pub mod remote;
+pub mod replay;
 mod sse;
 pub mod telemetry;
+pub mod tiles;
+pub mod web;
 mod ws;
 
 use std::future::Future;
@@ -42,6 +47,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let node = Node::start(config).await?;
+    web::seed_basemap(&node).await;
     serve(listener, node, shutdown).await;
     Ok(())
 }

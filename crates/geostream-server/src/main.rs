@@ -23,6 +23,51 @@ struct Cli {
 enum Command {
     /// Run the server (WebSocket, SSE and HTTP on one port).
     Serve(ServeArgs),
+    /// Import a GeoJSON FeatureCollection or newline-delimited GeoJSON file (plain or .zst)
+    /// into a layer of a running server; the layer is created if it does not exist.
+    Import(ImportArgs),
+    /// Replay a trajectory CSV (timestamp,object_id,lon,lat,...) into a layer of a running
+    /// server as live position updates, one feature per object.
+    Replay(ReplayArgs),
+}
+
+/// Where the tools connect.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The server: host:port, http(s)://host:port or ws(s)://host:port/v1/ws.
+    #[arg(long, env = "GEOSTREAM_SERVER", default_value = "127.0.0.1:8080")]
+    server: String,
+    /// A bearer token, when the server requires one.
+    #[arg(long, env = "GEOSTREAM_TOKEN")]
+    token: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The file.
+    file: PathBuf,
+    /// The layer.
+    #[arg(long)]
+    layer: String,
+    /// Features per transaction.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The CSV file (plain or .zst).
+    file: PathBuf,
+    /// The layer (created last-writer-wins if it does not exist).
+    #[arg(long)]
+    layer: String,
+    /// Time factor: 60 plays an hour of data in a minute; 0 as fast as the server accepts.
+    #[arg(long, default_value_t = 60.0)]
+    speed: f64,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -48,7 +93,102 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Import(args) => tool(import(args)),
+        Command::Replay(args) => tool(replay(args)),
     }
+}
+
+/// Runs a command-line tool on a small runtime.
+fn tool(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// A one-line progress bar on stderr (redrawn in place on a terminal).
+fn progress_line(what: &str, done: u64, total: u64, start: std::time::Instant) {
+    use std::io::{IsTerminal, Write};
+    let pct = if total == 0 {
+        100.0
+    } else {
+        done as f64 * 100.0 / total as f64
+    };
+    let width = 30;
+    let filled = ((pct / 100.0) * width as f64) as usize;
+    let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-3);
+    let bar: String = "#".repeat(filled) + &"-".repeat(width - filled.min(width));
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(
+            err,
+            "\r{what} [{bar}] {done}/{total} ({pct:.0}%, {rate:.0}/s)  "
+        );
+        if done >= total {
+            let _ = writeln!(err);
+        }
+    } else {
+        let _ = writeln!(err, "{what} {done}/{total} ({pct:.0}%, {rate:.0}/s)");
+    }
+    let _ = err.flush();
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let features = geostream_server::import::read_file(&args.file)
+        .map_err(|e| anyhow::anyhow!("{}: {}", args.file.display(), e.to_rpc().message))?;
+    let remote = geostream_server::remote::Remote::connect(
+        &args.server.server,
+        args.server.token.as_deref(),
+    )
+    .await?;
+    let start = std::time::Instant::now();
+    let report =
+        geostream_server::replay::import(&remote, &args.layer, &features, args.batch, |d, t| {
+            progress_line("importing", d, t, start)
+        })
+        .await?;
+    println!(
+        "imported {} features into {:?} in {:.1} s; rejected {}",
+        report.imported,
+        args.layer,
+        report.elapsed.as_secs_f64(),
+        report.rejected
+    );
+    for (index, reason) in report.rejections.iter().take(20) {
+        println!("  feature {index}: {reason}");
+    }
+    if report.rejected > 20 {
+        println!("  ... and {} more", report.rejected - 20);
+    }
+    Ok(())
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.speed >= 0.0 && args.speed.is_finite(),
+        "--speed must be 0 or more"
+    );
+    let points = geostream_server::replay::read_track(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let remote = geostream_server::remote::Remote::connect(
+        &args.server.server,
+        args.server.token.as_deref(),
+    )
+    .await?;
+    let start = std::time::Instant::now();
+    let report =
+        geostream_server::replay::replay(&remote, &args.layer, &points, args.speed, |d, t| {
+            progress_line("replaying", d, t, start)
+        })
+        .await?;
+    println!(
+        "replayed {} position updates into {:?} in {:.1} s ({:.0}/s)",
+        report.updates,
+        args.layer,
+        report.elapsed.as_secs_f64(),
+        report.updates as f64 / report.elapsed.as_secs_f64().max(1e-3)
+    );
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

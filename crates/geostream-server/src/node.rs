@@ -56,6 +56,16 @@ pub(crate) mod kind {
     pub(crate) const LOCK: u8 = 21;
     /// A layer was deleted.
     pub(crate) const LAYER_DELETED: u8 = 22;
+    /// A raster tile was uploaded; data is a JSON `tiles::Uploaded`.
+    pub(crate) const TILE: u8 = 23;
+    /// A cursor moved on a layer; data is a JSON `CursorPush`, topic the layer's presence
+    /// channel.
+    pub(crate) const CURSOR: u8 = 12;
+}
+
+/// The internal channel carrying a layer's presence (joins, leaves, cursors).
+pub(crate) fn presence_channel(layer: &str) -> String {
+    format!("$presence/{layer}")
 }
 
 /// The configured store (see [`AnyBroker`] for why an enum).
@@ -63,12 +73,15 @@ pub(crate) mod kind {
 pub enum AnyStore {
     /// SQLite.
     Sqlite(SqliteStore),
+    /// PostgreSQL/PostGIS, shared by several nodes.
+    Postgres(geostream_store::PostgresStore),
 }
 
 macro_rules! store_call {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             AnyStore::Sqlite($s) => $e,
+            AnyStore::Postgres($s) => $e,
         }
     };
 }
@@ -148,6 +161,8 @@ impl Store for AnyStore {
 pub enum AnyBroker {
     /// In-process.
     Memory(MemoryBroker),
+    /// NATS with JetStream, for several nodes.
+    Nats(geostream_broker::NatsBroker),
 }
 
 impl Broker for AnyBroker {
@@ -159,6 +174,7 @@ impl Broker for AnyBroker {
     ) -> geostream_broker::Result<StreamPosition> {
         match self {
             AnyBroker::Memory(b) => b.publish(topic, kind, data).await,
+            AnyBroker::Nats(b) => b.publish(topic, kind, data).await,
         }
     }
     async fn publish_ephemeral(
@@ -169,6 +185,7 @@ impl Broker for AnyBroker {
     ) -> geostream_broker::Result<()> {
         match self {
             AnyBroker::Memory(b) => b.publish_ephemeral(topic, kind, data).await,
+            AnyBroker::Nats(b) => b.publish_ephemeral(topic, kind, data).await,
         }
     }
     async fn history(
@@ -179,21 +196,25 @@ impl Broker for AnyBroker {
     ) -> geostream_broker::Result<HistoryPage> {
         match self {
             AnyBroker::Memory(b) => b.history(topic, since, limit).await,
+            AnyBroker::Nats(b) => b.history(topic, since, limit).await,
         }
     }
     async fn position(&self, topic: &str) -> geostream_broker::Result<StreamPosition> {
         match self {
             AnyBroker::Memory(b) => b.position(topic).await,
+            AnyBroker::Nats(b) => b.position(topic).await,
         }
     }
     async fn subscribe(&self, topic: &str) -> geostream_broker::Result<()> {
         match self {
             AnyBroker::Memory(b) => b.subscribe(topic).await,
+            AnyBroker::Nats(b) => b.subscribe(topic).await,
         }
     }
     async fn unsubscribe(&self, topic: &str) -> geostream_broker::Result<()> {
         match self {
             AnyBroker::Memory(b) => b.unsubscribe(topic).await,
+            AnyBroker::Nats(b) => b.unsubscribe(topic).await,
         }
     }
 }
@@ -201,6 +222,7 @@ impl Broker for AnyBroker {
 /// Delivers what the broker brings to this node's hub.
 pub struct HubBridge {
     hub: Arc<Hub>,
+    tiles: Arc<crate::tiles::Tiles>,
     /// Layers whose changes arrived with a gap, for the gap filler.
     gaps: tokio::sync::mpsc::Sender<(String, u64)>,
 }
@@ -225,8 +247,14 @@ impl BrokerHandler for HubBridge {
                         .dispatch_presence(topic, kind == kind::JOIN, client);
                 }
             }
+            kind::CURSOR => {
+                if let Ok(c) = serde_json::from_slice::<api::CursorPush>(data) {
+                    self.hub.dispatch_cursor(topic, c);
+                }
+            }
             kind::CHANGE => match rmp_serde::from_slice::<Change>(data) {
                 Ok(c) => {
+                    self.tiles.on_change(&c);
                     let layer = c.layer.clone();
                     if let Dispatched::Waiting { missing } = self.hub.dispatch_change(Arc::new(c)) {
                         let _ = self.gaps.try_send((layer, missing));
@@ -242,8 +270,17 @@ impl BrokerHandler for HubBridge {
                     self.hub.dispatch_lock(layer, lock);
                 }
             }
+            kind::TILE => {
+                if let (Some(layer), Ok(u)) = (
+                    topic.strip_prefix("$layer/"),
+                    serde_json::from_slice::<crate::tiles::Uploaded>(data),
+                ) {
+                    self.tiles.on_upload(layer, &u);
+                }
+            }
             kind::LAYER_DELETED => {
                 if let Some(layer) = topic.strip_prefix("$layer/") {
+                    self.tiles.on_layer_deleted(&self.hub, layer);
                     for (session, sub) in self.hub.drop_layer(layer) {
                         let f = encode_push(
                             session.encoding(),
@@ -285,6 +322,8 @@ pub struct Node {
     pub store: AnyStore,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Vector and raster tiles, and tile subscriptions.
+    pub tiles: Arc<crate::tiles::Tiles>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     sessions_empty: Notify,
     draining: AtomicBool,
@@ -309,8 +348,10 @@ impl Node {
             meta_ttl: Duration::from_secs(24 * 3600),
         };
         let (gaps_tx, mut gaps_rx) = tokio::sync::mpsc::channel::<(String, u64)>(1024);
+        let tiles = Arc::new(crate::tiles::Tiles::open(&config)?);
         let bridge = Arc::new(HubBridge {
             hub: hub.clone(),
+            tiles: tiles.clone(),
             gaps: gaps_tx,
         });
         let broker = match &config.broker {
@@ -326,6 +367,26 @@ impl Node {
                     }
                 });
                 AnyBroker::Memory(b)
+            }
+            BrokerConfig::Nats {
+                url,
+                prefix,
+                replicas,
+                heartbeat_ms,
+            } => {
+                let heartbeat = Duration::from_millis((*heartbeat_ms).max(10));
+                let opts = geostream_broker::NatsOptions {
+                    url: url.clone(),
+                    prefix: prefix.clone(),
+                    replicas: *replicas,
+                    heartbeat,
+                    node_timeout: heartbeat * 3,
+                    ..Default::default()
+                };
+                let b = geostream_broker::NatsBroker::connect(opts, limits, bridge)
+                    .await
+                    .with_context(|| format!("cannot connect to NATS at {url}"))?;
+                AnyBroker::Nats(b)
             }
         };
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -346,6 +407,26 @@ impl Node {
                     .with_context(|| format!("cannot open the store {}", path.display()))?;
                 AnyStore::Sqlite(s)
             }
+            StoreConfig::Postgres {
+                url,
+                schema,
+                pool_size,
+                change_retention,
+            } => {
+                let opts = geostream_store::PostgresOptions {
+                    url: url.clone(),
+                    schema: schema.clone(),
+                    pool_size: *pool_size,
+                    change_retention: *change_retention,
+                    ..Default::default()
+                };
+                let s = geostream_store::PostgresStore::connect(opts)
+                    .await
+                    .with_context(|| {
+                        format!("cannot open the PostgreSQL store (schema {schema})")
+                    })?;
+                AnyStore::Postgres(s)
+            }
         };
         // The hub must know where every layer's change log stands before anything is
         // dispatched, so it recognises a missing change as a gap.
@@ -358,10 +439,35 @@ impl Node {
             broker,
             store,
             metrics: Arc::new(Metrics::default()),
+            tiles,
             sessions: Mutex::new(HashMap::new()),
             sessions_empty: Notify::new(),
             draining: AtomicBool::new(false),
         });
+        crate::tiles::Tiles::start(&node);
+        if let AnyBroker::Nats(b) = &node.broker {
+            // Layer changes published while this node was cut off from NATS never reach it:
+            // after every reconnect, read from the store's log what the hub has not seen.
+            let mut reconnects = b.reconnects();
+            let n = Arc::downgrade(&node);
+            tokio::spawn(async move {
+                while reconnects.changed().await.is_ok() {
+                    let Some(node) = n.upgrade() else { return };
+                    match node.store.list_layers().await {
+                        Ok(layers) => {
+                            for l in layers {
+                                if l.seq > node.hub.layer_last_seq(&l.name) {
+                                    node.fill_gap(&l.name, l.seq).await;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Could not catch up after reconnecting to NATS.")
+                        }
+                    }
+                }
+            });
+        }
         let n = Arc::downgrade(&node);
         tokio::spawn(async move {
             while let Some((layer, missing)) = gaps_rx.recv().await {
@@ -493,6 +599,57 @@ impl Node {
         p: ChannelSubscribeParams,
     ) -> Result<PendingSubscription> {
         self.check_channel(&p.channel)?;
+        self.subscribe_checked(session, p).await
+    }
+
+    /// Joins `session` to a layer's presence: a presence-only subscription to the layer's
+    /// internal presence channel. Activate it like a channel subscription.
+    pub(crate) async fn subscribe_presence(
+        &self,
+        session: &Arc<Session>,
+        layer: &str,
+    ) -> Result<(PendingSubscription, Vec<ClientInfo>)> {
+        self.store.layer(layer).await?;
+        let channel = presence_channel(layer);
+        let pending = self
+            .subscribe_checked(
+                session,
+                ChannelSubscribeParams {
+                    channel: channel.clone(),
+                    since: None,
+                    presence: true,
+                },
+            )
+            .await?;
+        let mut members = self.hub.presence(&channel);
+        if let AnyBroker::Nats(b) = &self.broker {
+            members.extend(
+                b.remote_members(&channel)
+                    .iter()
+                    .filter_map(|m| serde_json::from_slice::<ClientInfo>(m).ok()),
+            );
+        }
+        Ok((pending, members))
+    }
+
+    /// Shares a cursor with the layer's presence subscribers on every node.
+    pub(crate) async fn publish_cursor(&self, cursor: &api::CursorPush) -> Result<()> {
+        let data = serde_json::to_vec(cursor).map_err(|e| ServerError::Internal(e.to_string()))?;
+        self.broker
+            .publish_ephemeral(
+                &presence_channel(&cursor.layer),
+                kind::CURSOR,
+                Bytes::from(data),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe_checked(
+        &self,
+        session: &Arc<Session>,
+        p: ChannelSubscribeParams,
+    ) -> Result<PendingSubscription> {
         let recovering = self.hub.add_channel_sub(session, &p.channel, p.presence)?;
         let sub = recovering.sub;
         match self.read_start(&p, recovering.first_on_node).await {
@@ -575,13 +732,17 @@ impl Node {
             }
         }
         self.hub.finish_recovery(pending.recovering, pending.after);
-        let client = serde_json::to_vec(&session.client()).unwrap_or_default();
+        let client = Bytes::from(serde_json::to_vec(&session.client()).unwrap_or_default());
         if let Err(e) = self
             .broker
-            .publish_ephemeral(&channel, kind::JOIN, Bytes::from(client))
+            .publish_ephemeral(&channel, kind::JOIN, client.clone())
             .await
         {
             tracing::debug!(error = %e, "Could not announce a join.");
+        }
+        if let AnyBroker::Nats(b) = &self.broker {
+            let key = format!("{}/{sub}", session.client().session);
+            b.set_member(&channel, &key, Some(client)).await;
         }
     }
 
@@ -593,6 +754,9 @@ impl Node {
     }
 
     async fn after_unsubscribe(&self, r: &Removed, client: &ClientInfo) {
+        if let SubTarget::Tiles { .. } = &r.target {
+            self.tiles.on_unsubscribed(&client.session, r.sub);
+        }
         let SubTarget::Channel { channel, .. } = &r.target else {
             return;
         };
@@ -600,6 +764,10 @@ impl Node {
             let _ = self
                 .broker
                 .publish_ephemeral(channel, kind::LEAVE, Bytes::from(data))
+                .await;
+        }
+        if let AnyBroker::Nats(b) = &self.broker {
+            b.set_member(channel, &format!("{}/{}", client.session, r.sub), None)
                 .await;
         }
         if r.last_on_node {
@@ -653,10 +821,18 @@ impl Node {
         })
     }
 
-    /// Who is subscribed to a channel.
+    /// Who is subscribed to a channel, on every node.
     pub fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>> {
         self.check_channel(channel)?;
-        Ok(self.hub.presence(channel))
+        let mut clients = self.hub.presence(channel);
+        if let AnyBroker::Nats(b) = &self.broker {
+            clients.extend(
+                b.remote_members(channel)
+                    .iter()
+                    .filter_map(|m| serde_json::from_slice::<ClientInfo>(m).ok()),
+            );
+        }
+        Ok(clients)
     }
 }
 

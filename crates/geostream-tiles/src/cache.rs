@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -109,6 +110,10 @@ pub struct CacheStats {
     pub tiles: usize,
     /// Bytes charged against the budget.
     pub bytes: usize,
+    /// Lookups ([`TileCache::get`]) that found a current version.
+    pub hits: u64,
+    /// Lookups that found none (never cached, evicted or invalidated).
+    pub misses: u64,
 }
 
 /// Thread-safe, byte-bounded LRU cache of versioned tiles.
@@ -117,6 +122,8 @@ pub struct TileCache {
     inner: Mutex<Inner>,
     max_bytes: usize,
     max_history: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl TileCache {
@@ -127,12 +134,25 @@ impl TileCache {
             inner: Mutex::new(Inner::default()),
             max_bytes,
             max_history,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
     /// The current version of a tile, if cached and not invalidated. Counts
     /// as a use for the LRU order.
     pub fn get(&self, layer: &str, tile: TileId) -> Option<CachedTile> {
+        let found = self.lookup(layer, tile);
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    fn lookup(&self, layer: &str, tile: TileId) -> Option<CachedTile> {
         let mut g = self.inner.lock();
         let tick = g.next_tick();
         let inner = &mut *g;
@@ -143,6 +163,19 @@ impl TileCache {
             inner.lru.insert(tick, key);
         }
         Some(current)
+    }
+
+    /// The newest bytes held for a tile, current or (after an invalidation)
+    /// the most recent kept version, with its version. A re-render passes
+    /// them to [`crate::encode_tile_like`] so the new version diffs small
+    /// against it. Not counted as a use.
+    pub fn latest(&self, layer: &str, tile: TileId) -> Option<(u64, Bytes)> {
+        let g = self.inner.lock();
+        let e = g.layers.get(layer)?.get(&tile)?;
+        match &e.current {
+            Some(c) => Some((c.version, c.bytes.clone())),
+            None => e.history.back().cloned(),
+        }
     }
 
     /// Stores `bytes` as version `version` of the tile, keeping the previous
@@ -260,6 +293,40 @@ impl TileCache {
         Ok(hit)
     }
 
+    /// Invalidates every cached tile of `layer` whose current version is
+    /// below `version` and for which `affected` says yes. Returns the tiles
+    /// invalidated, sorted.
+    ///
+    /// Meant for changes that carry a sequence number: a tile rendered at or
+    /// after the change already shows it and stays, so a notification that
+    /// arrives after a fresh render costs nothing. `affected` runs under the
+    /// cache lock, once per current tile of the layer: keep it to arithmetic.
+    pub fn invalidate_older(
+        &self,
+        layer: &str,
+        version: u64,
+        mut affected: impl FnMut(TileId) -> bool,
+    ) -> Vec<TileId> {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let Some(tiles) = inner.layers.get_mut(layer) else {
+            return Vec::new();
+        };
+        let mut hit = Vec::new();
+        for (tile, e) in tiles.iter_mut() {
+            let stale = e.current.as_ref().is_some_and(|c| c.version < version);
+            if stale && affected(*tile) {
+                let old_cost = e.cost;
+                e.retire_current(self.max_history);
+                e.cost = e.compute_cost();
+                inner.bytes = inner.bytes - old_cost + e.cost;
+                hit.push(*tile);
+            }
+        }
+        hit.sort_unstable();
+        hit
+    }
+
     /// The bytes of a given version of a tile (current or kept history), to
     /// serve as the base of a delta for a client holding that version.
     pub fn version_bytes(&self, layer: &str, tile: TileId, version: u64) -> Option<Bytes> {
@@ -294,6 +361,8 @@ impl TileCache {
         CacheStats {
             tiles: g.layers.values().map(HashMap::len).sum(),
             bytes: g.bytes,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
         }
     }
 }
@@ -366,6 +435,26 @@ mod tests {
     }
 
     #[test]
+    fn invalidate_older_spares_fresh_renders() {
+        let c = TileCache::new(1 << 20, 4);
+        let (a, b2, fresh) = (t(3, 1, 1), t(3, 2, 2), t(3, 1, 2));
+        c.insert("l", a, 4, b(3, 1)).unwrap();
+        c.insert("l", b2, 4, b(3, 2)).unwrap();
+        // Rendered after change 7 was committed: it already shows it.
+        c.insert("l", fresh, 7, b(3, 3)).unwrap();
+        let hit = c.invalidate_older("l", 7, |tile| tile != b2);
+        assert_eq!(hit, vec![a]);
+        assert!(c.get("l", a).is_none());
+        assert!(c.get("l", b2).is_some());
+        assert_eq!(c.get("l", fresh).unwrap().version, 7);
+        // The invalidated bytes remain the latest known, for encode_tile_like.
+        assert_eq!(c.latest("l", a), Some((4, b(3, 1))));
+        assert_eq!(c.latest("l", fresh), Some((7, b(3, 3))));
+        assert_eq!(c.latest("other", a), None);
+        assert!(c.invalidate_older("missing", 9, |_| true).is_empty());
+    }
+
+    #[test]
     fn lru_eviction_by_bytes() {
         let per = 1000 + ENTRY_OVERHEAD + 16;
         let c = TileCache::new(per * 3, 0);
@@ -382,7 +471,9 @@ mod tests {
         assert_eq!(s.tiles, 3);
         assert!(s.bytes <= per * 3);
         c.remove_layer("l");
-        assert_eq!(c.stats(), CacheStats { tiles: 0, bytes: 0 });
+        let s = c.stats();
+        assert_eq!((s.tiles, s.bytes), (0, 0));
+        assert_eq!((s.hits, s.misses), (3, 1));
     }
 
     #[test]

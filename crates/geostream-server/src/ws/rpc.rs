@@ -79,7 +79,12 @@ pub(crate) struct Rpc {
     holder: Holder,
     /// Whether it ever took a lock (its locks must then expire when it leaves).
     locked: bool,
+    /// When this connection last shared a cursor (cursors are rate-limited).
+    last_cursor: Option<std::time::Instant>,
 }
+
+/// Shortest interval between two cursor updates of one connection (20 per second).
+const CURSOR_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Sends `$/progress` notifications for a long request.
 #[derive(Clone)]
@@ -116,6 +121,7 @@ impl Rpc {
             running: Arc::new(Mutex::new(HashMap::new())),
             holder,
             locked: false,
+            last_cursor: None,
         }
     }
 
@@ -204,6 +210,26 @@ impl Rpc {
                 self.send(codec::encode_response(self.enc, id, &pending.result));
                 self.node.activate(&self.session, pending).await;
                 Ok(None)
+            }
+            api::method::PRESENCE_SUBSCRIBE => {
+                let p: api::PresenceSubscribeParams = params.parse()?;
+                let (pending, members) = self
+                    .node
+                    .subscribe_presence(&self.session, &p.layer)
+                    .await?;
+                let result = api::PresenceSubscribeResult {
+                    sub: pending.result.sub,
+                    layer: p.layer,
+                    members,
+                };
+                self.send(codec::encode_response(self.enc, id, &result));
+                self.node.activate(&self.session, pending).await;
+                Ok(None)
+            }
+            api::method::PRESENCE_CURSOR => {
+                let c = self.cursor(params.parse()?)?;
+                self.node.publish_cursor(&c).await?;
+                self.respond(id, &serde_json::json!({}))
             }
             api::method::CHANNEL_PUBLISH => {
                 let p: ChannelPublishParams = params.parse()?;
@@ -434,6 +460,9 @@ impl Rpc {
                 )?;
                 Ok(None)
             }
+            m if m.starts_with("tile.") => {
+                crate::tiles::request(&self.node, &self.session, id, m, params).await
+            }
             other => Err(ServerError::new(
                 ErrorCode::MethodNotFound,
                 format!("unknown method {other:?}"),
@@ -462,6 +491,43 @@ impl Rpc {
             .first()
             .ok_or_else(|| ServerError::Internal("an applied edit produced no change".into()))?;
         self.respond(id, &edit_result(c, outcome.replayed))
+    }
+
+    /// Validates and rate-limits a cursor update.
+    fn cursor(&mut self, p: api::CursorParams) -> Result<api::CursorPush> {
+        api::validate_name("layer", &p.layer).map_err(ServerError::invalid)?;
+        if let Some([lon, lat]) = p.position
+            && !((-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat))
+        {
+            return Err(ServerError::invalid(format!(
+                "position: [{lon}, {lat}] is not a longitude in -180..180 and a latitude in -90..90"
+            )));
+        }
+        if p.editing.len() > 100 || p.editing.iter().any(|e| e.is_empty() || e.len() > 256) {
+            return Err(ServerError::invalid(
+                "editing: at most 100 feature ids of 1 to 256 bytes",
+            ));
+        }
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last_cursor
+            && now.duration_since(last) < CURSOR_INTERVAL
+        {
+            let wait = CURSOR_INTERVAL - now.duration_since(last);
+            return Err(ServerError::Rpc(
+                RpcError::new(
+                    ErrorCode::RateLimited,
+                    "cursor updates are limited to 20 per second",
+                )
+                .with_data(serde_json::json!({ "retry_after_ms": wait.as_millis() as u64 + 1 })),
+            ));
+        }
+        self.last_cursor = Some(now);
+        Ok(api::CursorPush {
+            layer: p.layer,
+            client: self.session.client(),
+            position: p.position,
+            editing: p.editing,
+        })
     }
 
     /// Who this connection locked as, if it ever locked anything.
@@ -538,6 +604,21 @@ impl Rpc {
                 }
             }
             // JSON-RPC forbids answering a notification, even an unknown one.
+            api::method::PRESENCE_CURSOR => {
+                // As a notification, a cursor over the rate or invalid is dropped silently:
+                // cursors are best-effort and the next one supersedes it.
+                let Ok(c) = params
+                    .parse()
+                    .map_err(ServerError::from)
+                    .and_then(|p| self.cursor(p))
+                else {
+                    return;
+                };
+                let node = self.node.clone();
+                tokio::spawn(async move {
+                    let _ = node.publish_cursor(&c).await;
+                });
+            }
             other => tracing::debug!(method = other, "Ignoring an unknown notification."),
         }
     }

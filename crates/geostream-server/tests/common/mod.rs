@@ -321,6 +321,14 @@ impl Ws {
         }
     }
 
+    /// The next notification or push if one arrives within `d`.
+    pub async fn try_push(&mut self, d: Duration) -> Option<(String, Value)> {
+        if let Some(p) = self.backlog.pop_front() {
+            return Some(p);
+        }
+        tokio::time::timeout(d, self.push()).await.ok()
+    }
+
     /// Waits for the server to close the connection; returns the close frame.
     pub async fn closed(&mut self) -> Option<CloseFrame> {
         loop {
@@ -605,4 +613,22 @@ pub fn client_frame(op: u8, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     out
+}
+
+/// `../shared/data` beside the repository (or `GEOSTREAM_SHARED_DATA`); `None`, after saying
+/// so on stderr, when it is absent, so tests that need it can skip.
+pub fn shared_data() -> Option<std::path::PathBuf> {
+    let dir = match std::env::var_os("GEOSTREAM_SHARED_DATA") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+    };
+    if dir.join("manifest.json").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: the shared real data is not there (looked in {}; set GEOSTREAM_SHARED_DATA)",
+            dir.display()
+        );
+        None
+    }
 }

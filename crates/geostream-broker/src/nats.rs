@@ -1,0 +1,968 @@
+//! The NATS broker (feature `nats`): several nodes, history in JetStream.
+//!
+//! # Mapping
+//!
+//! * **Messages with history** (channel messages) go to a JetStream stream of their own per
+//!   topic, `<prefix>_<token>`, subject `<prefix>.h.<token>`, where `<token>` encodes the
+//!   topic. A stream per topic makes the stream's sequence number *the* topic offset: it
+//!   starts at 1, grows by one per message, and JetStream assigns it atomically however many
+//!   nodes publish at once. History is the stream's retained messages (`max_messages` =
+//!   [`HistoryLimits::size`], `max_age` = [`HistoryLimits::ttl`]), in file storage, so it
+//!   survives a NATS restart. The epoch is the stream's creation time: it changes only when
+//!   the stream is deleted and created again.
+//! * **Live delivery** of those messages: a node that [`Broker::subscribe`]s a topic runs an
+//!   *ordered consumer* on its stream. It delivers in stream order, and after a lost
+//!   connection it recreates itself from the last sequence it delivered, so a node that
+//!   loses NATS catches up on reconnect without losing or repeating a message (as long as
+//!   the history still holds them).
+//! * **Messages without history** (feature changes, presence, locks) are core NATS messages
+//!   on `<prefix>.e.<token>`; every node listens to `<prefix>.e.>` (a layer change concerns
+//!   every node's hub, which tracks every layer's sequence). Lost ones are not replayed:
+//!   layer changes are durable in the store, and the server repairs such a gap from the
+//!   change log (see the server's gap filler and its reconnect hook,
+//!   [`NatsBroker::reconnects`]).
+//! * **Membership** ([`NatsBroker::set_member`], [`NatsBroker::remote_members`]): a small
+//!   replicated table of who is subscribed where, for presence across nodes. Each node
+//!   publishes its own entries' changes with a version number on `<prefix>.members`, and a
+//!   heartbeat carrying its current version; a node that sees a version it cannot account
+//!   for asks that node for its full state. A node not heard from for
+//!   [`NatsOptions::node_timeout`] is forgotten, with its members (it crashed).
+//!
+//! Not implemented: [`HistoryLimits::meta_ttl`] (a topic's stream stays until an operator
+//! deletes it; its messages still expire after `ttl`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::{
+    Broker, BrokerError, BrokerHandler, HistoryLimits, HistoryPage, Publication, Result,
+    StreamPosition, new_epoch,
+};
+
+/// Settings of a [`NatsBroker`]. Every field has a default (see [`Default`]).
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// Server URL(s), comma-separated (`nats://host:4222,nats://other:4222`). Default
+    /// `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Prefix of every subject and stream name, so several deployments (or tests) can share
+    /// one NATS. Letters, digits, `_` and `-`. Default `geostream`.
+    pub prefix: String,
+    /// JetStream replicas of each history stream (1 on a single NATS server, 3 on a NATS
+    /// cluster). Default 1.
+    pub replicas: usize,
+    /// How often this node announces itself to the others' membership tables. Default 2 s.
+    pub heartbeat: Duration,
+    /// A node not heard from for this long is taken for dead, and its members forgotten.
+    /// Default 6 s.
+    pub node_timeout: Duration,
+    /// How long to wait for NATS when connecting and for JetStream's answers. Default 5 s.
+    pub timeout: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            url: "nats://127.0.0.1:4222".into(),
+            prefix: "geostream".into(),
+            replicas: 1,
+            heartbeat: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(6),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The NATS broker; see the [module docs](self). Cheap to clone.
+#[derive(Clone)]
+pub struct NatsBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    opts: NatsOptions,
+    limits: HistoryLimits,
+    handler: Arc<dyn BrokerHandler>,
+    /// This node's id in the membership table.
+    node: Arc<str>,
+    /// Streams known to exist, by topic, with their epochs.
+    streams: Mutex<HashMap<String, (stream::Stream, Arc<str>)>>,
+    /// Live subscriptions: topic → (local subscriber count, delivery task).
+    subs: tokio::sync::Mutex<HashMap<String, (usize, JoinHandle<()>)>>,
+    members: Mutex<Members>,
+    reconnects: tokio::sync::watch::Sender<u64>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().drain(..) {
+            t.abort();
+        }
+        for (_, (_, t)) in self.subs.get_mut().drain() {
+            t.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("prefix", &self.inner.opts.prefix)
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("nats: {what}: {e}"))
+}
+
+/// A topic as one subject token and stream-name part: hex of its bytes, or, for long
+/// topics, hex of the first 48 bytes and a 64-bit FNV-1a hash of the whole (stream names
+/// become file names, which have a length limit).
+fn token(topic: &str) -> String {
+    fn hex(b: &[u8]) -> String {
+        use std::fmt::Write;
+        b.iter()
+            .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+                let _ = write!(s, "{x:02x}");
+                s
+            })
+    }
+    let b = topic.as_bytes();
+    if b.len() <= 96 {
+        return hex(b);
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in b {
+        h ^= u64::from(*x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}_{h:016x}", hex(&b[..48]))
+}
+
+fn check_prefix(p: &str) -> Result<()> {
+    if !p.is_empty()
+        && p.len() <= 32
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(BrokerError::Unavailable(format!(
+            "nats prefix {p:?}: use 1 to 32 letters, digits, _ and -"
+        )))
+    }
+}
+
+impl NatsBroker {
+    /// Connects to NATS and starts this node's listeners. `handler` receives every message
+    /// for this node.
+    ///
+    /// Fails with [`BrokerError::Unavailable`] when NATS (with JetStream) cannot be reached.
+    pub async fn connect(
+        opts: NatsOptions,
+        limits: HistoryLimits,
+        handler: Arc<dyn BrokerHandler>,
+    ) -> Result<NatsBroker> {
+        check_prefix(&opts.prefix)?;
+        let (reconnects, _) = tokio::sync::watch::channel(0u64);
+        let events = reconnects.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name("geostream")
+            .connection_timeout(opts.timeout)
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            events.send_modify(|n| *n += 1);
+                            tracing::info!("Connected to NATS.");
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("Lost the connection to NATS; reconnecting.");
+                        }
+                        other => tracing::debug!(event = %other, "NATS event."),
+                    }
+                }
+            })
+            .connect(opts.url.as_str())
+            .await
+            .map_err(|e| unavailable(&format!("cannot connect to {}", opts.url), e))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(opts.timeout);
+        // Fail now, not at the first publish, when JetStream is off.
+        // (A raw request: the typed account info of async-nats does not parse every server
+        // version's answer.)
+        let info = tokio::time::timeout(opts.timeout, client.request("$JS.API.INFO", Bytes::new()))
+            .await
+            .map_err(|e| unavailable("JetStream is not available", e))?
+            .map_err(|e| unavailable("JetStream is not available", e))?;
+        if info.payload.windows(8).any(|w| w == b"\"error\"") {
+            return Err(unavailable(
+                "JetStream is not available",
+                String::from_utf8_lossy(&info.payload),
+            ));
+        }
+        let inner = Arc::new(Inner {
+            client,
+            js,
+            limits,
+            handler,
+            node: new_epoch(),
+            streams: Mutex::new(HashMap::new()),
+            subs: tokio::sync::Mutex::new(HashMap::new()),
+            members: Mutex::new(Members::default()),
+            reconnects,
+            tasks: Mutex::new(Vec::new()),
+            opts,
+        });
+        let eph = inner
+            .client
+            .subscribe(format!("{}.e.>", inner.opts.prefix))
+            .await
+            .map_err(|e| unavailable("subscribe", e))?;
+        let members = inner
+            .client
+            .subscribe(format!("{}.members", inner.opts.prefix))
+            .await
+            .map_err(|e| unavailable("subscribe", e))?;
+        let weak = Arc::downgrade(&inner);
+        let t1 = tokio::spawn(ephemeral_loop(weak.clone(), eph));
+        let t2 = tokio::spawn(membership_loop(weak, members));
+        inner.tasks.lock().extend([t1, t2]);
+        // Ask the others for their members (they answer with their state).
+        inner.send_member_msg(MemberMsg::Hello { to: None }).await;
+        inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| unavailable("flush", e))?;
+        Ok(NatsBroker { inner })
+    }
+
+    /// This node's id among the others.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Changes each time the connection to NATS is (re-)established: after a reconnect,
+    /// messages without history sent meanwhile are lost, and the server repairs what it can
+    /// (layer changes from the store's log).
+    pub fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.reconnects.subscribe()
+    }
+
+    /// Records (`Some`) or removes (`None`) a member of `topic` on this node under `key`,
+    /// and tells the other nodes.
+    pub async fn set_member(&self, topic: &str, key: &str, data: Option<Bytes>) {
+        let msg = {
+            let mut m = self.inner.members.lock();
+            m.version += 1;
+            let version = m.version;
+            match &data {
+                Some(d) => {
+                    m.local
+                        .entry(topic.to_owned())
+                        .or_default()
+                        .insert(key.to_owned(), d.clone());
+                }
+                None => {
+                    if let Some(t) = m.local.get_mut(topic) {
+                        t.remove(key);
+                        if t.is_empty() {
+                            m.local.remove(topic);
+                        }
+                    }
+                }
+            }
+            MemberMsg::Delta {
+                node: self.inner.node.to_string(),
+                version,
+                topic: topic.to_owned(),
+                key: key.to_owned(),
+                data,
+            }
+        };
+        self.inner.send_member_msg(msg).await;
+    }
+
+    /// The members of `topic` on the other live nodes (this node's own are not included).
+    pub fn remote_members(&self, topic: &str) -> Vec<Bytes> {
+        let timeout = self.inner.opts.node_timeout;
+        let m = self.inner.members.lock();
+        let now = Instant::now();
+        m.remote
+            .values()
+            .filter(|n| now.duration_since(n.seen) < timeout)
+            .filter_map(|n| n.topics.get(topic))
+            .flat_map(|t| t.values().cloned())
+            .collect()
+    }
+
+    /// Deletes every stream of this broker's prefix (tests and tear-down only).
+    pub async fn delete_streams(&self) -> Result<usize> {
+        let prefix = format!("{}_", self.inner.opts.prefix);
+        let mut names = self.inner.js.stream_names();
+        let mut mine = Vec::new();
+        while let Some(n) = names.next().await {
+            let n = n.map_err(|e| unavailable("list streams", e))?;
+            if n.starts_with(&prefix) {
+                mine.push(n);
+            }
+        }
+        for n in &mine {
+            self.inner
+                .js
+                .delete_stream(n)
+                .await
+                .map_err(|e| unavailable("delete stream", e))?;
+        }
+        self.inner.streams.lock().clear();
+        Ok(mine.len())
+    }
+}
+
+impl Inner {
+    fn stream_name(&self, topic: &str) -> String {
+        format!("{}_{}", self.opts.prefix, token(topic))
+    }
+
+    fn history_subject(&self, topic: &str) -> String {
+        format!("{}.h.{}", self.opts.prefix, token(topic))
+    }
+
+    /// The topic's stream (created if missing) and its epoch.
+    async fn stream(&self, topic: &str) -> Result<(stream::Stream, Arc<str>)> {
+        if let Some(s) = self.streams.lock().get(topic) {
+            return Ok(s.clone());
+        }
+        let config = stream::Config {
+            name: self.stream_name(topic),
+            subjects: vec![self.history_subject(topic)],
+            max_messages: i64::try_from(self.limits.size.max(1)).unwrap_or(i64::MAX),
+            max_age: self.limits.ttl,
+            storage: stream::StorageType::File,
+            num_replicas: self.opts.replicas.max(1),
+            discard: stream::DiscardPolicy::Old,
+            // Offsets must not skip: no de-duplication window tricks, every publish counts.
+            duplicate_window: Duration::from_secs(0),
+            ..Default::default()
+        };
+        let mut s = self
+            .js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| unavailable("create stream", e))?;
+        let info = s.info().await.map_err(|e| unavailable("stream info", e))?;
+        let epoch: Arc<str> = format!("{:x}", info.created.unix_timestamp_nanos()).into();
+        let out = (s, epoch);
+        self.streams.lock().insert(topic.to_owned(), out.clone());
+        Ok(out)
+    }
+
+    fn forget_stream(&self, topic: &str) {
+        self.streams.lock().remove(topic);
+    }
+
+    async fn send_member_msg(&self, msg: MemberMsg) {
+        let subject = format!("{}.members", self.opts.prefix);
+        if let Err(e) = self.client.publish(subject, msg.encode()).await {
+            tracing::debug!(error = %e, "Could not send a membership message.");
+        }
+    }
+}
+
+/// Reads a stream's position: offset of the last message and the first still kept.
+fn positions(info: &stream::Info) -> (u64, u64) {
+    let last = info.state.last_sequence;
+    let first = if info.state.messages == 0 {
+        last + 1
+    } else {
+        info.state.first_sequence.max(1)
+    };
+    (last, first)
+}
+
+impl Broker for NatsBroker {
+    async fn publish(&self, topic: &str, kind: u8, data: Bytes) -> Result<StreamPosition> {
+        let mut payload = BytesMut::with_capacity(1 + data.len());
+        payload.put_u8(kind);
+        payload.extend_from_slice(&data);
+        let payload = payload.freeze();
+        // Twice at most: a stream deleted behind our back is created again.
+        for attempt in 0..2 {
+            let (_, epoch) = self.inner.stream(topic).await?;
+            let sent = self
+                .inner
+                .js
+                .publish(self.inner.history_subject(topic), payload.clone())
+                .await;
+            let ack = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => return Err(unavailable("publish", e)),
+            };
+            match ack {
+                Ok(ack) => {
+                    return Ok(StreamPosition {
+                        offset: ack.sequence,
+                        epoch,
+                    });
+                }
+                Err(e) if attempt == 0 => {
+                    tracing::debug!(topic, error = %e, "Publish not acknowledged; looking the stream up again.");
+                    self.inner.forget_stream(topic);
+                }
+                Err(e) => return Err(unavailable("publish", e)),
+            }
+        }
+        Err(BrokerError::Unavailable("nats: publish failed".into()))
+    }
+
+    async fn publish_ephemeral(&self, topic: &str, kind: u8, data: Bytes) -> Result<()> {
+        let t = topic.as_bytes();
+        let len = u16::try_from(t.len())
+            .map_err(|_| BrokerError::Unavailable("topic too long".into()))?;
+        let mut payload = BytesMut::with_capacity(3 + t.len() + data.len());
+        payload.put_u8(kind);
+        payload.put_u16(len);
+        payload.extend_from_slice(t);
+        payload.extend_from_slice(&data);
+        self.inner
+            .client
+            .publish(
+                format!("{}.e.{}", self.inner.opts.prefix, token(topic)),
+                payload.freeze(),
+            )
+            .await
+            .map_err(|e| unavailable("publish", e))
+    }
+
+    async fn history(&self, topic: &str, since: Option<u64>, limit: usize) -> Result<HistoryPage> {
+        let (mut s, epoch) = self.inner.stream(topic).await?;
+        let info = s.info().await.map_err(|e| unavailable("stream info", e))?;
+        let (last, first) = positions(info);
+        let position = StreamPosition {
+            offset: last,
+            epoch,
+        };
+        let limit = limit as u64;
+        let start = match since {
+            Some(since) => (since + 1).max(first),
+            None => first.max((last + 1).saturating_sub(limit)),
+        };
+        let end = last.min(start.saturating_add(limit).saturating_sub(1));
+        let mut publications = Vec::new();
+        if limit > 0 && start <= end {
+            let s = &s;
+            let mut gets = futures_util::stream::iter(start..=end)
+                .map(|seq| async move { (seq, s.get_raw_message(seq).await) })
+                .buffered(64);
+            while let Some((seq, got)) = gets.next().await {
+                match got {
+                    Ok(m) => {
+                        let mut payload = m.payload.clone();
+                        if payload.is_empty() {
+                            continue;
+                        }
+                        let kind = payload.get_u8();
+                        publications.push(Publication {
+                            offset: m.sequence,
+                            kind,
+                            data: payload,
+                            time_ms: time_ms_of(&m),
+                        });
+                    }
+                    // Expired between the info and the read: history starts later.
+                    Err(e) => tracing::debug!(topic, seq, error = %e, "History message gone."),
+                }
+            }
+        }
+        let first_offset = first;
+        Ok(HistoryPage {
+            publications,
+            position,
+            first_offset,
+        })
+    }
+
+    async fn position(&self, topic: &str) -> Result<StreamPosition> {
+        let (mut s, epoch) = self.inner.stream(topic).await?;
+        let info = s.info().await.map_err(|e| unavailable("stream info", e))?;
+        Ok(StreamPosition {
+            offset: positions(info).0,
+            epoch,
+        })
+    }
+
+    async fn subscribe(&self, topic: &str) -> Result<()> {
+        let mut subs = self.inner.subs.lock().await;
+        if let Some((n, _)) = subs.get_mut(topic) {
+            *n += 1;
+            return Ok(());
+        }
+        let (s, epoch) = self.inner.stream(topic).await?;
+        // Everything stored after the consumer exists is delivered: a position read after
+        // this returns misses nothing.
+        let consumer = s
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.inner.client.new_inbox(),
+                deliver_policy: consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("create consumer", e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("consume", e))?;
+        let task = tokio::spawn(deliver_loop(
+            self.inner.handler.clone(),
+            topic.to_owned(),
+            epoch,
+            messages,
+        ));
+        subs.insert(topic.to_owned(), (1, task));
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, topic: &str) -> Result<()> {
+        let mut subs = self.inner.subs.lock().await;
+        if let Some((n, _)) = subs.get_mut(topic) {
+            *n -= 1;
+            if *n == 0
+                && let Some((_, task)) = subs.remove(topic)
+            {
+                // Dropping the consumer's subscription ends it; the server removes the
+                // ephemeral consumer.
+                task.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// When JetStream stored a message, in milliseconds since the Unix epoch.
+fn time_ms_of(m: &async_nats::jetstream::message::StreamMessage) -> u64 {
+    u64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// Delivers one topic's messages, in stream order, to the handler.
+async fn deliver_loop(
+    handler: Arc<dyn BrokerHandler>,
+    topic: String,
+    epoch: Arc<str>,
+    mut messages: consumer::push::Ordered,
+) {
+    while let Some(m) = messages.next().await {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                // The ordered consumer recreates itself from the last delivered sequence.
+                tracing::debug!(topic, error = %e, "Ordered consumer hiccup.");
+                continue;
+            }
+        };
+        let Ok(info) = m.info() else { continue };
+        let offset = info.stream_sequence;
+        let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let mut payload = m.payload.clone();
+        if payload.is_empty() {
+            continue;
+        }
+        let kind = payload.get_u8();
+        let p = Publication {
+            offset,
+            kind,
+            data: payload,
+            time_ms,
+        };
+        handler.on_publication(&topic, &p, &epoch);
+    }
+}
+
+/// Delivers messages without history, whatever their topic.
+async fn ephemeral_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subscriber) {
+    while let Some(m) = sub.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let mut p = m.payload;
+        if p.len() < 3 {
+            continue;
+        }
+        let kind = p.get_u8();
+        let len = usize::from(p.get_u16());
+        if p.len() < len {
+            continue;
+        }
+        let topic = p.split_to(len);
+        let Ok(topic) = std::str::from_utf8(&topic) else {
+            continue;
+        };
+        inner.handler.on_ephemeral(topic, kind, &p);
+    }
+}
+
+// ----- membership -----
+
+/// This node's members and its replica of the others'.
+#[derive(Default)]
+struct Members {
+    /// Bumped by every local change.
+    version: u64,
+    /// topic → key → data.
+    local: HashMap<String, HashMap<String, Bytes>>,
+    remote: HashMap<String, RemoteNode>,
+}
+
+struct RemoteNode {
+    version: u64,
+    seen: Instant,
+    topics: HashMap<String, HashMap<String, Bytes>>,
+}
+
+/// A membership message. Encoded as a tag byte and length-prefixed fields.
+#[derive(Debug, PartialEq)]
+enum MemberMsg {
+    /// "Send me your state" (`to`: one node, or everyone).
+    Hello { to: Option<String> },
+    /// A node is alive and at `version`.
+    Beat { node: String, version: u64 },
+    /// One member joined (`data`) or left.
+    Delta {
+        node: String,
+        version: u64,
+        topic: String,
+        key: String,
+        data: Option<Bytes>,
+    },
+    /// All of a node's members at `version`.
+    State {
+        node: String,
+        version: u64,
+        entries: Vec<(String, String, Bytes)>,
+    },
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_u32(s.len() as u32);
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn get_bytes(b: &mut Bytes) -> Option<Bytes> {
+    if b.len() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    (b.len() >= n).then(|| b.split_to(n))
+}
+
+fn get_str(b: &mut Bytes) -> Option<String> {
+    String::from_utf8(get_bytes(b)?.to_vec()).ok()
+}
+
+impl MemberMsg {
+    fn encode(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        match self {
+            MemberMsg::Hello { to } => {
+                b.put_u8(1);
+                put_str(&mut b, to.as_deref().unwrap_or(""));
+            }
+            MemberMsg::Beat { node, version } => {
+                b.put_u8(2);
+                put_str(&mut b, node);
+                b.put_u64(*version);
+            }
+            MemberMsg::Delta {
+                node,
+                version,
+                topic,
+                key,
+                data,
+            } => {
+                b.put_u8(3);
+                put_str(&mut b, node);
+                b.put_u64(*version);
+                put_str(&mut b, topic);
+                put_str(&mut b, key);
+                if let Some(d) = data {
+                    b.put_u8(1);
+                    b.put_u32(d.len() as u32);
+                    b.extend_from_slice(d);
+                } else {
+                    b.put_u8(0);
+                }
+            }
+            MemberMsg::State {
+                node,
+                version,
+                entries,
+            } => {
+                b.put_u8(4);
+                put_str(&mut b, node);
+                b.put_u64(*version);
+                b.put_u32(entries.len() as u32);
+                for (t, k, d) in entries {
+                    put_str(&mut b, t);
+                    put_str(&mut b, k);
+                    b.put_u32(d.len() as u32);
+                    b.extend_from_slice(d);
+                }
+            }
+        }
+        b.freeze()
+    }
+
+    fn decode(mut b: Bytes) -> Option<MemberMsg> {
+        if b.is_empty() {
+            return None;
+        }
+        Some(match b.get_u8() {
+            1 => {
+                let to = get_str(&mut b)?;
+                MemberMsg::Hello {
+                    to: (!to.is_empty()).then_some(to),
+                }
+            }
+            2 => {
+                let node = get_str(&mut b)?;
+                (b.len() >= 8).then_some(())?;
+                MemberMsg::Beat {
+                    node,
+                    version: b.get_u64(),
+                }
+            }
+            3 => {
+                let node = get_str(&mut b)?;
+                (b.len() >= 8).then_some(())?;
+                let version = b.get_u64();
+                let topic = get_str(&mut b)?;
+                let key = get_str(&mut b)?;
+                (!b.is_empty()).then_some(())?;
+                let data = match b.get_u8() {
+                    1 => Some(get_bytes(&mut b)?),
+                    _ => None,
+                };
+                MemberMsg::Delta {
+                    node,
+                    version,
+                    topic,
+                    key,
+                    data,
+                }
+            }
+            4 => {
+                let node = get_str(&mut b)?;
+                (b.len() >= 12).then_some(())?;
+                let version = b.get_u64();
+                let n = b.get_u32() as usize;
+                let mut entries = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    entries.push((get_str(&mut b)?, get_str(&mut b)?, get_bytes(&mut b)?));
+                }
+                MemberMsg::State {
+                    node,
+                    version,
+                    entries,
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// Keeps the membership replica: applies the others' messages, answers requests for this
+/// node's state, sends heartbeats, and resynchronises after a reconnect.
+async fn membership_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subscriber) {
+    let (every, mut reconnects) = match inner.upgrade() {
+        Some(i) => (i.opts.heartbeat, i.reconnects.subscribe()),
+        None => return,
+    };
+    let mut beat = tokio::time::interval(every);
+    reconnects.mark_unchanged();
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => match m {
+                Some(m) => MemberMsg::decode(m.payload),
+                None => return,
+            },
+            _ = beat.tick() => {
+                let Some(inner) = inner.upgrade() else { return };
+                let version = inner.members.lock().version;
+                let node = inner.node.to_string();
+                inner.send_member_msg(MemberMsg::Beat { node, version }).await;
+                continue;
+            }
+            r = reconnects.changed() => {
+                if r.is_err() { return; }
+                // Deltas may have been lost both ways: ask everyone, and tell everyone.
+                let Some(inner) = inner.upgrade() else { return };
+                inner.send_member_msg(MemberMsg::Hello { to: None }).await;
+                let state = own_state(&inner);
+                inner.send_member_msg(state).await;
+                continue;
+            }
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(msg) = msg else { continue };
+        let me = &*inner.node;
+        let reply = {
+            let mut m = inner.members.lock();
+            let now = Instant::now();
+            let timeout = inner.opts.node_timeout;
+            m.remote
+                .retain(|_, n| now.duration_since(n.seen) < timeout * 2);
+            match msg {
+                MemberMsg::Hello { to } => (to.as_deref().is_none_or(|t| t == me))
+                    .then_some(())
+                    .map(|()| None),
+                MemberMsg::Beat { node, version } if node != me => {
+                    match m.remote.get_mut(&node) {
+                        Some(n) if n.version == version => {
+                            n.seen = now;
+                            None
+                        }
+                        // A version we cannot account for: ask for the whole state.
+                        _ => Some(Some(MemberMsg::Hello { to: Some(node) })),
+                    }
+                }
+                MemberMsg::Delta {
+                    node,
+                    version,
+                    topic,
+                    key,
+                    data,
+                } if node != me => match m.remote.get_mut(&node) {
+                    Some(n) if n.version + 1 == version => {
+                        n.version = version;
+                        n.seen = now;
+                        match data {
+                            Some(d) => {
+                                n.topics.entry(topic).or_default().insert(key, d);
+                            }
+                            None => {
+                                if let Some(t) = n.topics.get_mut(&topic) {
+                                    t.remove(&key);
+                                    if t.is_empty() {
+                                        n.topics.remove(&topic);
+                                    }
+                                }
+                            }
+                        }
+                        None
+                    }
+                    _ => Some(Some(MemberMsg::Hello { to: Some(node) })),
+                },
+                MemberMsg::State {
+                    node,
+                    version,
+                    entries,
+                } if node != me => {
+                    let mut topics: HashMap<String, HashMap<String, Bytes>> = HashMap::new();
+                    for (t, k, d) in entries {
+                        topics.entry(t).or_default().insert(k, d);
+                    }
+                    m.remote.insert(
+                        node,
+                        RemoteNode {
+                            version,
+                            seen: now,
+                            topics,
+                        },
+                    );
+                    None
+                }
+                _ => None,
+            }
+        };
+        match reply {
+            // A Hello for this node: answer with the state.
+            Some(None) => {
+                let state = own_state(&inner);
+                inner.send_member_msg(state).await;
+            }
+            Some(Some(ask)) => inner.send_member_msg(ask).await,
+            None => {}
+        }
+    }
+}
+
+fn own_state(inner: &Inner) -> MemberMsg {
+    let m = inner.members.lock();
+    let mut entries = Vec::new();
+    for (t, keys) in &m.local {
+        for (k, d) in keys {
+            entries.push((t.clone(), k.clone(), d.clone()));
+        }
+    }
+    MemberMsg::State {
+        node: inner.node.to_string(),
+        version: m.version,
+        entries,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_subject_and_stream_safe() {
+        assert_eq!(token("chat"), "63686174");
+        assert_eq!(token("$layer/a.b"), "246c617965722f612e62");
+        let long = "x".repeat(200);
+        let t = token(&long);
+        assert!(t.len() < 120, "{}", t.len());
+        assert_ne!(t, token(&"x".repeat(199)));
+        assert!(t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'_'));
+        assert!(check_prefix("gs_test-1").is_ok());
+        assert!(check_prefix("a.b").is_err() && check_prefix("").is_err());
+    }
+
+    #[test]
+    fn membership_messages_round_trip() {
+        let msgs = [
+            MemberMsg::Hello { to: None },
+            MemberMsg::Hello {
+                to: Some("n1".into()),
+            },
+            MemberMsg::Beat {
+                node: "n1".into(),
+                version: 7,
+            },
+            MemberMsg::Delta {
+                node: "n1".into(),
+                version: 8,
+                topic: "chat".into(),
+                key: "s1/1".into(),
+                data: Some(Bytes::from_static(b"{}")),
+            },
+            MemberMsg::Delta {
+                node: "n1".into(),
+                version: 9,
+                topic: "chat".into(),
+                key: "s1/1".into(),
+                data: None,
+            },
+            MemberMsg::State {
+                node: "n2".into(),
+                version: 3,
+                entries: vec![("a".into(), "k".into(), Bytes::from_static(b"x"))],
+            },
+        ];
+        for m in msgs {
+            assert_eq!(MemberMsg::decode(m.encode()), Some(m));
+        }
+        assert_eq!(MemberMsg::decode(Bytes::from_static(&[3, 0, 0])), None);
+    }
+}

@@ -1,0 +1,553 @@
+//! Tile subscriptions: which tiles each subscription holds and at which version, and the
+//! flusher that pushes changed tiles.
+//!
+//! A change only marks `(subscription, tile)` pairs dirty. The flusher wakes, waits
+//! `tiles.flush_ms` so a burst of edits to the same tile collapses into one push, then for
+//! each dirty tile takes the current version once (cache or one render), and per subscriber
+//! builds the push against the version that subscriber holds: nothing if it is current, a
+//! delta when the base is still known and the delta is smaller, the full tile otherwise, or
+//! a notice. Deltas and frames are computed once per base version and encoding and shared.
+//!
+//! Backpressure: a push that does not fit the client's outbox is not lost, the pair stays
+//! dirty and is retried on the next flush, against the version the client then holds, so a
+//! slow client ends up with the latest tile without receiving the intermediate ones (and is
+//! closed as a slow consumer if it stays over budget, like any other).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use geostream_core::api::{
+    self, TileBytes, TileMode, TilePush, TilePushKind, TileSubscribeParams, TileSubscribeResult,
+    TileUpdateParams, TileUpdateResult, TileViewport, UnsubscribedPush,
+};
+use geostream_core::codec::{self, Encoding, Id, Params, PushFrame, encode_push};
+use geostream_core::error::ErrorCode;
+use geostream_hub::{Hub, Outgoing, PushOutcome, Session};
+use geostream_tiles::{CachedTile, LonLatBbox, TileError, TileId, delta, tiles_covering};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{TileLayer, key, parse_key};
+use crate::error::{Result, ServerError};
+use crate::node::Node;
+
+type SubKey = (Arc<str>, u32);
+
+struct SubState {
+    session: Arc<Session>,
+    layer: Arc<str>,
+    mode: TileMode,
+    tiles: BTreeSet<TileId>,
+    /// The version the client holds of each tile (as far as the server knows: what it
+    /// queued last, or what the client said).
+    held: HashMap<TileId, u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    subs: HashMap<SubKey, SubState>,
+    /// Per layer, per tile: the subscriptions holding it.
+    index: HashMap<Arc<str>, HashMap<TileId, Vec<SubKey>>>,
+    dirty: HashSet<(SubKey, TileId)>,
+}
+
+impl Inner {
+    fn index_add(&mut self, layer: &Arc<str>, t: TileId, k: &SubKey) {
+        self.index
+            .entry(layer.clone())
+            .or_default()
+            .entry(t)
+            .or_default()
+            .push(k.clone());
+    }
+
+    fn index_remove(&mut self, layer: &str, t: TileId, k: &SubKey) {
+        if let Some(tiles) = self.index.get_mut(layer) {
+            if let Some(v) = tiles.get_mut(&t) {
+                v.retain(|x| x != k);
+                if v.is_empty() {
+                    tiles.remove(&t);
+                }
+            }
+            if tiles.is_empty() {
+                self.index.remove(layer);
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &SubKey) -> Option<SubState> {
+        let s = self.subs.remove(k)?;
+        for t in &s.tiles {
+            self.index_remove(&s.layer, *t, k);
+        }
+        self.dirty.retain(|(dk, _)| dk != k);
+        Some(s)
+    }
+}
+
+/// All tile subscriptions of this node.
+#[derive(Default)]
+pub(super) struct Registry {
+    inner: Mutex<Inner>,
+    wake: Notify,
+}
+
+impl Registry {
+    /// Marks every subscribed tile of `layer` for which `touched` says yes.
+    pub(super) fn mark(&self, layer: &str, mut touched: impl FnMut(TileId) -> bool) {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let Some(tiles) = inner.index.get(layer) else {
+            return;
+        };
+        let mut any = false;
+        for (t, keys) in tiles {
+            if touched(*t) {
+                for k in keys {
+                    inner.dirty.insert((k.clone(), *t));
+                    any = true;
+                }
+            }
+        }
+        drop(g);
+        if any {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(super) fn remove(&self, session: &str, sub: u32) {
+        let k: SubKey = (session.into(), sub);
+        self.inner.lock().remove(&k);
+    }
+
+    /// Ends every subscription of a deleted layer, telling each client.
+    pub(super) fn drop_layer(&self, hub: &Hub, layer: &str) {
+        let gone: Vec<(SubKey, SubState)> = {
+            let mut g = self.inner.lock();
+            let keys: Vec<SubKey> = g
+                .subs
+                .iter()
+                .filter(|(_, s)| &*s.layer == layer)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| g.remove(&k).map(|s| (k, s)))
+                .collect()
+        };
+        for ((_, sub), s) in gone {
+            let _ = hub.remove_sub(&s.session, sub);
+            let f = encode_push(
+                s.session.encoding(),
+                api::push::UNSUBSCRIBED,
+                &UnsubscribedPush {
+                    reason: "layer deleted",
+                },
+                None,
+            );
+            s.session
+                .outbox
+                .push_always(Outgoing::Frame(f.to_bytes(sub)));
+        }
+    }
+}
+
+/// Handles a `tile.*` request of a WebSocket connection. Sends the response itself (before
+/// any push of the subscription) and returns `None`.
+pub(crate) async fn request(
+    node: &Arc<Node>,
+    session: &Arc<Session>,
+    id: &Id,
+    method: &str,
+    params: Params<'_>,
+) -> Result<Option<Bytes>> {
+    let tiles = &node.tiles;
+    let enc = session.encoding();
+    match method {
+        api::method::TILE_SUBSCRIBE => {
+            let p: TileSubscribeParams = params.parse()?;
+            let layer = tiles.layer(node, &p.layer).await?;
+            let kind = match layer {
+                TileLayer::Vector(_) => "vector",
+                TileLayer::Raster(_) => "raster",
+            };
+            let set = tiles.tile_set(kind == "vector", p.viewport.as_ref(), p.tiles.as_deref())?;
+            let have = parse_have(&p.have)?;
+            let sub = node.hub.add_tile_sub(session, &p.layer)?;
+            let k: SubKey = (session.id().clone(), sub);
+            let layer_name: Arc<str> = p.layer.as_str().into();
+            let result = TileSubscribeResult {
+                sub,
+                layer: p.layer.clone(),
+                kind: kind.into(),
+                tiles: set.iter().map(|t| key(*t)).collect(),
+            };
+            session
+                .outbox
+                .push_always(Outgoing::Frame(codec::encode_response(enc, id, &result)));
+            let reg = &tiles.subs;
+            {
+                let mut g = reg.inner.lock();
+                for t in &set {
+                    g.index_add(&layer_name, *t, &k);
+                    g.dirty.insert((k.clone(), *t));
+                }
+                let held = have
+                    .into_iter()
+                    .filter(|(t, v)| set.contains(t) && *v > 0)
+                    .collect();
+                g.subs.insert(
+                    k,
+                    SubState {
+                        session: session.clone(),
+                        layer: layer_name,
+                        mode: p.mode,
+                        tiles: set,
+                        held,
+                    },
+                );
+            }
+            reg.wake.notify_one();
+            Ok(None)
+        }
+        api::method::TILE_UPDATE => {
+            let p: TileUpdateParams = params.parse()?;
+            let k: SubKey = (session.id().clone(), p.sub);
+            let layer = {
+                let g = tiles.subs.inner.lock();
+                match g.subs.get(&k) {
+                    Some(s) => s.layer.clone(),
+                    None => {
+                        return Err(ServerError::new(
+                            ErrorCode::UnknownSubscription,
+                            format!("unknown tile subscription {}", p.sub),
+                        ));
+                    }
+                }
+            };
+            let vector = tiles.raster(&layer).is_none();
+            let set = if p.viewport.is_none() && p.tiles.is_none() {
+                None
+            } else {
+                Some(tiles.tile_set(vector, p.viewport.as_ref(), p.tiles.as_deref())?)
+            };
+            let have = parse_have(&p.have)?;
+            let (added, removed) = {
+                let mut g = tiles.subs.inner.lock();
+                let inner = &mut *g;
+                let Some(s) = inner.subs.get_mut(&k) else {
+                    return Err(ServerError::new(
+                        ErrorCode::UnknownSubscription,
+                        format!("unknown tile subscription {}", p.sub),
+                    ));
+                };
+                let set = set.unwrap_or_else(|| s.tiles.clone());
+                let added: Vec<TileId> = set.difference(&s.tiles).copied().collect();
+                let removed: Vec<TileId> = s.tiles.difference(&set).copied().collect();
+                for t in &removed {
+                    s.held.remove(t);
+                }
+                let mut dirty: Vec<TileId> = added.clone();
+                for (t, v) in have {
+                    if !set.contains(&t) {
+                        continue;
+                    }
+                    // What the client says it holds wins over what the server assumed.
+                    if v == 0 {
+                        s.held.remove(&t);
+                    } else {
+                        s.held.insert(t, v);
+                    }
+                    dirty.push(t);
+                }
+                s.tiles = set;
+                for t in &removed {
+                    inner.index_remove(&layer, *t, &k);
+                    inner.dirty.remove(&(k.clone(), *t));
+                }
+                for t in &added {
+                    inner.index_add(&layer, *t, &k);
+                }
+                for t in dirty {
+                    inner.dirty.insert((k.clone(), t));
+                }
+                (added, removed)
+            };
+            let result = TileUpdateResult {
+                sub: p.sub,
+                added: added.into_iter().map(key).collect(),
+                removed: removed.into_iter().map(key).collect(),
+            };
+            session
+                .outbox
+                .push_always(Outgoing::Frame(codec::encode_response(enc, id, &result)));
+            tiles.subs.wake.notify_one();
+            Ok(None)
+        }
+        other => Err(ServerError::new(
+            ErrorCode::MethodNotFound,
+            format!("unknown method {other:?}"),
+        )),
+    }
+}
+
+fn parse_have(have: &std::collections::BTreeMap<String, u64>) -> Result<Vec<(TileId, u64)>> {
+    have.iter()
+        .map(|(k, v)| {
+            parse_key(k)
+                .map(|t| (t, *v))
+                .map_err(|e| ServerError::invalid(format!("have: {}", e.to_rpc().message)))
+        })
+        .collect()
+}
+
+impl super::Tiles {
+    /// The tiles a subscription asks for: a viewport at a zoom, or an explicit list.
+    fn tile_set(
+        &self,
+        vector: bool,
+        viewport: Option<&TileViewport>,
+        list: Option<&[String]>,
+    ) -> Result<BTreeSet<TileId>> {
+        let max = self.cfg.max_tiles_per_subscription;
+        let set: BTreeSet<TileId> = match (viewport, list) {
+            (Some(v), None) => {
+                let top = if vector {
+                    self.cfg.max_zoom
+                } else {
+                    geostream_tiles::MAX_ZOOM
+                };
+                if v.zoom > top {
+                    return Err(ServerError::invalid(format!(
+                        "viewport.zoom must be 0 to {top}"
+                    )));
+                }
+                let [w, s, e, n] = v.bbox;
+                let bbox = LonLatBbox::new(w, s, e, n).map_err(|e| {
+                    ServerError::invalid(format!("viewport.bbox is not a lon/lat box: {e}"))
+                })?;
+                tiles_covering(&bbox, v.zoom, max)
+                    .map_err(|e| match e {
+                        TileError::TooManyTiles { z, count, limit } => ServerError::new(
+                            ErrorCode::LimitExceeded,
+                            format!(
+                                "the viewport covers {count} tiles at zoom {z}; a subscription may hold at most {limit}"
+                            ),
+                        ),
+                        other => ServerError::invalid(format!("viewport: {other}")),
+                    })?
+                    .into_iter()
+                    .collect()
+            }
+            (None, Some(list)) => {
+                if list.len() > max {
+                    return Err(ServerError::new(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "{} tiles asked for; a subscription may hold at most {max}",
+                            list.len()
+                        ),
+                    ));
+                }
+                let set = list
+                    .iter()
+                    .map(|k| parse_key(k))
+                    .collect::<Result<BTreeSet<TileId>>>()?;
+                if vector && let Some(t) = set.iter().find(|t| t.z() > self.cfg.max_zoom) {
+                    return Err(ServerError::invalid(format!(
+                        "tile {} is above the highest vector tile zoom, {}",
+                        key(*t),
+                        self.cfg.max_zoom
+                    )));
+                }
+                set
+            }
+            _ => {
+                return Err(ServerError::invalid(
+                    "give exactly one of viewport and tiles",
+                ));
+            }
+        };
+        Ok(set)
+    }
+}
+
+/// Starts the flusher of `node`'s tile subscriptions.
+pub(super) fn spawn_flusher(node: &Arc<Node>) {
+    let weak = Arc::downgrade(node);
+    let window = Duration::from_millis(node.tiles.cfg.flush_ms);
+    tokio::spawn(async move {
+        loop {
+            let Some(node) = weak.upgrade() else { return };
+            let reg = node.tiles.subs.clone();
+            let idle = reg.inner.lock().dirty.is_empty();
+            if idle {
+                let woken = reg.wake.notified();
+                // Do not keep the node alive while waiting.
+                drop(node);
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                continue;
+            }
+            drop(node);
+            // Let the burst finish: edits within the window end in one push per tile.
+            tokio::time::sleep(window).await;
+            let Some(node) = weak.upgrade() else { return };
+            flush(&node).await;
+        }
+    });
+}
+
+/// One subscriber of a dirty tile, as read under the lock.
+struct Target {
+    key: SubKey,
+    session: Arc<Session>,
+    mode: TileMode,
+    held: Option<u64>,
+}
+
+async fn flush(node: &Arc<Node>) {
+    let tiles = &node.tiles;
+    // Take the dirty pairs, grouped by (layer, tile), with what each subscriber holds.
+    let mut groups: HashMap<(Arc<str>, TileId), Vec<Target>> = HashMap::new();
+    {
+        let mut g = tiles.subs.inner.lock();
+        let dirty = std::mem::take(&mut g.dirty);
+        for (k, t) in dirty {
+            let Some(s) = g.subs.get(&k) else { continue };
+            if !s.tiles.contains(&t) {
+                continue;
+            }
+            groups
+                .entry((s.layer.clone(), t))
+                .or_default()
+                .push(Target {
+                    key: k.clone(),
+                    session: s.session.clone(),
+                    mode: s.mode,
+                    held: s.held.get(&t).copied(),
+                });
+        }
+    }
+    for ((layer, t), targets) in groups {
+        let current = match tiles.tile(node, &layer, t).await {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(layer = %layer, tile = %key(t), error = %e, "Could not make a subscribed tile.");
+                continue;
+            }
+        };
+        push_tile(node, &layer, t, &current, targets);
+    }
+}
+
+/// Frames shared by the subscribers of one tile: per (encoding, kind, base).
+type FrameMemo = HashMap<(Encoding, TilePushKind, Option<u64>), PushFrame>;
+
+fn push_tile(node: &Node, layer: &Arc<str>, t: TileId, current: &CachedTile, targets: Vec<Target>) {
+    let tiles = &node.tiles;
+    let tile_key = key(t);
+    let mut deltas: HashMap<u64, Option<Bytes>> = HashMap::new();
+    let mut frames: FrameMemo = HashMap::new();
+    let mut sent: Vec<(SubKey, u64)> = Vec::new();
+    let mut retry: Vec<SubKey> = Vec::new();
+    for target in targets {
+        if target.held == Some(current.version) {
+            continue;
+        }
+        let (kind, data) = match target.mode {
+            TileMode::Notify => (TilePushKind::Notify, None),
+            TileMode::Full => (TilePushKind::Full, Some(current.bytes.clone())),
+            TileMode::Delta => {
+                let d = target.held.and_then(|base| {
+                    deltas
+                        .entry(base)
+                        .or_insert_with(|| {
+                            let old = tiles.cache.version_bytes(layer, t, base)?;
+                            let d = delta::encode(&old, &current.bytes);
+                            (d.len() < current.bytes.len()).then(|| Bytes::from(d))
+                        })
+                        .clone()
+                });
+                match d {
+                    Some(d) => (TilePushKind::Delta, Some(d)),
+                    None => (TilePushKind::Full, Some(current.bytes.clone())),
+                }
+            }
+        };
+        let base = target.held;
+        let enc = target.session.encoding();
+        let frame = frames.entry((enc, kind, base)).or_insert_with(|| {
+            encode_push(
+                enc,
+                api::push::TILE,
+                &TilePush {
+                    layer,
+                    tile: &tile_key,
+                    version: current.version,
+                    kind,
+                    base,
+                    etag: &current.etag,
+                    data: data.as_deref().map(TileBytes),
+                },
+                None,
+            )
+        });
+        let sub = target.key.1;
+        match target
+            .session
+            .outbox
+            .push(Outgoing::Frame(frame.to_bytes(sub)))
+        {
+            PushOutcome::Queued => {
+                let s = &tiles.stats;
+                match kind {
+                    TilePushKind::Delta => {
+                        s.pushed_deltas.fetch_add(1, Ordering::Relaxed);
+                        s.delta_bytes.fetch_add(
+                            data.as_ref().map_or(0, |d| d.len() as u64),
+                            Ordering::Relaxed,
+                        );
+                        s.delta_full_bytes
+                            .fetch_add(current.bytes.len() as u64, Ordering::Relaxed);
+                    }
+                    TilePushKind::Full => {
+                        s.pushed_full.fetch_add(1, Ordering::Relaxed);
+                        s.full_bytes
+                            .fetch_add(current.bytes.len() as u64, Ordering::Relaxed);
+                    }
+                    TilePushKind::Notify => {
+                        s.pushed_notices.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                sent.push((target.key, current.version));
+            }
+            PushOutcome::Dropped => {
+                tiles.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                retry.push(target.key);
+            }
+            PushOutcome::Closed => {}
+        }
+    }
+    if sent.is_empty() && retry.is_empty() {
+        return;
+    }
+    let mut g = tiles.subs.inner.lock();
+    for (k, v) in sent {
+        if let Some(s) = g.subs.get_mut(&k)
+            && s.tiles.contains(&t)
+        {
+            s.held.insert(t, v);
+        }
+    }
+    for k in retry {
+        if g.subs.contains_key(&k) {
+            g.dirty.insert((k, t));
+        }
+    }
+}

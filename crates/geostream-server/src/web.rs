@@ -1,0 +1,256 @@
+//! The demo page: its static files (`/web/...`, built into `web.dir` by `npm run build` in
+//! `web/`), the page itself for browsers at `/`, and the basemap layer it draws, loaded at
+//! startup from the Natural Earth file shipped in `web/data`.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use geostream_core::api::LayerImportParams;
+use geostream_store::{Holder, LayerSpec, Store};
+
+use crate::node::Node;
+
+/// The static-file routes of the demo page.
+pub fn routes() -> Router<Arc<Node>> {
+    Router::new().route("/web/{*path}", get(asset))
+}
+
+/// Whether a request for `/` comes from a browser that wants the page rather than the JSON
+/// landing document: its `Accept` names `text/html` (browsers send
+/// `text/html,application/xhtml+xml,...`; API clients send `application/json` or nothing).
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept.split(',').any(|part| {
+                let mut it = part.split(';');
+                let mime = it.next().unwrap_or("").trim();
+                let refused = it.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+                });
+                mime.eq_ignore_ascii_case("text/html") && !refused
+            })
+        })
+}
+
+/// The demo page (`index.html` of the built assets). Without a build, a short page that
+/// says how to make one.
+pub async fn index(State(node): State<Arc<Node>>) -> Response {
+    let dir = resolve(&node.config.web.dir);
+    match tokio::fs::read(dir.join("index.html")).await {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            format!(
+                "<!doctype html><title>geostream</title><h1>The demo page is not built</h1>\
+                 <p>Run <code>scripts/serve.sh</code>, or <code>npm ci &amp;&amp; npm run build</code> \
+                 in <code>web/</code>, so that <code>{}</code> exists (config key \
+                 <code>web.dir</code>).</p><p>The API is at <a href=\"/v1/ws\">/v1/ws</a>; \
+                 ask <code>/</code> for JSON to read the landing document.</p>",
+                html_escape(&dir.join("index.html").display().to_string())
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn asset(State(node): State<Arc<Node>>, UrlPath(path): UrlPath<String>) -> Response {
+    let Some(rel) = safe_relative(&path) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let file = resolve(&node.config.web.dir).join(&rel);
+    match tokio::fs::read(&file).await {
+        Ok(body) => {
+            // Bundles are rebuilt in place under the same names, so every asset is revalidated.
+            (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(content_type(&rel)),
+                    ),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `path` as a relative path with no `..`, root or prefix components.
+fn safe_relative(path: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+fn content_type(p: &Path) -> &'static str {
+    match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" | "map" => "application/json",
+        "geojson" => "application/geo+json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "txt" | "md" => "text/plain; charset=utf-8",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A configured path: as given when absolute or present in the working directory, otherwise
+/// under the source tree the binary was built from (so `cargo run` works from any folder).
+pub fn resolve(p: &Path) -> PathBuf {
+    if p.is_absolute() || p.exists() {
+        return p.to_path_buf();
+    }
+    let in_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(p);
+    if in_tree.exists() {
+        in_tree
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// Loads the basemap file into its layer when the layer does not exist yet. Failures are
+/// logged, not fatal: the server is useful without the demo's basemap.
+pub async fn seed_basemap(node: &Node) {
+    let cfg = &node.config.web;
+    if cfg.basemap.as_os_str().is_empty() || cfg.basemap_layer.is_empty() {
+        return;
+    }
+    if node.store.layer(&cfg.basemap_layer).await.is_ok() {
+        return;
+    }
+    let file = resolve(&cfg.basemap);
+    match load_basemap(node, &file).await {
+        Ok(n) => {
+            tracing::info!(layer = %cfg.basemap_layer, file = %file.display(), features = n, "Loaded the basemap layer.")
+        }
+        Err(e) => {
+            tracing::warn!(layer = %cfg.basemap_layer, file = %file.display(), error = %e, "Could not load the basemap layer.")
+        }
+    }
+}
+
+async fn load_basemap(node: &Node, file: &Path) -> anyhow::Result<u64> {
+    let path = file.to_path_buf();
+    let features =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<serde_json::Value>> {
+            let raw = std::fs::read(&path)?;
+            let bytes = if path.extension().is_some_and(|e| e == "zst") {
+                zstd::decode_all(&raw[..])?
+            } else {
+                raw
+            };
+            let mut fc: serde_json::Value = serde_json::from_slice(&bytes)?;
+            match fc.get_mut("features").map(serde_json::Value::take) {
+                Some(serde_json::Value::Array(f)) => Ok(f),
+                _ => anyhow::bail!("not a GeoJSON FeatureCollection"),
+            }
+        })
+        .await??;
+    let layer = node.config.web.basemap_layer.clone();
+    node.create_layer(LayerSpec {
+        name: layer.clone(),
+        title: Some("Countries (Natural Earth 1:110m)".into()),
+        description: Some(
+            "Made with Natural Earth: Admin 0 countries, public domain. Basemap of the demo page."
+                .into(),
+        ),
+        last_writer_wins: false,
+    })
+    .await?;
+    let result = crate::import::run(
+        node,
+        LayerImportParams {
+            layer,
+            features: Some(features),
+            ..Default::default()
+        },
+        Holder {
+            client: "geostream-basemap".into(),
+            user: None,
+        },
+        |_, _| {},
+    )
+    .await?;
+    if result.rejected > 0 {
+        tracing::warn!(rejected = result.rejected, first = ?result.rejections.first().map(|r| &r.reason), "Some basemap features were refused.");
+    }
+    Ok(result.imported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static(v));
+        h
+    }
+
+    #[test]
+    fn browsers_get_html_and_api_clients_json() {
+        assert!(wants_html(&accept(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        )));
+        assert!(!wants_html(&accept("application/json")));
+        assert!(!wants_html(&accept("*/*")));
+        assert!(!wants_html(&accept("text/html;q=0, application/json")));
+        assert!(!wants_html(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn paths_cannot_leave_the_asset_dir() {
+        assert_eq!(safe_relative("main.js"), Some(PathBuf::from("main.js")));
+        assert_eq!(safe_relative("a/./b.css"), Some(PathBuf::from("a/b.css")));
+        assert_eq!(safe_relative("../secret"), None);
+        assert_eq!(safe_relative("a/../../x"), None);
+        assert_eq!(safe_relative("/etc/passwd"), None);
+        assert_eq!(safe_relative(""), None);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            content_type(Path::new("main.js")),
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(content_type(Path::new("x.css")), "text/css; charset=utf-8");
+        assert_eq!(content_type(Path::new("blob")), "application/octet-stream");
+    }
+}

@@ -1,0 +1,352 @@
+//! The store for several nodes: PostgreSQL 15 with PostGIS 3 (feature `postgres`).
+//!
+//! Every node of a deployment opens a [`PostgresStore`] on the same database and schema;
+//! the database alone decides what is accepted, so two nodes can never both accept
+//! conflicting edits.
+//!
+//! # Transactions and concurrency
+//!
+//! * **One transaction per write**, on a connection from a small pool (deadpool). A write
+//!   first claims its idempotency key (`INSERT .. ON CONFLICT DO NOTHING` on `op_ids`: a
+//!   concurrent request with the same key, on any node, waits for the first one's commit and
+//!   then finds its outcome), then locks its layer's row (`SELECT .. FOR UPDATE`). The row
+//!   lock serialises every write of one layer across all nodes, which is what keeps the
+//!   per-layer sequence numbers gap-free and in commit order; writes to different layers run
+//!   in parallel. Versions and feature locks are checked under that row lock, so optimistic
+//!   concurrency and locks hold across nodes. No write waits on a key while holding a row
+//!   lock another write could need, so writes cannot deadlock.
+//! * **Durability** is PostgreSQL's: `apply` returns after COMMIT, which (with the default
+//!   `synchronous_commit = on`) has flushed the WAL. PostgreSQL's own group commit shares
+//!   one flush between concurrent commits of different layers; writes to one layer are
+//!   bounded by one commit latency each (the row lock is held until the commit is flushed).
+//! * **Reads** take a pooled connection each; `query` and `snapshot` run in a
+//!   `REPEATABLE READ READ ONLY` transaction, so the layer's sequence number, the changes and
+//!   the features they return are one consistent cut. A snapshot streams its features
+//!   through a portal, page by page, holding its transaction until the last page (or until
+//!   the receiver is dropped).
+//! * An `apply` runs in a task of its own: dropping its future does not cancel the write
+//!   (the same as the SQLite store); its outcome is just not seen.
+//!
+//! # Schema (in the configured schema, version 1, in `schema_version`)
+//!
+//! * `layers(id, name, title, description, last_writer_wins, seq, count, created_ms)`.
+//! * `features(ord, layer, fid, version, updated_ms, geometry, geom, properties,
+//!   minx..maxy)`: `ord` (an identity) gives the creation order; `geometry` is the GeoJSON
+//!   text exactly as written (returned byte for byte), `geom` the same geometry as a PostGIS
+//!   `geometry(Geometry, 4326)` with a GiST index, `properties` is `jsonb` (what the CQL2
+//!   translation reads), and `minx..maxy` the f64 bounding box for exact box tests.
+//! * `changes(layer, seq, body)`: the change log, primary key `(layer, seq)`, pruned to
+//!   [`PostgresOptions::change_retention`] per layer in the writing transaction.
+//! * `locks(layer, fid, holder_client, holder_user, until_ms)`.
+//! * `op_ids(scope, op_id, time_ms, outcome)`: applied idempotency keys and the outcome
+//!   they produced, kept [`PostgresOptions::op_id_retention_ms`].
+//!
+//! Migrations run at start-up, under a transaction-scoped advisory lock, so nodes starting
+//! together migrate once. PostGIS is created (in schema `public`) if it is missing.
+//!
+//! # Queries
+//!
+//! Boxes are pushed down as `geom && ST_MakeEnvelope(..)` (the GiST index) plus an exact
+//! test on the stored f64 box. A CQL2 attribute filter is translated to a parameterized
+//! `WHERE` clause by [`geostream_filter::sql`] (property names are checked, every value is a
+//! parameter). When the whole filter is in SQL, paging is `LIMIT`/`OFFSET`; when a part has
+//! no exact SQL form (polygon, circle and bbox filters, temporal filters, CQL2 functions
+//! without a translation), SQL narrows the candidates and that part is evaluated in Rust,
+//! with the same code the hub uses, so the answers are exactly those of the other stores.
+//!
+//! The semantics where the trait leaves room are those of the SQLite store (see
+//! [`crate::sqlite`]).
+
+mod read;
+mod schema;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use geostream_core::feature::Feature;
+use tokio_postgres::NoTls;
+
+use crate::{
+    ChangePage, FeatureQuery, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result, Snapshot,
+    SnapshotRequest, Store, StoreError, WriteOutcome, WriteRequest,
+};
+
+/// Settings of a [`PostgresStore`]. Every field but `url` has a default (see [`Default`]).
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// Connection string, as libpq takes it (`postgres://user:pass@host:5432/db` or
+    /// `host=.. user=.. dbname=..`). Default `postgres://postgres@127.0.0.1:5432/postgres`.
+    pub url: String,
+    /// The schema holding geostream's tables (created if missing). Several deployments can
+    /// share a database with different schemas. Lower-case letters, digits and `_`, at most
+    /// 63 bytes. Default `geostream`.
+    pub schema: String,
+    /// Connections in this node's pool, which is also how many reads and writes it runs at
+    /// once (a streaming snapshot holds one until its last page). Default 16.
+    pub pool_size: usize,
+    /// Changes kept per layer in the change log. Default 100,000.
+    pub change_retention: u64,
+    /// How long an applied `op_id` is remembered. Milliseconds, default 86,400,000 (24 h).
+    pub op_id_retention_ms: u64,
+    /// How long an expired lock is kept for [`Store::reap_locks`] to report it before
+    /// housekeeping deletes it silently. Milliseconds, default 600,000 (10 minutes).
+    pub lock_reap_ms: u64,
+    /// How often this node prunes expired op ids and forgotten locks. Milliseconds, default
+    /// 60,000.
+    pub housekeeping_ms: u64,
+    /// Most changes a [`Store::snapshot`] returns before answering `complete: false`.
+    /// Default 10,000.
+    pub max_resume_changes: usize,
+    /// How long to wait for a connection (to open one, or for a free one in the pool)
+    /// before failing with [`StoreError::Unavailable`]. Milliseconds, default 5,000.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            schema: "geostream".into(),
+            pool_size: 16,
+            change_retention: 100_000,
+            op_id_retention_ms: 86_400_000,
+            lock_reap_ms: 600_000,
+            housekeeping_ms: 60_000,
+            max_resume_changes: 10_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A [`Store`] in PostgreSQL/PostGIS; see the [module docs](self). Cloning is cheap.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: Pool,
+    pub(crate) opts: PostgresOptions,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.inner.opts.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps the driver's errors. Data exceptions (SQLSTATE class 22: a NUL character in a
+/// string, a number out of range, GeoJSON PostGIS cannot read) are the input's fault;
+/// everything else means the database failed and the caller may retry.
+pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) if db.code().code().starts_with("22") => {
+            StoreError::Invalid(format!("the database refused a value: {}", db.message()))
+        }
+        Some(db) => {
+            StoreError::Unavailable(format!("postgres: {}: {}", db.code().code(), db.message()))
+        }
+        None => StoreError::Unavailable(format!("postgres: {e}")),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db_err(e),
+        other => StoreError::Unavailable(format!("postgres pool: {other}")),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A `u64` as PostgreSQL's `bigint`, saturating.
+pub(crate) fn sql_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A `bigint` read back as `u64` (never negative in this schema).
+pub(crate) fn sql_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema (and PostGIS) if needed, runs the migrations and starts
+    /// this node's housekeeping task (it stops when the last clone is dropped).
+    ///
+    /// Fails with [`StoreError::Unavailable`] when the database cannot be reached, PostGIS
+    /// is not installed on the server, or the schema is newer than this build, and with
+    /// [`StoreError::Invalid`] for a bad schema name or URL.
+    pub async fn connect(opts: PostgresOptions) -> Result<PostgresStore> {
+        schema::check_schema_name(&opts.schema)?;
+        let mut cfg: tokio_postgres::Config = opts
+            .url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("postgres url: {e}")))?;
+        let timeout = Duration::from_millis(opts.connect_timeout_ms.max(1));
+        cfg.connect_timeout(timeout);
+        cfg.application_name("geostream");
+        let postgis_schema = schema::migrate(&cfg, &opts.schema).await?;
+        // Every pooled connection resolves unqualified names in our schema first, then where
+        // PostGIS lives (its functions and the `geometry` type). Both names were checked or
+        // read from the catalog, and are quoted.
+        cfg.options(format!(
+            "-c search_path={},{}",
+            schema::quote_ident(&opts.schema),
+            schema::quote_ident(&postgis_schema)
+        ));
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(opts.pool_size.max(1))
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))?;
+        let store = PostgresStore {
+            inner: Arc::new(Inner { pool, opts }),
+        };
+        // Fail now, not at the first request, when the pool cannot connect.
+        drop(store.inner.client().await?);
+        let weak = Arc::downgrade(&store.inner);
+        let every = Duration::from_millis(store.inner.opts.housekeeping_ms.max(1));
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            t.tick().await;
+            loop {
+                t.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = inner.housekeeping().await {
+                    tracing::warn!(error = %e, "PostgreSQL housekeeping failed.");
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    /// The schema this store uses.
+    pub fn schema(&self) -> &str {
+        &self.inner.opts.schema
+    }
+
+    /// Drops the store's schema with everything in it. For tests and tear-down only: other
+    /// nodes using the schema fail from then on.
+    pub async fn drop_schema(&self) -> Result<()> {
+        let c = self.inner.client().await?;
+        c.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            schema::quote_ident(&self.inner.opts.schema)
+        ))
+        .await
+        .map_err(db_err)
+    }
+}
+
+impl Inner {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// Forgets old op ids and locks nobody reaped.
+    async fn housekeeping(&self) -> Result<()> {
+        let now = now_ms();
+        let c = self.client().await?;
+        let ops = c
+            .execute(
+                "DELETE FROM op_ids WHERE time_ms < $1",
+                &[&sql_i64(now.saturating_sub(self.opts.op_id_retention_ms))],
+            )
+            .await
+            .map_err(db_err)?;
+        let locks = c
+            .execute(
+                "DELETE FROM locks WHERE until_ms < $1",
+                &[&sql_i64(now.saturating_sub(self.opts.lock_reap_ms))],
+            )
+            .await
+            .map_err(db_err)?;
+        tracing::debug!(op_ids = ops, locks, "PostgreSQL housekeeping done.");
+        Ok(())
+    }
+}
+
+impl Store for PostgresStore {
+    async fn create_layer(&self, spec: LayerSpec) -> Result<LayerInfo> {
+        write::create_layer(&self.inner, spec).await
+    }
+
+    async fn list_layers(&self) -> Result<Vec<LayerInfo>> {
+        read::list_layers(&self.inner).await
+    }
+
+    async fn layer(&self, name: &str) -> Result<LayerInfo> {
+        read::layer(&self.inner, name).await
+    }
+
+    async fn delete_layer(&self, name: &str) -> Result<()> {
+        write::delete_layer(&self.inner, name).await
+    }
+
+    async fn apply(&self, req: WriteRequest) -> Result<WriteOutcome> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move { write::apply(&inner, req).await })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("a write failed: {e}")))?
+    }
+
+    async fn get(&self, layer: &str, id: &str) -> Result<Option<Feature>> {
+        read::get(&self.inner, layer, id).await
+    }
+
+    async fn query(&self, layer: &str, q: FeatureQuery) -> Result<QueryPage> {
+        read::query(&self.inner, layer, &q).await
+    }
+
+    async fn snapshot(&self, layer: &str, req: SnapshotRequest) -> Result<Snapshot> {
+        read::snapshot(&self.inner, layer.to_owned(), req).await
+    }
+
+    async fn changes(&self, layer: &str, since: u64, limit: usize) -> Result<ChangePage> {
+        read::changes(&self.inner, layer, since, limit).await
+    }
+
+    async fn lock(
+        &self,
+        layer: &str,
+        ids: &[String],
+        holder: &Holder,
+        ttl_ms: u64,
+    ) -> Result<Vec<Lock>> {
+        write::lock(&self.inner, layer, ids, holder, ttl_ms).await
+    }
+
+    async fn unlock(&self, layer: &str, ids: &[String], holder: &Holder) -> Result<Vec<Lock>> {
+        write::unlock(&self.inner, layer, ids, holder).await
+    }
+
+    async fn expire_client_locks(&self, client: &str, grace_ms: u64) -> Result<Vec<Lock>> {
+        write::expire_client_locks(&self.inner, client, grace_ms).await
+    }
+
+    async fn reap_locks(&self) -> Result<Vec<Lock>> {
+        write::reap_locks(&self.inner).await
+    }
+
+    async fn locks(&self, layer: &str) -> Result<Vec<Lock>> {
+        read::locks(&self.inner, layer).await
+    }
+}
