@@ -73,7 +73,7 @@ record_build() {
   } >>"$OUT/geostream-build.txt"
 }
 export GS_PEERS_REPO="$REPO"
-GS_PEERS_BIN="$REPO/target/release/geostream"
+GS_PEERS_BIN="${GS_PEERS_BIN:-$REPO/target/release/geostream}"
 if [ "${ADAPTER_TESTS:-0}" != 1 ] && [ "${MERGE_ONLY:-0}" != 1 ]; then
   [ "${NO_BUILD:-0}" = 1 ] || build_geostream
   record_build

@@ -14,15 +14,18 @@ import {
   State,
   randomId,
   type ClientInfo,
+  type Cursor,
   type Feature,
   type Geometry,
   type OutboxStore,
 } from "../../clients/js/src/index.js";
-import { bindFeatureSource, bindTileSource } from "../../clients/js/src/maplibre.js";
+import { bindFeatureSource, bindTileSource, type FeatureSourceBinding } from "../../clients/js/src/maplibre.js";
+import type { PresenceSubscription } from "../../clients/js/src/subscriptions.js";
 
 const LAYER = "draw";
 const BASEMAP = "countries";
-const ROOM = "demo.room";
+const SHIPS = "ships";
+const HARBOR: [number, number] = [-74.03, 40.62];
 const CHAT = "demo.chat";
 const LOCK_TTL_MS = 60_000;
 
@@ -248,9 +251,12 @@ function bindLayer(): void {
 
 // ---- presence and cursors ---------------------------------------------------------------
 
-const cursors = new Map<string, { marker: maplibregl.Marker; at: number }>();
-const room = client.subscribeChannel(ROOM, { presence: true });
-room.on("presence", (members: ClientInfo[]) => {
+// Who is on the shared layer and where their pointers are: the layer's presence
+// (`presence.subscribe`), joined once the layer exists, made again after every reconnect.
+const cursors = new Map<string, maplibregl.Marker>();
+let presence: PresenceSubscription | null = null;
+
+function renderPeople(members: ClientInfo[]): void {
   people.clear();
   const ul = $("people");
   ul.replaceChildren();
@@ -264,51 +270,139 @@ room.on("presence", (members: ClientInfo[]) => {
     li.dataset.client = cid;
     ul.append(li);
   }
-  for (const [cid, c] of cursors) {
-    if (!people.has(cid)) {
-      c.marker.remove();
-      cursors.delete(cid);
+  for (const [session, marker] of cursors) {
+    if (!presence?.cursors.has(session)) {
+      marker.remove();
+      cursors.delete(session);
     }
   }
   renderLocks();
-});
-room.on("event", (e) => {
-  if (e.type !== "message") return;
-  const d = e.data as { type?: string; clientId?: string; name?: string; color?: string; lngLat?: [number, number] };
-  if (d.type !== "cursor" || !d.clientId || d.clientId === clientId || !d.lngLat) return;
-  let c = cursors.get(d.clientId);
-  if (!c) {
+}
+
+function renderCursor(c: Cursor): void {
+  const info = (c.client.info ?? {}) as { name?: string; color?: string; clientId?: string };
+  const session = c.client.session;
+  let marker = cursors.get(session);
+  if (info.clientId === clientId || !c.position) {
+    marker?.remove();
+    cursors.delete(session);
+    return;
+  }
+  if (!marker) {
     const el = document.createElement("div");
     el.className = "cursor";
     el.append(document.createElement("span"));
-    c = { marker: new maplibregl.Marker({ element: el, anchor: "top-left" }).setLngLat(d.lngLat).addTo(map), at: 0 };
-    cursors.set(d.clientId, c);
+    marker = new maplibregl.Marker({ element: el, anchor: "top-left" }).setLngLat(c.position).addTo(map);
+    cursors.set(session, marker);
   }
-  const el = c.marker.getElement();
-  el.style.color = d.color ?? "#555";
-  el.dataset.client = d.clientId;
-  el.querySelector("span")!.textContent = d.name ?? "?";
-  c.marker.setLngLat(d.lngLat);
-  c.at = Date.now();
-});
-setInterval(() => {
-  for (const [cid, c] of cursors) {
-    if (Date.now() - c.at > 30_000) {
-      c.marker.remove();
-      cursors.delete(cid);
-    }
-  }
-}, 5000);
+  const el = marker.getElement();
+  el.style.color = info.color ?? "#555";
+  el.dataset.client = info.clientId ?? session;
+  el.querySelector("span")!.textContent = `${info.name ?? "?"}${c.editing.length ? " (editing)" : ""}`;
+  marker.setLngLat(c.position);
+}
+
+function joinPresence(): void {
+  presence = client.subscribePresence(LAYER);
+  presence.on("presence", renderPeople);
+  presence.on("event", (e) => {
+    if (e.type === "cursor") renderCursor(e.cursor);
+  });
+  presence.on("error", (e) => toast(`Presence failed: ${e.message}`));
+}
 
 let lastCursor = 0;
-map.on("mousemove", (e) => {
+function shareCursor(position: [number, number] | null): void {
   const now = Date.now();
-  if (now - lastCursor < 100 || client.state !== State.Connected) return;
+  // The server takes 20 cursors a second per connection; 10 look smooth enough.
+  if ((position && now - lastCursor < 100) || client.state !== State.Connected) return;
   lastCursor = now;
-  void room
-    .publish({ type: "cursor", clientId, name: myName, color: myColor, lngLat: [e.lngLat.lng, e.lngLat.lat] })
-    .catch(() => undefined);
-});
+  client.sendCursor(LAYER, position, selected ? [selected.id] : []);
+}
+map.on("mousemove", (e) => shareCursor([e.lngLat.lng, e.lngLat.lat]));
+map.getCanvas().addEventListener("mouseleave", () => shareCursor(null));
+
+// ---- live ships -------------------------------------------------------------------------
+
+// Ships replayed by the server from a real AIS hour of New York harbor, subscribed with the
+// viewport (enter / update / exit as the map moves) and drawn from a GeoJSON source.
+const shipStats = {
+  /** Changes received. */
+  changes: 0,
+  /** Write-to-map latencies (ms) of the changes applied, since the benchmark last read them. */
+  latencies: [] as number[],
+};
+let ships: FeatureSourceBinding | null = null;
+let shipRetry: ReturnType<typeof setTimeout> | null = null;
+const shipsToggle = $<HTMLInputElement>("ships-toggle");
+
+function addShipLayers(): void {
+  map.addSource(SHIPS, { type: "geojson", data: empty, attribution: "AIS: MarineCadastre.gov (USCG)" });
+  const radius = ["interpolate", ["linear"], ["zoom"], 2, 2, 9, 4, 13, 7] as unknown as number;
+  map.addLayer({
+    id: "ships",
+    type: "circle",
+    source: SHIPS,
+    paint: {
+      "circle-radius": radius,
+      "circle-color": ["case", [">", ["coalesce", ["get", "sog"], 0], 0.5], "#0b5cad", "#8a96a3"] as unknown as string,
+      "circle-stroke-color": "#fff",
+      "circle-stroke-width": 1,
+    },
+  });
+}
+
+function renderShipCount(): void {
+  $("ships-count").textContent = ships ? String(ships.subscription.features.size) : "";
+}
+
+function setShips(on: boolean): void {
+  if (shipRetry) clearTimeout(shipRetry);
+  shipRetry = null;
+  if (!on) {
+    ships?.close();
+    ships = null;
+    (map.getSource(SHIPS) as GeoJSONSource | undefined)?.setData(empty);
+    renderShipCount();
+    return;
+  }
+  if (ships) return;
+  /** Replay times (`replayed_ms`) of the changes waiting for the next apply. */
+  let waiting: number[] = [];
+  const binding = bindFeatureSource(map, client, {
+    sourceId: SHIPS,
+    layer: SHIPS,
+    toMapFeature: (f) => ({
+      type: "Feature",
+      id: f.id,
+      geometry: f.geometry,
+      properties: { fid: f.id, name: f.properties.VesselName ?? f.id, sog: f.properties.SOG ?? 0 },
+    }),
+    onApplied: (st) => {
+      const now = Date.now();
+      if (!st.full) for (const t of waiting) shipStats.latencies.push(now - t);
+      if (shipStats.latencies.length > 100_000) shipStats.latencies.splice(0, 50_000);
+      waiting = [];
+      renderShipCount();
+    },
+  });
+  binding.subscription.on("event", (e) => {
+    if (e.type !== "change") return;
+    shipStats.changes++;
+    const t = binding.subscription.features.get(e.id)?.properties.replayed_ms;
+    if (typeof t === "number") waiting.push(t);
+  });
+  // The server starts the replay when the page is first served: the layer may be a moment
+  // away. Try again until it exists.
+  binding.subscription.on("error", () => {
+    if (ships !== binding) return;
+    ships = null;
+    shipRetry = setTimeout(() => setShips(shipsToggle.checked), 1000);
+  });
+  ships = binding;
+}
+shipsToggle.addEventListener("change", () => setShips(shipsToggle.checked));
+$("to-harbor").addEventListener("click", () => map.jumpTo({ center: HARBOR, zoom: 9.6 }));
 
 // ---- chat -------------------------------------------------------------------------------
 
@@ -549,13 +643,17 @@ map.on("mouseup", (e) => {
 // ---- start ------------------------------------------------------------------------------
 
 map.on("load", () => {
+  addShipLayers();
   addDrawLayers();
   void client
     .connect()
     .then(async () => {
       await client.ensureLayer({ name: LAYER, title: "Drawn together", description: "The demo page's shared layer" });
       bindLayer();
+      joinPresence();
+      setShips(shipsToggle.checked);
       await addBasemap().catch((e: Error) => toast(`No basemap: ${e.message}`));
+      map.moveLayer("ships");
       map.moveLayer("draw-fill");
       for (const l of ["draw-line", "draw-point", "pending-line", "pending-point", "locks-line", "locks-point", "selected-line", "selected-point", "sketch-line", "sketch-point"]) map.moveLayer(l);
       renderPending();
@@ -576,6 +674,12 @@ renderStatus();
   get layer() {
     return binding?.subscription ?? null;
   },
-  room,
+  get ships() {
+    return ships?.subscription ?? null;
+  },
+  get presence() {
+    return presence;
+  },
+  shipStats,
   clientId,
 };

@@ -1,7 +1,8 @@
 /**
  * The demo page in two headless Chromium contexts (Debian's chromium, driven by
  * playwright-core) against a real `geostream serve`: drawing, moving, locks, presence, an
- * edit made while cut off and sent after a reload exactly once, and a server restart.
+ * edit made while cut off and sent after a reload exactly once, a server restart, and the
+ * live ships replayed from AIS (turned on here at 60 times real time).
  * Screenshots of both views go to test-artifacts/web/.
  */
 import assert from "node:assert/strict";
@@ -16,6 +17,25 @@ import { REPO, ServerProcess } from "../../clients/js/test/server.js";
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const ARTIFACTS = join(REPO, "test-artifacts/web");
 const T = 30_000; // generous: a loaded 2-core machine renders WebGL in software
+/** The server's ship replay, faster than the default so that a few seconds show movement. */
+const SHIPS_ON = { GEOSTREAM_WEB__SHIPS_SPEED: "60" };
+
+/** The ships page `p` holds: id and position. */
+function ships(p: Page): Promise<{ id: string; at: string }[] | null> {
+  return p.evaluate(() => {
+    const d = (window as unknown as { geostreamDemo: { ships: { features: Map<string, { id: string; geometry: { coordinates: unknown } }> } | null } }).geostreamDemo;
+    if (!d.ships) return null;
+    return [...d.ships.features.values()].map((f) => ({ id: f.id, at: JSON.stringify(f.geometry.coordinates) }));
+  });
+}
+
+/** Ships MapLibre has in its source (what it draws from). */
+function drawnShips(p: Page): Promise<number> {
+  return p.evaluate(() => {
+    const d = (window as unknown as { geostreamDemo: { map: { querySourceFeatures(id: string): unknown[] } } }).geostreamDemo;
+    return d.map.querySourceFeatures("ships").length;
+  });
+}
 
 interface Demo {
   ready(): Promise<void>;
@@ -68,7 +88,7 @@ describe("the demo page in Chromium", { timeout: 600_000 }, () => {
 
   before(async () => {
     mkdirSync(ARTIFACTS, { recursive: true });
-    await server.start();
+    await server.start(SHIPS_ON);
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
@@ -103,6 +123,12 @@ describe("the demo page in Chromium", { timeout: 600_000 }, () => {
     const names = (await a.locator("#people li").allTextContents()).sort();
     assert.deepEqual(names, ["Alice (you)", "Bob"]);
     assert.equal(await a.locator("#status").getAttribute("data-state"), "connected");
+    // Alice's pointer shows on Bob's map with her name (layer presence cursors).
+    const at = await pixel(a, [20, 10]);
+    await a.mouse.move(at.x, at.y);
+    await a.mouse.move(at.x + 30, at.y + 10, { steps: 3 });
+    const cursor = b.locator(".cursor");
+    await waitFor("Alice's cursor on B", () => cursor.allTextContents(), (t) => t.some((x) => x.includes("Alice")));
   });
 
   it("A draws a point and B sees it", async () => {
@@ -198,5 +224,24 @@ describe("the demo page in Chromium", { timeout: 600_000 }, () => {
     await waitFor("B to see a point drawn after the restart", () => features(b), (f) => f.length === before + 1);
     await shot(a, "4-a-after-restart");
     await shot(b, "4-b-after-restart");
+  });
+
+  it("the ships move; the toggle hides and shows them", async () => {
+    // Ships began when the page was first served, and went on after the restart.
+    const first = await waitFor("ships on B", () => ships(b), (s) => (s?.length ?? 0) > 50);
+    const before = new Map(first!.map((s) => [s.id, s.at]));
+    const t0 = Date.now();
+    await waitFor("a ship to move on B", () => ships(b), (s) => (s ?? []).some((x) => before.has(x.id) && before.get(x.id) !== x.at));
+    console.log(`${first!.length} ships on B; one moved within ${Date.now() - t0} ms`);
+    await waitFor("the ships drawn", () => drawnShips(b), (n) => n > 50);
+    await b.click("#to-harbor");
+    await waitFor("the harbor's ships drawn", () => drawnShips(b), (n) => n > 20);
+    await new Promise((r) => setTimeout(r, 1000));
+    await shot(b, "5-b-ships-in-the-harbor");
+    await b.click("#ships-toggle");
+    await waitFor("no ships when toggled off", () => drawnShips(b), (n) => n === 0);
+    assert.equal(await ships(b), null);
+    await b.click("#ships-toggle");
+    await waitFor("ships back when toggled on", () => drawnShips(b), (n) => n > 20);
   });
 });

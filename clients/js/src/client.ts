@@ -10,7 +10,7 @@ import { AbortError, ConnectionError, RpcError } from "./errors.js";
 import { Emitter } from "./events.js";
 import { EditQueue, MemoryOutboxStore, type OutboxEntry, type OutboxStore } from "./outbox.js";
 import { applyDelta } from "./delta.js";
-import { ChannelSubscription, LayerSubscription, TileSubscription, type TileMode, type TileSelection } from "./subscriptions.js";
+import { ChannelSubscription, LayerSubscription, PresenceSubscription, TileSubscription, type TileMode, type TileSelection } from "./subscriptions.js";
 import { WsTransport, type WebSocketFactory } from "./transport_ws.js";
 import {
   SUBPROTOCOLS,
@@ -130,6 +130,8 @@ export class GeostreamClient extends Emitter<ClientEvents> {
   private queue: Queued[] = [];
   private subs = new Set<SubLike>();
   private bySid = new Map<number, SubLike>();
+  /** The last cursor shared on each layer, shared again after a reconnect. */
+  private cursors = new Map<string, { layer: string; position: [number, number] | null; editing?: string[] }>();
   private attempt = 0;
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   private connectTimer: ReturnType<typeof setTimeout> | null = null;
@@ -319,6 +321,32 @@ export class GeostreamClient extends Emitter<ClientEvents> {
     this.subs.add(s);
     s.start();
     return s;
+  }
+
+  // ---- layer presence and cursors --------------------------------------------------------
+
+  /**
+   * Joins a layer's presence: the subscription keeps `members` and their `cursors` up to
+   * date, and is made again after a reconnect. `close()` leaves.
+   */
+  subscribePresence(layer: string): PresenceSubscription {
+    const s = new PresenceSubscription(this.subscriptionHost(), layer);
+    this.subs.add(s);
+    s.start();
+    return s;
+  }
+
+  /**
+   * Shares where this client's pointer is on `layer` (null: it left the map) and which
+   * features it edits, as a notification: nothing waits for it, and the server drops cursors
+   * beyond 20 a second per connection. The last one of each layer is shared again after a
+   * reconnect (the server keeps no cursors).
+   */
+  sendCursor(layer: string, position: [number, number] | null, editing: string[] = []): void {
+    const params = { layer, position, ...(editing.length ? { editing } : {}) };
+    if (position === null && editing.length === 0) this.cursors.delete(layer);
+    else this.cursors.set(layer, params);
+    if (this._state === State.Connected) this.notify("presence.cursor", params);
   }
 
   // ---- layers and features ----------------------------------------------------------------
@@ -520,6 +548,7 @@ export class GeostreamClient extends Emitter<ClientEvents> {
       this.setState(State.Connected);
       this.startHeartbeat();
       for (const s of this.subs) s.resubscribe();
+      for (const c of this.cursors.values()) this.notify("presence.cursor", c);
       this.edits.kick();
       for (const q of this.queue.splice(0)) this.dispatch(q);
       this.emit("connected", this.session);

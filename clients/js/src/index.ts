@@ -1,7 +1,7 @@
 /** geostream's TypeScript client. See README.md for a tour. */
 export { GeostreamClient, CLIENT_VERSION, type ClientOptions, type ClientEvents, type RequestOptions } from "./client.js";
-export { ChannelSubscription, LayerSubscription, TileSubscription, Subscription, parseTileKey } from "./subscriptions.js";
-export type { ChannelEvent, LayerEvent, FeatureChange, TileEvent, TileMode, TileSelection } from "./subscriptions.js";
+export { ChannelSubscription, LayerSubscription, PresenceSubscription, TileSubscription, Subscription, parseTileKey } from "./subscriptions.js";
+export type { ChannelEvent, Cursor, LayerEvent, FeatureChange, PresenceEvent, TileEvent, TileMode, TileSelection } from "./subscriptions.js";
 export { RpcError, ConnectionError, AbortError, ERROR_NAMES } from "./errors.js";
 export { MemoryOutboxStore, IndexedDbOutboxStore, randomId, type OutboxEntry, type OutboxStore } from "./outbox.js";
 export { SseClient, type SseEvent, type SseOptions } from "./transport_sse.js";

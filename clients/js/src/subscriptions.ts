@@ -256,6 +256,98 @@ export class ChannelSubscription extends Subscription<ChannelEvent, ChannelEvent
   }
 }
 
+// ---- layer presence and cursors ----------------------------------------------------------
+
+/** Where someone's pointer is on a layer, and what they edit. */
+export interface Cursor {
+  client: ClientInfo;
+  /** `[lon, lat]`, or null when the pointer left the map. */
+  position: [number, number] | null;
+  /** Ids of the features being edited. */
+  editing: string[];
+  /** When it arrived (`Date.now()`). */
+  at: number;
+}
+
+/** An item of a layer presence subscription. */
+export type PresenceEvent =
+  /** Everyone on the layer now, this client included (on subscribe and after each reconnect). */
+  | { type: "members"; members: ClientInfo[] }
+  | { type: "join"; client: ClientInfo }
+  /** Someone left (or disconnected); their cursor goes with them. */
+  | { type: "leave"; client: ClientInfo }
+  | { type: "cursor"; cursor: Cursor };
+
+/** Extra events of a layer presence subscription. */
+export interface PresenceEvents extends Record<string, unknown> {
+  /** Who is here now (after every members list, join and leave). */
+  presence: ClientInfo[];
+}
+
+/**
+ * A layer's presence (`presence.subscribe`): who is on the layer (`members`, by session) and
+ * their latest cursors (`cursors`, by session). Sessions change when a client reconnects: it
+ * leaves with the old one and joins with the new one. After this client reconnects, the
+ * subscription is made again and the member list replaces what was held.
+ */
+export class PresenceSubscription extends Subscription<PresenceEvent, PresenceEvents> {
+  /** The sessions on the layer now, by session id. */
+  readonly members = new Map<string, ClientInfo>();
+  /** The latest cursor of each member that shared one, by session id. */
+  readonly cursors = new Map<string, Cursor>();
+
+  constructor(
+    host: SubscriptionHost,
+    readonly layer: string,
+  ) {
+    super(host);
+  }
+
+  protected subscribeRequest(): [string, Record<string, unknown>] {
+    return ["presence.subscribe", { layer: this.layer }];
+  }
+
+  protected onSubscribed(result: unknown): void {
+    const r = result as { members: ClientInfo[] };
+    this.members.clear();
+    for (const m of r.members) this.members.set(m.session, m);
+    for (const sid of [...this.cursors.keys()]) if (!this.members.has(sid)) this.cursors.delete(sid);
+    this.push({ type: "members", members: r.members });
+    this.emit("presence", [...this.members.values()]);
+  }
+
+  handlePush(method: string, p: Record<string, unknown>): void {
+    switch (method) {
+      case "join":
+      case "leave": {
+        const client = p.client as ClientInfo;
+        if (method === "join") this.members.set(client.session, client);
+        else {
+          this.members.delete(client.session);
+          this.cursors.delete(client.session);
+        }
+        this.push({ type: method, client });
+        this.emit("presence", [...this.members.values()]);
+        break;
+      }
+      case "cursor": {
+        const cursor: Cursor = {
+          client: p.client as ClientInfo,
+          position: (p.position as [number, number] | null | undefined) ?? null,
+          editing: (p.editing as string[] | undefined) ?? [],
+          at: Date.now(),
+        };
+        this.cursors.set(cursor.client.session, cursor);
+        this.push({ type: "cursor", cursor });
+        break;
+      }
+      case "unsubscribed":
+        this.fail(new Error(`the server ended the subscription: ${String(p.reason)}`));
+        break;
+    }
+  }
+}
+
 // ---- layers -----------------------------------------------------------------------------
 
 /** A change of what a layer subscription holds. */

@@ -146,6 +146,37 @@ describe("integration with geostream serve", { timeout: 180_000 }, () => {
     a.close();
   });
 
+  it("layer presence: members, cursors, and both back after a reconnect", async () => {
+    const a = client({ info: { name: "Ada" } });
+    const b = client({ info: { name: "Bob" } });
+    await a.connect();
+    await b.connect();
+    await a.createLayer({ name: "pres" });
+    const pa = a.subscribePresence("pres");
+    await pa.ready;
+    const pb = b.subscribePresence("pres");
+    await until(() => pa.members.size === 2 && pb.members.size === 2, 10_000, "both present");
+    const bob = (): string | undefined => [...pa.members.values()].find((m) => (m.info as { name: string }).name === "Bob")?.session;
+    const first = bob()!;
+    b.sendCursor("pres", [2.35, 48.85], ["f1"]);
+    await until(() => pa.cursors.get(first)?.position?.[0] === 2.35, 10_000, "Bob's cursor");
+    assert.deepEqual(pa.cursors.get(first)!.editing, ["f1"]);
+    // Bob's connection drops: he leaves, comes back as a new session, and his last cursor
+    // is shared again without him moving.
+    b.reconnect();
+    await until(() => bob() !== undefined && bob() !== first, 10_000, "Bob back");
+    assert.equal(pa.cursors.has(first), false);
+    const again = bob()!;
+    await until(() => pa.cursors.get(again)?.position?.[1] === 48.85, 10_000, "Bob's cursor again");
+    await until(() => pb.members.has(again) && pb.members.size === 2, 10_000, "Bob's own list");
+    pb.close();
+    await until(() => pa.members.size === 1, 10_000, "leave");
+    const missing = a.subscribePresence("no-such-layer");
+    await assert.rejects(missing.ready);
+    a.close();
+    b.close();
+  });
+
   it("cancels a running request with AbortController", async () => {
     const c = client();
     await c.connect();

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use geostream_core::api::{
-    self, ClientInfo, EditResult, FilterSpec, ImportResult, LayerCreateParams, LockInfo, Position,
-    SubscriptionUpdateResult, TileMode,
+    self, ClientInfo, CursorParams, EditResult, FilterSpec, ImportResult, LayerCreateParams,
+    LockInfo, Position, SubscriptionUpdateResult, TileMode,
 };
 use geostream_core::feature::Feature;
 use serde::Serialize;
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::driver::{Cmd, Driver, Hook, ProgressFn, Shared};
 use crate::edit::{Edit, Outbox, OutboxEntry};
 use crate::error::{ClientError, Result};
-use crate::events::{ChannelEvent, ClientEvent, FeatureEvent};
+use crate::events::{ChannelEvent, ClientEvent, FeatureEvent, PresenceEvent, PresenceSet};
 use crate::options::ClientOptions;
 use crate::state::ConnectionState;
 use crate::tiles::{TileSelection, TileStream};
@@ -465,6 +465,88 @@ impl Client {
         })
     }
 
+    // ---------------------------------------------------------------------------------------
+    // Layer presence and cursors
+    // ---------------------------------------------------------------------------------------
+
+    /// Joins the presence of `layer`: the stream knows who is on the layer
+    /// ([`PresenceStream::state`], this client included) and yields their joins, leaves and
+    /// cursors. After a reconnect the subscription is made again and yields
+    /// [`PresenceEvent::Members`] with everyone there then; dropping the stream leaves.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: geostream_client::Client) -> Result<(), geostream_client::ClientError> {
+    /// use geostream_client::PresenceEvent;
+    ///
+    /// let mut here = client.subscribe_presence("plan").await?;
+    /// client.send_cursor("plan", Some([2.35, 48.85]), &[])?;
+    /// while let Some(event) = here.next().await {
+    ///     if let PresenceEvent::Cursor(c) = event {
+    ///         println!("{} is at {:?}", c.client.session, c.position);
+    ///     }
+    ///     println!("{} here", here.state().len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_presence(&self, layer: &str) -> Result<PresenceStream> {
+        let local = self.inner.shared.next_local.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        self.send(Cmd::SubscribePresence {
+            local,
+            layer: layer.to_string(),
+            events: tx,
+            ready: ready_tx,
+        })?;
+        let handle = SubHandle {
+            cmd: self.inner.cmd.clone(),
+            local,
+        };
+        let members = self.wait_ready(ready_rx).await?;
+        Ok(PresenceStream {
+            rx,
+            _handle: handle,
+            layer: layer.to_string(),
+            state: PresenceSet::new(members),
+        })
+    }
+
+    /// Shares where this client's pointer is on `layer` (`None`: it left the map) and which
+    /// features it edits, and waits for the server's answer. Others subscribed to the layer's
+    /// presence get it as [`PresenceEvent::Cursor`]. The server takes at most 20 cursors a
+    /// second from a connection: faster ones fail with [`ClientError::Rpc`] `rate_limited`
+    /// (use [`Client::send_cursor`] to have them dropped quietly). The last cursor is shared
+    /// again after a reconnect.
+    pub async fn set_cursor(
+        &self,
+        layer: &str,
+        position: Option<[f64; 2]>,
+        editing: &[&str],
+    ) -> Result<()> {
+        let c = cursor_params(layer, position, editing);
+        let p = serde_json::to_value(&c).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.call(
+            api::method::PRESENCE_CURSOR,
+            p,
+            RequestOptions::default(),
+            Hook::Cursor(c),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// [`Client::set_cursor`] without an answer (a notification): nothing waits, a cursor
+    /// over the server's rate is dropped, and while disconnected only the last one is kept,
+    /// to share when the connection is back. Fails only when the client is closed.
+    pub fn send_cursor(
+        &self,
+        layer: &str,
+        position: Option<[f64; 2]>,
+        editing: &[&str],
+    ) -> Result<()> {
+        self.send(Cmd::Cursor(cursor_params(layer, position, editing)))
+    }
+
     async fn wait_ready<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
         let timeout = self.inner.request_timeout;
         match tokio::time::timeout(timeout, rx).await {
@@ -817,6 +899,14 @@ impl Client {
     }
 }
 
+fn cursor_params(layer: &str, position: Option<[f64; 2]>, editing: &[&str]) -> CursorParams {
+    CursorParams {
+        layer: layer.to_string(),
+        position,
+        editing: editing.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
 fn check_url(url: &str) -> Result<()> {
     let bad = |reason: &str| ClientError::InvalidUrl {
         url: url.to_string(),
@@ -952,6 +1042,61 @@ impl Stream for ChannelStream {
     type Item = ChannelEvent;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx)
+    }
+}
+
+/// A layer's presence: who is there and their cursors. Dropping it leaves the layer's
+/// presence.
+///
+/// Reading the stream keeps [`PresenceStream::state`] up to date. Events are buffered
+/// without limit until read: keep reading.
+pub struct PresenceStream {
+    rx: mpsc::UnboundedReceiver<PresenceEvent>,
+    _handle: SubHandle,
+    layer: String,
+    state: PresenceSet,
+}
+
+impl std::fmt::Debug for PresenceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceStream")
+            .field("layer", &self.layer)
+            .field("members", &self.state.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PresenceStream {
+    /// The next event, already applied to [`PresenceStream::state`]; `None` once the
+    /// subscription has ended.
+    pub async fn next(&mut self) -> Option<PresenceEvent> {
+        let ev = self.rx.recv().await?;
+        self.state.apply(&ev);
+        Some(ev)
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &str {
+        &self.layer
+    }
+
+    /// Who is here and their latest cursors, as of the events read so far.
+    pub fn state(&self) -> &PresenceSet {
+        &self.state
+    }
+}
+
+impl Stream for PresenceStream {
+    type Item = PresenceEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(ev)) => {
+                this.state.apply(&ev);
+                Poll::Ready(Some(ev))
+            }
+            other => other,
+        }
     }
 }
 

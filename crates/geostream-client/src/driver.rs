@@ -17,11 +17,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use geostream_core::api::{
-    self, ChannelSubscribeParams, ChannelSubscribeResult, ClientInfo, ClientSoftware, EditResult,
-    FeatureKind, FilterSpec, HelloParams, HelloResult, LayerSubscribeParams, LayerSubscribeResult,
-    LockInfo, PROTOCOL_VERSION, Position, SubscriptionUpdateParams, SubscriptionUpdateResult,
-    TileMode, TilePushKind, TileSubscribeParams, TileSubscribeResult, TileUpdateParams,
-    TileUpdateResult,
+    self, ChannelSubscribeParams, ChannelSubscribeResult, ClientInfo, ClientSoftware, CursorParams,
+    CursorPush, EditResult, FeatureKind, FilterSpec, HelloParams, HelloResult,
+    LayerSubscribeParams, LayerSubscribeResult, LockInfo, PROTOCOL_VERSION, Position,
+    PresenceSubscribeParams, PresenceSubscribeResult, SubscriptionUpdateParams,
+    SubscriptionUpdateResult, TileMode, TilePushKind, TileSubscribeParams, TileSubscribeResult,
+    TileUpdateParams, TileUpdateResult,
 };
 use geostream_core::codec::{self, Encoding, Id, ServerFrame, ZSTD_THRESHOLD};
 use geostream_core::error::{ErrorCode, RpcError};
@@ -40,7 +41,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::edit::{Edit, Outbox, OutboxEntry};
 use crate::error::{ClientError, Result};
-use crate::events::{ChannelEvent, ClientEvent, FeatureEvent};
+use crate::events::{ChannelEvent, ClientEvent, Cursor, FeatureEvent, PresenceEvent};
 use crate::options::{ClientOptions, TokenProvider};
 use crate::state::{CloseReason, ConnectionState};
 use crate::tiles::{TileEvent, TileSelection, apply_delta, tile_bytes};
@@ -92,6 +93,8 @@ pub(crate) enum Hook {
     Lock { ttl_ms: Option<u64> },
     /// Forget the locks released.
     Unlock { layer: String, ids: Vec<String> },
+    /// Remember the cursor shared, to share it again after a reconnect.
+    Cursor(CursorParams),
 }
 
 /// Commands from handles.
@@ -121,6 +124,14 @@ pub(crate) enum Cmd {
         events: mpsc::UnboundedSender<ChannelEvent>,
         ready: oneshot::Sender<Result<Position>>,
     },
+    SubscribePresence {
+        local: u64,
+        layer: String,
+        events: mpsc::UnboundedSender<PresenceEvent>,
+        ready: oneshot::Sender<Result<Vec<ClientInfo>>>,
+    },
+    /// Shares a cursor without waiting for an answer (a notification).
+    Cursor(CursorParams),
     UpdateFilter {
         local: u64,
         filter: FilterSpec,
@@ -230,16 +241,23 @@ struct TileSub {
     tx: mpsc::UnboundedSender<TileEvent>,
 }
 
+struct PresenceSub {
+    layer: String,
+    tx: mpsc::UnboundedSender<PresenceEvent>,
+}
+
 enum SubKind {
     Layer(Box<LayerSub>),
     Channel(ChannelSub),
     Tile(Box<TileSub>),
+    Presence(PresenceSub),
 }
 
 enum Ready {
     Layer(oneshot::Sender<Result<u64>>),
     Channel(oneshot::Sender<Result<Position>>),
     Tile(oneshot::Sender<Result<TileSubscribeResult>>),
+    Presence(oneshot::Sender<Result<Vec<ClientInfo>>>),
 }
 
 struct Sub {
@@ -288,6 +306,8 @@ pub(crate) struct Driver {
     edit_retries: u32,
     locks: BTreeMap<(String, String), HeldLock>,
     unlocking: HashSet<(String, String)>,
+    /// The last cursor shared on each layer, shared again after a reconnect.
+    cursors: BTreeMap<String, CursorParams>,
 }
 
 /// Close codes after which reconnecting with the same request would fail again.
@@ -506,6 +526,7 @@ impl Driver {
             edit_retries: 0,
             locks: BTreeMap::new(),
             unlocking: HashSet::new(),
+            cursors: BTreeMap::new(),
         }
     }
 
@@ -614,6 +635,9 @@ impl Driver {
                 Some(Ready::Tile(r)) => {
                     let _ = r.send(Err(ClientError::Closed));
                 }
+                Some(Ready::Presence(r)) => {
+                    let _ = r.send(Err(ClientError::Closed));
+                }
                 None => {}
             }
             match s.kind {
@@ -627,7 +651,7 @@ impl Driver {
                         let _ = r.send(Err(ClientError::Closed));
                     }
                 }
-                SubKind::Channel(_) => {}
+                SubKind::Channel(_) | SubKind::Presence(_) => {}
             }
         }
         self.shared.set_state(ConnectionState::Closed { reason });
@@ -655,6 +679,9 @@ impl Driver {
             Cmd::SubscribeTiles { ready, .. } => {
                 let _ = ready.send(Err(ClientError::Closed));
             }
+            Cmd::SubscribePresence { ready, .. } => {
+                let _ = ready.send(Err(ClientError::Closed));
+            }
             Cmd::UpdateTiles { reply, .. } => {
                 let _ = reply.send(Err(ClientError::Closed));
             }
@@ -664,7 +691,7 @@ impl Driver {
             Cmd::Outbox(reply) => {
                 let _ = reply.send(self.outbox.entries.iter().cloned().collect());
             }
-            Cmd::Cancel(_) | Cmd::Unsubscribe(_) | Cmd::Token(_) | Cmd::Close => {}
+            Cmd::Cancel(_) | Cmd::Unsubscribe(_) | Cmd::Token(_) | Cmd::Cursor(_) | Cmd::Close => {}
         }
     }
 
@@ -893,6 +920,18 @@ impl Driver {
             self.send_subscribe(local);
         }
         self.relock();
+        // Cursors are not kept by the server: share the last ones again. The server takes
+        // one cursor per 50 ms from a connection and drops the rest, so with cursors on
+        // several layers only the first arrives now; the next move sends the others.
+        let cursors: Vec<CursorParams> = self.cursors.values().cloned().collect();
+        for c in cursors {
+            let m = self.frame(
+                None,
+                api::method::PRESENCE_CURSOR,
+                &serde_json::to_value(c).unwrap_or_default(),
+            );
+            self.out.push_back(m);
+        }
         let entries: Vec<OutboxEntry> = self.outbox.entries.iter().cloned().collect();
         for e in &entries {
             self.send_edit(e);
@@ -1044,6 +1083,33 @@ impl Driver {
                     },
                 );
                 self.send_subscribe(local);
+            }
+            Cmd::SubscribePresence {
+                local,
+                layer,
+                events,
+                ready,
+            } => {
+                self.subs.insert(
+                    local,
+                    Sub {
+                        server: None,
+                        kind: SubKind::Presence(PresenceSub { layer, tx: events }),
+                        ready: Some(Ready::Presence(ready)),
+                    },
+                );
+                self.send_subscribe(local);
+            }
+            Cmd::Cursor(c) => {
+                self.remember_cursor(c.clone());
+                if self.online {
+                    let m = self.frame(
+                        None,
+                        api::method::PRESENCE_CURSOR,
+                        &serde_json::to_value(c).unwrap_or_default(),
+                    );
+                    self.out.push_back(m);
+                }
             }
             Cmd::UpdateFilter {
                 local,
@@ -1263,6 +1329,16 @@ impl Driver {
                     api::method::TILE_SUBSCRIBE,
                     serde_json::to_value(p).unwrap_or_default(),
                     ts.held.is_empty(),
+                )
+            }
+            SubKind::Presence(ps) => {
+                let p = PresenceSubscribeParams {
+                    layer: ps.layer.clone(),
+                };
+                (
+                    api::method::PRESENCE_SUBSCRIBE,
+                    serde_json::to_value(p).unwrap_or_default(),
+                    true,
                 )
             }
             SubKind::Channel(cs) => {
@@ -1514,6 +1590,17 @@ impl Driver {
                     self.unlocking.remove(&k);
                 }
             }
+            Hook::Cursor(c) => self.remember_cursor(c),
+        }
+    }
+
+    /// Keeps a layer's last cursor for the next connection; a cursor that shows nothing (no
+    /// position, no edits) needs no repeating: a new session starts without one.
+    fn remember_cursor(&mut self, c: CursorParams) {
+        if c.position.is_none() && c.editing.is_empty() {
+            self.cursors.remove(&c.layer);
+        } else {
+            self.cursors.insert(c.layer.clone(), c);
         }
     }
 
@@ -1604,6 +1691,14 @@ impl Driver {
                     Some((Some(Ready::Tile(r)), _)) => {
                         let _ = r.send(Err(e));
                     }
+                    Some((Some(Ready::Presence(r)), _)) => {
+                        let _ = r.send(Err(e));
+                    }
+                    Some((None, SubKind::Presence(ps))) => {
+                        let _ = ps.tx.send(PresenceEvent::Unsubscribed {
+                            reason: e.to_string(),
+                        });
+                    }
                     Some((None, SubKind::Tile(ts))) => {
                         if let Some(r) = ts.update_reply {
                             let _ = r.send(Err(e.clone()));
@@ -1629,6 +1724,27 @@ impl Driver {
         };
         let mut follow_up = None;
         match &mut sub.kind {
+            SubKind::Presence(ps) => {
+                let res = match decode::<PresenceSubscribeResult>(v) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Unexpected presence.subscribe result.");
+                        return;
+                    }
+                };
+                sub.server = Some(res.sub);
+                self.by_server.insert(res.sub, local);
+                match sub.ready.take() {
+                    Some(Ready::Presence(r)) => {
+                        let _ = r.send(Ok(res.members));
+                    }
+                    // A resubscribe after a reconnect: everyone here now replaces what the
+                    // application held.
+                    _ => {
+                        let _ = ps.tx.send(PresenceEvent::Members(res.members));
+                    }
+                }
+            }
             SubKind::Tile(ts) => {
                 let res = match decode::<TileSubscribeResult>(v) {
                     Ok(r) => r,
@@ -1963,6 +2079,35 @@ impl Driver {
                 }
                 _ => {}
             },
+            SubKind::Presence(ps) => {
+                let ev = match method {
+                    api::push::JOIN => serde_json::from_value::<PresenceIn>(params)
+                        .ok()
+                        .map(|p| PresenceEvent::Join(p.client)),
+                    api::push::LEAVE => serde_json::from_value::<PresenceIn>(params)
+                        .ok()
+                        .map(|p| PresenceEvent::Leave(p.client)),
+                    api::push::CURSOR => {
+                        serde_json::from_value::<CursorPush>(params).ok().map(|p| {
+                            PresenceEvent::Cursor(Cursor {
+                                client: p.client,
+                                position: p.position,
+                                editing: p.editing,
+                            })
+                        })
+                    }
+                    api::push::UNSUBSCRIBED => {
+                        ended = true;
+                        serde_json::from_value::<ReasonIn>(params)
+                            .ok()
+                            .map(|p| PresenceEvent::Unsubscribed { reason: p.reason })
+                    }
+                    _ => None,
+                };
+                if let Some(ev) = ev {
+                    let _ = ps.tx.send(ev);
+                }
+            }
             SubKind::Channel(cs) => {
                 let ev =
                     match method {

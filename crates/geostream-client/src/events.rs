@@ -1,6 +1,6 @@
 //! What the streams yield.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use geostream_core::api::{ClientInfo, EditResult, LockInfo, Position};
 use geostream_core::feature::{Feature, Geometry};
@@ -139,6 +139,118 @@ pub enum ChannelEvent {
         /// Why.
         reason: String,
     },
+}
+
+/// Where another client's pointer is on a layer, and what it edits ([`PresenceEvent::Cursor`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cursor {
+    /// Whose cursor.
+    pub client: ClientInfo,
+    /// Where, `[lon, lat]`; `None` when the pointer left the map.
+    pub position: Option<[f64; 2]>,
+    /// Ids of the features it edits.
+    pub editing: Vec<String>,
+}
+
+/// One event of a layer presence subscription ([`crate::PresenceStream`]).
+///
+/// Members are sessions: a client that reconnects leaves with its old session and joins with
+/// a new one. After this client reconnects, the stream yields `Members` with everyone on the
+/// layer then, which replaces what was held (joins and leaves missed meanwhile included).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum PresenceEvent {
+    /// Everyone on the layer now, this client included (after a reconnect).
+    Members(Vec<ClientInfo>),
+    /// Someone joined the layer's presence (this client too, right after subscribing).
+    Join(ClientInfo),
+    /// Someone left (unsubscribed or disconnected); their cursor is gone with them.
+    Leave(ClientInfo),
+    /// Someone moved their cursor or changed what they edit.
+    Cursor(Cursor),
+    /// The server ended the subscription (for example the layer was deleted). Nothing follows.
+    Unsubscribed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Who is on a layer and where their cursors are, kept up to date by
+/// [`PresenceSet::apply`] with every [`PresenceEvent`] ([`crate::PresenceStream`] does it
+/// for you).
+#[derive(Clone, Debug, Default)]
+pub struct PresenceSet {
+    members: BTreeMap<String, ClientInfo>,
+    cursors: BTreeMap<String, Cursor>,
+}
+
+impl PresenceSet {
+    /// A set with these members and no cursors.
+    pub fn new(members: Vec<ClientInfo>) -> Self {
+        let mut s = PresenceSet::default();
+        s.apply(&PresenceEvent::Members(members));
+        s
+    }
+
+    /// Applies one event: `Members` replaces everyone (keeping the cursors of those still
+    /// here), `Join` adds, `Leave` removes a member and its cursor, `Cursor` records the
+    /// latest cursor of its client.
+    pub fn apply(&mut self, event: &PresenceEvent) {
+        match event {
+            PresenceEvent::Members(list) => {
+                self.members = list
+                    .iter()
+                    .map(|m| (m.session.clone(), m.clone()))
+                    .collect();
+                let members = &self.members;
+                self.cursors.retain(|s, _| members.contains_key(s));
+            }
+            PresenceEvent::Join(m) => {
+                self.members.insert(m.session.clone(), m.clone());
+            }
+            PresenceEvent::Leave(m) => {
+                self.members.remove(&m.session);
+                self.cursors.remove(&m.session);
+            }
+            PresenceEvent::Cursor(c) => {
+                self.cursors.insert(c.client.session.clone(), c.clone());
+            }
+            PresenceEvent::Unsubscribed { .. } => {
+                self.members.clear();
+                self.cursors.clear();
+            }
+        }
+    }
+
+    /// Everyone here, by session id.
+    pub fn members(&self) -> impl Iterator<Item = &ClientInfo> {
+        self.members.values()
+    }
+
+    /// A member by session id.
+    pub fn member(&self, session: &str) -> Option<&ClientInfo> {
+        self.members.get(session)
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether nobody is here (not even this client: before subscribing or after the end).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The latest cursor of each member that shared one, by session id.
+    pub fn cursors(&self) -> impl Iterator<Item = &Cursor> {
+        self.cursors.values()
+    }
+
+    /// A member's latest cursor.
+    pub fn cursor(&self, session: &str) -> Option<&Cursor> {
+        self.cursors.get(session)
+    }
 }
 
 /// Something that happened to the client as a whole ([`crate::Client::events`]).
@@ -295,6 +407,48 @@ mod tests {
 
     fn feature(id: &str, x: f64, props: Value) -> Feature {
         serde_json::from_value(json!({"type": "Feature", "id": id, "version": 1, "geometry": {"type": "Point", "coordinates": [x, 1.0]}, "properties": props})).unwrap()
+    }
+
+    fn member(session: &str, name: &str) -> ClientInfo {
+        ClientInfo {
+            session: session.into(),
+            user: None,
+            info: Some(json!({ "name": name })),
+        }
+    }
+
+    #[test]
+    fn presence_set_follows_events() {
+        let mut s = PresenceSet::new(vec![member("s1", "Ada")]);
+        s.apply(&PresenceEvent::Join(member("s2", "Bob")));
+        s.apply(&PresenceEvent::Cursor(Cursor {
+            client: member("s2", "Bob"),
+            position: Some([2.0, 48.0]),
+            editing: vec!["f1".into()],
+        }));
+        s.apply(&PresenceEvent::Cursor(Cursor {
+            client: member("s2", "Bob"),
+            position: Some([3.0, 49.0]),
+            editing: vec![],
+        }));
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.cursor("s2").unwrap().position, Some([3.0, 49.0]));
+        assert_eq!(s.cursors().count(), 1);
+        s.apply(&PresenceEvent::Leave(member("s2", "Bob")));
+        assert!(s.cursor("s2").is_none());
+        assert_eq!(
+            s.members().map(|m| m.session.as_str()).collect::<Vec<_>>(),
+            ["s1"]
+        );
+        // A reconnect's list replaces the members; cursors of those gone go too.
+        s.apply(&PresenceEvent::Cursor(Cursor {
+            client: member("s1", "Ada"),
+            position: None,
+            editing: vec![],
+        }));
+        s.apply(&PresenceEvent::Members(vec![member("s3", "Ada")]));
+        assert!(s.member("s1").is_none() && s.member("s3").is_some());
+        assert_eq!(s.cursors().count(), 0);
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //!   resumes from its last sequence number or offset, with nothing missed or repeated; when
 //!   the server no longer has the missed history, the stream says so (`Resync`) and, for
 //!   layers, a fresh snapshot follows. [`FeatureStream::set_filter`] moves the viewport.
+//! * **Presence and cursors** on a layer: [`Client::subscribe_presence`] yields who joins and
+//!   leaves and where their cursors are ([`PresenceEvent`]) and keeps the current members and
+//!   cursors ([`PresenceSet`]); [`Client::send_cursor`] shares this client's. Both are
+//!   restored after a reconnect.
 //! * [`Client::subscribe_tiles`] yields the tiles of a viewport as [`TileEvent`]s: changed
 //!   tiles arrive as binary deltas against the version held, and the client applies them and
 //!   checks the result's CRC-32 before handing out the tile (a delta that fails is never
@@ -55,11 +59,15 @@ mod token;
 pub use backoff::Backoff;
 pub use client::{
     ChannelOptions, ChannelStream, Client, EventStream, FeaturePage, FeatureStream, History,
-    HistoryMessage, LayerInfo, LayerOptions, PendingEdit, Progress, RequestOptions, StateStream,
+    HistoryMessage, LayerInfo, LayerOptions, PendingEdit, PresenceStream, Progress, RequestOptions,
+    StateStream,
 };
 pub use edit::{Edit, OutboxEntry};
 pub use error::{ClientError, Result};
-pub use events::{ChannelEvent, ClientEvent, FeatureEvent, FeatureGeo, FeatureSet};
+pub use events::{
+    ChannelEvent, ClientEvent, Cursor, FeatureEvent, FeatureGeo, FeatureSet, PresenceEvent,
+    PresenceSet,
+};
 pub use options::{ClientOptions, TokenFuture, TokenProvider};
 pub use state::{CloseReason, ConnectionState};
 pub use tiles::{TileEvent, TileSelection, TileStream};

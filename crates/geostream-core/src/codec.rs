@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{ErrorCode, RpcError};
 use crate::msgpack::{self, WalkRules};
-use crate::payload::Payload;
+use crate::payload::{MAX_PAYLOAD_DEPTH, Payload, json_depth_within, too_deep_message};
 
 /// The Zstandard frame magic number, as it appears at the start of a compressed frame.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -153,16 +153,27 @@ impl<'a> Params<'a> {
         r.map_err(|m| RpcError::invalid_params(format!("invalid params: {m}")))
     }
 
-    /// The value of one member of the params object, kept raw as a [`Payload`].
+    /// The value of one member of the params object, kept raw as a [`Payload`] (refused when
+    /// nested deeper than [`MAX_PAYLOAD_DEPTH`]).
     pub fn field(&self, name: &str) -> Result<Option<Payload>, RpcError> {
         match *self {
             Params::Absent => Ok(None),
             Params::Json(raw) => {
                 let mut de = serde_json::Deserializer::from_str(raw.get());
-                FieldSeed { name }
+                let value = FieldSeed { name }
                     .deserialize(&mut de)
-                    .map(|o| o.map(Payload::from_raw_json))
-                    .map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
+                    .map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))?;
+                match value {
+                    // The frame decoder keeps params as raw text, which serde_json validates
+                    // without a depth limit; a payload must be deliverable in every encoding.
+                    Some(v) if !json_depth_within(v.get().as_bytes(), MAX_PAYLOAD_DEPTH) => {
+                        Err(RpcError::invalid_params(format!(
+                            "invalid params: {name}: {}",
+                            too_deep_message()
+                        )))
+                    }
+                    v => Ok(v.map(Payload::from_raw_json)),
+                }
             }
             Params::Msgpack(b) => {
                 if msgpack::map_header(b).is_none() {
@@ -280,22 +291,39 @@ impl DecodeError {
 /// larger than `limit` and windows larger than the limit needs (a "zstd bomb" declares a huge
 /// window to make the decoder allocate it).
 pub fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
-    let bad = |m: String| DecodeError::new(ErrorCode::ParseError, m);
-    let mut dec = zstd::stream::read::Decoder::with_buffer(data)
-        .map_err(|e| bad(format!("invalid zstd frame: {e}")))?;
+    let too_large = || {
+        DecodeError::new(
+            ErrorCode::LimitExceeded,
+            format!("decompressed frame exceeds the limit of {limit} bytes"),
+        )
+    };
+    // A frame whose window is larger than the limit allows is refused by zstd before it
+    // allocates anything; it is a frame too large for the limit, not a malformed one (a
+    // single-segment frame's window is its whole content, so any such frame above twice the
+    // limit lands here).
+    let fail = |e: std::io::Error| {
+        let window_too_large = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<zstd::Error>())
+            .is_some_and(|z| {
+                z.is(zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge)
+            });
+        if window_too_large {
+            too_large()
+        } else {
+            DecodeError::new(ErrorCode::ParseError, format!("invalid zstd frame: {e}"))
+        }
+    };
+    let mut dec = zstd::stream::read::Decoder::with_buffer(data).map_err(fail)?;
     let window_log = (usize::BITS - limit.max(1 << 10).leading_zeros()).clamp(10, 27);
-    dec.window_log_max(window_log)
-        .map_err(|e| bad(format!("invalid zstd frame: {e}")))?;
+    dec.window_log_max(window_log).map_err(fail)?;
     let mut out = Vec::new();
     let n = dec
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| bad(format!("invalid zstd frame: {e}")))?;
+        .map_err(fail)?;
     if n > limit {
-        return Err(DecodeError::new(
-            ErrorCode::LimitExceeded,
-            format!("decompressed frame exceeds the limit of {limit} bytes"),
-        ));
+        return Err(too_large());
     }
     Ok(out)
 }
@@ -818,8 +846,31 @@ pub enum ServerFrame {
 #[error("invalid server frame: {0}")]
 pub struct ServerFrameError(String);
 
-/// Decodes a frame received from the server.
+/// The most a compressed server frame may decompress to in [`decode_server_frame`]: the
+/// largest message tungstenite (the Rust client's WebSocket library) accepts by default.
+pub const MAX_SERVER_FRAME_BYTES: usize = 64 << 20;
+
+/// Deepest nesting [`decode_server_frame`] reads: what serde_json accepts, since the values
+/// end up as `serde_json::Value`s.
+const MAX_SERVER_FRAME_DEPTH: usize = 127;
+
+/// Decodes a frame received from the server; a compressed frame may decompress to at most
+/// [`MAX_SERVER_FRAME_BYTES`].
 pub fn decode_server_frame(enc: Encoding, data: &[u8]) -> Result<ServerFrame, ServerFrameError> {
+    decode_server_frame_limited(enc, data, MAX_SERVER_FRAME_BYTES)
+}
+
+/// Decodes a frame received from the server; a compressed frame may decompress to at most
+/// `max_bytes`.
+///
+/// Server frames are untrusted input for a client too: a compressed frame is decompressed
+/// with [`decompress_bounded`], and a MessagePack frame is walked (lengths against the bytes
+/// present, nesting at most 127) before the recursive decoder sees it.
+pub fn decode_server_frame_limited(
+    enc: Encoding,
+    data: &[u8],
+    max_bytes: usize,
+) -> Result<ServerFrame, ServerFrameError> {
     let err = |m: String| ServerFrameError(m);
     match enc {
         Encoding::Json => {
@@ -857,11 +908,19 @@ pub fn decode_server_frame(enc: Encoding, data: &[u8]) -> Result<ServerFrame, Se
         Encoding::Msgpack | Encoding::MsgpackZstd => {
             let owned;
             let data = if data.starts_with(&ZSTD_MAGIC) {
-                owned = zstd::stream::decode_all(data).map_err(|e| err(e.to_string()))?;
+                owned = decompress_bounded(data, max_bytes)
+                    .map_err(|e| err(e.error.message.into_owned()))?;
                 &owned[..]
             } else {
                 data
             };
+            // Server frames carry `bin` (tiles) and are not held to JSON's rules, but the
+            // lengths and the depth must be checked before rmp_serde recurses and allocates.
+            let rules = WalkRules {
+                max_depth: MAX_SERVER_FRAME_DEPTH,
+                json_compatible: false,
+            };
+            msgpack::validate_exact(data, rules).map_err(|e| err(e.to_string()))?;
             let v: Vec<rmpv_like::Any> =
                 rmp_serde::from_slice(data).map_err(|e| err(e.to_string()))?;
             let to_json = |a: &rmpv_like::Any| a.0.clone();
@@ -1170,5 +1229,61 @@ mod tests {
             b"[2,\"ping\",{}]"
         );
         assert!(decompress_bounded(&[0x28, 0xb5, 0x2f, 0xfd, 0xff], 1 << 20).is_err());
+        // Regression (found by fuzz_zstd): a plain 8 KB frame against a 1 KB limit was called
+        // a parse error, because zstd refuses its window before decoding anything.
+        let big = zstd::bulk::compress(&[0u8; 8185], 1).unwrap();
+        let e = decompress_bounded(&big, 1024).unwrap_err();
+        assert_eq!(
+            e.error.code,
+            ErrorCode::LimitExceeded,
+            "{}",
+            e.error.message
+        );
+        assert!(
+            decompress_bounded(
+                &[0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xff, 0x01, 0x00, 0x00],
+                1 << 20
+            )
+            .is_err_and(|e| e.error.code == ErrorCode::LimitExceeded),
+            "a 2^41-byte window is declared"
+        );
+    }
+
+    /// Regressions found by the fuzz properties: the client-side decoder trusted its input.
+    #[test]
+    fn server_frames_are_untrusted_input() {
+        // 1,000 nested arrays overflowed the stack of a 2 MiB thread inside rmp_serde.
+        let mut deep = vec![0x91u8; 1000];
+        deep.push(0x01);
+        let e = decode_server_frame(Encoding::Msgpack, &deep).unwrap_err();
+        assert!(e.to_string().contains("nesting deeper than 127"), "{e}");
+        // A compressed frame was decompressed without a limit (and zstd's `decode_all`
+        // reserves up to 32 MiB from the size a frame header declares).
+        let bomb = zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap();
+        let e = decode_server_frame_limited(Encoding::MsgpackZstd, &bomb, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        // Within the limit, compressed frames decode as before.
+        let p = encode_notification(
+            Encoding::MsgpackZstd,
+            "m",
+            &json!({"x": "y".repeat(2000), "t": [1, 2]}),
+        );
+        assert!(p.starts_with(&ZSTD_MAGIC));
+        let ServerFrame::Notification { params, .. } =
+            decode_server_frame_limited(Encoding::MsgpackZstd, &p, 1 << 20).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(params["t"], json!([1, 2]));
+        // Binary values (tiles) are still accepted from the server.
+        let with_bin = [
+            0x93, 0x02, 0xa1, b'm', 0x81, 0xa1, b'b', 0xc4, 0x02, 0x07, 0x08,
+        ];
+        let ServerFrame::Notification { params, .. } =
+            decode_server_frame(Encoding::Msgpack, &with_bin).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(params, json!({"b": [7, 8]}));
     }
 }

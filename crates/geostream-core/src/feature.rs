@@ -248,7 +248,7 @@ fn check_coords(
                     a.len()
                 ));
             }
-            if a.first() != a.last() {
+            if !same_position(&a[0], &a[a.len() - 1]) {
                 return invalid(format!(
                     "{at}: the ring is not closed (first and last positions differ)"
                 ));
@@ -263,6 +263,24 @@ fn check_coords(
         check_coords(x, &format!("{at}[{i}]"), depth - 1, t, limits, count, bbox)?;
     }
     Ok(())
+}
+
+/// Whether two positions hold the same numbers (RFC 7946 3.1.6: "identical values"), however
+/// they are written: `[0, 0]` closes a ring that starts at `[0.0, 0.0]`. Positions that are not
+/// arrays of numbers are compared as JSON (and refused later anyway).
+fn same_position(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(p, q)| match (p.as_f64(), q.as_f64()) {
+                        (Some(p), Some(q)) => p == q,
+                        _ => p == q,
+                    })
+        }
+        _ => a == b,
+    }
 }
 
 fn check_position(

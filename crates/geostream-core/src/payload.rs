@@ -49,20 +49,67 @@ pub struct PayloadError {
     reason: String,
 }
 
+/// Deepest nesting of arrays and objects a payload may have, in either encoding: the
+/// MessagePack walker's default. Every frame that carries a payload adds a few levels of its
+/// own, and this keeps the frame within what decoders accept (serde_json refuses 128 levels),
+/// so transcoding a payload between encodings never fails.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// Why JSON text is deeper than [`MAX_PAYLOAD_DEPTH`]: the error message.
+pub(crate) fn too_deep_message() -> String {
+    format!("nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+}
+
+/// Whether valid JSON text nests arrays and objects at most `max` levels deep. One pass over
+/// the bytes, no recursion, no allocation (serde_json's `RawValue` validation, which runs
+/// first, has no depth limit of its own).
+pub(crate) fn json_depth_within(text: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 impl Payload {
-    /// Validates JSON text (exactly one value, nesting at most 128 deep).
+    /// Validates JSON text (exactly one value, nesting at most [`MAX_PAYLOAD_DEPTH`] deep).
     pub fn from_json(bytes: Bytes) -> Result<Self, PayloadError> {
-        serde_json::from_slice::<&RawValue>(&bytes).map_err(|e| PayloadError {
+        let invalid = |reason: String| PayloadError {
             kind: PayloadKind::Json,
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        serde_json::from_slice::<&RawValue>(&bytes).map_err(|e| invalid(e.to_string()))?;
+        if !json_depth_within(&bytes, MAX_PAYLOAD_DEPTH) {
+            return Err(invalid(too_deep_message()));
+        }
         Ok(Payload {
             kind: PayloadKind::Json,
             bytes,
         })
     }
 
-    /// Wraps a value that was already validated as part of a JSON frame.
+    /// Wraps a value that was already validated as part of a JSON frame, including its depth
+    /// (at most [`MAX_PAYLOAD_DEPTH`]; [`crate::Params::field`] checks it).
     pub fn from_raw_json(raw: &RawValue) -> Self {
         Payload {
             kind: PayloadKind::Json,
@@ -70,9 +117,14 @@ impl Payload {
         }
     }
 
-    /// Validates MessagePack (exactly one JSON-compatible value).
+    /// Validates MessagePack (exactly one JSON-compatible value, nesting at most
+    /// [`MAX_PAYLOAD_DEPTH`] deep).
     pub fn from_msgpack(bytes: Bytes) -> Result<Self, PayloadError> {
-        msgpack::validate_exact(&bytes, WalkRules::default()).map_err(|e| PayloadError {
+        let rules = WalkRules {
+            max_depth: MAX_PAYLOAD_DEPTH,
+            ..WalkRules::default()
+        };
+        msgpack::validate_exact(&bytes, rules).map_err(|e| PayloadError {
             kind: PayloadKind::Msgpack,
             reason: e.to_string(),
         })?;
@@ -214,6 +266,41 @@ mod tests {
             Payload::from_msgpack(Bytes::from_static(&[0xdd, 0xff, 0xff, 0xff, 0xff])).is_err()
         );
         assert!(Payload::from_msgpack(Bytes::from_static(&[0x81, 0x01, 0x02])).is_err());
+    }
+
+    #[test]
+    fn depth_is_bounded_in_both_encodings() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let ok = nested(MAX_PAYLOAD_DEPTH);
+        let p = Payload::from_json(Bytes::from(ok.clone())).unwrap();
+        // Accepted means deliverable in the other encoding too.
+        let mut mp = Vec::new();
+        p.write_msgpack(&mut mp);
+        assert_eq!(
+            Payload::from_msgpack(Bytes::from(mp)).unwrap().to_value(),
+            p.to_value()
+        );
+        // Regression (found by fuzz_json): 200 levels used to be accepted, and then
+        // transcoded to MessagePack as a silent nil because serde_json stops at 128.
+        for n in [MAX_PAYLOAD_DEPTH + 1, 200, 100_000] {
+            let e = Payload::from_json(Bytes::from(nested(n))).unwrap_err();
+            assert!(e.to_string().contains("nested deeper than 64"), "{e}");
+        }
+        // Brackets inside strings, escaped quotes included, are not nesting.
+        let s = format!(
+            "{}\"\\\"{}\"{}",
+            "[".repeat(64),
+            "[".repeat(100),
+            "]".repeat(64)
+        );
+        assert!(Payload::from_json(Bytes::from(s)).is_ok());
+        let mp = |n: usize| {
+            let mut v = vec![0x91; n];
+            v.push(0x01);
+            Bytes::from(v)
+        };
+        assert!(Payload::from_msgpack(mp(MAX_PAYLOAD_DEPTH)).is_ok());
+        assert!(Payload::from_msgpack(mp(MAX_PAYLOAD_DEPTH + 1)).is_err());
     }
 
     #[test]

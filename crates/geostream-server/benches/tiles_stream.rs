@@ -78,6 +78,22 @@ async fn load(node: &Node, layer: &str, features: &[Value]) -> usize {
     .expect("create layer");
     let limits = node.feature_limits();
     let mut n = 0;
+    // A few sources repeat an id (Natural Earth gives Australia's code to a territory too):
+    // later ones get a generated id.
+    let mut seen = std::collections::HashSet::new();
+    let features: Vec<Value> = features
+        .iter()
+        .map(|f| {
+            let mut f = f.clone();
+            if !f["id"].is_null()
+                && !seen.insert(f["id"].to_string())
+                && let Some(o) = f.as_object_mut()
+            {
+                o.remove("id");
+            }
+            f
+        })
+        .collect();
     for chunk in features.chunks(1000) {
         let ops: Vec<WriteOp> = chunk
             .iter()
@@ -91,7 +107,7 @@ async fn load(node: &Node, layer: &str, features: &[Value]) -> usize {
             op_id: None,
         })
         .await
-        .expect("load");
+        .unwrap_or_else(|e| panic!("load {layer}: {}", e.to_rpc().message));
     }
     n
 }
@@ -112,7 +128,7 @@ async fn patch(node: &Node, layer: &str, id: &str, props: Option<Value>, geometr
         op_id: None,
     })
     .await
-    .expect("edit");
+    .unwrap_or_else(|e| panic!("edit {layer}/{id}: {}", e.to_rpc().message));
 }
 
 /// One HTTP/1.1 connection used for many GETs.
@@ -139,6 +155,7 @@ impl Http {
             .header("host", self.addr.to_string())
             .body(http_body_util::Empty::new())
             .unwrap();
+        self.send.ready().await.unwrap();
         let resp = self.send.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -403,7 +420,7 @@ async fn main() {
         .collect();
     let hel_roads: Vec<&Value> = roads
         .iter()
-        .filter(|r| r["geometry"]["type"] == "LineString" && r["id"].is_string())
+        .filter(|r| r["geometry"]["type"] == "LineString" && !r["id"].is_null())
         .collect();
     let id_of = |f: &Value| match &f["id"] {
         Value::String(s) => s.clone(),

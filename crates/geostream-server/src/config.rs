@@ -47,6 +47,10 @@ pub struct Config {
     pub tiles: TilesConfig,
     /// The demo page and its basemap.
     pub web: WebConfig,
+    /// Tokens, rights and anonymous access.
+    pub auth: AuthConfig,
+    /// Browser origins and CORS.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -66,6 +70,8 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             tiles: TilesConfig::default(),
             web: WebConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -153,6 +159,94 @@ impl Default for SseConfig {
     }
 }
 
+/// What clients without a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Anonymous {
+    /// `full` when listening on a loopback address, `none` otherwise.
+    Auto,
+    /// Nothing: every request needs a token.
+    None,
+    /// Read layers and subscribe to channels.
+    Read,
+    /// Everything a token could grant (user channels excepted).
+    Full,
+}
+
+/// A public key for RS256 or ES256 tokens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// `RS256` or `ES256`.
+    pub alg: String,
+    /// PEM file with the public key (relative paths are under `data_dir`).
+    pub pem_file: PathBuf,
+    /// Only tokens whose header names this `kid` use this key. Default: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+}
+
+/// Authentication: JWTs in `hello`, an `Authorization: Bearer` header or an `access_token`
+/// query parameter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// What clients without a token may do. Default: `auto` (everything on a loopback
+    /// address, nothing elsewhere).
+    pub anonymous: Anonymous,
+    /// Allow anonymous writes on a non-loopback address. Default: false (the server refuses
+    /// to start in that configuration).
+    pub allow_public_anonymous_write: bool,
+    /// Shared secret for HS256 tokens. Default: empty (HS256 tokens refused).
+    pub hs256_secret: String,
+    /// Public keys for RS256 / ES256 tokens. Default: none.
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// Required `iss` claim. Default: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim. Default: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Clock skew tolerated for `exp` / `nbf`, in seconds. Default: 30.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: Anonymous::Auto,
+            allow_public_anonymous_write: false,
+            hs256_secret: String::new(),
+            public_keys: Vec::new(),
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// Browser access.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Origins (`https://app.example.com`) whose pages may open WebSocket and SSE streams
+    /// and call the HTTP API (CORS). `"*"` allows any. Pages served by this server (same
+    /// host) and clients that send no `Origin` (not browsers) are always allowed. Default:
+    /// none besides those.
+    pub allowed_origins: Vec<String>,
+    /// Seconds an HTTP request may take before it is answered 504. Default: 30.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            allowed_origins: Vec::new(),
+            request_timeout_secs: 30,
+        }
+    }
+}
+
 /// Limits per connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -165,6 +259,18 @@ pub struct LimitsConfig {
     /// Seconds a client may stay over its outbox budget before it is disconnected as a slow
     /// consumer (close code 4008). Default: 10.
     pub slow_consumer_grace_secs: u64,
+    /// Requests (and notifications) per second one connection may send, on average.
+    /// Default: 2000 (service clients pipeline; a browser sends far fewer).
+    pub requests_per_sec: u32,
+    /// Requests one connection may send in a burst above that rate. Default: 4000.
+    pub request_burst: u32,
+    /// Open connections (WebSocket and SSE) in total. Default: 100000.
+    pub max_connections: usize,
+    /// Open connections from one IP address. Default: 10000.
+    pub max_connections_per_ip: usize,
+    /// Seconds a request may run before it is answered with `timeout` (long-running requests
+    /// such as imports are exempt; cancel those). Default: 30.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -173,6 +279,11 @@ impl Default for LimitsConfig {
             max_subscriptions: 128,
             outbox_bytes: 4 << 20,
             slow_consumer_grace_secs: 10,
+            requests_per_sec: 2000,
+            request_burst: 4000,
+            max_connections: 100_000,
+            max_connections_per_ip: 10_000,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -395,6 +506,16 @@ pub struct WebConfig {
     pub basemap: PathBuf,
     /// The layer the basemap is loaded into (served as vector tiles). Default: `countries`.
     pub basemap_layer: String,
+    /// Trajectory CSV (`timestamp,object_id,lon,lat,...`, optionally `.zst`) replayed in a
+    /// loop into the layer `ships_layer`, from the first time the demo page is served; empty
+    /// to replay nothing. Relative paths are resolved as `dir`. Default:
+    /// `web/data/ais_ny_harbor_2020-06-30_first_hour.csv.zst` (AIS, MarineCadastre.gov).
+    pub ships: PathBuf,
+    /// The last-writer-wins layer the ships are written to. Default: `ships`.
+    pub ships_layer: String,
+    /// Replay speed as a time factor (20 = one hour of data in three minutes); 0 turns the
+    /// replay off. Default: 20.
+    pub ships_speed: f64,
 }
 
 impl Default for WebConfig {
@@ -403,6 +524,9 @@ impl Default for WebConfig {
             dir: PathBuf::from("web/dist"),
             basemap: PathBuf::from("web/data/world_countries_110m.geojson"),
             basemap_layer: "countries".into(),
+            ships: PathBuf::from("web/data/ais_ny_harbor_2020-06-30_first_hour.csv.zst"),
+            ships_layer: "ships".into(),
+            ships_speed: 20.0,
         }
     }
 }
@@ -478,6 +602,15 @@ pub struct RasterLayerConfig {
     pub read_only: bool,
 }
 
+/// `GEOSTREAM_*` variables that are not configuration keys: the config file's path and the
+/// command-line tools' settings.
+const NOT_CONFIG_VARS: &[&str] = &[
+    "GEOSTREAM_CONFIG",
+    "GEOSTREAM_SERVER",
+    "GEOSTREAM_TOKEN",
+    "GEOSTREAM_TOKEN_SECRET",
+];
+
 /// Values from the command line that override the file and the environment.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CliOverrides {
@@ -519,7 +652,7 @@ impl Config {
         // can pass their own.
         let vars: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("GEOSTREAM_") && k != "GEOSTREAM_CONFIG")
+            .filter(|(k, _)| k.starts_with("GEOSTREAM_") && !NOT_CONFIG_VARS.contains(&k.as_str()))
             .collect();
         let env_toml = env_to_toml(&vars)?;
         fig = fig.merge(Toml::string(&env_toml));
@@ -548,9 +681,23 @@ impl Config {
         if self.websocket.max_frame_bytes < 1024 {
             return bad("websocket.max_frame_bytes must be at least 1024");
         }
+        if !self.web.ships_speed.is_finite() || self.web.ships_speed < 0.0 {
+            return bad("web.ships_speed must be a number of at least 0");
+        }
         if self.websocket.idle_timeout_secs <= self.websocket.ping_interval_secs {
             return bad(
                 "websocket.idle_timeout_secs must be larger than websocket.ping_interval_secs",
+            );
+        }
+        if self.limits.requests_per_sec == 0 || self.limits.request_burst == 0 {
+            return bad("limits.requests_per_sec and limits.request_burst must be at least 1");
+        }
+        if self.auth.anonymous_mode(self.listen) == Anonymous::Full
+            && !self.listen.ip().is_loopback()
+            && !self.auth.allow_public_anonymous_write
+        {
+            return bad(
+                "auth.anonymous = \"full\" on a non-loopback address lets anyone write: set auth.allow_public_anonymous_write = true to mean it, or configure tokens",
             );
         }
         if self.limits.outbox_bytes < 64 * 1024 {
@@ -625,6 +772,17 @@ fn env_to_toml(vars: &[(String, String)]) -> Result<String, ConfigError> {
         table.insert(path[path.len() - 1].clone(), value);
     }
     toml::to_string(&root).map_err(|e| ConfigError(e.to_string()))
+}
+
+impl AuthConfig {
+    /// The anonymous mode in force when listening on `listen` (`auto` resolved).
+    pub fn anonymous_mode(&self, listen: SocketAddr) -> Anonymous {
+        match self.anonymous {
+            Anonymous::Auto if listen.ip().is_loopback() => Anonymous::Full,
+            Anonymous::Auto => Anonymous::None,
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]

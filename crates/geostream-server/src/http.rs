@@ -8,7 +8,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use crate::auth::Principal;
 use crate::error::http_error;
 use crate::node::Node;
 use crate::{ogc, sse, web, ws};
@@ -39,6 +40,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(ogc::routes())
         .merge(web::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            authenticate,
+        ))
+        .layer(cors(&node.config.http.allowed_origins))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            time_limit,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(node)
 }
@@ -117,12 +127,15 @@ struct PublishBody<'a> {
 
 async fn publish(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
     let r = async {
         let Path(name) = name.map_err(path_error)?;
+        who.publish_channel(&name)
+            .map_err(IntoResponse::into_response)?;
         let body = body.map_err(body_error)?;
         let parsed: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
             http_error(
@@ -157,11 +170,14 @@ struct HistoryQuery {
 
 async fn history(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     name: Result<Path<String>, PathRejection>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Response {
     let r = async {
         let Path(channel) = name.map_err(path_error)?;
+        who.read_channel(&channel)
+            .map_err(IntoResponse::into_response)?;
         let Query(q) = q.map_err(|e| http_error(ErrorCode::InvalidParams, e.body_text()))?;
         let since = match (q.since, q.epoch) {
             (Some(offset), Some(epoch)) => Some(Position { offset, epoch }),
@@ -190,10 +206,13 @@ async fn history(
 
 async fn presence(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     name: Result<Path<String>, PathRejection>,
 ) -> Response {
     let r = async {
         let Path(channel) = name.map_err(path_error)?;
+        who.read_channel(&channel)
+            .map_err(IntoResponse::into_response)?;
         let clients = node
             .presence(&channel)
             .map_err(IntoResponse::into_response)?;
@@ -202,4 +221,114 @@ async fn presence(
     .await;
     node.metrics.request("http.presence", r.is_ok());
     r.unwrap_or_else(|e| e)
+}
+
+/// Refuses browsers on origins that may not use this server (WebSocket and SSE are not
+/// covered by CORS, so the server checks `Origin` itself). Requests without `Origin` (not
+/// from a browser) and pages of this server (same host) are allowed.
+pub(crate) fn check_origin(
+    node: &Node,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), crate::error::ServerError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    if origin_allowed(&node.config.http.allowed_origins, origin, headers) {
+        return Ok(());
+    }
+    Err(crate::error::ServerError::new(
+        ErrorCode::Forbidden,
+        format!("origin {origin:?} is not allowed (http.allowed_origins)"),
+    ))
+}
+
+fn origin_allowed(allowed: &[String], origin: &str, headers: &axum::http::HeaderMap) -> bool {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    // Same host: the origin's authority equals the Host the request was sent to.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or_default();
+    !host.is_empty() && authority.eq_ignore_ascii_case(host)
+}
+
+/// Resolves who is calling (a bearer token, an `access_token` query parameter, or
+/// anonymous) once per request; handlers check rights with the `Principal` extension. A
+/// token that is given and invalid is refused here, whatever the route.
+async fn authenticate(
+    State(node): State<Arc<Node>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match node.auth.from_request(req.headers(), req.uri().query()) {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => {
+            node.metrics.request("http.auth", false);
+            e.into_response()
+        }
+    }
+}
+
+/// Answers 504 when a request takes longer than `http.request_timeout_secs` to produce its
+/// response (streams such as SSE produce theirs at once).
+async fn time_limit(
+    State(node): State<Arc<Node>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = std::time::Duration::from_secs(node.config.http.request_timeout_secs);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => http_error(
+            ErrorCode::Timeout,
+            format!("the request took longer than {} s", limit.as_secs()),
+        ),
+    }
+}
+
+/// CORS for the HTTP API: the configured origins may call it from their pages.
+fn cors(allowed: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origin = if allowed.iter().any(|a| a == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(allowed.iter().filter_map(|a| a.parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("geostream-client-id"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            HeaderName::from_static("idempotent-replayed"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }

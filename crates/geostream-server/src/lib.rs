@@ -4,12 +4,14 @@
 //! `geostream serve` binary and every integration test call (tests bind port 0).
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod features;
 pub mod http;
 pub mod import;
 mod layer_ops;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod ogc;

@@ -29,6 +29,28 @@ enum Command {
     /// Replay a trajectory CSV (timestamp,object_id,lon,lat,...) into a layer of a running
     /// server as live position updates, one feature per object.
     Replay(ReplayArgs),
+    /// Mint an HS256 token (development and tests), signed with auth.hs256_secret.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Subject (the user).
+    #[arg(long)]
+    sub: String,
+    /// Rights: `NAME:RIGHTS` or `layer:NAME:RIGHTS` for layers, `channel:NAME:RIGHTS` for
+    /// channels; RIGHTS is r, w or rw; NAME may contain `*`. Repeatable.
+    #[arg(long = "grant")]
+    grants: Vec<String>,
+    /// Lifetime: 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// The HS256 secret (default: auth.hs256_secret from the configuration).
+    #[arg(long, env = "GEOSTREAM_TOKEN_SECRET")]
+    secret: Option<String>,
+    /// TOML configuration file to read the secret from.
+    #[arg(long, env = "GEOSTREAM_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// Where the tools connect.
@@ -95,7 +117,44 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Import(args) => tool(import(args)),
         Command::Replay(args) => tool(replay(args)),
+        Command::Token(args) => token(args),
     }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    use geostream_server::auth;
+    let secret = match args.secret {
+        Some(s) => s,
+        None => {
+            Config::load(
+                args.config.as_deref(),
+                std::env::vars(),
+                &CliOverrides::default(),
+            )?
+            .auth
+            .hs256_secret
+        }
+    };
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "no secret: pass --secret or set auth.hs256_secret (GEOSTREAM_AUTH__HS256_SECRET)"
+    );
+    let mut layers = std::collections::BTreeMap::new();
+    let mut channels = std::collections::BTreeMap::new();
+    for g in &args.grants {
+        auth::parse_grant(g, &mut layers, &mut channels)?;
+    }
+    let now = auth::now_secs();
+    let claims = auth::Claims {
+        sub: Some(args.sub),
+        exp: now + auth::parse_ttl(&args.ttl)?,
+        nbf: None,
+        iat: Some(now),
+        layers,
+        channels,
+    };
+    println!("{}", auth::mint_hs256(&secret, &claims)?);
+    Ok(())
 }
 
 /// Runs a command-line tool on a small runtime.

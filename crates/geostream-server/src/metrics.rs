@@ -298,6 +298,12 @@ impl Metrics {
         );
         counter(
             &mut o,
+            "geostream_outbox_coalesced_total",
+            "Feature and tile pushes merged into a newer state of the same feature or tile.",
+            &[("", hub.outbox.coalesced.load(r) as f64)],
+        );
+        counter(
+            &mut o,
             "geostream_slow_consumer_disconnects_total",
             "Connections closed as slow consumers.",
             &[("", hub.outbox.slow_closed.load(r) as f64)],

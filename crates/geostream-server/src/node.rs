@@ -324,6 +324,10 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Vector and raster tiles, and tile subscriptions.
     pub tiles: Arc<crate::tiles::Tiles>,
+    /// Verifies tokens and says what anonymous clients may do.
+    pub auth: crate::auth::Authenticator,
+    /// Open connections, in total and per IP address.
+    pub connections: crate::limits::ConnectionLimits,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     sessions_empty: Notify,
     draining: AtomicBool,
@@ -332,6 +336,12 @@ pub struct Node {
 impl Node {
     /// Builds a node from configuration.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+        config.validate()?;
+        let auth = crate::auth::Authenticator::new(&config)?;
+        let connections = crate::limits::ConnectionLimits::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
         let config = Arc::new(config);
         let hub = Arc::new(Hub::new(HubLimits {
             max_subscriptions: config.limits.max_subscriptions,
@@ -440,6 +450,8 @@ impl Node {
             store,
             metrics: Arc::new(Metrics::default()),
             tiles,
+            auth,
+            connections,
             sessions: Mutex::new(HashMap::new()),
             sessions_empty: Notify::new(),
             draining: AtomicBool::new(false),

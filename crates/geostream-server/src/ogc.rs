@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +21,7 @@ use geostream_core::feature::{Change, Feature, format_time_ms};
 use geostream_store::{FeatureQuery, Holder, LayerInfo, Store, WriteOp, WriteRequest};
 use serde_json::{Map, Value, json};
 
+use crate::auth::Principal;
 use crate::error::{Result, ServerError};
 use crate::features;
 use crate::node::Node;
@@ -139,9 +140,14 @@ fn collection_doc(base: &str, l: &LayerInfo) -> Value {
     c
 }
 
-async fn collections(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response> {
+async fn collections(
+    State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let base = base_url(&headers);
-    let layers = node.store.list_layers().await?;
+    let mut layers = node.store.list_layers().await?;
+    layers.retain(|l| who.may_read_layer(&l.name));
     let docs: Vec<Value> = layers.iter().map(|l| collection_doc(&base, l)).collect();
     Ok(Json(json!({
         "links": [link(format!("{base}/collections"), "self", "application/json", "Collections")],
@@ -152,9 +158,11 @@ async fn collections(State(node): State<Arc<Node>>, headers: HeaderMap) -> Resul
 
 async fn collection(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     Path(layer): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    who.read_layer(&layer)?;
     let info = node.store.layer(&layer).await?;
     Ok(Json(collection_doc(&base_url(&headers), &info)).into_response())
 }
@@ -163,9 +171,11 @@ async fn collection(
 /// geometry and the temporal properties the temporal filter reads.
 async fn queryables(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     Path(layer): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    who.read_layer(&layer)?;
     node.store.layer(&layer).await?;
     let base = base_url(&headers);
     let body = json!({
@@ -317,10 +327,12 @@ fn geojson_response(status: StatusCode, body: &Value) -> Response {
 
 async fn items(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     Path(layer): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
+    who.read_layer(&layer)?;
     let q = parse_items_query(raw.as_deref())?;
     let filter = features::build_filter(&q.spec, &node.filter_limits())?;
     let bbox = filter.bbox();
@@ -431,7 +443,7 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<u64>> {
 
 /// Who writes over HTTP: the client id a caller states (so it can edit what it locked over
 /// WebSocket with the same id), else a shared anonymous HTTP client.
-fn http_writer(headers: &HeaderMap) -> Result<Holder> {
+fn http_writer(headers: &HeaderMap, who: &Principal) -> Result<Holder> {
     let client = match headers.get("geostream-client-id") {
         None => "http".to_string(),
         Some(v) => {
@@ -445,7 +457,10 @@ fn http_writer(headers: &HeaderMap) -> Result<Holder> {
             s.to_string()
         }
     };
-    Ok(Holder { client, user: None })
+    Ok(Holder {
+        client,
+        user: who.user.clone(),
+    })
 }
 
 fn op_id(headers: &HeaderMap) -> Result<Option<String>> {
@@ -517,9 +532,11 @@ fn enc(id: &str) -> String {
 
 async fn item(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     Path((layer, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    who.read_layer(&layer)?;
     let f = get_feature(&node, &layer, &id).await?;
     if let Some(tags) = header_versions(&headers, header::IF_NONE_MATCH)?
         && tags.contains(&f.version)
@@ -554,6 +571,7 @@ async fn get_feature(node: &Node, layer: &str, id: &str) -> Result<Feature> {
 /// Applies one operation and answers with the feature after it.
 async fn write(
     node: &Node,
+    who: &Principal,
     layer: &str,
     op: WriteOp,
     headers: &HeaderMap,
@@ -562,7 +580,7 @@ async fn write(
     let req = WriteRequest {
         layer: layer.to_string(),
         ops: vec![op],
-        writer: http_writer(headers)?,
+        writer: http_writer(headers, who)?,
         op_id: op_id(headers)?,
     };
     let outcome = node
@@ -604,13 +622,15 @@ fn precondition(e: ServerError, conditional: bool) -> ServerError {
 
 async fn create_item(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     Path(layer): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
+    who.write_layer(&layer)?;
     let v = parse_body(&body)?;
     let op = features::create_op(&v, &node.feature_limits())?;
-    let (change, replayed) = write(&node, &layer, op, &headers, false).await?;
+    let (change, replayed) = write(&node, &who, &layer, op, &headers, false).await?;
     let f = change
         .new
         .ok_or_else(|| ServerError::Internal("an insert without a feature".into()))?;
@@ -626,14 +646,16 @@ async fn create_item(
 
 async fn replace_item(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     Path((layer, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
+    who.write_layer(&layer)?;
     let v = parse_body(&body)?;
     let expected = expected_version(&headers)?;
     let op = features::replace_op(&Value::String(id), &v, expected, &node.feature_limits())?;
-    let (change, replayed) = write(&node, &layer, op, &headers, expected.is_some()).await?;
+    let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
     let created = change.old.is_none();
     let f = change
         .new
@@ -654,10 +676,12 @@ async fn replace_item(
 
 async fn patch_item(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     Path((layer, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
+    who.write_layer(&layer)?;
     let v = parse_body(&body)?;
     let Value::Object(mut obj) = v else {
         return Err(ServerError::new(
@@ -693,7 +717,7 @@ async fn patch_item(
         expected,
         &node.feature_limits(),
     )?;
-    let (change, replayed) = write(&node, &layer, op, &headers, expected.is_some()).await?;
+    let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
     let f = change
         .new
         .ok_or_else(|| ServerError::Internal("a patch without a feature".into()))?;
@@ -708,12 +732,14 @@ async fn patch_item(
 
 async fn delete_item(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
     Path((layer, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    who.write_layer(&layer)?;
     let expected = expected_version(&headers)?;
     let op = features::delete_op(&Value::String(id), expected, &node.feature_limits())?;
-    write(&node, &layer, op, &headers, expected.is_some()).await?;
+    write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -199,6 +199,7 @@ impl Stream {
 /// Opens an event stream.
 pub(crate) async fn stream(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<crate::auth::Principal>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -220,6 +221,14 @@ pub(crate) async fn stream(
             ErrorCode::InvalidParams,
             "give at least one channel: /v1/sse?channel=NAME",
         );
+    }
+    if let Err(e) = crate::http::check_origin(&node, &headers) {
+        return e.into_response();
+    }
+    for c in &channels {
+        if let Err(e) = who.read_channel(c) {
+            return e.into_response();
+        }
     }
     let max = node.config.limits.max_subscriptions;
     if channels.len() > max {

@@ -1,9 +1,11 @@
 //! The demo page: its static files (`/web/...`, built into `web.dir` by `npm run build` in
-//! `web/`), the page itself for browsers at `/`, and the basemap layer it draws, loaded at
-//! startup from the Natural Earth file shipped in `web/data`.
+//! `web/`), the page itself for browsers at `/`, the basemap layer it draws, loaded at
+//! startup from the Natural Earth file shipped in `web/data`, and the live ships, an AIS
+//! trajectory replayed in a loop into a layer from the first time the page is served.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
@@ -11,9 +13,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use geostream_core::api::LayerImportParams;
-use geostream_store::{Holder, LayerSpec, Store};
+use geostream_core::error::ErrorCode;
+use geostream_core::feature::validate_feature;
+use geostream_store::{Holder, LayerSpec, Store, WriteOp, WriteRequest};
 
 use crate::node::Node;
+use crate::replay::{TrackPoint, read_track};
 
 /// The static-file routes of the demo page.
 pub fn routes() -> Router<Arc<Node>> {
@@ -44,6 +49,7 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
 /// The demo page (`index.html` of the built assets). Without a build, a short page that
 /// says how to make one.
 pub async fn index(State(node): State<Arc<Node>>) -> Response {
+    start_ships(&node);
     let dir = resolve(&node.config.web.dir);
     match tokio::fs::read(dir.join("index.html")).await {
         Ok(body) => (
@@ -146,7 +152,14 @@ pub fn resolve(p: &Path) -> PathBuf {
 
 /// Loads the basemap file into its layer when the layer does not exist yet. Failures are
 /// logged, not fatal: the server is useful without the demo's basemap.
-pub async fn seed_basemap(node: &Node) {
+///
+/// Also restarts the ship replay when its layer exists, that is when the page was opened
+/// before on this data: pages still open reconnect without loading the page again.
+pub async fn seed_basemap(node: &Arc<Node>) {
+    let ships = &node.config.web.ships_layer;
+    if !ships.is_empty() && node.store.layer(ships).await.is_ok() {
+        start_ships(node);
+    }
     let cfg = &node.config.web;
     if cfg.basemap.as_os_str().is_empty() || cfg.basemap_layer.is_empty() {
         return;
@@ -211,6 +224,166 @@ async fn load_basemap(node: &Node, file: &Path) -> anyhow::Result<u64> {
         tracing::warn!(rejected = result.rejected, first = ?result.rejections.first().map(|r| &r.reason), "Some basemap features were refused.");
     }
     Ok(result.imported)
+}
+
+/// Nodes whose ship replay has started (a process may run several nodes, as tests do).
+static SHIPS_STARTED: Mutex<Vec<Weak<Node>>> = Mutex::new(Vec::new());
+
+/// Starts the ship replay of `node` unless it runs already or is turned off (`web.ships`
+/// empty or `web.ships_speed` 0). The page starts it (and a restart, once the ships layer
+/// exists), so a server whose demo is never opened (tests, benchmarks, production) writes no
+/// ships.
+pub fn start_ships(node: &Arc<Node>) {
+    let cfg = &node.config.web;
+    if cfg.ships.as_os_str().is_empty() || cfg.ships_layer.is_empty() || cfg.ships_speed <= 0.0 {
+        return;
+    }
+    {
+        let mut started = SHIPS_STARTED.lock().unwrap_or_else(|e| e.into_inner());
+        started.retain(|w| w.strong_count() > 0);
+        if started
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(node)))
+        {
+            return;
+        }
+        started.push(Arc::downgrade(node));
+    }
+    let weak = Arc::downgrade(node);
+    let file = resolve(&cfg.ships);
+    let (layer, speed) = (cfg.ships_layer.clone(), cfg.ships_speed);
+    tokio::spawn(async move {
+        let path = file.clone();
+        let points = match tokio::task::spawn_blocking(move || read_track(&path)).await {
+            Ok(Ok(p)) if !p.is_empty() => p,
+            Ok(Ok(_)) => {
+                tracing::warn!(file = %file.display(), "The ships file has no positions; no ships.");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(file = %file.display(), error = %e, "Could not read the ships file; no ships.");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Reading the ships file failed; no ships.");
+                return;
+            }
+        };
+        tracing::info!(layer = %layer, file = %file.display(), positions = points.len(), speed, "Replaying ships.");
+        replay_ships(weak, &points, &layer, speed).await;
+    });
+}
+
+/// At most one write per this interval: at high speeds every position due meanwhile goes
+/// in one batch (one durable commit), so the store's load does not grow with the speed.
+const SHIP_TICK: Duration = Duration::from_millis(50);
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Creates the ships layer (last writer wins) unless it exists; false when it exists and is
+/// not last-writer-wins (the replay carries no versions) or cannot be made.
+async fn ensure_ships_layer(node: &Node, layer: &str) -> bool {
+    match node.store.layer(layer).await {
+        Ok(info) if info.last_writer_wins => return true,
+        Ok(_) => {
+            tracing::warn!(
+                layer,
+                "The ships layer exists and needs versions on every edit; no ships."
+            );
+            return false;
+        }
+        Err(_) => {}
+    }
+    let spec = LayerSpec {
+        name: layer.to_string(),
+        title: Some("Ships (AIS, New York harbor)".into()),
+        description: Some(
+            "Live positions replayed from US Coast Guard AIS data (MarineCadastre.gov, public domain)."
+                .into(),
+        ),
+        last_writer_wins: true,
+    };
+    match node.create_layer(spec).await {
+        Ok(_) => true,
+        Err(e) if e.to_rpc().code == ErrorCode::LayerExists => true,
+        Err(e) => {
+            tracing::warn!(layer, error = %e, "Could not create the ships layer.");
+            false
+        }
+    }
+}
+
+/// Replays `points` into `layer` at `speed`, over and over, until the node stops. Each write
+/// is one batch of the positions due since the last; the features carry `replayed_ms`, the
+/// wall-clock time of their write, so a viewer can measure how late a position reaches it.
+async fn replay_ships(weak: Weak<Node>, points: &[TrackPoint], layer: &str, speed: f64) {
+    let writer = Holder {
+        client: "geostream-ships".into(),
+        user: None,
+    };
+    let t0 = points[0].time_ms;
+    let mut ready = false;
+    loop {
+        let start = Instant::now();
+        let mut last_write = Instant::now() - SHIP_TICK;
+        let mut i = 0;
+        while i < points.len() {
+            let due =
+                start + Duration::from_secs_f64((points[i].time_ms - t0) as f64 / 1000.0 / speed);
+            tokio::time::sleep_until(due.max(last_write + SHIP_TICK).into()).await;
+            let Some(node) = weak.upgrade() else { return };
+            if node.is_draining() {
+                return;
+            }
+            if !ready {
+                ready = ensure_ships_layer(&node, layer).await;
+                if !ready {
+                    return;
+                }
+            }
+            let data_now = t0 + (start.elapsed().as_secs_f64() * speed * 1000.0) as u64;
+            let mut j = i + 1;
+            while j < points.len() && points[j].time_ms <= data_now && j - i < 1000 {
+                j += 1;
+            }
+            last_write = Instant::now();
+            let stamp = serde_json::Value::from(now_ms());
+            let limits = node.feature_limits();
+            let ops: Vec<WriteOp> = points[i..j]
+                .iter()
+                .filter_map(|p| {
+                    let mut f = p.feature();
+                    f["properties"]["replayed_ms"] = stamp.clone();
+                    validate_feature(&f, &limits)
+                        .ok()
+                        .map(|feature| WriteOp::Replace {
+                            id: p.id.clone(),
+                            feature,
+                            expected: None,
+                        })
+                })
+                .collect();
+            let req = WriteRequest {
+                layer: layer.to_string(),
+                ops,
+                writer: writer.clone(),
+                op_id: None,
+            };
+            if let Err(e) = node.apply(req).await {
+                // Deleted or refused: make the layer again at the next write, a second later.
+                tracing::warn!(layer, error = %e, "Could not write ship positions.");
+                ready = false;
+                drop(node);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            i = j;
+        }
+    }
 }
 
 #[cfg(test)]

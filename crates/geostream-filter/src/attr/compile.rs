@@ -156,6 +156,11 @@ impl Compiler<'_> {
                         describe(&args[1])
                     )));
                 };
+                // CQL2 text has no empty list (`x IN ()` does not parse), so an empty list in
+                // CQL2 JSON would give a filter without a text form.
+                if items.is_empty() {
+                    return Err(unsupported("IN needs at least one value in its list"));
+                }
                 let list = items
                     .iter()
                     .map(|i| self.operand(i))

@@ -7,6 +7,9 @@ pub(crate) mod fold;
 pub(crate) mod ir;
 pub(crate) mod like;
 
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, PoisonError};
+
 use cql2::Expr;
 use serde::Deserialize;
 use serde_json::Value;
@@ -37,7 +40,7 @@ impl AttributeFilter {
     /// Parses CQL2 text (`speed > 10 AND name LIKE 'bus%'`).
     pub fn parse_text(text: &str, limits: &Limits) -> Result<Self> {
         prescan_text(text, limits)?;
-        let expr = cql2::parse_text(text).map_err(|e| FilterError::Cql2Text(e.to_string()))?;
+        let expr = parse_cql2_text(text)?;
         Self::compile(expr, limits)
     }
 
@@ -275,8 +278,47 @@ fn json_depth(v: &Value) -> usize {
     max
 }
 
+/// Rule calls cql2's parser may make on any input, plus [`CALLS_PER_BYTE`] per byte.
+const CALL_BASE: usize = 100_000;
+
+/// Measured in the dev profile: about 2 calls per byte for a long string literal, 20 for a
+/// 10,000-vertex polygon, 48 for a long `IN` list.
+const CALLS_PER_BYTE: usize = 64;
+
+/// Runs cql2's text parser with its work bounded.
+///
+/// cql2 parses with pest, a PEG parser that backtracks: on some short inputs (unclosed or
+/// mismatched parentheses inside an expression, such as `x < ((((((((((((((((`) it explores
+/// exponentially many alternatives, and 22 parentheses took 90 s. Pest's call limit makes it
+/// give up after a number of rule calls proportional to the input. The limit is process-wide
+/// in pest and read when a parse starts, so parses take turns to set it; legitimate filters
+/// parse in microseconds to milliseconds, and they are parsed on subscribe, not per message.
+fn parse_cql2_text(text: &str) -> Result<Expr> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    pest::set_call_limit(NonZeroUsize::new(
+        CALL_BASE.saturating_add(CALLS_PER_BYTE.saturating_mul(text.len())),
+    ));
+    let r = cql2::parse_text(text);
+    pest::set_call_limit(None);
+    r.map_err(|e| {
+        let m = e.to_string();
+        if m.contains("call limit reached") {
+            FilterError::Cql2Text(
+                "the parser gave up on this text (unbalanced or pathological nesting)".into(),
+            )
+        } else {
+            FilterError::Cql2Text(m)
+        }
+    })
+}
+
 /// Cheap checks on CQL2 text before it reaches the recursive-descent parser, whose stack
 /// use grows with nesting and with runs of prefix or right-associative operators.
+fn unbalanced() -> FilterError {
+    FilterError::Cql2Text("parentheses are not balanced".into())
+}
+
 fn prescan_text(text: &str, limits: &Limits) -> Result<()> {
     if text.len() > limits.max_text_bytes {
         return Err(FilterError::TooLong {
@@ -309,7 +351,12 @@ fn prescan_text(text: &str, limits: &Limits) -> Result<()> {
                 depth += 1;
                 max_depth = max_depth.max(depth);
             }
-            b')' => depth = depth.saturating_sub(1),
+            b')' => {
+                if depth == 0 {
+                    return Err(unbalanced());
+                }
+                depth -= 1;
+            }
             b'a'..=b'z' | b'A'..=b'Z' => {
                 tokens += 1;
                 while i + 1 < b.len()
@@ -329,6 +376,11 @@ fn prescan_text(text: &str, limits: &Limits) -> Result<()> {
             _ => {}
         }
         i += 1;
+    }
+    // Unbalanced parentheses never parse, and they are what makes the parser backtrack the
+    // most (see `parse_cql2_text`): refused here, in one pass.
+    if depth != 0 {
+        return Err(unbalanced());
     }
     // WKT nests up to three levels inside its own parentheses.
     if max_depth > limits.max_depth + 3 {

@@ -588,3 +588,66 @@ fn unsupported_constructs_are_named() {
             .starts_with("CQL2 JSON does not parse")
     );
 }
+
+/// Regressions found by `tests/fuzz_cql2.rs`: inputs of a few dozen bytes on which cql2's
+/// backtracking parser ran for seconds to minutes (85 bytes took 93 s in the dev profile).
+#[test]
+fn pathological_nesting_is_refused_quickly() {
+    let limits = Limits::default();
+    let slow = [
+        "NOT ((t > TIMESTAMP('2021-02-28T23:59:59.999Z')) AND ((m / 4) <(((((((((((((((((((((("
+            .to_string(),
+        format!("x < {}", "(".repeat(30)),
+        format!("{}x = 1", "(".repeat(30)),
+        // Balanced, but nothing valid inside: only the call limit stops the backtracking.
+        format!("{}x ={}", "(".repeat(30), ")".repeat(30)),
+        format!("x = {}1 +{}", "(".repeat(30), ")".repeat(30)),
+    ];
+    for text in &slow {
+        let start = std::time::Instant::now();
+        let e = AttributeFilter::parse_text(text, &limits).unwrap_err();
+        assert!(matches!(e, FilterError::Cql2Text(_)), "{text}: {e}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{text}: {:?}",
+            start.elapsed()
+        );
+    }
+    assert_eq!(
+        AttributeFilter::parse_text("(x = 1))", &limits)
+            .unwrap_err()
+            .to_string(),
+        "CQL2 text does not parse: parentheses are not balanced"
+    );
+    // Large legitimate filters stay within the parser's budget.
+    let ring = (0..5000)
+        .map(|i| {
+            format!(
+                "{} {}",
+                f64::from(i % 360) / 2.0 - 90.0,
+                f64::from(i % 170) / 2.0
+            )
+        })
+        .chain(std::iter::once("-90 0".to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let poly = format!("S_INTERSECTS(geometry, POLYGON(({ring})))");
+    assert!(AttributeFilter::parse_text(&poly, &limits).is_ok());
+    let long = format!("x = '{}'", "(".repeat(500_000));
+    assert!(AttributeFilter::parse_text(&long, &limits).is_ok());
+}
+
+/// Regression found by `tests/fuzz_cql2.rs`: CQL2 JSON with an empty `IN` list was accepted,
+/// and its text form (`n IN ()`) did not parse back.
+#[test]
+fn empty_in_lists_are_refused() {
+    let e = AttributeFilter::parse_json(
+        &json!({"op": "in", "args": [{"property": "n"}, []]}),
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "unsupported CQL2 construct: IN needs at least one value in its list"
+    );
+}

@@ -13,7 +13,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -50,14 +50,17 @@ fn finish(r: Result<Response>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn list(State(node): State<Arc<Node>>) -> Response {
+async fn list(
+    State(node): State<Arc<Node>>,
+    Extension(who): Extension<crate::auth::Principal>,
+) -> Response {
     let r = async {
         let mut layers: Vec<Value> = node
             .store
             .list_layers()
             .await?
             .into_iter()
-            .filter(|l| node.tiles.raster(&l.name).is_none())
+            .filter(|l| node.tiles.raster(&l.name).is_none() && who.may_read_layer(&l.name))
             .map(|l| {
                 json!({
                     "name": l.name,
@@ -67,7 +70,11 @@ async fn list(State(node): State<Arc<Node>>) -> Response {
                 })
             })
             .collect();
-        let mut rasters: Vec<&str> = node.tiles.raster_names().collect();
+        let mut rasters: Vec<&str> = node
+            .tiles
+            .raster_names()
+            .filter(|n| who.may_read_layer(n))
+            .collect();
         rasters.sort_unstable();
         for name in rasters {
             layers.push(json!({
@@ -107,6 +114,7 @@ fn json_type(v: &Value) -> &'static str {
 
 async fn tilejson(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<crate::auth::Principal>,
     name: std::result::Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
@@ -118,6 +126,7 @@ async fn tilejson(
                 format!("no such endpoint; the TileJSON of a layer is /v1/tiles/{name}.json"),
             ));
         };
+        who.read_layer(layer)?;
         let base = origin(&headers);
         let tiles = &node.tiles;
         let doc = match tiles.layer(&node, layer).await? {
@@ -272,11 +281,13 @@ type TilePath = Path<(String, String, String, String)>;
 
 async fn get_tile(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<crate::auth::Principal>,
     path: std::result::Result<TilePath, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
     let r = async {
         let Path((layer, z, x, y)) = path.map_err(path_error)?;
+        who.read_layer(&layer)?;
         let (t, ext) = parse_tile(&z, &x, &y)?;
         let tiles = &node.tiles;
         match tiles.layer(&node, &layer).await? {
@@ -332,12 +343,14 @@ fn sniff(b: &[u8]) -> Option<TileFormat> {
 
 async fn put_tile(
     State(node): State<Arc<Node>>,
+    Extension(who): Extension<crate::auth::Principal>,
     path: std::result::Result<TilePath, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let r = async {
         let Path((layer, z, x, y)) = path.map_err(path_error)?;
+        who.write_layer(&layer)?;
         let (t, _) = parse_tile(&z, &x, &y)?;
         let tiles = &node.tiles;
         let max = tiles.cfg.max_upload_bytes;

@@ -40,28 +40,34 @@ const CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// Serves an upgraded connection until it closes.
 pub(crate) async fn serve(
     stream: TcpStream,
-    leftover: Bytes,
+    leftover: BytesMut,
     node: Arc<Node>,
     encoding: Encoding,
     peer: SocketAddr,
+    admitted: super::Admitted,
 ) {
     let _ = stream.set_nodelay(true);
-    let session = node.open_session(encoding, None);
+    // The permit holds this connection's place in the connection limits until it ends.
+    let super::Admitted {
+        principal,
+        permit: _permit,
+    } = admitted;
+    let session = node.open_session(encoding, principal.user.clone());
     node.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(session = %session.id(), %peer, %encoding, "WebSocket connected.");
     let (rd, wr) = stream.into_split();
     let mut writer = tokio::spawn(write_loop(wr, session.clone(), node.clone()));
-    let mut rpc = Rpc::new(node.clone(), session.clone());
+    let mut rpc = Rpc::new(node.clone(), session.clone(), principal);
     let ended = read_loop(&rd, leftover, &node, &session, &mut rpc, &mut writer).await;
     rpc.abort_all();
     if let Some(holder) = rpc.lock_holder() {
-        node.release_client(holder).await;
+        Box::pin(node.release_client(holder)).await;
     }
     match ended {
         ReadEnd::WriterDone => {
             // Our close frame is out: the session is over. Then give the client a moment to
             // answer it, so the TCP connection ends cleanly.
-            node.close_session(&session).await;
+            Box::pin(node.close_session(&session)).await;
             node.metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
             linger(&rd, node.config.websocket.max_frame_bytes).await;
             return;
@@ -74,7 +80,7 @@ pub(crate) async fn serve(
         }
         ReadEnd::Gone => writer.abort(),
     }
-    node.close_session(&session).await;
+    Box::pin(node.close_session(&session)).await;
     node.metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(session = %session.id(), %peer, "WebSocket closed.");
 }
@@ -118,7 +124,7 @@ async fn linger(rd: &OwnedReadHalf, max_frame: usize) {
 
 async fn read_loop(
     rd: &OwnedReadHalf,
-    leftover: Bytes,
+    leftover: BytesMut,
     node: &Arc<Node>,
     session: &Arc<Session>,
     rpc: &mut Rpc,
@@ -128,7 +134,7 @@ async fn read_loop(
     let enc = session.encoding();
     let traffic = node.metrics.traffic(enc);
     let mut dec = Decoder::new(cfg.max_frame_bytes);
-    let mut buf = BytesMut::from(&leftover[..]);
+    let mut buf = leftover;
     let mut last_recv = Instant::now();
     let mut last_ping = Instant::now();
     let ping_every = cfg.ping_interval();
@@ -170,7 +176,9 @@ async fn read_loop(
                     traffic
                         .bytes_in
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    rpc.handle(&data).await;
+                    // Boxed: the request handlers' state machines are large, and inline they
+                    // would be part of every connection's task even while it is idle.
+                    Box::pin(rpc.handle(&data)).await;
                 }
                 Message::Ping(p) => {
                     session
@@ -302,5 +310,29 @@ async fn write_loop(mut wr: OwnedWriteHalf, session: Arc<Session>, node: Arc<Nod
             let _ = wr.shutdown().await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size_6<A, B, C, D, E, G, F: Future>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn size_3<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every connection holds its reader's and writer's state machines for its whole life,
+    /// idle or not, so they must stay small: request handling is boxed, not inlined.
+    #[test]
+    fn connection_tasks_stay_small() {
+        let reader = size_6(serve);
+        let writer = size_3(write_loop);
+        println!("reader task {reader} bytes, writer task {writer} bytes");
+        assert!(reader < 2048, "reader task is {reader} bytes");
+        assert!(writer < 1024, "writer task is {writer} bytes");
     }
 }

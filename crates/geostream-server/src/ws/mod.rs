@@ -16,6 +16,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use bytes::BytesMut;
 use geostream_core::codec::Encoding;
 use geostream_core::error::ErrorCode;
 use hyper_util::rt::TokioIo;
@@ -66,6 +67,13 @@ pub(crate) fn choose_encoding(headers: &HeaderMap) -> Result<Option<Encoding>, S
         })
 }
 
+/// What the upgrade request established: who the client is and its place in the
+/// connection limits.
+pub(crate) struct Admitted {
+    pub(crate) principal: crate::auth::Principal,
+    pub(crate) permit: crate::limits::ConnectionPermit,
+}
+
 /// Answers the upgrade request and hands the connection to [`conn::serve`].
 pub(crate) async fn upgrade(
     State(node): State<Arc<Node>>,
@@ -110,6 +118,26 @@ pub(crate) async fn upgrade(
             "Sec-WebSocket-Key must be 16 bytes in base64",
         );
     }
+    if let Err(e) = crate::http::check_origin(&node, headers) {
+        return e.into_response();
+    }
+    let principal = match node.auth.from_request(headers, req.uri().query()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let permit = match node.connections.admit(peer.ip()) {
+        Ok(p) => p,
+        Err(refused) => {
+            node.metrics
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = http_error(ErrorCode::LimitExceeded, refused.to_string());
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return r;
+        }
+    };
+    let admitted = Admitted { principal, permit };
+    let headers = req.headers();
     let selected = match choose_encoding(headers) {
         Ok(s) => s,
         Err(m) => return http_error(ErrorCode::InvalidRequest, m),
@@ -143,7 +171,20 @@ pub(crate) async fn upgrade(
         };
         match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
             Ok(parts) => {
-                conn::serve(parts.io.into_inner(), parts.read_buf, node, encoding, peer).await
+                // `read_buf` is a view into hyper's read buffer (8 KiB or more): keep only
+                // the bytes the client sent after the request, so an idle connection does
+                // not hold hyper's buffer for its whole life.
+                let leftover = BytesMut::from(&parts.read_buf[..]);
+                drop(parts.read_buf);
+                conn::serve(
+                    parts.io.into_inner(),
+                    leftover,
+                    node,
+                    encoding,
+                    peer,
+                    admitted,
+                )
+                .await
             }
             Err(_) => tracing::error!("Upgraded connection is not a TCP stream."),
         }

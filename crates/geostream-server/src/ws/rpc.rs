@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use geostream_core::api::{
@@ -28,7 +28,7 @@ use geostream_core::payload::Payload;
 use geostream_hub::{Outgoing, Session};
 use geostream_store::{FeatureQuery, Holder, LayerSpec, Lock, Store, WriteOp, WriteRequest};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::AbortHandle;
 
 use crate::error::{Result, ServerError};
@@ -81,6 +81,21 @@ pub(crate) struct Rpc {
     locked: bool,
     /// When this connection last shared a cursor (cursors are rate-limited).
     last_cursor: Option<std::time::Instant>,
+    /// Who the client is and what it may do.
+    principal: crate::auth::Principal,
+    /// Requests per second.
+    rate: crate::limits::RateLimiter,
+}
+
+/// The names a request is about, read to check rights before it runs.
+#[derive(Deserialize, Default)]
+struct Names {
+    #[serde(default)]
+    layer: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// Shortest interval between two cursor updates of one connection (20 per second).
@@ -108,12 +123,20 @@ impl Progress {
 }
 
 impl Rpc {
-    pub(crate) fn new(node: Arc<Node>, session: Arc<Session>) -> Self {
+    pub(crate) fn new(
+        node: Arc<Node>,
+        session: Arc<Session>,
+        principal: crate::auth::Principal,
+    ) -> Self {
         let enc = session.encoding();
         let holder = Holder {
             client: session.id().to_string(),
-            user: session.client().user,
+            user: principal.user.clone(),
         };
+        let rate = crate::limits::RateLimiter::new(
+            node.config.limits.requests_per_sec,
+            node.config.limits.request_burst,
+        );
         Rpc {
             node,
             session,
@@ -122,6 +145,8 @@ impl Rpc {
             holder,
             locked: false,
             last_cursor: None,
+            principal,
+            rate,
         }
     }
 
@@ -154,7 +179,31 @@ impl Rpc {
             }
             Ok(ClientFrame::Request { id, method, params }) => {
                 let start = Instant::now();
-                let outcome = self.request(&id, &method, params).await;
+                if let Err(wait) = self.rate.check() {
+                    self.node.metrics.request(&method, false);
+                    let ms = wait.as_millis() as u64 + 1;
+                    return self.send_error(
+                        Some(&id),
+                        &RpcError::new(
+                            ErrorCode::RateLimited,
+                            format!("rate limited: retry after {ms} ms"),
+                        )
+                        .with_data(serde_json::json!({ "retry_after_ms": ms })),
+                    );
+                }
+                let limit = Duration::from_secs(self.node.config.limits.request_timeout_secs);
+                let outcome = match tokio::time::timeout(
+                    limit,
+                    self.authorized(&id, &method, params),
+                )
+                .await
+                {
+                    Ok(o) => o,
+                    Err(_) => Err(ServerError::new(
+                        ErrorCode::Timeout,
+                        format!("the request took longer than {} s", limit.as_secs()),
+                    )),
+                };
                 let ok = match outcome {
                     Ok(Some(frame)) => {
                         self.send(frame);
@@ -169,12 +218,74 @@ impl Rpc {
                 self.node.metrics.request(&method, ok);
                 self.node.metrics.request_latency.observe(start.elapsed());
             }
-            Ok(ClientFrame::Notification { method, params }) => self.notification(&method, params),
+            Ok(ClientFrame::Notification { method, params }) => {
+                // Over the rate, notifications are dropped, except cancellations (which
+                // only stop work).
+                if method != api::method::CANCEL_REQUEST && self.rate.check().is_err() {
+                    return;
+                }
+                self.notification(&method, params)
+            }
         }
     }
 
     fn respond<T: Serialize + ?Sized>(&self, id: &Id, result: &T) -> Result<Option<Bytes>> {
         Ok(Some(codec::encode_response(self.enc, id, result)))
+    }
+
+    /// Checks the client's rights for `method` on the names it targets, then runs it.
+    async fn authorized(
+        &mut self,
+        id: &Id,
+        method: &str,
+        params: Params<'_>,
+    ) -> Result<Option<Bytes>> {
+        use api::method as m;
+        let needs = |method: &str| -> Option<(bool, bool)> {
+            // (is a layer method, needs write)
+            Some(match method {
+                m::CHANNEL_SUBSCRIBE | m::CHANNEL_HISTORY | m::CHANNEL_PRESENCE => (false, false),
+                m::CHANNEL_PUBLISH => (false, true),
+                m::LAYER_GET
+                | m::LAYER_SUBSCRIBE
+                | m::FEATURE_GET
+                | m::FEATURE_QUERY
+                | m::PRESENCE_SUBSCRIBE
+                | m::PRESENCE_CURSOR
+                | "tile.subscribe" => (true, false),
+                m::LAYER_CREATE
+                | m::LAYER_DELETE
+                | m::FEATURE_CREATE
+                | m::FEATURE_REPLACE
+                | m::FEATURE_PATCH
+                | m::FEATURE_DELETE
+                | m::FEATURE_BATCH
+                | m::FEATURE_LOCK
+                | m::FEATURE_UNLOCK
+                | m::LAYER_IMPORT => (true, true),
+                _ => return None,
+            })
+        };
+        if let Some((layer, write)) = needs(method) {
+            let n: Names = params.parse()?;
+            let p = &self.principal;
+            if layer {
+                let name = n.layer.or(n.name).unwrap_or_default();
+                if write {
+                    p.write_layer(&name)?;
+                } else {
+                    p.read_layer(&name)?;
+                }
+            } else {
+                let name = n.channel.unwrap_or_default();
+                if write {
+                    p.publish_channel(&name)?;
+                } else {
+                    p.read_channel(&name)?;
+                }
+            }
+        }
+        self.request(id, method, params).await
     }
 
     async fn request(
@@ -263,7 +374,8 @@ impl Rpc {
                 self.respond(id, &info)
             }
             api::method::LAYER_LIST => {
-                let layers = self.node.store.list_layers().await?;
+                let mut layers = self.node.store.list_layers().await?;
+                layers.retain(|l| self.principal.may_read_layer(&l.name));
                 self.respond(id, &serde_json::json!({ "layers": layers }))
             }
             api::method::LAYER_GET => {
@@ -553,6 +665,22 @@ impl Rpc {
                     format!("hello.info is {n} bytes; at most {MAX_INFO_BYTES} are allowed"),
                 ));
             }
+        }
+        if let Some(token) = &p.token {
+            // A fresh token on a live connection (before the old one expires) keeps its
+            // subject; a different subject needs a new connection.
+            let fresh = self.node.auth.verify(token)?;
+            if !self.principal.anonymous && fresh.user != self.principal.user {
+                return Err(ServerError::new(
+                    ErrorCode::Forbidden,
+                    "a refreshed token must have the same subject; reconnect to change user",
+                ));
+            }
+            let mut client = self.session.client();
+            client.user = fresh.user.clone();
+            self.session.set_client(client);
+            self.holder.user = fresh.user.clone();
+            self.principal = fresh;
         }
         if let Some(cid) = &p.client_id {
             if cid.is_empty() || cid.len() > 128 || cid.chars().any(char::is_control) {

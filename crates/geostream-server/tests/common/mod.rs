@@ -517,8 +517,22 @@ pub struct RawWs {
 impl RawWs {
     /// Performs the opening handshake offering `subprotocol`.
     pub async fn connect(addr: SocketAddr, subprotocol: &str) -> RawWs {
+        Self::connect_with_buffer(addr, subprotocol, None).await
+    }
+
+    /// As [`RawWs::connect`], with a small receive buffer (a client that reads slowly fills
+    /// the server's queue sooner).
+    pub async fn connect_with_buffer(
+        addr: SocketAddr,
+        subprotocol: &str,
+        recv_buffer: Option<u32>,
+    ) -> RawWs {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(n) = recv_buffer {
+            socket.set_recv_buffer_size(n).unwrap();
+        }
+        let mut stream = socket.connect(addr).await.unwrap();
         let req = format!(
             "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
         );
@@ -583,6 +597,11 @@ impl RawWs {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// The next frame if one arrives within `d` (`None` on silence or end of stream).
+    pub async fn try_frame(&mut self, d: Duration) -> Option<(u8, Vec<u8>)> {
+        tokio::time::timeout(d, self.frame()).await.ok().flatten()
     }
 
     /// Reads frames until a close frame; returns its code.
