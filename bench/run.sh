@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# geostream's benchmark suite: one command, about 12 minutes on the project's 2-core machine.
+# geostream's benchmark suite: one command, about 10-11 minutes (plus the release build) on the project's 2-core machine.
 #
 #   bench/run.sh                 everything; writes docs/BENCHMARKS.md
-#   QUICK=1 bench/run.sh         a smoke run (small counts, short phases, ~4 min; writes to $OUT only)
+#   QUICK=1 bench/run.sh         a smoke run (small counts, short phases, ~6 min; writes to $OUT only)
 #   SKIP_PEERS=1 bench/run.sh    geostream's own scenarios only (the report then has no peer figures)
 #
 # 1. builds geostream and the load generator (bench/loadgen) in release, once, and measures

@@ -213,7 +213,7 @@ pub(crate) async fn spatial(target: Target, p: SpatialParams) -> Result<Value, S
     while !pending.is_empty() || !set.is_empty() {
         while set.len() < p.concurrency.max(1) {
             let Some((i, ws)) = pending.pop() else { break };
-            let reqs: Vec<(&str, Value)> = boxes[i * per..((i + 1) * per).min(p.subs)]
+            let reqs: Vec<(&'static str, Value)> = boxes[i * per..((i + 1) * per).min(p.subs)]
                 .iter()
                 .map(|b| {
                     (
@@ -221,10 +221,6 @@ pub(crate) async fn spatial(target: Target, p: SpatialParams) -> Result<Value, S
                         json!({"layer": layer, "bbox": b, "snapshot": false}),
                     )
                 })
-                .collect();
-            let reqs: Vec<(&'static str, Value)> = reqs
-                .into_iter()
-                .map(|(_, v)| ("layer.subscribe", v))
                 .collect();
             set.spawn(async move {
                 let mut rpc = Rpc::new(ws, target.enc);
@@ -605,12 +601,11 @@ pub(crate) async fn tiles(target: Target, p: TilesParams) -> Result<Value, Strin
     let end = t0 + (p.duration * 1e9) as u64;
     let mut set = tokio::task::JoinSet::new();
     for (mut rpc, sub, tiles, per_round) in prepared {
-        let (bytes, pushes, layer) = (bytes.clone(), pushes.clone(), layer.clone());
+        let (bytes, pushes) = (bytes.clone(), pushes.clone());
         set.spawn(async move {
             let have: serde_json::Map<String, Value> =
                 tiles.iter().map(|t| (t.clone(), json!(0))).collect();
             let params = json!({"sub": sub, "have": have});
-            let _ = layer;
             let mut id = 1_000_000i64;
             while now_ns() < end && per_round > 0 {
                 id += 1;
@@ -770,5 +765,53 @@ fn first_position(v: &Value) -> Option<(f64, f64)> {
         }
         Value::Array(a) => first_position(a.first()?),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_kinds_are_read_from_real_frames() {
+        for enc in Encoding::ALL {
+            for (i, kind) in ["enter", "update", "exit", "delete"].iter().enumerate() {
+                let params = json!({"sub": 3, "layer": "ships", "seq": 9, "kind": kind, "id": "s1", "version": 2});
+                let frame = codec::encode_notification(enc, "feature", &params);
+                let frame = conn::frame_bytes(conn::to_message(enc, frame)).unwrap();
+                assert_eq!(push_kind(enc, &frame), Some(i), "{enc} {kind}");
+            }
+            let response = codec::encode_response(enc, &codec::Id::Int(1), &json!({"sub": 1}));
+            assert!(is_response(enc, &response), "{enc}");
+        }
+    }
+
+    #[test]
+    fn viewports_containing_a_point() {
+        let b = Boxes::new(
+            vec![
+                [0.0, 0.0, 1.0, 1.0],
+                [0.5, 0.5, 2.5, 2.5],
+                [-3.0, -3.0, -2.0, -2.0],
+            ],
+            1.0,
+        );
+        let mut out = Vec::new();
+        b.containing(0.75, 0.75, &mut out);
+        out.sort();
+        assert_eq!(out, vec![0, 1]);
+        b.containing(2.0, 2.0, &mut out);
+        assert_eq!(out, vec![1]);
+        b.containing(-2.5, -2.5, &mut out);
+        assert_eq!(out, vec![2]);
+        b.containing(10.0, 10.0, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn trajectory_times_are_read_back() {
+        let t = format!("GST{:016x}", 123_456_789u64);
+        let frame = format!(r#"{{"properties":{{"t":"{t}"}}}}"#);
+        assert_eq!(scan_t(frame.as_bytes()).map(|x| x.1), Some(123_456_789));
     }
 }

@@ -5,8 +5,10 @@
 //! own, removed afterwards), `CLUSTER_SUBS` WebSocket subscribers are spread round-robin over
 //! the nodes, and two workloads run for `CLUSTER_SECS` each:
 //!
-//! - `channel`: one publisher on node 1 sends 64-byte `channel.publish` requests, at most 64
-//!   unacknowledged; every message crosses NATS (JetStream keeps the channel's history) to
+//! - `channel`: `CLUSTER_PUBLISHERS` (8) publishers spread over the nodes send 64-byte
+//!   `channel.publish` requests, at most 64 unacknowledged each (a connection handles its
+//!   requests in order, so one publisher is bound by the JetStream round trip); every
+//!   message crosses NATS (JetStream keeps the channel's history) to
 //!   every node, which fans it out to its own subscribers;
 //! - `edits`: `CLUSTER_EDITORS` editors spread over the nodes replace point features with real
 //!   AIS positions (`feature.replace`, one in flight each); every edit is committed in
@@ -338,6 +340,7 @@ impl Outcome {
 async fn run(
     nodes_n: usize,
     subs: usize,
+    publishers: usize,
     editors: usize,
     secs: Duration,
     ais: &[(String, f64, f64, f64)],
@@ -378,15 +381,23 @@ async fn run(
         call(&mut ws, 1, "channel.subscribe", json!({ "channel": "fan" })).await;
         subscriber(ws, "message", count.clone(), stop.clone());
     }
-    let publisher = connect(addrs[0]).await;
-    let payload = ".".repeat(64);
     let started = Instant::now();
-    let (acked, failed) = pipeline(publisher, 64, secs, move |i| {
-        format!(
-            r#"{{"jsonrpc":"2.0","id":{i},"method":"channel.publish","params":{{"channel":"fan","data":"{payload}"}}}}"#
-        )
-    })
-    .await;
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let ws = connect(addrs[p % nodes_n]).await;
+        let payload = ".".repeat(64);
+        tasks.push(tokio::spawn(pipeline(ws, 64, secs, move |i| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{i},"method":"channel.publish","params":{{"channel":"fan","data":"{payload}"}}}}"#
+            )
+        })));
+    }
+    let (mut acked, mut failed) = (0, 0);
+    for t in tasks {
+        let (a, f) = t.await.expect("publisher");
+        acked += a;
+        failed += f;
+    }
     let expected = acked * subs as u64;
     let last = drain(&count, expected, Duration::from_secs(5)).await;
     Outcome {
@@ -470,6 +481,7 @@ async fn run(
 
 fn main() {
     let subs = env_num("CLUSTER_SUBS", 300) as usize;
+    let publishers = env_num("CLUSTER_PUBLISHERS", 8) as usize;
     let editors = env_num("CLUSTER_EDITORS", 8) as usize;
     let secs = Duration::from_secs(env_num("CLUSTER_SECS", 5));
     let counts: Vec<usize> = std::env::var("CLUSTER_NODES")
@@ -485,13 +497,13 @@ fn main() {
         .expect("runtime");
     println!(
         "cluster: PostgreSQL {} + NATS {}; {subs} JSON WebSocket subscribers spread over the nodes; \
-         {} s per workload; channel: 1 publisher on node 1, 64 B, window 64; edits: {editors} editors \
+         {} s per workload; channel: {publishers} publishers over the nodes, 64 B, window 64 each; edits: {editors} editors \
          over the nodes, one feature.replace in flight each",
         pg_url(),
         nats_url(),
         secs.as_secs()
     );
     for n in counts {
-        rt.block_on(run(n, subs, editors, secs, &ais));
+        rt.block_on(run(n, subs, publishers, editors, secs, &ais));
     }
 }

@@ -503,12 +503,18 @@ async fn main() {
         s.deferred.load(Ordering::Relaxed),
         s.render_races.load(Ordering::Relaxed),
     );
+    let c = node.tiles.cache_stats();
+    println!(
+        "cache now: {} tiles, {:.1} MiB (budget 64 MiB)",
+        c.tiles,
+        c.bytes as f64 / (1 << 20) as f64,
+    );
     drop(rx);
 
     // 3. Throughput: full tiles to 100 subscribers.
-    const ROUNDS: usize = 5;
+    const ROUNDS: usize = 3;
     println!(
-        "\n== 3. tile bytes delivered to {SUBSCRIBERS} subscribers (full tiles, MessagePack, {ROUNDS} rounds) =="
+        "\n== 3. tile bytes delivered to {SUBSCRIBERS} subscribers (full z4 city tiles, MessagePack, {ROUNDS} rounds) =="
     );
     let world = covering([-180.0, -85.0, 180.0, 85.0], 4..=4);
     let tiles: Vec<String> = world.iter().map(|t| key(*t)).collect();
@@ -516,7 +522,7 @@ async fn main() {
         tiles.iter().map(|t| (t.clone(), json!(0))).collect();
     // Warm the cache so the figure is about delivery, not rendering.
     for t in &world {
-        http.get(&format!("/v1/tiles/b_countries/{}.mvt", key(*t)))
+        http.get(&format!("/v1/tiles/b_cities/{}.mvt", key(*t)))
             .await;
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, u64)>();
@@ -531,7 +537,7 @@ async fn main() {
                 &mut ws,
                 1,
                 "tile.subscribe",
-                json!({"layer": "b_countries", "tiles": tiles, "mode": "full"}),
+                json!({"layer": "b_cities", "tiles": tiles, "mode": "full"}),
             )
             .await;
             let per_round = tiles.len();

@@ -149,8 +149,11 @@ async fn publish(
                 "the body must have a \"data\" member",
             ));
         };
+        // The same checks as a WebSocket publish (nesting depth included).
+        let data = Payload::from_json(Bytes::copy_from_slice(data.get().as_bytes()))
+            .map_err(|e| http_error(ErrorCode::InvalidParams, format!("data: {e}")))?;
         let pos: Position = node
-            .publish(&name, Payload::from_raw_json(data))
+            .publish(&name, data)
             .await
             .map_err(IntoResponse::into_response)?;
         Ok::<_, Response>(Json(pos).into_response())

@@ -24,6 +24,11 @@ async fn start(data: &Path) -> (Child, SocketAddr) {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .env("GEOSTREAM_LOG__LEVEL", "warn")
+        // A large outbox: `check_log` reads every change as a push, which a smaller budget
+        // would rightly coalesce when the test reads slower than the server replays.
+        .env("GEOSTREAM_LIMITS__OUTBOX_BYTES", "268435456")
+        // ... and let it replay the whole log rather than answer with a snapshot.
+        .env("GEOSTREAM_LAYERS__MAX_REPLAY", "10000000")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -467,3 +467,20 @@ async fn the_token_command_mints_usable_tokens() {
     assert!(!out.status.success());
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn deeply_nested_http_payloads_are_refused() {
+    let srv = TestServer::start().await;
+    let deep = format!("{{\"data\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+    let (s, _, body) = http(
+        srv.addr,
+        "POST",
+        "/v1/channels/c/messages",
+        &[("content-type", "application/json")],
+        Some(deep.into_bytes()),
+    )
+    .await;
+    assert_eq!(s, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("nested deeper"));
+    srv.shutdown().await;
+}

@@ -42,6 +42,15 @@ fn describe(e: &Expr) -> String {
     }
 }
 
+/// A property name as written; an empty one (possible in CQL2 JSON) names nothing and has no
+/// CQL2 text form.
+fn property_name(p: &str) -> Result<&str> {
+    if p.is_empty() {
+        return Err(unsupported("a property name must not be empty"));
+    }
+    Ok(p)
+}
+
 fn arity(op: &str, args: &[Box<Expr>], n: usize) -> Result<()> {
     if args.len() == n {
         Ok(())
@@ -88,7 +97,7 @@ impl Compiler<'_> {
                 Expr::Bool(b) => Ok(Pred::Const(Truth::from_bool(*b))),
                 Expr::Null => Ok(Pred::Const(Truth::Unknown)),
                 Expr::Property { property } => {
-                    Ok(Pred::Truthy(Operand::Prop(property.as_str().into())))
+                    Ok(Pred::Truthy(Operand::Prop(property_name(property)?.into())))
                 }
                 other => Err(unsupported(format!(
                     "{} cannot be used as a condition",
@@ -192,7 +201,7 @@ impl Compiler<'_> {
     /// Compiles an expression in a position where a value is expected.
     pub(crate) fn operand(&self, e: &Expr) -> Result<Operand> {
         Ok(match e {
-            Expr::Property { property } => Operand::Prop(property.as_str().into()),
+            Expr::Property { property } => Operand::Prop(property_name(property)?.into()),
             Expr::Float(v) => Operand::Num(*v),
             Expr::Literal(s) => Operand::Str(s.as_str().into()),
             Expr::Bool(b) => Operand::Bool(*b),

@@ -651,3 +651,19 @@ fn empty_in_lists_are_refused() {
         "unsupported CQL2 construct: IN needs at least one value in its list"
     );
 }
+
+/// Regression found by `tests/fuzz_cql2.rs` (20,000-case run): CQL2 JSON naming the empty
+/// property was accepted, and its text form (` = -3`) did not parse back.
+#[test]
+fn empty_property_names_are_refused() {
+    for v in [
+        json!({"op": "=", "args": [{"property": ""}, -3]}),
+        json!({"op": "and", "args": [{"property": ""}, true]}),
+    ] {
+        let e = AttributeFilter::parse_json(&v, &Limits::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unsupported CQL2 construct: a property name must not be empty"
+        );
+    }
+}

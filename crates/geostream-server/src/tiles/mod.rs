@@ -431,6 +431,11 @@ impl Tiles {
         };
         if raced {
             self.stats.render_races.fetch_add(1, Ordering::Relaxed);
+            // Not current, but a real version a subscriber may be sent: keep its bytes among
+            // the older versions, so the next push to that subscriber can be a delta.
+            if self.cache.insert(layer, t, seq, bytes.clone()).is_ok() {
+                self.cache.invalidate(layer, t);
+            }
             return uncached(bytes);
         }
         match self.cache.insert(layer, t, seq, bytes.clone()) {
