@@ -502,11 +502,30 @@ fn msgpack_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     }
 }
 
+/// Compresses with a per-thread reused context: creating a Zstandard context per frame
+/// costs more than compressing a small frame.
+fn zstd_compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+        }
+        match c.as_mut() {
+            Some(c) => c.compress(data),
+            None => zstd::bulk::compress(data, ZSTD_LEVEL),
+        }
+    })
+}
+
 /// Compresses a finished MessagePack frame when it is large enough and compression helps.
 fn maybe_compress(enc: Encoding, frame: Vec<u8>) -> Bytes {
     if enc == Encoding::MsgpackZstd
         && frame.len() >= ZSTD_THRESHOLD
-        && let Ok(z) = zstd::bulk::compress(&frame, ZSTD_LEVEL)
+        && let Ok(z) = zstd_compress(&frame)
         && z.len() < frame.len()
     {
         return Bytes::from(z);
@@ -788,7 +807,7 @@ pub fn encode_push<T: Serialize + ?Sized>(
             let split = head.len();
             if enc == Encoding::MsgpackZstd
                 && tail.len() >= ZSTD_THRESHOLD
-                && let Ok(z) = zstd::bulk::compress(tail, ZSTD_LEVEL)
+                && let Ok(z) = zstd_compress(tail)
                 && z.len() + ZSTD_RAW_HEADER < tail.len()
             {
                 head.extend_from_slice(&z);
