@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Extension, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -72,6 +72,8 @@ pub(crate) fn parse_event_id(id: &str) -> Result<HashMap<String, Position>, Stri
 struct Guard {
     node: Arc<Node>,
     session: Arc<Session>,
+    /// This stream's place in the connection limits, freed when it ends.
+    _permit: crate::limits::ConnectionPermit,
 }
 
 impl Drop for Guard {
@@ -200,6 +202,7 @@ impl Stream {
 pub(crate) async fn stream(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<crate::auth::Principal>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -250,11 +253,22 @@ pub(crate) async fn stream(
     if node.is_draining() {
         return http_error(ErrorCode::Unavailable, "the server is shutting down; retry");
     }
-    let session = node.open_session(Encoding::Json, None);
+    // SSE streams count against the same connection limits as WebSockets.
+    let permit = match node.connections.admit(peer.ip()) {
+        Ok(p) => p,
+        Err(refused) => {
+            node.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            let mut r = http_error(ErrorCode::LimitExceeded, refused.to_string());
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return r;
+        }
+    };
+    let session = node.open_session(Encoding::Json, who.user.clone());
     node.metrics.sse_connections.fetch_add(1, Ordering::Relaxed);
     let guard = Guard {
         node: node.clone(),
         session: session.clone(),
+        _permit: permit,
     };
     let mut first = Vec::new();
     let mut positions = Vec::new();

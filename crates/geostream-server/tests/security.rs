@@ -347,6 +347,9 @@ async fn connection_limits_and_origins() {
     let (s, body) = upgrade_status(&srv, "/v1/ws", &[]).await;
     assert_eq!(s, 503, "{body}");
     assert!(body.contains("limit_exceeded"), "{body}");
+    // SSE streams count too.
+    let (s, _, _) = http(srv.addr, "GET", "/v1/sse?channel=x", &[], None).await;
+    assert_eq!(s, 503);
     // Closing one frees its place.
     drop(open.pop());
     let mut ok = false;
