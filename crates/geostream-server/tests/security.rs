@@ -487,3 +487,56 @@ async fn deeply_nested_http_payloads_are_refused() {
     assert!(String::from_utf8_lossy(&body).contains("nested deeper"));
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_are_verified_with_configured_keys() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let srv = TestServer::start_with(|c| {
+        c.auth.anonymous = Anonymous::None;
+        c.auth.public_keys = vec![
+            geostream_server::config::PublicKeyConfig {
+                alg: "ES256".into(),
+                pem_file: fixtures.join("es256-public.pem"),
+                kid: None,
+            },
+            geostream_server::config::PublicKeyConfig {
+                alg: "RS256".into(),
+                pem_file: fixtures.join("rs256-public.pem"),
+                kid: None,
+            },
+        ];
+    })
+    .await;
+    let claims = Claims {
+        sub: Some("dana".into()),
+        exp: now_secs() + 600,
+        nbf: None,
+        iat: None,
+        layers: [("*".to_string(), "r".to_string())].into(),
+        channels: BTreeMap::new(),
+    };
+    let es =
+        EncodingKey::from_ec_pem(&std::fs::read(fixtures.join("es256-private-pk8.pem")).unwrap())
+            .unwrap();
+    let rs = EncodingKey::from_rsa_pem(&std::fs::read(fixtures.join("rs256-private.pem")).unwrap())
+        .unwrap();
+    for (alg, key) in [(Algorithm::ES256, &es), (Algorithm::RS256, &rs)] {
+        let t = encode(&Header::new(alg), &claims, key).unwrap();
+        let mut ws = Ws::connect(
+            &format!("{}?access_token={t}", srv.ws_url()),
+            Encoding::Json,
+        )
+        .await;
+        let r = ws.ok("hello", json!({})).await;
+        assert_eq!(r["user"], "dana", "{alg:?}");
+    }
+    // An algorithm without a configured key (RS384), or HS256 with no secret: refused.
+    let wrong = encode(&Header::new(Algorithm::RS384), &claims, &rs).unwrap();
+    let (s, _) = upgrade_status(&srv, &format!("/v1/ws?access_token={wrong}"), &[]).await;
+    assert_eq!(s, 401);
+    let hs = mint_hs256("anything", &claims).unwrap();
+    let (s, _) = upgrade_status(&srv, &format!("/v1/ws?access_token={hs}"), &[]).await;
+    assert_eq!(s, 401);
+    srv.shutdown().await;
+}
