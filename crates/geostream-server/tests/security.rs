@@ -540,3 +540,34 @@ async fn rs256_and_es256_tokens_are_verified_with_configured_keys() {
     assert_eq!(s, 401);
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_expired_token_closes_the_connection_unless_refreshed() {
+    let srv = TestServer::start_with(|c| {
+        c.auth.anonymous = Anonymous::None;
+        c.auth.hs256_secret = SECRET.into();
+        c.auth.leeway_secs = 0;
+    })
+    .await;
+    let short = token("erin", now_secs() + 2, &[("*", "r")], &[("*", "r")]);
+    let mut a = Ws::connect(
+        &format!("{}?access_token={short}", srv.ws_url()),
+        Encoding::Json,
+    )
+    .await;
+    a.ok("channel.subscribe", json!({ "channel": "c" })).await;
+    let mut b = Ws::connect(
+        &format!("{}?access_token={short}", srv.ws_url()),
+        Encoding::Json,
+    )
+    .await;
+    let long = token("erin", now_secs() + 600, &[("*", "r")], &[("*", "r")]);
+    b.ok("hello", json!({ "token": long })).await;
+    let t = Instant::now();
+    let close = a.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4001, "{close:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // The refreshed connection is still served.
+    b.ok("channel.subscribe", json!({ "channel": "c" })).await;
+    srv.shutdown().await;
+}

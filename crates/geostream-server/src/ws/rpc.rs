@@ -85,6 +85,8 @@ pub(crate) struct Rpc {
     principal: crate::auth::Principal,
     /// Requests per second.
     rate: crate::limits::RateLimiter,
+    /// Closes the connection when the token expires without a refresh.
+    expiry_watch: Option<AbortHandle>,
 }
 
 /// The names a request is about, read to check rights before it runs.
@@ -137,7 +139,7 @@ impl Rpc {
             node.config.limits.requests_per_sec,
             node.config.limits.request_burst,
         );
-        Rpc {
+        let mut rpc = Rpc {
             node,
             session,
             enc,
@@ -147,7 +149,10 @@ impl Rpc {
             last_cursor: None,
             principal,
             rate,
-        }
+            expiry_watch: None,
+        };
+        rpc.watch_expiry();
+        rpc
     }
 
     fn send(&self, frame: Bytes) {
@@ -681,6 +686,7 @@ impl Rpc {
             self.session.set_client(client);
             self.holder.user = fresh.user.clone();
             self.principal = fresh;
+            self.watch_expiry();
         }
         if let Some(cid) = &p.client_id {
             if cid.is_empty() || cid.len() > 128 || cid.chars().any(char::is_control) {
@@ -801,7 +807,35 @@ impl Rpc {
     }
 
     /// Aborts every running request (the connection is gone).
+    /// (Re)starts the timer that closes the connection with 4001 when the token expires; a
+    /// fresh token in `hello` restarts it.
+    fn watch_expiry(&mut self) {
+        if let Some(h) = self.expiry_watch.take() {
+            h.abort();
+        }
+        let Some(exp) = self.principal.expires else {
+            return;
+        };
+        let leeway = self.node.config.auth.leeway_secs;
+        let session = Arc::downgrade(&self.session);
+        let task = tokio::spawn(async move {
+            let now = crate::auth::now_secs();
+            let wait = (exp + leeway).saturating_sub(now);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            if let Some(session) = session.upgrade() {
+                session.outbox.close(geostream_hub::CloseReason {
+                    code: geostream_core::error::close::TOKEN_EXPIRED,
+                    reason: "token expired",
+                });
+            }
+        });
+        self.expiry_watch = Some(task.abort_handle());
+    }
+
     pub(crate) fn abort_all(&self) {
+        if let Some(h) = &self.expiry_watch {
+            h.abort();
+        }
         for (_, h) in self.running.lock().drain() {
             h.abort();
             self.node.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
