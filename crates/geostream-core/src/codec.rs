@@ -314,18 +314,30 @@ pub fn decompress_bounded(data: &[u8], limit: usize) -> Result<Vec<u8>, DecodeEr
             DecodeError::new(ErrorCode::ParseError, format!("invalid zstd frame: {e}"))
         }
     };
-    let mut dec = zstd::stream::read::Decoder::with_buffer(data).map_err(fail)?;
-    let window_log = (usize::BITS - limit.max(1 << 10).leading_zeros()).clamp(10, 27);
-    dec.window_log_max(window_log).map_err(fail)?;
-    let mut out = Vec::new();
-    let n = dec
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(fail)?;
-    if n > limit {
-        return Err(too_large());
+    // A decompression context per thread, reset before each frame: creating one per frame
+    // cost more than decompressing a small frame.
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+            const { std::cell::RefCell::new(None) };
     }
-    Ok(out)
+    DCTX.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let ctx = cell.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+        ctx.reset(zstd::zstd_safe::ResetDirective::SessionAndParameters)
+            .map_err(|_| DecodeError::new(ErrorCode::InternalError, "zstd context reset failed"))?;
+        let mut dec = zstd::stream::read::Decoder::with_context(data, ctx);
+        let window_log = (usize::BITS - limit.max(1 << 10).leading_zeros()).clamp(10, 27);
+        dec.window_log_max(window_log).map_err(fail)?;
+        let mut out = Vec::new();
+        let n = dec
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(fail)?;
+        if n > limit {
+            return Err(too_large());
+        }
+        Ok(out)
+    })
 }
 
 /// Decodes a client frame. For `msgpack-zstd`, a compressed frame must have been decompressed
