@@ -10,6 +10,8 @@
 //! accepted is within the limits, evaluates, and reads back from its own text.
 
 mod common;
+// The counting allocator and helpers shared with geostream-core's property tests.
+#[path = "../../geostream-core/tests/fuzz_support/mod.rs"]
 mod fuzz_support;
 
 use fuzz_support::{apply, config, json_value, mutations, nest, peak_alloc};

@@ -78,6 +78,17 @@ async fn import_reports_progress_and_can_be_cancelled() {
     srv.shutdown().await;
 }
 
+/// Runs the command off the async runtime (it blocks until the process exits).
+async fn geostream_async(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        geostream(&args)
+    })
+    .await
+    .unwrap()
+}
+
 fn geostream(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_geostream"))
         .args(args)
@@ -99,19 +110,15 @@ async fn command_line_import_and_replay_reach_live_subscribers() {
     // Import: a subscriber to the (not yet existing) layer is not possible, so subscribe to
     // the replay layer below; here check the summary and the count.
     let file = data.join(CITIES);
-    let server2 = server.clone();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        geostream(&[
-            "import",
-            file.to_str().unwrap(),
-            "--layer",
-            "cities",
-            "--server",
-            &server2,
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, out, err) = geostream_async(&[
+        "import",
+        file.to_str().unwrap(),
+        "--layer",
+        "cities",
+        "--server",
+        &server,
+    ])
+    .await;
     assert!(ok, "import failed: {out}\n{err}");
     assert!(
         out.contains("imported 34006 features"),
@@ -124,19 +131,15 @@ async fn command_line_import_and_replay_reach_live_subscribers() {
 
     // Importing the same file again rejects every feature (ids exist) and says why.
     let file = data.join(CITIES);
-    let server2 = server.clone();
-    let (ok, out, _) = tokio::task::spawn_blocking(move || {
-        geostream(&[
-            "import",
-            file.to_str().unwrap(),
-            "--layer",
-            "cities",
-            "--server",
-            &server2,
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, out, _) = geostream_async(&[
+        "import",
+        file.to_str().unwrap(),
+        "--layer",
+        "cities",
+        "--server",
+        &server,
+    ])
+    .await;
     assert!(ok);
     assert!(out.contains("rejected 34006"), "{out}");
 
@@ -153,20 +156,17 @@ async fn command_line_import_and_replay_reach_live_subscribers() {
     .await;
     ws.push_of("snapshot").await;
     let file = data.join(AIS);
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        geostream(&[
-            "replay",
-            file.to_str().unwrap(),
-            "--layer",
-            "ships",
-            "--speed",
-            "0",
-            "--server",
-            &server,
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, out, err) = geostream_async(&[
+        "replay",
+        file.to_str().unwrap(),
+        "--layer",
+        "ships",
+        "--speed",
+        "0",
+        "--server",
+        &server,
+    ])
+    .await;
     assert!(ok, "replay failed: {out}\n{err}");
     assert!(out.contains("replayed 8689 position updates"), "{out}");
     let mut enters = 0;
@@ -185,18 +185,15 @@ async fn command_line_import_and_replay_reach_live_subscribers() {
     ws.ok("layer.create", json!({ "name": "strict" })).await;
     let file = data.join(AIS);
     let server = srv.addr.to_string();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        geostream(&[
-            "replay",
-            file.to_str().unwrap(),
-            "--layer",
-            "strict",
-            "--server",
-            &server,
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, _, err) = geostream_async(&[
+        "replay",
+        file.to_str().unwrap(),
+        "--layer",
+        "strict",
+        "--server",
+        &server,
+    ])
+    .await;
     assert!(!ok);
     assert!(err.contains("last-writer-wins"), "{err}");
     srv.shutdown().await;

@@ -3,7 +3,8 @@
 //! the whole suite short, overridable with `PROPTEST_CASES`), byte-level mutations and a JSON
 //! value generator.
 //!
-//! Every test binary that declares `mod fuzz_support;` gets the counting allocator. zstd's own
+//! Every test binary that declares `mod fuzz_support;` (geostream-filter's includes this file
+//! by path) gets the counting allocator. zstd's own
 //! contexts and windows are counted too: the crate enables zstd's `with-rust-allocator`
 //! feature, so the C library allocates through Rust's global allocator.
 

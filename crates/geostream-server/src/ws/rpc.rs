@@ -250,7 +250,7 @@ impl Rpc {
             // (is a layer method, needs write)
             Some(match method {
                 m::CHANNEL_SUBSCRIBE | m::CHANNEL_HISTORY | m::CHANNEL_PRESENCE => (false, false),
-                m::CHANNEL_PUBLISH => (false, true),
+                // `channel.publish` (the hot path) checks after its own parse, below.
                 m::LAYER_GET
                 | m::LAYER_SUBSCRIBE
                 | m::FEATURE_GET
@@ -349,6 +349,7 @@ impl Rpc {
             }
             api::method::CHANNEL_PUBLISH => {
                 let p: ChannelPublishParams = params.parse()?;
+                self.principal.publish_channel(&p.channel)?;
                 let Some(data) = params.field("data")? else {
                     return Err(ServerError::invalid("invalid params: missing field `data`"));
                 };
