@@ -310,17 +310,20 @@ pub(crate) struct Driver {
     cursors: BTreeMap<String, CursorParams>,
 }
 
+/// RFC 6455's "policy violation": not sent by geostream, but a proxy in front of it may.
+const POLICY_VIOLATION: u16 = 1008;
+
+/// The code this client reports when the server refused its credentials in `hello` (the
+/// server answers with an error, not a close frame).
+const REFUSED: u16 = 4003;
+
 /// Close codes after which reconnecting with the same request would fail again.
 fn is_final_close(code: u16) -> bool {
-    use geostream_core::error::close;
-    matches!(
-        code,
-        close::PROTOCOL_ERROR
-            | close::UNSUPPORTED_DATA
-            | close::INVALID_PAYLOAD
-            | close::POLICY_VIOLATION
-            | close::UNAUTHORIZED
-    )
+    use geostream_core::error::CloseCode;
+    match CloseCode::from_code(code) {
+        Some(c) => !c.retry(),
+        None => matches!(code, POLICY_VIOLATION | REFUSED),
+    }
 }
 
 /// Server errors worth retrying an edit after.
@@ -1473,7 +1476,7 @@ impl Driver {
                         e.code == ErrorCode::Unauthorized && self.opts.token_provider.is_none();
                     self.end = Some(if final_ || e.code == ErrorCode::InvalidParams {
                         End::Refused {
-                            code: geostream_core::error::close::UNAUTHORIZED,
+                            code: REFUSED,
                             reason: e.to_string(),
                         }
                     } else {

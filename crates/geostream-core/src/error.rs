@@ -209,59 +209,154 @@ impl fmt::Display for RpcError {
 
 impl std::error::Error for RpcError {}
 
-/// WebSocket close codes the server uses (RFC 6455 section 7.4, IANA registry, and 4xxx for
-/// geostream's own reasons). A client should reconnect after every code except 1002, 1003,
-/// 1007, 1008 and 4003, which mean it did something that will fail again.
-pub mod close {
-    /// Normal closure (the client asked to close).
-    pub const NORMAL: u16 = 1000;
-    /// The server is going away for good (not used for restarts; see [`SERVICE_RESTART`]).
-    pub const GOING_AWAY: u16 = 1001;
+/// Why the server closes a WebSocket: every close code it sends, with its name and the
+/// reason text of the close frame, in one place (RFC 6455 section 7.4 for 1xxx, 4xxx for
+/// geostream's own reasons). `docs/PROTOCOL.md`'s close-code table is checked against
+/// [`CloseCode::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// Normal closure: the client closed, and the server echoes its code.
+    Normal = 1000,
     /// The peer broke the WebSocket protocol (unmasked frame, bad opcode, reserved bits).
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    ProtocolError = 1002,
     /// A frame type the subprotocol does not use (binary on JSON, text on MessagePack).
-    pub const UNSUPPORTED_DATA: u16 = 1003;
+    UnsupportedData = 1003,
     /// A text frame that is not UTF-8.
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    /// Refused by policy (origin not allowed, authentication failed on connect).
-    pub const POLICY_VIOLATION: u16 = 1008;
+    InvalidPayload = 1007,
     /// A frame or message larger than the server's limit.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// The server hit an unexpected condition.
-    pub const INTERNAL_ERROR: u16 = 1011;
+    MessageTooBig = 1009,
     /// The server is restarting or shutting down: reconnect (with backoff) and resume.
-    pub const SERVICE_RESTART: u16 = 1012;
-    /// Too many connections; try again later.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+    ServiceRestart = 1012,
     /// Nothing was received for longer than the idle timeout.
-    pub const IDLE_TIMEOUT: u16 = 4000;
+    IdleTimeout = 4000,
     /// The token expired on a live connection and was not refreshed.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The connection was refused for its credentials.
-    pub const UNAUTHORIZED: u16 = 4003;
+    TokenExpired = 4001,
     /// The client read too slowly and its outbound queue stayed over the hard limit.
-    pub const SLOW_CONSUMER: u16 = 4008;
-    /// The client kept sending after being rate limited.
-    pub const FLOOD: u16 = 4029;
+    SlowConsumer = 4008,
+    /// The client kept sending far above its rate limit for longer than allowed.
+    Flood = 4029,
+}
 
-    /// Every code with its name, in documentation order.
-    pub const ALL: [(u16, &str); 15] = [
-        (NORMAL, "normal"),
-        (GOING_AWAY, "going_away"),
-        (PROTOCOL_ERROR, "protocol_error"),
-        (UNSUPPORTED_DATA, "unsupported_data"),
-        (INVALID_PAYLOAD, "invalid_payload"),
-        (POLICY_VIOLATION, "policy_violation"),
-        (MESSAGE_TOO_BIG, "message_too_big"),
-        (INTERNAL_ERROR, "internal_error"),
-        (SERVICE_RESTART, "service_restart"),
-        (TRY_AGAIN_LATER, "try_again_later"),
-        (IDLE_TIMEOUT, "idle_timeout"),
-        (TOKEN_EXPIRED, "token_expired"),
-        (UNAUTHORIZED, "unauthorized"),
-        (SLOW_CONSUMER, "slow_consumer"),
-        (FLOOD, "flood"),
+impl CloseCode {
+    /// Every code, in documentation order.
+    pub const ALL: [CloseCode; 10] = [
+        CloseCode::Normal,
+        CloseCode::ProtocolError,
+        CloseCode::UnsupportedData,
+        CloseCode::InvalidPayload,
+        CloseCode::MessageTooBig,
+        CloseCode::ServiceRestart,
+        CloseCode::IdleTimeout,
+        CloseCode::TokenExpired,
+        CloseCode::SlowConsumer,
+        CloseCode::Flood,
     ];
+
+    /// The number on the wire.
+    pub const fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The code for a number, if the server sends it.
+    pub fn from_code(code: u16) -> Option<CloseCode> {
+        CloseCode::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// Its name in the documentation.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::ProtocolError => "protocol_error",
+            CloseCode::UnsupportedData => "unsupported_data",
+            CloseCode::InvalidPayload => "invalid_payload",
+            CloseCode::MessageTooBig => "message_too_big",
+            CloseCode::ServiceRestart => "service_restart",
+            CloseCode::IdleTimeout => "idle_timeout",
+            CloseCode::TokenExpired => "token_expired",
+            CloseCode::SlowConsumer => "slow_consumer",
+            CloseCode::Flood => "flood",
+        }
+    }
+
+    /// The reason text the close frame carries (a protocol violation may carry a more
+    /// precise one, see [`CloseReason`]).
+    pub const fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "bye",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::UnsupportedData => "frame type not used by this subprotocol",
+            CloseCode::InvalidPayload => "text frame is not UTF-8",
+            CloseCode::MessageTooBig => "frame or message too big",
+            CloseCode::ServiceRestart => "server restarting; reconnect",
+            CloseCode::IdleTimeout => "idle timeout",
+            CloseCode::TokenExpired => "token expired",
+            CloseCode::SlowConsumer => "slow consumer: outbound queue over budget for too long",
+            CloseCode::Flood => "flood: kept sending far above the rate limit",
+        }
+    }
+
+    /// Whether a client should reconnect after it. The others mean the client did
+    /// something that would fail again as is.
+    pub const fn retry(self) -> bool {
+        !matches!(
+            self,
+            CloseCode::ProtocolError | CloseCode::UnsupportedData | CloseCode::InvalidPayload
+        )
+    }
+}
+
+impl fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code(), self.name())
+    }
+}
+
+/// What a close frame carries: a code (usually a [`CloseCode`]; the client's own when the
+/// server echoes its close) and the reason text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The code on the wire.
+    pub code: u16,
+    /// The reason text (at most 123 bytes, the room a close frame has).
+    pub reason: &'static str,
+}
+
+impl CloseReason {
+    /// A more precise reason than the code's own (protocol violations say which rule).
+    pub const fn with_reason(code: CloseCode, reason: &'static str) -> Self {
+        CloseReason {
+            code: code.code(),
+            reason,
+        }
+    }
+
+    /// The answer to a client's close frame (RFC 6455 section 5.5.1): a code of the
+    /// registered range echoed, 1000 for an application code (4xxx) or none.
+    pub fn echo(client_code: Option<u16>) -> Self {
+        let code = match client_code {
+            Some(c) if c < 4000 && c != 1005 && c != 1006 => c,
+            _ => CloseCode::Normal.code(),
+        };
+        CloseReason {
+            code,
+            reason: "bye",
+        }
+    }
+
+    /// The [`CloseCode`] it carries, if it is one the server sends.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        CloseCode::from_code(self.code)
+    }
+}
+
+impl From<CloseCode> for CloseReason {
+    fn from(code: CloseCode) -> Self {
+        CloseReason {
+            code: code.code(),
+            reason: code.reason(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -284,8 +379,13 @@ mod tests {
     #[test]
     fn close_codes_are_unique() {
         let mut seen = std::collections::HashSet::new();
-        for (c, _) in close::ALL {
-            assert!(seen.insert(c));
+        for c in CloseCode::ALL {
+            assert!(seen.insert(c.code()));
+            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+            assert!(
+                c.reason().len() <= 123,
+                "{c}: a close reason fits a control frame"
+            );
         }
     }
 }

@@ -11,7 +11,8 @@ pub mod error;
 pub mod feature;
 pub mod msgpack;
 pub mod payload;
+pub mod request;
 
 pub use codec::{ClientFrame, Encoding, Id, Params, PushFrame, ServerFrame};
-pub use error::{ErrorCode, RpcError};
+pub use error::{CloseCode, CloseReason, ErrorCode, RpcError};
 pub use payload::{Payload, PayloadKind};

@@ -97,14 +97,8 @@ impl Outgoing {
     }
 }
 
-/// Why a connection is being closed by the server side.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CloseReason {
-    /// WebSocket close code (see `geostream_core::error::close`).
-    pub code: u16,
-    /// A short reason for humans.
-    pub reason: &'static str,
-}
+use geostream_core::error::CloseCode;
+pub use geostream_core::error::CloseReason;
 
 /// What [`Outbox::push`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,10 +332,7 @@ impl Outbox {
         let now = Instant::now();
         let since = *s.over_since.get_or_insert(now);
         if now.duration_since(since) >= self.limits.slow_grace {
-            s.close = Some(CloseReason {
-                code: geostream_core::error::close::SLOW_CONSUMER,
-                reason: "slow consumer",
-            });
+            s.close = Some(CloseCode::SlowConsumer.into());
             self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
             drop(s);
             self.notify.notify_one();
@@ -355,10 +346,7 @@ impl Outbox {
         let since = *s.over_since.get_or_insert(now);
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         if now.duration_since(since) >= self.limits.slow_grace {
-            s.close = Some(CloseReason {
-                code: geostream_core::error::close::SLOW_CONSUMER,
-                reason: "slow consumer",
-            });
+            s.close = Some(CloseCode::SlowConsumer.into());
             self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
             drop(s);
             self.notify.notify_one();
@@ -407,7 +395,7 @@ impl Outbox {
 
     /// The close reason, once closing.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.state.lock().close.clone()
+        self.state.lock().close
     }
 
     /// Waits until there is something to drain or the outbox is closing.
@@ -506,7 +494,7 @@ impl Outbox {
             s.keys = HashMap::new();
         }
         let close = if s.queue.is_empty() && s.overflow.is_empty() {
-            s.close.clone()
+            s.close
         } else {
             None
         };
@@ -536,10 +524,7 @@ impl Outbox {
         s.overflow = HashMap::new();
         s.bytes = 0;
         if s.close.is_none() {
-            s.close = Some(CloseReason {
-                code: geostream_core::error::close::NORMAL,
-                reason: "closed",
-            });
+            s.close = Some(CloseCode::Normal.into());
         }
         drop(s);
         self.stats
@@ -614,8 +599,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(o.push(frame(150)), PushOutcome::Closed);
         assert_eq!(
-            o.close_reason().unwrap().code,
-            geostream_core::error::close::SLOW_CONSUMER
+            o.close_reason().unwrap().close_code(),
+            Some(CloseCode::SlowConsumer)
         );
         assert_eq!(stats.slow_closed.load(Ordering::Relaxed), 1);
         let mut out = VecDeque::new();

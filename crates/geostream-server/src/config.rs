@@ -264,6 +264,9 @@ pub struct LimitsConfig {
     pub requests_per_sec: u32,
     /// Requests one connection may send in a burst above that rate. Default: 4000.
     pub request_burst: u32,
+    /// Seconds in a row a connection may send more than twice `requests_per_sec` (most of it
+    /// refused) before it is closed as a flood (close code 4029); 0 never closes. Default: 10.
+    pub flood_close_secs: u32,
     /// Open connections (WebSocket and SSE) in total. Default: 100000.
     pub max_connections: usize,
     /// Open connections from one IP address. Default: 10000.
@@ -281,6 +284,7 @@ impl Default for LimitsConfig {
             slow_consumer_grace_secs: 10,
             requests_per_sec: 2000,
             request_burst: 4000,
+            flood_close_secs: 10,
             max_connections: 100_000,
             max_connections_per_ip: 10_000,
             request_timeout_secs: 30,

@@ -28,6 +28,9 @@ pub enum ServerError {
     /// From the store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An HTTP body of a media type the route does not accept (415).
+    #[error("{0}")]
+    MediaType(String),
     /// Anything else unexpected: logged, answered as an internal error.
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,6 +75,7 @@ impl ServerError {
                     "the message broker is unavailable; retry later",
                 )
             }
+            ServerError::MediaType(m) => RpcError::new(ErrorCode::InvalidRequest, m.clone()),
             ServerError::Internal(detail) => {
                 tracing::error!(error = %detail, "Internal error.");
                 RpcError::new(ErrorCode::InternalError, "internal error")
@@ -161,6 +165,9 @@ impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let e = self.to_rpc();
         let mut status = http_status(e.code);
+        if let ServerError::MediaType(_) = self {
+            status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        }
         if e.code == ErrorCode::Conflict {
             // HTTP has its own statuses for failed and missing preconditions (If-Match).
             if let Some(d) = &e.data {

@@ -44,6 +44,10 @@ pub fn router(node: Arc<Node>) -> Router {
             node.clone(),
             authenticate,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            node.config.clone(),
+            crate::guard::writes_from_allowed_origins,
+        ))
         .layer(cors(&node.config.http.allowed_origins))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
@@ -128,6 +132,7 @@ struct PublishBody<'a> {
 async fn publish(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
+    headers: axum::http::HeaderMap,
     name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -135,6 +140,8 @@ async fn publish(
     let r = async {
         let Path(name) = name.map_err(path_error)?;
         who.publish_channel(&name)
+            .map_err(IntoResponse::into_response)?;
+        crate::guard::require_media_type(&headers, crate::guard::JSON_TYPES)
             .map_err(IntoResponse::into_response)?;
         let body = body.map_err(body_error)?;
         let parsed: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| {
@@ -224,45 +231,6 @@ async fn presence(
     .await;
     node.metrics.request("http.presence", r.is_ok());
     r.unwrap_or_else(|e| e)
-}
-
-/// Refuses browsers on origins that may not use this server (WebSocket and SSE are not
-/// covered by CORS, so the server checks `Origin` itself). Requests without `Origin` (not
-/// from a browser) and pages of this server (same host) are allowed.
-pub(crate) fn check_origin(
-    node: &Node,
-    headers: &axum::http::HeaderMap,
-) -> Result<(), crate::error::ServerError> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or_default();
-    if origin_allowed(&node.config.http.allowed_origins, origin, headers) {
-        return Ok(());
-    }
-    Err(crate::error::ServerError::new(
-        ErrorCode::Forbidden,
-        format!("origin {origin:?} is not allowed (http.allowed_origins)"),
-    ))
-}
-
-fn origin_allowed(allowed: &[String], origin: &str, headers: &axum::http::HeaderMap) -> bool {
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    // Same host: the origin's authority equals the Host the request was sent to.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .unwrap_or_default();
-    !host.is_empty() && authority.eq_ignore_ascii_case(host)
 }
 
 /// Resolves who is calling (a bearer token, an `access_token` query parameter, or

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod features;
+pub mod guard;
 pub mod http;
 pub mod import;
 mod layer_ops;

@@ -97,41 +97,86 @@ impl ConnectionLimits {
     }
 }
 
-/// A token bucket: `rate` tokens per second, holding at most `burst`.
+/// Why a request was refused by [`RateLimiter::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the rate: a token is available after this long.
+    Wait(Duration),
+    /// The connection has kept sending more than twice its rate for the configured number
+    /// of seconds in a row: close it (4029).
+    Flood,
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`; and a watch for clients
+/// that do not slow down when refused.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
     tokens: f64,
     last: Instant,
+    /// Seconds in a row over twice the rate after which the connection is a flood (0: never).
+    flood_secs: u32,
+    /// The one-second window refusals are counted in.
+    window_start: Instant,
+    refused_in_window: u32,
+    /// Consecutive windows with more refusals than the rate (more than twice the rate sent).
+    windows_over: u32,
 }
 
 impl RateLimiter {
-    /// A full bucket.
-    pub fn new(rate_per_sec: u32, burst: u32) -> Self {
+    /// A full bucket. `flood_secs` of 0 never calls a client a flood.
+    pub fn new(rate_per_sec: u32, burst: u32, flood_secs: u32) -> Self {
+        let now = Instant::now();
         RateLimiter {
             rate: f64::from(rate_per_sec.max(1)),
             burst: f64::from(burst.max(1)),
             tokens: f64::from(burst.max(1)),
-            last: Instant::now(),
+            last: now,
+            flood_secs,
+            window_start: now,
+            refused_in_window: 0,
+            windows_over: 0,
         }
     }
 
-    /// Takes a token; when none is left, says how long until one is.
-    pub fn check(&mut self) -> Result<(), Duration> {
+    /// Takes a token, or says why not.
+    pub fn check(&mut self) -> Result<(), Refusal> {
         self.check_at(Instant::now())
     }
 
-    fn check_at(&mut self, now: Instant) -> Result<(), Duration> {
+    fn check_at(&mut self, now: Instant) -> Result<(), Refusal> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            return Ok(());
         }
+        if self.refused(now) {
+            return Err(Refusal::Flood);
+        }
+        Err(Refusal::Wait(Duration::from_secs_f64(
+            (1.0 - self.tokens) / self.rate,
+        )))
+    }
+
+    /// Counts a refusal; whether the client is now a flood.
+    fn refused(&mut self, now: Instant) -> bool {
+        let since = now.saturating_duration_since(self.window_start);
+        if since >= Duration::from_secs(1) {
+            // A window followed directly by this one continues the streak; a quiet gap ends it.
+            let over = f64::from(self.refused_in_window) > self.rate;
+            self.windows_over = if over && since < Duration::from_secs(2) {
+                self.windows_over + 1
+            } else {
+                0
+            };
+            self.window_start = now;
+            self.refused_in_window = 0;
+        }
+        self.refused_in_window += 1;
+        self.flood_secs > 0 && self.windows_over >= self.flood_secs
     }
 }
 
@@ -156,12 +201,14 @@ mod tests {
 
     #[test]
     fn bucket_allows_burst_then_rate() {
-        let mut r = RateLimiter::new(10, 5);
+        let mut r = RateLimiter::new(10, 5, 0);
         let t0 = Instant::now();
         for _ in 0..5 {
             r.check_at(t0).unwrap();
         }
-        let wait = r.check_at(t0).unwrap_err();
+        let Err(Refusal::Wait(wait)) = r.check_at(t0) else {
+            panic!("refused with a wait")
+        };
         assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO);
         r.check_at(t0 + Duration::from_millis(100)).unwrap();
         assert!(r.check_at(t0 + Duration::from_millis(100)).is_err());
@@ -171,5 +218,33 @@ mod tests {
             r.check_at(later).unwrap();
         }
         assert!(r.check_at(later).is_err());
+    }
+
+    #[test]
+    fn a_client_that_keeps_flooding_is_called_a_flood() {
+        let mut r = RateLimiter::new(10, 10, 3);
+        let t0 = Instant::now();
+        let mut flood_at = None;
+        // 100 requests a second (ten times the rate) for 6 seconds.
+        'outer: for ms in (0..6000).step_by(10) {
+            if r.check_at(t0 + Duration::from_millis(ms)) == Err(Refusal::Flood) {
+                flood_at = Some(ms);
+                break 'outer;
+            }
+        }
+        let at = flood_at.expect("a flood");
+        assert!((3000..=4100).contains(&at), "called a flood at {at} ms");
+
+        // A burst of the same size once, then quiet, is only rate limited.
+        let mut r = RateLimiter::new(10, 10, 3);
+        for i in 0..1000 {
+            assert_ne!(
+                r.check_at(t0 + Duration::from_micros(i)),
+                Err(Refusal::Flood)
+            );
+        }
+        for s in 2..10 {
+            assert_ne!(r.check_at(t0 + Duration::from_secs(s)), Err(Refusal::Flood));
+        }
     }
 }

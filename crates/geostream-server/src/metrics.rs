@@ -10,23 +10,33 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use geostream_core::codec::Encoding;
+use geostream_core::request::Method;
 use geostream_hub::HubStats;
 
-/// Request methods with their own series; anything else is counted as `other`.
-const METHODS: &[&str] = &[
-    "hello",
-    "ping",
-    "unsubscribe",
-    "channel.subscribe",
-    "channel.publish",
-    "channel.history",
-    "channel.presence",
+/// Series besides the WebSocket methods ([`Method::ALL`]); anything else is `other` (last).
+const OTHER_SERIES: [&str; 5] = [
     "$/cancelRequest",
     "http.publish",
     "http.history",
     "http.presence",
     "other",
 ];
+
+/// Number of request series.
+const SERIES: usize = Method::ALL.len() + OTHER_SERIES.len();
+
+/// The name of series `i`.
+fn series_name(i: usize) -> &'static str {
+    match Method::ALL.get(i) {
+        Some(m) => m.name(),
+        None => OTHER_SERIES[i - Method::ALL.len()],
+    }
+}
+
+/// The series of a method name.
+fn series_of(method: &str) -> Option<usize> {
+    (0..SERIES).find(|&i| series_name(i) == method)
+}
 
 /// Latency buckets, in seconds.
 const BUCKETS: [f64; 16] = [
@@ -131,7 +141,7 @@ pub struct Metrics {
     pub refused: AtomicU64,
     /// Traffic by encoding (index: [`Encoding::index`]).
     pub traffic: [Traffic; 3],
-    requests: [[AtomicU64; 2]; METHODS.len()],
+    requests: [[AtomicU64; 2]; SERIES],
     /// Requests aborted by `$/cancelRequest` (or by the connection closing).
     pub cancelled: AtomicU64,
     /// Connections closed for protocol violations.
@@ -145,10 +155,7 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a finished request.
     pub fn request(&self, method: &str, ok: bool) {
-        let i = METHODS
-            .iter()
-            .position(|m| *m == method)
-            .unwrap_or(METHODS.len() - 1);
+        let i = series_of(method).unwrap_or(SERIES - 1);
         self.requests[i][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -159,7 +166,7 @@ impl Metrics {
 
     /// Requests counted for `method` with the given outcome (for tests).
     pub fn requests(&self, method: &str, ok: bool) -> u64 {
-        METHODS.iter().position(|m| *m == method).map_or(0, |i| {
+        series_of(method).map_or(0, |i| {
             self.requests[i][usize::from(!ok)].load(Ordering::Relaxed)
         })
     }
@@ -218,16 +225,17 @@ impl Metrics {
             let s: Vec<(&str, f64)> = series.iter().map(|(l, v)| (l.as_str(), *v)).collect();
             counter(&mut o, name, help, &s);
         }
-        let mut series = Vec::new();
-        for (i, m) in METHODS.iter().enumerate() {
+        let mut lines = Vec::new();
+        for i in 0..SERIES {
+            let m = series_name(i);
             for (j, outcome) in ["ok", "error"].iter().enumerate() {
-                series.push((
+                lines.push((
                     format!("method=\"{m}\",outcome=\"{outcome}\""),
                     self.requests[i][j].load(r) as f64,
                 ));
             }
         }
-        let s: Vec<(&str, f64)> = series.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        let s: Vec<(&str, f64)> = lines.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         counter(
             &mut o,
             "geostream_requests_total",

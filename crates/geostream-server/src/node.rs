@@ -907,8 +907,5 @@ impl Node {
 }
 
 fn restart_reason() -> CloseReason {
-    CloseReason {
-        code: geostream_core::error::close::SERVICE_RESTART,
-        reason: "server restarting; reconnect",
-    }
+    geostream_core::error::CloseCode::ServiceRestart.into()
 }

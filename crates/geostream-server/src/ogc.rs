@@ -628,6 +628,7 @@ async fn create_item(
     body: Bytes,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
+    crate::guard::require_media_type(&headers, crate::guard::FEATURE_TYPES)?;
     let v = parse_body(&body)?;
     let op = features::create_op(&v, &node.feature_limits())?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, false).await?;
@@ -652,6 +653,7 @@ async fn replace_item(
     body: Bytes,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
+    crate::guard::require_media_type(&headers, crate::guard::FEATURE_TYPES)?;
     let v = parse_body(&body)?;
     let expected = expected_version(&headers)?;
     let op = features::replace_op(&Value::String(id), &v, expected, &node.feature_limits())?;
@@ -682,6 +684,7 @@ async fn patch_item(
     body: Bytes,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
+    crate::guard::require_media_type(&headers, crate::guard::PATCH_TYPES)?;
     let v = parse_body(&body)?;
     let Value::Object(mut obj) = v else {
         return Err(ServerError::new(

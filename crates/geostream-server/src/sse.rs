@@ -225,7 +225,7 @@ pub(crate) async fn stream(
             "give at least one channel: /v1/sse?channel=NAME",
         );
     }
-    if let Err(e) = crate::http::check_origin(&node, &headers) {
+    if let Err(e) = crate::guard::check_origin(&node.config, &headers) {
         return e.into_response();
     }
     for c in &channels {

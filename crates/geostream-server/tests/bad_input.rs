@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::{RawWs, TestServer, Ws, client_frame, http, http_json};
 use futures_util::SinkExt;
 use geostream_core::codec::{Encoding, Id, ServerFrame};
-use geostream_core::error::{ErrorCode, close};
+use geostream_core::error::{CloseCode, ErrorCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -196,7 +196,7 @@ async fn protocol_violations_close_with_the_documented_code() {
         .unwrap();
     assert_eq!(
         ws.closed().await.map(|c| u16::from(c.code)),
-        Some(close::MESSAGE_TOO_BIG)
+        Some(CloseCode::MessageTooBig.code())
     );
 
     // A binary frame on a JSON connection, a text frame on a MessagePack one.
@@ -207,35 +207,44 @@ async fn protocol_violations_close_with_the_documented_code() {
         .unwrap();
     assert_eq!(
         ws.closed().await.map(|c| u16::from(c.code)),
-        Some(close::UNSUPPORTED_DATA)
+        Some(CloseCode::UnsupportedData.code())
     );
     let mut ws = Ws::connect(&srv.ws_url(), Encoding::Msgpack).await;
     ws.stream.send(Message::Text("{}".into())).await.unwrap();
     assert_eq!(
         ws.closed().await.map(|c| u16::from(c.code)),
-        Some(close::UNSUPPORTED_DATA)
+        Some(CloseCode::UnsupportedData.code())
     );
 
     // An unmasked frame, and reserved bits.
     let mut raw = RawWs::connect(srv.addr, "geostream.v1.json").await;
     raw.send(&[0x81, 0x02, b'{', b'}']).await;
-    assert_eq!(raw.close_code().await, Some(close::PROTOCOL_ERROR));
+    assert_eq!(
+        raw.close_code().await,
+        Some(CloseCode::ProtocolError.code())
+    );
     let mut raw = RawWs::connect(srv.addr, "geostream.v1.json").await;
     let mut f = client_frame(0x1, b"{}");
     f[0] |= 0x20;
     raw.send(&f).await;
-    assert_eq!(raw.close_code().await, Some(close::PROTOCOL_ERROR));
+    assert_eq!(
+        raw.close_code().await,
+        Some(CloseCode::ProtocolError.code())
+    );
     // Invalid UTF-8 in a text frame.
     let mut raw = RawWs::connect(srv.addr, "geostream.v1.json").await;
     raw.send(&client_frame(0x1, &[0xc3, 0x28])).await;
-    assert_eq!(raw.close_code().await, Some(close::INVALID_PAYLOAD));
+    assert_eq!(
+        raw.close_code().await,
+        Some(CloseCode::InvalidPayload.code())
+    );
     // A ping is answered with a pong carrying the same payload.
     let mut raw = RawWs::connect(srv.addr, "geostream.v1.json").await;
     raw.send(&client_frame(0x9, b"hb")).await;
     assert_eq!(raw.frame().await, Some((0xa, b"hb".to_vec())));
     // The client's close is echoed.
     raw.send(&client_frame(0x8, &[0x03, 0xe8])).await;
-    assert_eq!(raw.close_code().await, Some(close::NORMAL));
+    assert_eq!(raw.close_code().await, Some(CloseCode::Normal.code()));
 
     still_served(&mut calm, 3).await;
 }
@@ -252,7 +261,7 @@ async fn silent_peers_are_pinged_then_closed() {
     assert_eq!(op, 0x9, "the server pings a quiet connection");
     assert_eq!(
         raw.close_code().await,
-        Some(close::IDLE_TIMEOUT),
+        Some(CloseCode::IdleTimeout.code()),
         "and closes it when nothing comes back"
     );
     // A client that answers pings (tungstenite does) stays connected.
@@ -293,7 +302,7 @@ async fn bad_http_requests_get_json_errors() {
         srv.addr,
         "POST",
         "/v1/channels/c/messages",
-        &[],
+        &[("content-type", "application/json")],
         Some(b"{nope".to_vec()),
     )
     .await;
@@ -328,7 +337,7 @@ async fn bad_http_requests_get_json_errors() {
         srv.addr,
         "POST",
         "/v1/channels/c/messages",
-        &[],
+        &[("content-type", "application/json")],
         Some(format!("{{\"data\":\"{}\"}}", "x".repeat(10_000)).into_bytes()),
     )
     .await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{Sse, TestServer, Ws, http_json, http_publish};
 use geostream_core::codec::Encoding;
-use geostream_core::error::{ErrorCode, close};
+use geostream_core::error::{CloseCode, ErrorCode};
 use serde_json::{Value, json};
 
 async fn subscribe(ws: &mut Ws, channel: &str) -> Value {
@@ -341,11 +341,11 @@ async fn graceful_shutdown_tells_clients_to_reconnect() {
     let addr = srv.addr;
     let stop = tokio::spawn(srv.shutdown());
     let frame = ws.closed().await.expect("a close frame");
-    assert_eq!(u16::from(frame.code), close::SERVICE_RESTART);
+    assert_eq!(u16::from(frame.code), CloseCode::ServiceRestart.code());
     let e = sse.next_of("close").await;
     assert_eq!(
         serde_json::from_str::<Value>(&e.data).unwrap()["code"],
-        close::SERVICE_RESTART
+        CloseCode::ServiceRestart.code()
     );
     assert!(sse.next().await.is_none(), "the stream ends");
     tokio::time::timeout(Duration::from_secs(10), stop)

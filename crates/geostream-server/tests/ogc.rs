@@ -513,7 +513,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         a,
         "POST",
         "/collections/l/items",
-        &[],
+        &[("content-type", "application/geo+json")],
         Some(b"{nope".to_vec()),
     )
     .await;

@@ -7,7 +7,7 @@ mod common;
 use common::{TestServer, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use geostream_core::codec::{self, ClientFrame, Encoding, Id};
-use geostream_core::error::{ErrorCode, close};
+use geostream_core::error::{CloseCode, ErrorCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -177,12 +177,12 @@ fn error_and_close_code_tables_match_the_code() {
         "docs/PROTOCOL.md error table and ErrorCode::ALL differ"
     );
     let documented = table(&md, "## Close codes");
-    let code: Vec<(i64, String)> = close::ALL
+    let code: Vec<(i64, String)> = CloseCode::ALL
         .iter()
-        .map(|(c, n)| (i64::from(*c), n.to_string()))
+        .map(|c| (i64::from(c.code()), c.name().to_string()))
         .collect();
     assert_eq!(
         documented, code,
-        "docs/PROTOCOL.md close table and close::ALL differ"
+        "docs/PROTOCOL.md close table and CloseCode::ALL differ"
     );
 }

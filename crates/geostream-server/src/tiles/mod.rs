@@ -42,7 +42,7 @@ use crate::error::{Result, ServerError};
 use crate::node::Node;
 
 pub use http::routes;
-pub(crate) use subs::request;
+pub(crate) use subs::{subscribe, update};
 
 /// Changes remembered per layer to decide whether a finished render may be cached.
 const RECENT_CHANGES: usize = 1024;

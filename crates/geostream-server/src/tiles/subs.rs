@@ -23,7 +23,7 @@ use geostream_core::api::{
     self, TileBytes, TileMode, TilePush, TilePushKind, TileSubscribeParams, TileSubscribeResult,
     TileUpdateParams, TileUpdateResult, TileViewport, UnsubscribedPush,
 };
-use geostream_core::codec::{self, Encoding, Id, Params, PushFrame, encode_push};
+use geostream_core::codec::{self, Encoding, Id, PushFrame, encode_push};
 use geostream_core::error::ErrorCode;
 use geostream_hub::{Hub, Outgoing, PushOutcome, Session};
 use geostream_tiles::{CachedTile, LonLatBbox, TileError, TileId, delta, tiles_covering};
@@ -154,20 +154,18 @@ impl Registry {
     }
 }
 
-/// Handles a `tile.*` request of a WebSocket connection. Sends the response itself (before
-/// any push of the subscription) and returns `None`.
-pub(crate) async fn request(
+/// Handles `tile.subscribe`. Sends the response itself (before any push of the
+/// subscription) and returns `None`.
+pub(crate) async fn subscribe(
     node: &Arc<Node>,
     session: &Arc<Session>,
     id: &Id,
-    method: &str,
-    params: Params<'_>,
+    p: TileSubscribeParams,
 ) -> Result<Option<Bytes>> {
     let tiles = &node.tiles;
     let enc = session.encoding();
-    match method {
-        api::method::TILE_SUBSCRIBE => {
-            let p: TileSubscribeParams = params.parse()?;
+    {
+        {
             let layer = tiles.layer(node, &p.layer).await?;
             let kind = match layer {
                 TileLayer::Vector(_) => "vector",
@@ -212,8 +210,20 @@ pub(crate) async fn request(
             reg.wake.notify_one();
             Ok(None)
         }
-        api::method::TILE_UPDATE => {
-            let p: TileUpdateParams = params.parse()?;
+    }
+}
+
+/// Handles `tile.update`: moves a tile subscription of this connection.
+pub(crate) async fn update(
+    node: &Arc<Node>,
+    session: &Arc<Session>,
+    id: &Id,
+    p: TileUpdateParams,
+) -> Result<Option<Bytes>> {
+    let tiles = &node.tiles;
+    let enc = session.encoding();
+    {
+        {
             let k: SubKey = (session.id().clone(), p.sub);
             let layer = {
                 let g = tiles.subs.inner.lock();
@@ -286,10 +296,6 @@ pub(crate) async fn request(
             tiles.subs.wake.notify_one();
             Ok(None)
         }
-        other => Err(ServerError::new(
-            ErrorCode::MethodNotFound,
-            format!("unknown method {other:?}"),
-        )),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use geostream_core::api::{self, GapPush};
 use geostream_core::codec::{self, Encoding};
-use geostream_core::error::close;
+use geostream_core::error::CloseCode;
 use geostream_hub::{CloseReason, Control, Outgoing, Session};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -150,26 +150,23 @@ async fn read_loop(
                 Err(e) => {
                     node.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(session = %session.id(), reason = e.reason, "Closing for a protocol violation.");
-                    return ReadEnd::Close(CloseReason {
-                        code: e.code,
-                        reason: e.reason,
-                    });
+                    return ReadEnd::Close(e.into());
                 }
             };
             match msg {
                 Message::Text(_) if enc.is_binary() => {
                     node.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    return ReadEnd::Close(CloseReason {
-                        code: close::UNSUPPORTED_DATA,
-                        reason: "text frame on a MessagePack connection",
-                    });
+                    return ReadEnd::Close(CloseReason::with_reason(
+                        CloseCode::UnsupportedData,
+                        "text frame on a MessagePack connection",
+                    ));
                 }
                 Message::Binary(_) if !enc.is_binary() => {
                     node.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    return ReadEnd::Close(CloseReason {
-                        code: close::UNSUPPORTED_DATA,
-                        reason: "binary frame on a JSON connection",
-                    });
+                    return ReadEnd::Close(CloseReason::with_reason(
+                        CloseCode::UnsupportedData,
+                        "binary frame on a JSON connection",
+                    ));
                 }
                 Message::Text(data) | Message::Binary(data) => {
                     traffic.frames_in.fetch_add(1, Ordering::Relaxed);
@@ -186,16 +183,7 @@ async fn read_loop(
                         .push_always(Outgoing::Control(Control::Pong(p)));
                 }
                 Message::Pong(_) => {}
-                Message::Close(code) => {
-                    let code = match code {
-                        Some(c) if c != close::NORMAL && c < 4000 && c != 1005 && c != 1006 => c,
-                        _ => close::NORMAL,
-                    };
-                    return ReadEnd::Close(CloseReason {
-                        code,
-                        reason: "bye",
-                    });
-                }
+                Message::Close(code) => return ReadEnd::Close(CloseReason::echo(code)),
             }
         }
         tokio::select! {
@@ -216,7 +204,7 @@ async fn read_loop(
                 let quiet = now.duration_since(last_recv);
                 if quiet >= idle_timeout {
                     tracing::debug!(session = %session.id(), "Closing an idle connection.");
-                    return ReadEnd::Close(CloseReason { code: close::IDLE_TIMEOUT, reason: "idle timeout" });
+                    return ReadEnd::Close(CloseCode::IdleTimeout.into());
                 }
                 if quiet >= ping_every && now.duration_since(last_ping) >= ping_every {
                     session.outbox.push_always(Outgoing::Control(Control::Ping(Bytes::new())));

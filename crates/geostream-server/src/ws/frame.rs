@@ -11,7 +11,7 @@
 //! message size limits, UTF-8 in text messages and close reasons, and valid close codes.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use geostream_core::error::close;
+use geostream_core::error::{CloseCode, CloseReason};
 
 /// Frame opcodes.
 pub(crate) mod opcode {
@@ -38,13 +38,19 @@ pub(crate) enum Message {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub(crate) struct FrameError {
-    pub(crate) code: u16,
+    pub(crate) code: CloseCode,
     pub(crate) reason: &'static str,
+}
+
+impl From<FrameError> for CloseReason {
+    fn from(e: FrameError) -> Self {
+        CloseReason::with_reason(e.code, e.reason)
+    }
 }
 
 const fn violation(reason: &'static str) -> FrameError {
     FrameError {
-        code: close::PROTOCOL_ERROR,
+        code: CloseCode::ProtocolError,
         reason,
     }
 }
@@ -121,7 +127,7 @@ impl Decoder {
             let already = self.partial.as_ref().map_or(0, |(_, p)| p.len()) as u64;
             if !is_control && already + len > self.max_message as u64 {
                 return Err(FrameError {
-                    code: close::MESSAGE_TOO_BIG,
+                    code: CloseCode::MessageTooBig,
                     reason: "message larger than the server's limit",
                 });
             }
@@ -179,7 +185,7 @@ fn finish(op: u8, payload: BytesMut) -> Result<Message, FrameError> {
     if op == opcode::TEXT {
         if std::str::from_utf8(&payload).is_err() {
             return Err(FrameError {
-                code: close::INVALID_PAYLOAD,
+                code: CloseCode::InvalidPayload,
                 reason: "text message is not UTF-8",
             });
         }
@@ -201,7 +207,7 @@ fn parse_close(p: &[u8]) -> Result<Option<u16>, FrameError> {
             }
             if std::str::from_utf8(&p[2..]).is_err() {
                 return Err(FrameError {
-                    code: close::INVALID_PAYLOAD,
+                    code: CloseCode::InvalidPayload,
                     reason: "close reason is not UTF-8",
                 });
             }
@@ -355,21 +361,21 @@ pub(crate) mod tests {
             f[0] |= 0x40;
             f
         };
-        let cases: Vec<(Vec<u8>, u16)> = vec![
-            (unmasked, close::PROTOCOL_ERROR),
-            (rsv, close::PROTOCOL_ERROR),
-            (client_frame(true, 0x3, b""), close::PROTOCOL_ERROR),
+        let cases: Vec<(Vec<u8>, CloseCode)> = vec![
+            (unmasked, CloseCode::ProtocolError),
+            (rsv, CloseCode::ProtocolError),
+            (client_frame(true, 0x3, b""), CloseCode::ProtocolError),
             (
                 client_frame(false, opcode::PING, b""),
-                close::PROTOCOL_ERROR,
+                CloseCode::ProtocolError,
             ),
             (
                 client_frame(true, opcode::PING, &[0; 126]),
-                close::PROTOCOL_ERROR,
+                CloseCode::ProtocolError,
             ),
             (
                 client_frame(true, opcode::CONTINUATION, b"x"),
-                close::PROTOCOL_ERROR,
+                CloseCode::ProtocolError,
             ),
             (
                 [
@@ -377,15 +383,15 @@ pub(crate) mod tests {
                     client_frame(true, opcode::TEXT, b"b"),
                 ]
                 .concat(),
-                close::PROTOCOL_ERROR,
+                CloseCode::ProtocolError,
             ),
             (
                 client_frame(true, opcode::TEXT, &[0xff, 0xfe]),
-                close::INVALID_PAYLOAD,
+                CloseCode::InvalidPayload,
             ),
             (
                 client_frame(true, opcode::BINARY, &[0; 2000]),
-                close::MESSAGE_TOO_BIG,
+                CloseCode::MessageTooBig,
             ),
             (
                 [
@@ -393,19 +399,19 @@ pub(crate) mod tests {
                     client_frame(true, opcode::CONTINUATION, &[0; 600]),
                 ]
                 .concat(),
-                close::MESSAGE_TOO_BIG,
+                CloseCode::MessageTooBig,
             ),
             (
                 client_frame(true, opcode::CLOSE, &[0x03]),
-                close::PROTOCOL_ERROR,
+                CloseCode::ProtocolError,
             ),
             (
                 client_frame(true, opcode::CLOSE, &[0x03, 0xed]),
-                close::PROTOCOL_ERROR,
+                CloseCode::ProtocolError,
             ),
             (
                 client_frame(true, opcode::CLOSE, &[0x03, 0xe8, 0xff]),
-                close::INVALID_PAYLOAD,
+                CloseCode::InvalidPayload,
             ),
         ];
         for (bytes, code) in cases {
@@ -424,7 +430,10 @@ pub(crate) mod tests {
         f.extend_from_slice(&[1, 2, 3, 4]);
         let mut d = Decoder::new(1 << 20);
         let mut buf = BytesMut::from(&f[..]);
-        assert_eq!(d.decode(&mut buf).unwrap_err().code, close::MESSAGE_TOO_BIG);
+        assert_eq!(
+            d.decode(&mut buf).unwrap_err().code,
+            CloseCode::MessageTooBig
+        );
     }
 
     #[test]

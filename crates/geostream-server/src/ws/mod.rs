@@ -118,7 +118,7 @@ pub(crate) async fn upgrade(
             "Sec-WebSocket-Key must be 16 bytes in base64",
         );
     }
-    if let Err(e) = crate::http::check_origin(&node, headers) {
+    if let Err(e) = crate::guard::check_origin(&node.config, headers) {
         return e.into_response();
     }
     let principal = match node.auth.from_request(headers, req.uri().query()) {

@@ -14,25 +14,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use geostream_core::api::{
-    self, CancelParams, ChannelHistoryParams, ChannelPresenceParams, ChannelPresenceResult,
-    ChannelPublishParams, ChannelSubscribeParams, EditResult, FeatureBatchParams,
-    FeatureCreateParams, FeatureDeleteParams, FeatureGetParams, FeatureLockParams,
-    FeaturePatchParams, FeatureQueryParams, FeatureReplaceParams, FeatureUnlockParams, Heartbeat,
-    HelloParams, HelloResult, LayerCreateParams, LayerImportParams, LayerNameParams,
-    LayerSubscribeParams, LockInfo, PROTOCOL_VERSION, ProgressParams, ServerSoftware,
-    SessionLimits, SubscriptionUpdateParams, UnsubscribeParams,
+    self, ChannelPresenceResult, EditResult, Heartbeat, HelloParams, HelloResult, LockInfo,
+    PROTOCOL_VERSION, ProgressParams, ServerSoftware, SessionLimits,
 };
-use geostream_core::codec::{self, ClientFrame, Encoding, Id, Params, ZSTD_MAGIC};
-use geostream_core::error::{ErrorCode, RpcError};
+use geostream_core::codec::{self, ClientFrame, Encoding, Id, ZSTD_MAGIC};
+use geostream_core::error::{CloseCode, ErrorCode, RpcError};
 use geostream_core::payload::Payload;
+use geostream_core::request::{Access, Notification, Request, Scope};
 use geostream_hub::{Outgoing, Session};
 use geostream_store::{FeatureQuery, Holder, LayerSpec, Lock, Store, WriteOp, WriteRequest};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::task::AbortHandle;
 
 use crate::error::{Result, ServerError};
 use crate::features::{self, build_filter};
+use crate::limits::Refusal;
 use crate::node::Node;
 
 /// The result of one applied change.
@@ -89,17 +86,6 @@ pub(crate) struct Rpc {
     expiry_watch: Option<AbortHandle>,
 }
 
-/// The names a request is about, read to check rights before it runs.
-#[derive(Deserialize, Default)]
-struct Names {
-    #[serde(default)]
-    layer: Option<String>,
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-}
-
 /// Shortest interval between two cursor updates of one connection (20 per second).
 const CURSOR_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -138,6 +124,7 @@ impl Rpc {
         let rate = crate::limits::RateLimiter::new(
             node.config.limits.requests_per_sec,
             node.config.limits.request_burst,
+            node.config.limits.flood_close_secs,
         );
         let mut rpc = Rpc {
             node,
@@ -184,25 +171,32 @@ impl Rpc {
             }
             Ok(ClientFrame::Request { id, method, params }) => {
                 let start = Instant::now();
-                if let Err(wait) = self.rate.check() {
-                    self.node.metrics.request(&method, false);
-                    let ms = wait.as_millis() as u64 + 1;
-                    return self.send_error(
-                        Some(&id),
-                        &RpcError::new(
-                            ErrorCode::RateLimited,
-                            format!("rate limited: retry after {ms} ms"),
-                        )
-                        .with_data(serde_json::json!({ "retry_after_ms": ms })),
-                    );
+                match self.rate.check() {
+                    Ok(()) => {}
+                    Err(Refusal::Flood) => return self.close_flood(),
+                    Err(Refusal::Wait(wait)) => {
+                        self.node.metrics.request(&method, false);
+                        let ms = wait.as_millis() as u64 + 1;
+                        return self.send_error(
+                            Some(&id),
+                            &RpcError::new(
+                                ErrorCode::RateLimited,
+                                format!("rate limited: retry after {ms} ms"),
+                            )
+                            .with_data(serde_json::json!({ "retry_after_ms": ms })),
+                        );
+                    }
                 }
+                let req = match Request::parse(&method, &params) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.node.metrics.request(&method, false);
+                        return self.send_error(Some(&id), &e);
+                    }
+                };
+                let method = req.method().name();
                 let limit = Duration::from_secs(self.node.config.limits.request_timeout_secs);
-                let outcome = match tokio::time::timeout(
-                    limit,
-                    self.authorized(&id, &method, params),
-                )
-                .await
-                {
+                let outcome = match tokio::time::timeout(limit, self.authorized(&id, req)).await {
                     Ok(o) => o,
                     Err(_) => Err(ServerError::new(
                         ErrorCode::Timeout,
@@ -220,16 +214,27 @@ impl Rpc {
                         false
                     }
                 };
-                self.node.metrics.request(&method, ok);
+                self.node.metrics.request(method, ok);
                 self.node.metrics.request_latency.observe(start.elapsed());
             }
             Ok(ClientFrame::Notification { method, params }) => {
+                let Some(n) = Notification::parse(&method, &params) else {
+                    tracing::debug!(method = %method, "Ignoring an unknown notification.");
+                    return;
+                };
                 // Over the rate, notifications are dropped, except cancellations (which
                 // only stop work).
-                if method != api::method::CANCEL_REQUEST && self.rate.check().is_err() {
-                    return;
+                if !matches!(n, Notification::Cancel(_)) {
+                    match self.rate.check() {
+                        Ok(()) => {}
+                        Err(Refusal::Flood) => return self.close_flood(),
+                        Err(Refusal::Wait(_)) => return,
+                    }
                 }
-                self.notification(&method, params)
+                // Like a request's: a notification the client has no right to is dropped.
+                if self.authorize(n.access()).is_ok() {
+                    self.notification(n)
+                }
             }
         }
     }
@@ -238,97 +243,58 @@ impl Rpc {
         Ok(Some(codec::encode_response(self.enc, id, result)))
     }
 
-    /// Checks the client's rights for `method` on the names it targets, then runs it.
-    async fn authorized(
-        &mut self,
-        id: &Id,
-        method: &str,
-        params: Params<'_>,
-    ) -> Result<Option<Bytes>> {
-        use api::method as m;
-        let needs = |method: &str| -> Option<(bool, bool)> {
-            // (is a layer method, needs write)
-            Some(match method {
-                m::CHANNEL_SUBSCRIBE | m::CHANNEL_HISTORY | m::CHANNEL_PRESENCE => (false, false),
-                // `channel.publish` (the hot path) checks after its own parse, below.
-                m::LAYER_GET
-                | m::LAYER_SUBSCRIBE
-                | m::FEATURE_GET
-                | m::FEATURE_QUERY
-                | m::PRESENCE_SUBSCRIBE
-                | m::PRESENCE_CURSOR
-                | "tile.subscribe" => (true, false),
-                m::LAYER_CREATE
-                | m::LAYER_DELETE
-                | m::FEATURE_CREATE
-                | m::FEATURE_REPLACE
-                | m::FEATURE_PATCH
-                | m::FEATURE_DELETE
-                | m::FEATURE_BATCH
-                | m::FEATURE_LOCK
-                | m::FEATURE_UNLOCK
-                | m::LAYER_IMPORT => (true, true),
-                _ => return None,
-            })
-        };
-        if let Some((layer, write)) = needs(method) {
-            let n: Names = params.parse()?;
-            let p = &self.principal;
-            if layer {
-                let name = n.layer.or(n.name).unwrap_or_default();
-                if write {
-                    p.write_layer(&name)?;
-                } else {
-                    p.read_layer(&name)?;
-                }
-            } else {
-                let name = n.channel.unwrap_or_default();
-                if write {
-                    p.publish_channel(&name)?;
-                } else {
-                    p.read_channel(&name)?;
-                }
-            }
-        }
-        self.request(id, method, params).await
+    /// The client kept flooding after being rate limited: close the connection (4029).
+    fn close_flood(&self) {
+        tracing::info!(session = %self.session.id(), "Closing a connection that floods.");
+        self.session.outbox.close(CloseCode::Flood.into());
     }
 
-    async fn request(
-        &mut self,
-        id: &Id,
-        method: &str,
-        params: Params<'_>,
-    ) -> Result<Option<Bytes>> {
-        match method {
-            api::method::HELLO => {
-                let p: HelloParams = params.parse()?;
+    /// Whether the client may do what a request or notification needs.
+    fn authorize(&self, a: Access<'_>) -> Result<()> {
+        let p = &self.principal;
+        match a.scope {
+            // Subscriptions are looked up in this connection's own table, so a client can
+            // only touch its own; `layer.list` filters its answer by read rights.
+            Scope::Connection | Scope::LayerCatalog => Ok(()),
+            Scope::LayerRead => p.read_layer(a.name),
+            Scope::LayerWrite => p.write_layer(a.name),
+            Scope::ChannelRead => p.read_channel(a.name),
+            Scope::ChannelPublish => p.publish_channel(a.name),
+        }
+    }
+
+    /// Checks the client's rights for the request, then runs it.
+    async fn authorized(&mut self, id: &Id, req: Request) -> Result<Option<Bytes>> {
+        self.authorize(req.access())?;
+        self.request(id, req).await
+    }
+
+    async fn request(&mut self, id: &Id, req: Request) -> Result<Option<Bytes>> {
+        match req {
+            Request::Hello(p) => {
                 let r = self.hello(p)?;
                 self.respond(id, &r)
             }
-            api::method::PING => {
+            Request::Ping { data } => {
                 #[derive(Serialize)]
                 struct Pong {
                     #[serde(skip_serializing_if = "Option::is_none")]
                     data: Option<Payload>,
                 }
-                let data = params.field("data")?;
                 self.respond(id, &Pong { data })
             }
-            api::method::UNSUBSCRIBE => {
-                let p: UnsubscribeParams = params.parse()?;
+            Request::Unsubscribe(p) => {
                 self.node.unsubscribe(&self.session, p.sub).await?;
                 self.respond(id, &serde_json::json!({}))
             }
-            api::method::CHANNEL_SUBSCRIBE => {
-                let p: ChannelSubscribeParams = params.parse()?;
+            Request::ChannelSubscribe(p) => {
                 let pending = self.node.subscribe(&self.session, p).await?;
                 // The response goes out before any replayed or live message of the subscription.
                 self.send(codec::encode_response(self.enc, id, &pending.result));
                 self.node.activate(&self.session, pending).await;
                 Ok(None)
             }
-            api::method::PRESENCE_SUBSCRIBE => {
-                let p: api::PresenceSubscribeParams = params.parse()?;
+            Request::PresenceSubscribe(p) => {
                 let (pending, members) = self
                     .node
                     .subscribe_presence(&self.session, &p.layer)
@@ -342,32 +308,24 @@ impl Rpc {
                 self.node.activate(&self.session, pending).await;
                 Ok(None)
             }
-            api::method::PRESENCE_CURSOR => {
-                let c = self.cursor(params.parse()?)?;
+            Request::PresenceCursor(p) => {
+                let c = self.cursor(p)?;
                 self.node.publish_cursor(&c).await?;
                 self.respond(id, &serde_json::json!({}))
             }
-            api::method::CHANNEL_PUBLISH => {
-                let p: ChannelPublishParams = params.parse()?;
-                self.principal.publish_channel(&p.channel)?;
-                let Some(data) = params.field("data")? else {
-                    return Err(ServerError::invalid("invalid params: missing field `data`"));
-                };
-                let pos = self.node.publish(&p.channel, data).await?;
+            Request::ChannelPublish { channel, data } => {
+                let pos = self.node.publish(&channel, data).await?;
                 self.respond(id, &pos)
             }
-            api::method::CHANNEL_HISTORY => {
-                let p: ChannelHistoryParams = params.parse()?;
+            Request::ChannelHistory(p) => {
                 let r = self.node.history(&p).await?;
                 self.respond(id, &r)
             }
-            api::method::CHANNEL_PRESENCE => {
-                let p: ChannelPresenceParams = params.parse()?;
+            Request::ChannelPresence(p) => {
                 let clients = self.node.presence(&p.channel)?;
                 self.respond(id, &ChannelPresenceResult { clients })
             }
-            api::method::LAYER_CREATE => {
-                let p: LayerCreateParams = params.parse()?;
+            Request::LayerCreate(p) => {
                 let info = self
                     .node
                     .create_layer(LayerSpec {
@@ -379,23 +337,20 @@ impl Rpc {
                     .await?;
                 self.respond(id, &info)
             }
-            api::method::LAYER_LIST => {
+            Request::LayerList => {
                 let mut layers = self.node.store.list_layers().await?;
                 layers.retain(|l| self.principal.may_read_layer(&l.name));
                 self.respond(id, &serde_json::json!({ "layers": layers }))
             }
-            api::method::LAYER_GET => {
-                let p: LayerNameParams = params.parse()?;
+            Request::LayerGet(p) => {
                 let info = self.node.store.layer(&p.name).await?;
                 self.respond(id, &info)
             }
-            api::method::LAYER_DELETE => {
-                let p: LayerNameParams = params.parse()?;
+            Request::LayerDelete(p) => {
                 self.node.delete_layer(&p.name).await?;
                 self.respond(id, &serde_json::json!({}))
             }
-            api::method::LAYER_SUBSCRIBE => {
-                let p: LayerSubscribeParams = params.parse()?;
+            Request::LayerSubscribe(p) => {
                 let filter = Arc::new(build_filter(&p.filter, &self.node.filter_limits())?);
                 let page = p
                     .page_size
@@ -417,8 +372,7 @@ impl Rpc {
                 self.node.activate_layer_sub(&self.session, pending).await;
                 Ok(None)
             }
-            api::method::SUBSCRIPTION_UPDATE => {
-                let p: SubscriptionUpdateParams = params.parse()?;
+            Request::SubscriptionUpdate(p) => {
                 let filter = Arc::new(build_filter(&p.filter, &self.node.filter_limits())?);
                 let (result, frames, recovering) = self
                     .node
@@ -431,13 +385,11 @@ impl Rpc {
                 self.node.hub.finish_layer_recovery(recovering, result.seq);
                 Ok(None)
             }
-            api::method::FEATURE_CREATE => {
-                let p: FeatureCreateParams = params.parse()?;
+            Request::FeatureCreate(p) => {
                 let op = features::create_op(&p.feature, &self.node.feature_limits())?;
                 self.edit(id, p.layer, vec![op], p.op_id).await
             }
-            api::method::FEATURE_REPLACE => {
-                let p: FeatureReplaceParams = params.parse()?;
+            Request::FeatureReplace(p) => {
                 let op = features::replace_op(
                     &p.id,
                     &p.feature,
@@ -446,8 +398,7 @@ impl Rpc {
                 )?;
                 self.edit(id, p.layer, vec![op], p.op_id).await
             }
-            api::method::FEATURE_PATCH => {
-                let p: FeaturePatchParams = params.parse()?;
+            Request::FeaturePatch(p) => {
                 let op = features::patch_op(
                     &p.id,
                     p.properties,
@@ -457,13 +408,11 @@ impl Rpc {
                 )?;
                 self.edit(id, p.layer, vec![op], p.op_id).await
             }
-            api::method::FEATURE_DELETE => {
-                let p: FeatureDeleteParams = params.parse()?;
+            Request::FeatureDelete(p) => {
                 let op = features::delete_op(&p.id, p.version, &self.node.feature_limits())?;
                 self.edit(id, p.layer, vec![op], p.op_id).await
             }
-            api::method::FEATURE_BATCH => {
-                let p: FeatureBatchParams = params.parse()?;
+            Request::FeatureBatch(p) => {
                 if p.ops.is_empty() {
                     return Err(ServerError::invalid("a batch needs at least one operation"));
                 }
@@ -491,8 +440,7 @@ impl Rpc {
                 let seq = outcome.changes.last().map_or(0, |c| c.seq);
                 self.respond(id, &serde_json::json!({ "results": results, "seq": seq, "replayed": outcome.replayed }))
             }
-            api::method::FEATURE_GET => {
-                let p: FeatureGetParams = params.parse()?;
+            Request::FeatureGet(p) => {
                 let fid = features::feature_id(&p.id, &self.node.feature_limits())?;
                 match self.node.store.get(&p.layer, &fid).await? {
                     Some(f) => self.respond(id, &serde_json::json!({ "feature": f })),
@@ -506,8 +454,7 @@ impl Rpc {
                     }
                 }
             }
-            api::method::FEATURE_QUERY => {
-                let p: FeatureQueryParams = params.parse()?;
+            Request::FeatureQuery(p) => {
                 let filter = build_filter(&p.filter, &self.node.filter_limits())?;
                 let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
                 let bbox = filter.bbox();
@@ -526,8 +473,7 @@ impl Rpc {
                     .await?;
                 self.respond(id, &serde_json::json!({ "type": "FeatureCollection", "features": page.features, "next_offset": page.next_offset, "seq": page.seq }))
             }
-            api::method::FEATURE_LOCK => {
-                let p: FeatureLockParams = params.parse()?;
+            Request::FeatureLock(p) => {
                 let cfg = &self.node.config.layers;
                 let ttl = p
                     .ttl_ms
@@ -547,8 +493,7 @@ impl Rpc {
                 }
                 self.respond(id, &serde_json::json!({ "locks": locks.iter().map(lock_info).collect::<Vec<_>>() }))
             }
-            api::method::FEATURE_UNLOCK => {
-                let p: FeatureUnlockParams = params.parse()?;
+            Request::FeatureUnlock(p) => {
                 let released = self
                     .node
                     .store
@@ -559,8 +504,7 @@ impl Rpc {
                 }
                 self.respond(id, &serde_json::json!({ "released": released.iter().map(lock_info).collect::<Vec<_>>() }))
             }
-            api::method::LAYER_IMPORT => {
-                let p: LayerImportParams = params.parse()?;
+            Request::LayerImport(p) => {
                 let node = self.node.clone();
                 let writer = self.holder.clone();
                 let enc = self.enc;
@@ -578,13 +522,10 @@ impl Rpc {
                 )?;
                 Ok(None)
             }
-            m if m.starts_with("tile.") => {
-                crate::tiles::request(&self.node, &self.session, id, m, params).await
+            Request::TileSubscribe(p) => {
+                crate::tiles::subscribe(&self.node, &self.session, id, p).await
             }
-            other => Err(ServerError::new(
-                ErrorCode::MethodNotFound,
-                format!("unknown method {other:?}"),
-            )),
+            Request::TileUpdate(p) => crate::tiles::update(&self.node, &self.session, id, p).await,
         }
     }
 
@@ -722,12 +663,9 @@ impl Rpc {
         })
     }
 
-    fn notification(&mut self, method: &str, params: Params<'_>) {
-        match method {
-            api::method::CANCEL_REQUEST => {
-                let Ok(p) = params.parse::<CancelParams>() else {
-                    return;
-                };
+    fn notification(&mut self, n: Notification) {
+        match n {
+            Notification::Cancel(p) => {
                 let handle = self.running.lock().remove(&p.id);
                 if let Some(h) = handle {
                     h.abort();
@@ -738,15 +676,10 @@ impl Rpc {
                     );
                 }
             }
-            // JSON-RPC forbids answering a notification, even an unknown one.
-            api::method::PRESENCE_CURSOR => {
+            Notification::Cursor(p) => {
                 // As a notification, a cursor over the rate or invalid is dropped silently:
                 // cursors are best-effort and the next one supersedes it.
-                let Ok(c) = params
-                    .parse()
-                    .map_err(ServerError::from)
-                    .and_then(|p| self.cursor(p))
-                else {
+                let Ok(c) = self.cursor(p) else {
                     return;
                 };
                 let node = self.node.clone();
@@ -754,7 +687,6 @@ impl Rpc {
                     let _ = node.publish_cursor(&c).await;
                 });
             }
-            other => tracing::debug!(method = other, "Ignoring an unknown notification."),
         }
     }
 
@@ -824,10 +756,9 @@ impl Rpc {
             let wait = (exp + leeway).saturating_sub(now);
             tokio::time::sleep(Duration::from_secs(wait)).await;
             if let Some(session) = session.upgrade() {
-                session.outbox.close(geostream_hub::CloseReason {
-                    code: geostream_core::error::close::TOKEN_EXPIRED,
-                    reason: "token expired",
-                });
+                session
+                    .outbox
+                    .close(geostream_core::error::CloseCode::TokenExpired.into());
             }
         });
         self.expiry_watch = Some(task.abort_handle());
