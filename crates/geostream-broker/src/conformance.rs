@@ -10,10 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::{Broker, BrokerHandler, HistoryLimits, Publication};
+use crate::{Broker, BrokerHandler, BusEvent, HistoryLimits, Publication};
 
 /// Something a broker delivered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Delivered {
     /// A message with history.
     Publication {
@@ -24,14 +24,12 @@ pub enum Delivered {
         /// Its epoch.
         epoch: String,
     },
-    /// A message without history.
-    Ephemeral {
+    /// An event without history.
+    Event {
         /// Topic.
         topic: String,
-        /// Kind tag.
-        kind: u8,
-        /// Bytes.
-        data: Bytes,
+        /// The event.
+        event: BusEvent,
     },
 }
 
@@ -78,11 +76,10 @@ impl BrokerHandler for Recorder {
         self.notify.notify_waiters();
     }
 
-    fn on_ephemeral(&self, topic: &str, kind: u8, data: &Bytes) {
-        self.events.lock().push(Delivered::Ephemeral {
+    fn on_event(&self, topic: &str, event: &Arc<BusEvent>) {
+        self.events.lock().push(Delivered::Event {
             topic: topic.to_string(),
-            kind,
-            data: data.clone(),
+            event: (**event).clone(),
         });
         self.notify.notify_waiters();
     }
@@ -193,17 +190,16 @@ where
     assert!(page.publications.is_empty());
     assert_eq!(page.first_offset, 1);
 
-    // Ephemeral messages are delivered and not kept.
+    // Events are delivered and not kept.
     rec.clear();
     b.subscribe(&u).await.unwrap();
-    b.publish_ephemeral(&u, 9, Bytes::from_static(b"eph"))
+    b.publish_event(&u, Arc::new(BusEvent::LayerDeleted))
         .await
         .unwrap();
     let got = rec.wait_for(1).await;
-    assert!(got.contains(&Delivered::Ephemeral {
+    assert!(got.contains(&Delivered::Event {
         topic: u.clone(),
-        kind: 9,
-        data: Bytes::from_static(b"eph")
+        event: BusEvent::LayerDeleted,
     }));
     assert_eq!(b.position(&u).await.unwrap().offset, 0);
 

@@ -1,5 +1,6 @@
-//! Brokers move messages between the nodes of a geostream deployment. They know topics and
-//! bytes, nothing about geometry, filters or sessions.
+//! Brokers move messages between the nodes of a geostream deployment. They know topics,
+//! channel messages as bytes and the bus events of `geostream_core::bus`, nothing about
+//! geometry, filters or sessions.
 //!
 //! Every message goes through the broker, even on a single node: [`MemoryBroker`] hands it
 //! straight back to this node's [`BrokerHandler`], so the single-node and clustered paths are the
@@ -7,6 +8,7 @@
 //! published message an offset; the history's epoch changes whenever the history is reset.
 #![warn(missing_docs)]
 
+mod any;
 mod memory;
 #[cfg(feature = "nats")]
 mod nats;
@@ -17,6 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use any::{AnyBroker, BrokerSettings};
+pub use geostream_core::api::ClientInfo;
+pub use geostream_core::bus::BusEvent;
 pub use memory::MemoryBroker;
 #[cfg(feature = "nats")]
 pub use nats::{NatsBroker, NatsOptions};
@@ -81,8 +86,8 @@ impl Default for HistoryLimits {
 pub trait BrokerHandler: Send + Sync + 'static {
     /// A message with history (a channel message).
     fn on_publication(&self, topic: &str, publication: &Publication, epoch: &Arc<str>);
-    /// A message without history (presence join/leave, cursors, feature changes).
-    fn on_ephemeral(&self, topic: &str, kind: u8, data: &Bytes);
+    /// An event without history (presence join/leave, cursors, feature changes, locks).
+    fn on_event(&self, topic: &str, event: &Arc<BusEvent>);
 }
 
 /// Errors of a broker.
@@ -110,12 +115,12 @@ pub trait Broker: Send + Sync + 'static {
         data: Bytes,
     ) -> impl Future<Output = Result<StreamPosition>> + Send;
 
-    /// Publishes a message without history.
-    fn publish_ephemeral(
+    /// Publishes an event without history to every node (this one included). The
+    /// in-process broker hands the event itself to the handler; others encode it once.
+    fn publish_event(
         &self,
         topic: &str,
-        kind: u8,
-        data: Bytes,
+        event: Arc<BusEvent>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Reads up to `limit` messages after offset `since` (or the newest `limit` without it).
@@ -134,6 +139,23 @@ pub trait Broker: Send + Sync + 'static {
 
     /// This node no longer needs `topic`'s messages.
     fn unsubscribe(&self, topic: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records (`Some`) or removes (`None`) a member of `topic` on this node under `key`, so
+    /// the other nodes can list it ([`Broker::remote_members`]). A single node has no one to
+    /// tell.
+    fn set_member(
+        &self,
+        topic: &str,
+        key: &str,
+        member: Option<&ClientInfo>,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// The members of `topic` on the other live nodes (this node's own are not included).
+    fn remote_members(&self, topic: &str) -> Vec<ClientInfo>;
+
+    /// Changes each time the connection to the other nodes is established again, after which
+    /// events sent meanwhile may be missing; `None` for a broker that cannot lose them.
+    fn reconnects(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
 }
 
 /// Milliseconds since the Unix epoch.

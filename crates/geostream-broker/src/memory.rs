@@ -12,8 +12,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::{
-    Broker, BrokerError, BrokerHandler, HistoryLimits, HistoryPage, Publication, Result,
-    StreamPosition, new_epoch, now_ms,
+    Broker, BrokerError, BrokerHandler, BusEvent, ClientInfo, HistoryLimits, HistoryPage,
+    Publication, Result, StreamPosition, new_epoch, now_ms,
 };
 
 /// Shards of the topic table: publishers to different topics rarely meet on one lock.
@@ -121,6 +121,21 @@ impl MemoryBroker {
         }
     }
 
+    /// Sweeps (see [`MemoryBroker::sweep`]) every `period` while the broker lives.
+    pub fn sweep_every(&self, period: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(period);
+            loop {
+                t.tick().await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                MemoryBroker { inner }.sweep();
+            }
+        });
+    }
+
     /// Number of topics with state (for metrics).
     pub fn topics(&self) -> usize {
         self.inner.shards.iter().map(|s| s.lock().len()).sum()
@@ -196,8 +211,8 @@ impl Broker for MemoryBroker {
         self.publish_now(topic, kind, data)
     }
 
-    async fn publish_ephemeral(&self, topic: &str, kind: u8, data: Bytes) -> Result<()> {
-        self.handler()?.on_ephemeral(topic, kind, &data);
+    async fn publish_event(&self, topic: &str, event: Arc<BusEvent>) -> Result<()> {
+        self.handler()?.on_event(topic, &event);
         Ok(())
     }
 
@@ -216,6 +231,16 @@ impl Broker for MemoryBroker {
     async fn unsubscribe(&self, _topic: &str) -> Result<()> {
         Ok(())
     }
+
+    async fn set_member(&self, _topic: &str, _key: &str, _member: Option<&ClientInfo>) {}
+
+    fn remote_members(&self, _topic: &str) -> Vec<ClientInfo> {
+        Vec::new()
+    }
+
+    fn reconnects(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -225,9 +250,6 @@ impl std::fmt::Debug for MemoryBroker {
             .finish_non_exhaustive()
     }
 }
-
-/// Keeps [`Duration`] in the public signature of [`HistoryLimits`] documented here too.
-const _: Duration = Duration::ZERO;
 
 #[cfg(test)]
 mod tests {

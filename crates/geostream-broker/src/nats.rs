@@ -42,8 +42,8 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::{
-    Broker, BrokerError, BrokerHandler, HistoryLimits, HistoryPage, Publication, Result,
-    StreamPosition, new_epoch,
+    Broker, BrokerError, BrokerHandler, BusEvent, ClientInfo, HistoryLimits, HistoryPage,
+    Publication, Result, StreamPosition, new_epoch,
 };
 
 /// Settings of a [`NatsBroker`]. Every field has a default (see [`Default`]).
@@ -256,16 +256,9 @@ impl NatsBroker {
         &self.inner.node
     }
 
-    /// Changes each time the connection to NATS is (re-)established: after a reconnect,
-    /// messages without history sent meanwhile are lost, and the server repairs what it can
-    /// (layer changes from the store's log).
-    pub fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.reconnects.subscribe()
-    }
-
     /// Records (`Some`) or removes (`None`) a member of `topic` on this node under `key`,
     /// and tells the other nodes.
-    pub async fn set_member(&self, topic: &str, key: &str, data: Option<Bytes>) {
+    async fn set_member_data(&self, topic: &str, key: &str, data: Option<Bytes>) {
         let msg = {
             let mut m = self.inner.members.lock();
             m.version += 1;
@@ -297,8 +290,8 @@ impl NatsBroker {
         self.inner.send_member_msg(msg).await;
     }
 
-    /// The members of `topic` on the other live nodes (this node's own are not included).
-    pub fn remote_members(&self, topic: &str) -> Vec<Bytes> {
+    /// The members of `topic` on the other live nodes, as their nodes sent them.
+    fn remote_member_data(&self, topic: &str) -> Vec<Bytes> {
         let timeout = self.inner.opts.node_timeout;
         let m = self.inner.members.lock();
         let now = Instant::now();
@@ -429,12 +422,12 @@ impl Broker for NatsBroker {
         Err(BrokerError::Unavailable("nats: publish failed".into()))
     }
 
-    async fn publish_ephemeral(&self, topic: &str, kind: u8, data: Bytes) -> Result<()> {
+    async fn publish_event(&self, topic: &str, event: Arc<BusEvent>) -> Result<()> {
         let t = topic.as_bytes();
         let len = u16::try_from(t.len())
             .map_err(|_| BrokerError::Unavailable("topic too long".into()))?;
-        let mut payload = BytesMut::with_capacity(3 + t.len() + data.len());
-        payload.put_u8(kind);
+        let data = event.encode();
+        let mut payload = BytesMut::with_capacity(2 + t.len() + data.len());
         payload.put_u16(len);
         payload.extend_from_slice(t);
         payload.extend_from_slice(&data);
@@ -550,6 +543,28 @@ impl Broker for NatsBroker {
         }
         Ok(())
     }
+
+    async fn set_member(&self, topic: &str, key: &str, member: Option<&ClientInfo>) {
+        let data = match member.map(serde_json::to_vec).transpose() {
+            Ok(d) => d.map(Bytes::from),
+            Err(e) => {
+                tracing::error!(error = %e, "Could not encode a member.");
+                return;
+            }
+        };
+        self.set_member_data(topic, key, data).await;
+    }
+
+    fn remote_members(&self, topic: &str) -> Vec<ClientInfo> {
+        self.remote_member_data(topic)
+            .iter()
+            .filter_map(|m| serde_json::from_slice(m).ok())
+            .collect()
+    }
+
+    fn reconnects(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.reconnects.subscribe())
+    }
 }
 
 /// When JetStream stored a message, in milliseconds since the Unix epoch.
@@ -596,10 +611,9 @@ async fn ephemeral_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subs
     while let Some(m) = sub.next().await {
         let Some(inner) = inner.upgrade() else { return };
         let mut p = m.payload;
-        if p.len() < 3 {
+        if p.len() < 2 {
             continue;
         }
-        let kind = p.get_u8();
         let len = usize::from(p.get_u16());
         if p.len() < len {
             continue;
@@ -608,7 +622,10 @@ async fn ephemeral_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subs
         let Ok(topic) = std::str::from_utf8(&topic) else {
             continue;
         };
-        inner.handler.on_ephemeral(topic, kind, &p);
+        match BusEvent::decode(&p) {
+            Ok(event) => inner.handler.on_event(topic, &Arc::new(event)),
+            Err(e) => tracing::warn!(topic, error = %e, "Dropping an event from another node."),
+        }
     }
 }
 

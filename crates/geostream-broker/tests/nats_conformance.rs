@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use geostream_broker::conformance::{self, Delivered, Recorder};
-use geostream_broker::{Broker, HistoryLimits, NatsBroker, NatsOptions};
+use geostream_broker::{Broker, BusEvent, ClientInfo, HistoryLimits, NatsBroker, NatsOptions};
+use geostream_core::bus::TileVersion;
 
 fn url() -> String {
     std::env::var("GEOSTREAM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -139,38 +140,43 @@ async fn nodes_share_messages_history_and_members() {
     ra.clear();
     rb.clear();
     rc.clear();
-    c.publish_ephemeral("$layer/x", 20, Bytes::from_static(b"chg"))
+    let event = BusEvent::TileUploaded(TileVersion {
+        z: 1,
+        x: 0,
+        y: 1,
+        version: 3,
+    });
+    c.publish_event("$layer/x", Arc::new(event.clone()))
         .await
-        .expect("ephemeral");
+        .expect("event");
     for r in [&ra, &rb, &rc] {
         let got = r.wait_for(1).await;
-        assert!(got.contains(&Delivered::Ephemeral {
+        assert!(got.contains(&Delivered::Event {
             topic: "$layer/x".into(),
-            kind: 20,
-            data: Bytes::from_static(b"chg"),
+            event: event.clone(),
         }));
     }
 
     // Members: set on A and C, seen by B; A's disappear when A is gone.
-    a.set_member("room", "sa/1", Some(Bytes::from_static(b"alice")))
-        .await;
-    c.set_member("room", "sc/1", Some(Bytes::from_static(b"carol")))
-        .await;
+    let member = |s: &str| ClientInfo {
+        session: s.into(),
+        user: Some(s.into()),
+        info: None,
+    };
+    a.set_member("room", "sa/1", Some(&member("alice"))).await;
+    c.set_member("room", "sc/1", Some(&member("carol"))).await;
     let members = |n: &NatsBroker| {
-        let mut m = n.remote_members("room");
+        let mut m: Vec<String> = n
+            .remote_members("room")
+            .into_iter()
+            .map(|m| m.session)
+            .collect();
         m.sort();
         m
     };
     eventually("B sees A's and C's members", || members(&b).len() == 2).await;
-    assert_eq!(
-        members(&b),
-        [Bytes::from_static(b"alice"), Bytes::from_static(b"carol")]
-    );
-    assert_eq!(
-        members(&a),
-        [Bytes::from_static(b"carol")],
-        "own members are local"
-    );
+    assert_eq!(members(&b), ["alice", "carol"]);
+    assert_eq!(members(&a), ["carol"], "own members are local");
     // A node that starts later learns the existing members.
     let (d, _rd) = broker(&prefix, limits()).await;
     eventually("a new node catches up on members", || {

@@ -794,7 +794,7 @@ pub struct LockInfo {
 }
 
 /// Fields of a `lock` push.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LockPush {
     /// The lock (for an unlock, its last state).
     #[serde(flatten)]

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod bus;
 pub mod codec;
 pub mod error;
 pub mod feature;

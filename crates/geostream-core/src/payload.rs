@@ -24,6 +24,11 @@ pub enum PayloadKind {
 }
 
 impl PayloadKind {
+    /// The number used between nodes.
+    pub const fn as_u8(self) -> u8 {
+        self as u8
+    }
+
     /// From the number used between nodes.
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {

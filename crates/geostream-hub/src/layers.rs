@@ -64,6 +64,19 @@ impl<'a> Side<'a> {
     }
 }
 
+/// What a subscriber must be told about a feature that matched its filter `before` (or not)
+/// and matches it `after` (or not), `gone` when the feature no longer exists. The one rule
+/// for live changes, replays and viewport moves alike.
+pub fn transition(before: bool, after: bool, gone: bool) -> Option<FeatureKind> {
+    match (before, after) {
+        (false, false) => None,
+        (false, true) => Some(FeatureKind::Enter),
+        (true, true) => Some(FeatureKind::Update),
+        (true, false) if gone => Some(FeatureKind::Delete),
+        (true, false) => Some(FeatureKind::Exit),
+    }
+}
+
 /// Both sides of a change, ready for filtering.
 pub struct ChangeView<'a> {
     change: &'a Change,
@@ -93,13 +106,7 @@ impl<'a> ChangeView<'a> {
             .new
             .as_ref()
             .is_some_and(|s| s.matches(filter, &self.id));
-        match (before, after) {
-            (false, false) => None,
-            (false, true) => Some(FeatureKind::Enter),
-            (true, true) => Some(FeatureKind::Update),
-            (true, false) if self.change.new.is_none() => Some(FeatureKind::Delete),
-            (true, false) => Some(FeatureKind::Exit),
-        }
+        transition(before, after, self.change.new.is_none())
     }
 
     /// The union of the change's bounding boxes (where a subscription must look to care).

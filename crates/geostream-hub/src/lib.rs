@@ -6,10 +6,13 @@
 //! in each matching outbox without ever waiting.
 #![warn(missing_docs)]
 
+pub mod bus;
 pub mod layers;
+pub mod log;
 pub mod outbox;
 pub mod prepared;
 pub mod session;
+pub mod streams;
 pub mod tiles;
 
 use std::collections::HashMap;
@@ -22,10 +25,16 @@ use geostream_core::codec::Encoding;
 use geostream_core::payload::Payload;
 use parking_lot::{Mutex, RwLock};
 
-pub use layers::{ChangeView, Dispatched, LayerMove, LayerRecovering, Side};
+pub use bus::{BusHandler, Gap, layer_topic, presence_channel};
+pub use layers::{ChangeView, Dispatched, LayerMove, LayerRecovering, Side, transition};
+pub use log::{ChangeRun, LayerLog, SnapshotPages, SnapshotQuery};
 pub use outbox::{CloseReason, Control, Outbox, OutboxLimits, OutboxStats, Outgoing, PushOutcome};
 pub use prepared::{Prepared, PushEvent};
 pub use session::{Session, SubTarget};
+pub use streams::{
+    PendingChannelSub, PendingLayerSub, PendingMove, StreamError, StreamResult, Streams,
+    StreamsConfig,
+};
 
 /// Errors of hub operations.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -65,7 +65,7 @@ struct Nothing;
 
 impl BrokerHandler for Nothing {
     fn on_publication(&self, _: &str, _: &Publication, _: &Arc<str>) {}
-    fn on_ephemeral(&self, _: &str, _: u8, _: &bytes::Bytes) {}
+    fn on_event(&self, _: &str, _: &Arc<geostream_broker::BusEvent>) {}
 }
 
 /// A node running in this process.

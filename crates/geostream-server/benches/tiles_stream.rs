@@ -68,15 +68,16 @@ fn writer() -> Holder {
 }
 
 async fn load(node: &Node, layer: &str, features: &[Value]) -> usize {
-    node.create_layer(geostream_store::LayerSpec {
-        name: layer.into(),
-        title: None,
-        description: None,
-        last_writer_wins: true,
-    })
-    .await
-    .expect("create layer");
-    let limits = node.feature_limits();
+    node.layers
+        .create(geostream_store::LayerSpec {
+            name: layer.into(),
+            title: None,
+            description: None,
+            last_writer_wins: true,
+        })
+        .await
+        .expect("create layer");
+    let limits = node.config.layers.feature_limits();
     let mut n = 0;
     // A few sources repeat an id (Natural Earth gives Australia's code to a territory too):
     // later ones get a generated id.
@@ -100,14 +101,15 @@ async fn load(node: &Node, layer: &str, features: &[Value]) -> usize {
             .filter_map(|f| geostream_server::features::create_op(f, &limits).ok())
             .collect();
         n += ops.len();
-        node.apply(WriteRequest {
-            layer: layer.into(),
-            ops,
-            writer: writer(),
-            op_id: None,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("load {layer}: {}", e.to_rpc().message));
+        node.layers
+            .apply(WriteRequest {
+                layer: layer.into(),
+                ops,
+                writer: writer(),
+                op_id: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("load {layer}: {}", e.to_rpc().message));
     }
     n
 }
@@ -118,17 +120,18 @@ async fn patch(node: &Node, layer: &str, id: &str, props: Option<Value>, geometr
         props.and_then(|p| p.as_object().cloned()),
         geometry.map(Some),
         None,
-        &node.feature_limits(),
+        &node.config.layers.feature_limits(),
     )
     .expect("patch op");
-    node.apply(WriteRequest {
-        layer: layer.into(),
-        ops: vec![op],
-        writer: writer(),
-        op_id: None,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("edit {layer}/{id}: {}", e.to_rpc().message));
+    node.layers
+        .apply(WriteRequest {
+            layer: layer.into(),
+            ops: vec![op],
+            writer: writer(),
+            op_id: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("edit {layer}/{id}: {}", e.to_rpc().message));
 }
 
 /// One HTTP/1.1 connection used for many GETs.

@@ -447,6 +447,26 @@ pub struct LayersConfig {
     pub lock_grace_ms: u64,
 }
 
+impl LayersConfig {
+    /// Limits for validating features.
+    pub fn feature_limits(&self) -> geostream_core::feature::FeatureLimits {
+        geostream_core::feature::FeatureLimits {
+            max_vertices: self.max_vertices,
+            max_property_bytes: self.max_property_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// Limits for parsing filters.
+    pub fn filter_limits(&self) -> geostream_filter::Limits {
+        geostream_filter::Limits {
+            max_nodes: self.max_filter_nodes,
+            max_vertices: self.max_filter_vertices,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for LayersConfig {
     fn default() -> Self {
         LayersConfig {

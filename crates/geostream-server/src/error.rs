@@ -36,6 +36,18 @@ pub enum ServerError {
     Internal(String),
 }
 
+impl From<geostream_hub::StreamError<StoreError>> for ServerError {
+    fn from(e: geostream_hub::StreamError<StoreError>) -> Self {
+        use geostream_hub::StreamError;
+        match e {
+            StreamError::Rpc(e) => ServerError::Rpc(e),
+            StreamError::Hub(e) => ServerError::Hub(e),
+            StreamError::Broker(e) => ServerError::Broker(e),
+            StreamError::Log(e) => ServerError::Store(e),
+        }
+    }
+}
+
 /// Result alias for server operations.
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
 

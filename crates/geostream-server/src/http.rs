@@ -20,9 +20,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::auth::Principal;
-use crate::error::http_error;
+use crate::error::{ServerError, http_error};
 use crate::node::Node;
-use crate::{ogc, sse, web, ws};
+use crate::{ogc, sse, tile_routes, web, ws};
 
 /// Builds the router.
 pub fn router(node: Arc<Node>) -> Router {
@@ -36,7 +36,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sse", get(sse::stream))
         .route("/v1/channels/{name}/messages", post(publish).get(history))
         .route("/v1/channels/{name}/presence", get(presence))
-        .merge(crate::tiles::routes())
+        .merge(tile_routes::routes())
         .merge(ogc::routes())
         .merge(web::routes())
         .fallback(not_found)
@@ -82,7 +82,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let sessions = node.session_count() as f64;
+    let sessions = node.sessions.count() as f64;
     let text = node.metrics.render(
         node.hub.stats(),
         &[(
@@ -160,9 +160,10 @@ async fn publish(
         let data = Payload::from_json(Bytes::copy_from_slice(data.get().as_bytes()))
             .map_err(|e| http_error(ErrorCode::InvalidParams, format!("data: {e}")))?;
         let pos: Position = node
+            .streams
             .publish(&name, data)
             .await
-            .map_err(IntoResponse::into_response)?;
+            .map_err(|e| ServerError::from(e).into_response())?;
         Ok::<_, Response>(Json(pos).into_response())
     }
     .await;
@@ -200,13 +201,14 @@ async fn history(
             }
         };
         let result = node
+            .streams
             .history(&ChannelHistoryParams {
                 channel,
                 since,
                 limit: q.limit,
             })
             .await
-            .map_err(IntoResponse::into_response)?;
+            .map_err(|e| ServerError::from(e).into_response())?;
         Ok::<_, Response>(Json(result).into_response())
     }
     .await;
@@ -224,8 +226,9 @@ async fn presence(
         who.read_channel(&channel)
             .map_err(IntoResponse::into_response)?;
         let clients = node
+            .streams
             .presence(&channel)
-            .map_err(IntoResponse::into_response)?;
+            .map_err(|e| ServerError::from(e).into_response())?;
         Ok::<_, Response>(Json(json!({ "clients": clients })).into_response())
     }
     .await;

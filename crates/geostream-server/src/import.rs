@@ -46,16 +46,17 @@ pub(crate) async fn run(
     match node.store.layer(&p.layer).await {
         Ok(_) => {}
         Err(StoreError::LayerNotFound(_)) => {
-            node.create_layer(LayerSpec {
-                name: p.layer.clone(),
-                ..Default::default()
-            })
-            .await?;
+            node.layers
+                .create(LayerSpec {
+                    name: p.layer.clone(),
+                    ..Default::default()
+                })
+                .await?;
         }
         Err(e) => return Err(e.into()),
     }
     let batch_size = p.batch_size.unwrap_or(1000).clamp(1, 10_000);
-    let limits = node.feature_limits();
+    let limits = node.config.layers.feature_limits();
     let total = features.len() as u64;
     let mut result = ImportResult::default();
     let reject = |result: &mut ImportResult, index: u64, id: Option<String>, reason: String| {
@@ -88,7 +89,7 @@ pub(crate) async fn run(
                 writer: writer.clone(),
                 op_id: None,
             };
-            match node.apply(req).await {
+            match node.layers.apply(req).await {
                 Ok(outcome) => {
                     result.imported += outcome.changes.len() as u64;
                     if let Some(c) = outcome.changes.last() {

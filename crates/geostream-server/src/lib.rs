@@ -5,21 +5,25 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backends;
+pub mod bridge;
 pub mod config;
 pub mod error;
 pub mod features;
 pub mod guard;
 pub mod http;
 pub mod import;
-mod layer_ops;
+pub mod layers;
 pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod ogc;
 pub mod remote;
 pub mod replay;
+pub mod sessions;
 mod sse;
 pub mod telemetry;
+pub mod tile_routes;
 pub mod tiles;
 pub mod web;
 mod ws;

@@ -334,7 +334,7 @@ async fn items(
 ) -> Result<Response> {
     who.read_layer(&layer)?;
     let q = parse_items_query(raw.as_deref())?;
-    let filter = features::build_filter(&q.spec, &node.filter_limits())?;
+    let filter = features::build_filter(&q.spec, &node.config.layers.filter_limits())?;
     let bbox = filter.bbox();
     let page = node
         .store
@@ -555,7 +555,10 @@ async fn item(
 }
 
 async fn get_feature(node: &Node, layer: &str, id: &str) -> Result<Feature> {
-    let fid = features::feature_id(&Value::String(id.to_string()), &node.feature_limits())?;
+    let fid = features::feature_id(
+        &Value::String(id.to_string()),
+        &node.config.layers.feature_limits(),
+    )?;
     match node.store.get(layer, &fid).await? {
         Some(f) => Ok(f),
         None => {
@@ -584,6 +587,7 @@ async fn write(
         op_id: op_id(headers)?,
     };
     let outcome = node
+        .layers
         .apply(req)
         .await
         .map_err(|e| precondition(e, conditional))?;
@@ -630,7 +634,7 @@ async fn create_item(
     who.write_layer(&layer)?;
     crate::guard::require_media_type(&headers, crate::guard::FEATURE_TYPES)?;
     let v = parse_body(&body)?;
-    let op = features::create_op(&v, &node.feature_limits())?;
+    let op = features::create_op(&v, &node.config.layers.feature_limits())?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, false).await?;
     let f = change
         .new
@@ -656,7 +660,12 @@ async fn replace_item(
     crate::guard::require_media_type(&headers, crate::guard::FEATURE_TYPES)?;
     let v = parse_body(&body)?;
     let expected = expected_version(&headers)?;
-    let op = features::replace_op(&Value::String(id), &v, expected, &node.feature_limits())?;
+    let op = features::replace_op(
+        &Value::String(id),
+        &v,
+        expected,
+        &node.config.layers.feature_limits(),
+    )?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
     let created = change.old.is_none();
     let f = change
@@ -718,7 +727,7 @@ async fn patch_item(
         properties,
         geometry,
         expected,
-        &node.feature_limits(),
+        &node.config.layers.feature_limits(),
     )?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
     let f = change
@@ -741,7 +750,11 @@ async fn delete_item(
 ) -> Result<Response> {
     who.write_layer(&layer)?;
     let expected = expected_version(&headers)?;
-    let op = features::delete_op(&Value::String(id), expected, &node.feature_limits())?;
+    let op = features::delete_op(
+        &Value::String(id),
+        expected,
+        &node.config.layers.feature_limits(),
+    )?;
     write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

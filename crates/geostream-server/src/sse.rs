@@ -23,7 +23,7 @@ use geostream_core::codec::{Encoding, encode_push};
 use geostream_core::error::ErrorCode;
 use geostream_hub::{Outgoing, PushEvent, Session};
 
-use crate::error::http_error;
+use crate::error::{ServerError, http_error};
 use crate::node::Node;
 
 /// Formats a stream position as an event id.
@@ -276,7 +276,8 @@ pub(crate) async fn stream(
         let since = resume.remove(ch);
         let resuming = since.clone();
         let pending = match node
-            .subscribe(
+            .streams
+            .subscribe_channel(
                 &session,
                 ChannelSubscribeParams {
                     channel: ch.clone(),
@@ -287,7 +288,7 @@ pub(crate) async fn stream(
             .await
         {
             Ok(p) => p,
-            Err(e) => return e.into_response(), // the guard closes the session
+            Err(e) => return ServerError::from(e).into_response(), // the guard closes the session
         };
         // Position before the replayed messages (which advance it as they are sent).
         let start = match (&resuming, pending.result.recovered) {
@@ -302,7 +303,7 @@ pub(crate) async fn stream(
         event(&mut first, None, Some("subscribed"), |o| {
             let _ = serde_json::to_writer(o, &pending.result);
         });
-        node.activate(&session, pending).await;
+        node.streams.activate_channel(&session, pending).await;
     }
     // An initial id, so a client that reconnects before any message still resumes exactly.
     first.extend_from_slice(format!("id: {}\n\n", format_event_id(&positions)).as_bytes());

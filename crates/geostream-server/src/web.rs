@@ -196,7 +196,7 @@ async fn load_basemap(node: &Node, file: &Path) -> anyhow::Result<u64> {
         })
         .await??;
     let layer = node.config.web.basemap_layer.clone();
-    node.create_layer(LayerSpec {
+    node.layers.create(LayerSpec {
         name: layer.clone(),
         title: Some("Countries (Natural Earth 1:110m)".into()),
         description: Some(
@@ -308,7 +308,7 @@ async fn ensure_ships_layer(node: &Node, layer: &str) -> bool {
         ),
         last_writer_wins: true,
     };
-    match node.create_layer(spec).await {
+    match node.layers.create(spec).await {
         Ok(_) => true,
         Err(e) if e.to_rpc().code == ErrorCode::LayerExists => true,
         Err(e) => {
@@ -353,7 +353,7 @@ async fn replay_ships(weak: Weak<Node>, points: &[TrackPoint], layer: &str, spee
             }
             last_write = Instant::now();
             let stamp = serde_json::Value::from(now_ms());
-            let limits = node.feature_limits();
+            let limits = node.config.layers.feature_limits();
             let ops: Vec<WriteOp> = points[i..j]
                 .iter()
                 .filter_map(|p| {
@@ -374,7 +374,7 @@ async fn replay_ships(weak: Weak<Node>, points: &[TrackPoint], layer: &str, spee
                 writer: writer.clone(),
                 op_id: None,
             };
-            if let Err(e) = node.apply(req).await {
+            if let Err(e) = node.layers.apply(req).await {
                 // Deleted or refused: make the layer again at the next write, a second later.
                 tracing::warn!(layer, error = %e, "Could not write ship positions.");
                 ready = false;

@@ -39,7 +39,7 @@ struct Nothing;
 
 impl BrokerHandler for Nothing {
     fn on_publication(&self, _: &str, _: &Publication, _: &Arc<str>) {}
-    fn on_ephemeral(&self, _: &str, _: u8, _: &bytes::Bytes) {}
+    fn on_event(&self, _: &str, _: &std::sync::Arc<geostream_broker::BusEvent>) {}
 }
 
 /// The shared backends of one test run: a fresh schema and subject prefix, checked to be

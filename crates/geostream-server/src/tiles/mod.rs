@@ -15,7 +15,6 @@
 //! changes after its sequence touches the tile, and recording a change and invalidating happen
 //! under the same lock as that check and the insert.
 
-pub(crate) mod http;
 mod subs;
 
 use std::collections::{HashMap, VecDeque};
@@ -25,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use geostream_broker::Broker;
+use geostream_core::bus::TileVersion;
 use geostream_core::error::ErrorCode;
 use geostream_core::feature::{BBox, Change, Feature};
 use geostream_store::{FeatureQuery, LayerInfo, Store};
@@ -35,13 +34,11 @@ use geostream_tiles::{
     TileError, TileFeature, TileFormat, TileId, TileStore, encode_tile, encode_tile_like,
 };
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 
+use crate::backends::AnyStore;
 use crate::config::{Config, TilesConfig};
 use crate::error::{Result, ServerError};
-use crate::node::Node;
 
-pub use http::routes;
 pub(crate) use subs::{subscribe, update};
 
 /// Changes remembered per layer to decide whether a finished render may be cached.
@@ -49,9 +46,9 @@ const RECENT_CHANGES: usize = 1024;
 
 /// A raster tile layer.
 pub(crate) struct RasterLayer {
-    archive: Option<Box<dyn TileArchive>>,
-    format: TileFormat,
-    compression: TileCompression,
+    pub(crate) archive: Option<Box<dyn TileArchive>>,
+    pub(crate) format: TileFormat,
+    pub(crate) compression: TileCompression,
     read_only: bool,
 }
 
@@ -111,6 +108,8 @@ pub struct TileStats {
 /// This node's tile service.
 pub struct Tiles {
     pub(crate) cfg: TilesConfig,
+    /// Where vector tiles' features come from.
+    store: AnyStore,
     pub(crate) cache: TileCache,
     rasters: HashMap<String, RasterLayer>,
     uploads: Arc<TileStore>,
@@ -229,18 +228,10 @@ fn tile_feature(f: Feature) -> Option<TileFeature> {
     })
 }
 
-/// Notice published (through the broker) when a raster tile was uploaded.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Uploaded {
-    pub(crate) z: u8,
-    pub(crate) x: u32,
-    pub(crate) y: u32,
-    pub(crate) version: u64,
-}
-
 impl Tiles {
-    /// Opens the configured archives and the store of uploaded tiles.
-    pub fn open(config: &Config) -> anyhow::Result<Tiles> {
+    /// Opens the configured archives and the store of uploaded tiles; vector tiles are
+    /// made from `store`'s layers.
+    pub fn open(config: &Config, store: AnyStore) -> anyhow::Result<Tiles> {
         use anyhow::Context;
         let cfg = config.tiles.clone();
         if cfg.max_zoom > geostream_tiles::MAX_ZOOM {
@@ -294,6 +285,7 @@ impl Tiles {
         let uploads = TileStore::open(&path)
             .with_context(|| format!("cannot open the tile store {}", path.display()))?;
         Ok(Tiles {
+            store,
             cache: TileCache::new(cfg.cache_bytes, cfg.history),
             cfg,
             rasters,
@@ -305,8 +297,8 @@ impl Tiles {
     }
 
     /// Starts the task that pushes changed tiles to subscribers.
-    pub fn start(node: &Arc<Node>) {
-        subs::spawn_flusher(node);
+    pub fn start(self: &Arc<Self>) {
+        subs::spawn_flusher(self);
     }
 
     fn mvt_options(&self) -> MvtOptions {
@@ -337,32 +329,27 @@ impl Tiles {
     }
 
     /// What `name` is: a raster layer (configured names win) or a vector layer of the store.
-    pub(crate) async fn layer(&self, node: &Node, name: &str) -> Result<TileLayer<'_>> {
+    pub(crate) async fn layer(&self, name: &str) -> Result<TileLayer<'_>> {
         if let Some(r) = self.rasters.get(name) {
             return Ok(TileLayer::Raster(r));
         }
-        Ok(TileLayer::Vector(node.store.layer(name).await?))
+        Ok(TileLayer::Vector(self.store.layer(name).await?))
     }
 
     /// The current version of a tile of `layer`, from the cache or made afresh. `None` for a
     /// raster tile that does not exist.
-    pub(crate) async fn tile(
-        &self,
-        node: &Node,
-        layer: &str,
-        t: TileId,
-    ) -> Result<Option<CachedTile>> {
+    pub(crate) async fn tile(&self, layer: &str, t: TileId) -> Result<Option<CachedTile>> {
         if let Some(c) = self.cache.get(layer, t) {
             return Ok(Some(c));
         }
         match self.rasters.get(layer) {
             Some(r) => self.load_raster(layer, r, t).await,
-            None => self.render(node, layer, t).await.map(Some),
+            None => self.render(layer, t).await.map(Some),
         }
     }
 
     /// Renders a vector tile from the layer's features and caches it unless a change raced it.
-    async fn render(&self, node: &Node, layer: &str, t: TileId) -> Result<CachedTile> {
+    async fn render(&self, layer: &str, t: TileId) -> Result<CachedTile> {
         if t.z() > self.cfg.max_zoom {
             return Err(ServerError::invalid(format!(
                 "zoom {} is above the highest vector tile zoom, {}",
@@ -372,7 +359,7 @@ impl Tiles {
         }
         let start = Instant::now();
         let bounds = buffered_bounds(t, self.buffer_frac());
-        let page = node
+        let page = self
             .store
             .query(
                 layer,
@@ -493,11 +480,10 @@ impl Tiles {
         ))
     }
 
-    /// Stores an uploaded raster tile durably, caches it and tells every node. Returns the
-    /// new version and whether it replaced a tile.
+    /// Stores an uploaded raster tile durably and caches it (the caller tells every node).
+    /// Returns the new version and whether it replaced a tile.
     pub(crate) async fn upload(
         &self,
-        node: &Node,
         layer: &str,
         t: TileId,
         data: Bytes,
@@ -542,7 +528,6 @@ impl Tiles {
                 .into(),
                 bytes: data,
             });
-        node.announce_tile(layer, t, stored.version).await;
         Ok((cached, stored.previous.is_some() || existed_in_archive))
     }
 
@@ -584,7 +569,7 @@ impl Tiles {
 
     /// A raster tile was uploaded (on some node): drop older cached versions and queue it for
     /// its subscribers.
-    pub(crate) fn on_upload(&self, layer: &str, u: &Uploaded) {
+    pub(crate) fn on_upload(&self, layer: &str, u: &TileVersion) {
         let Ok(t) = TileId::new(u.z, u.x, u.y) else {
             return;
         };
@@ -602,34 +587,5 @@ impl Tiles {
     /// A subscription ended (unsubscribe or disconnect).
     pub fn on_unsubscribed(&self, session: &str, sub: u32) {
         self.subs.remove(session, sub);
-    }
-}
-
-impl Node {
-    /// Tells every node (through the broker) that a raster tile has a new version.
-    pub(crate) async fn announce_tile(&self, layer: &str, t: TileId, version: u64) {
-        let u = Uploaded {
-            z: t.z(),
-            x: t.x(),
-            y: t.y(),
-            version,
-        };
-        match serde_json::to_vec(&u) {
-            Ok(data) => {
-                if let Err(e) = self
-                    .broker
-                    .publish_ephemeral(
-                        &crate::layer_ops::layer_topic(layer),
-                        crate::node::kind::TILE,
-                        Bytes::from(data),
-                    )
-                    .await
-                {
-                    // The tile is durable; subscribers elsewhere see it on their next change.
-                    tracing::warn!(layer, error = %e, "Could not announce an uploaded tile.");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "Could not encode a tile notice."),
-        }
     }
 }

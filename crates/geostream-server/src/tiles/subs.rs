@@ -30,9 +30,8 @@ use geostream_tiles::{CachedTile, LonLatBbox, TileError, TileId, delta, tiles_co
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{TileLayer, key, parse_key};
+use super::{TileLayer, Tiles, key, parse_key};
 use crate::error::{Result, ServerError};
-use crate::node::Node;
 
 type SubKey = (Arc<str>, u32);
 
@@ -157,23 +156,23 @@ impl Registry {
 /// Handles `tile.subscribe`. Sends the response itself (before any push of the
 /// subscription) and returns `None`.
 pub(crate) async fn subscribe(
-    node: &Arc<Node>,
+    tiles: &Tiles,
+    hub: &Hub,
     session: &Arc<Session>,
     id: &Id,
     p: TileSubscribeParams,
 ) -> Result<Option<Bytes>> {
-    let tiles = &node.tiles;
     let enc = session.encoding();
     {
         {
-            let layer = tiles.layer(node, &p.layer).await?;
+            let layer = tiles.layer(&p.layer).await?;
             let kind = match layer {
                 TileLayer::Vector(_) => "vector",
                 TileLayer::Raster(_) => "raster",
             };
             let set = tiles.tile_set(kind == "vector", p.viewport.as_ref(), p.tiles.as_deref())?;
             let have = parse_have(&p.have)?;
-            let sub = node.hub.add_tile_sub(session, &p.layer)?;
+            let sub = hub.add_tile_sub(session, &p.layer)?;
             let k: SubKey = (session.id().clone(), sub);
             let layer_name: Arc<str> = p.layer.as_str().into();
             let result = TileSubscribeResult {
@@ -215,12 +214,11 @@ pub(crate) async fn subscribe(
 
 /// Handles `tile.update`: moves a tile subscription of this connection.
 pub(crate) async fn update(
-    node: &Arc<Node>,
+    tiles: &Tiles,
     session: &Arc<Session>,
     id: &Id,
     p: TileUpdateParams,
 ) -> Result<Option<Bytes>> {
-    let tiles = &node.tiles;
     let enc = session.encoding();
     {
         {
@@ -380,30 +378,30 @@ impl super::Tiles {
     }
 }
 
-/// Starts the flusher of `node`'s tile subscriptions.
-pub(super) fn spawn_flusher(node: &Arc<Node>) {
-    let weak = Arc::downgrade(node);
-    let window = Duration::from_millis(node.tiles.cfg.flush_ms);
+/// Starts the flusher of the tile service's subscriptions.
+pub(super) fn spawn_flusher(tiles: &Arc<Tiles>) {
+    let weak = Arc::downgrade(tiles);
+    let window = Duration::from_millis(tiles.cfg.flush_ms);
     tokio::spawn(async move {
         loop {
-            let Some(node) = weak.upgrade() else { return };
-            let reg = node.tiles.subs.clone();
+            let Some(tiles) = weak.upgrade() else { return };
+            let reg = tiles.subs.clone();
             let idle = reg.inner.lock().dirty.is_empty();
             if idle {
                 let woken = reg.wake.notified();
-                // Do not keep the node alive while waiting.
-                drop(node);
+                // Do not keep the service alive while waiting.
+                drop(tiles);
                 tokio::select! {
                     _ = woken => {}
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
                 continue;
             }
-            drop(node);
+            drop(tiles);
             // Let the burst finish: edits within the window end in one push per tile.
             tokio::time::sleep(window).await;
-            let Some(node) = weak.upgrade() else { return };
-            flush(&node).await;
+            let Some(tiles) = weak.upgrade() else { return };
+            flush(&tiles).await;
         }
     });
 }
@@ -416,8 +414,7 @@ struct Target {
     held: Option<u64>,
 }
 
-async fn flush(node: &Arc<Node>) {
-    let tiles = &node.tiles;
+async fn flush(tiles: &Tiles) {
     // Take the dirty pairs, grouped by (layer, tile), with what each subscriber holds.
     let mut groups: HashMap<(Arc<str>, TileId), Vec<Target>> = HashMap::new();
     {
@@ -440,7 +437,7 @@ async fn flush(node: &Arc<Node>) {
         }
     }
     for ((layer, t), targets) in groups {
-        let current = match tiles.tile(node, &layer, t).await {
+        let current = match tiles.tile(&layer, t).await {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => {
@@ -448,15 +445,20 @@ async fn flush(node: &Arc<Node>) {
                 continue;
             }
         };
-        push_tile(node, &layer, t, &current, targets);
+        push_tile(tiles, &layer, t, &current, targets);
     }
 }
 
 /// Frames shared by the subscribers of one tile: per (encoding, kind, base).
 type FrameMemo = HashMap<(Encoding, TilePushKind, Option<u64>), PushFrame>;
 
-fn push_tile(node: &Node, layer: &Arc<str>, t: TileId, current: &CachedTile, targets: Vec<Target>) {
-    let tiles = &node.tiles;
+fn push_tile(
+    tiles: &Tiles,
+    layer: &Arc<str>,
+    t: TileId,
+    current: &CachedTile,
+    targets: Vec<Target>,
+) {
     let tile_key = key(t);
     let mut deltas: HashMap<u64, Option<Bytes>> = HashMap::new();
     let mut frames: FrameMemo = HashMap::new();

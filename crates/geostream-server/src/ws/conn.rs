@@ -61,7 +61,7 @@ pub(crate) async fn serve(
     let ended = read_loop(&rd, leftover, &node, &session, &mut rpc, &mut writer).await;
     rpc.abort_all();
     if let Some(holder) = rpc.lock_holder() {
-        Box::pin(node.release_client(holder)).await;
+        Box::pin(node.layers.release_client(holder)).await;
     }
     match ended {
         ReadEnd::WriterDone => {

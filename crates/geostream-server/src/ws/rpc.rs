@@ -14,21 +14,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use geostream_core::api::{
-    self, ChannelPresenceResult, EditResult, Heartbeat, HelloParams, HelloResult, LockInfo,
-    PROTOCOL_VERSION, ProgressParams, ServerSoftware, SessionLimits,
+    self, ChannelPresenceResult, EditResult, Heartbeat, HelloParams, HelloResult, PROTOCOL_VERSION,
+    ProgressParams, ServerSoftware, SessionLimits,
 };
 use geostream_core::codec::{self, ClientFrame, Encoding, Id, ZSTD_MAGIC};
 use geostream_core::error::{CloseCode, ErrorCode, RpcError};
 use geostream_core::payload::Payload;
 use geostream_core::request::{Access, Notification, Request, Scope};
 use geostream_hub::{Outgoing, Session};
-use geostream_store::{FeatureQuery, Holder, LayerSpec, Lock, Store, WriteOp, WriteRequest};
+use geostream_store::{FeatureQuery, Holder, LayerSpec, Store, WriteOp, WriteRequest};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::AbortHandle;
 
 use crate::error::{Result, ServerError};
 use crate::features::{self, build_filter};
+use crate::layers::lock_info;
 use crate::limits::Refusal;
 use crate::node::Node;
 
@@ -40,16 +41,6 @@ fn edit_result(c: &geostream_core::feature::Change, replayed: bool) -> EditResul
         seq: c.seq,
         feature: c.new.clone(),
         replayed,
-    }
-}
-
-fn lock_info(l: &Lock) -> LockInfo {
-    LockInfo {
-        layer: l.layer.clone(),
-        id: l.id.clone(),
-        client: l.holder.client.clone(),
-        user: l.holder.user.clone(),
-        until_ms: l.until_ms,
     }
 }
 
@@ -288,15 +279,23 @@ impl Rpc {
                 self.respond(id, &serde_json::json!({}))
             }
             Request::ChannelSubscribe(p) => {
-                let pending = self.node.subscribe(&self.session, p).await?;
+                let pending = self
+                    .node
+                    .streams
+                    .subscribe_channel(&self.session, p)
+                    .await?;
                 // The response goes out before any replayed or live message of the subscription.
                 self.send(codec::encode_response(self.enc, id, &pending.result));
-                self.node.activate(&self.session, pending).await;
+                self.node
+                    .streams
+                    .activate_channel(&self.session, pending)
+                    .await;
                 Ok(None)
             }
             Request::PresenceSubscribe(p) => {
                 let (pending, members) = self
                     .node
+                    .streams
                     .subscribe_presence(&self.session, &p.layer)
                     .await?;
                 let result = api::PresenceSubscribeResult {
@@ -305,30 +304,34 @@ impl Rpc {
                     members,
                 };
                 self.send(codec::encode_response(self.enc, id, &result));
-                self.node.activate(&self.session, pending).await;
+                self.node
+                    .streams
+                    .activate_channel(&self.session, pending)
+                    .await;
                 Ok(None)
             }
             Request::PresenceCursor(p) => {
                 let c = self.cursor(p)?;
-                self.node.publish_cursor(&c).await?;
+                self.node.streams.publish_cursor(c).await?;
                 self.respond(id, &serde_json::json!({}))
             }
             Request::ChannelPublish { channel, data } => {
-                let pos = self.node.publish(&channel, data).await?;
+                let pos = self.node.streams.publish(&channel, data).await?;
                 self.respond(id, &pos)
             }
             Request::ChannelHistory(p) => {
-                let r = self.node.history(&p).await?;
+                let r = self.node.streams.history(&p).await?;
                 self.respond(id, &r)
             }
             Request::ChannelPresence(p) => {
-                let clients = self.node.presence(&p.channel)?;
+                let clients = self.node.streams.presence(&p.channel)?;
                 self.respond(id, &ChannelPresenceResult { clients })
             }
             Request::LayerCreate(p) => {
                 let info = self
                     .node
-                    .create_layer(LayerSpec {
+                    .layers
+                    .create(LayerSpec {
                         name: p.name,
                         title: p.title,
                         description: p.description,
@@ -347,17 +350,21 @@ impl Rpc {
                 self.respond(id, &info)
             }
             Request::LayerDelete(p) => {
-                self.node.delete_layer(&p.name).await?;
+                self.node.layers.delete(&p.name).await?;
                 self.respond(id, &serde_json::json!({}))
             }
             Request::LayerSubscribe(p) => {
-                let filter = Arc::new(build_filter(&p.filter, &self.node.filter_limits())?);
+                let filter = Arc::new(build_filter(
+                    &p.filter,
+                    &self.node.config.layers.filter_limits(),
+                )?);
                 let page = p
                     .page_size
                     .unwrap_or(self.node.config.layers.snapshot_page)
                     .clamp(1, 5000);
                 let pending = self
                     .node
+                    .streams
                     .subscribe_layer(
                         &self.session,
                         &p.layer,
@@ -369,24 +376,29 @@ impl Rpc {
                     .await?;
                 // The response first: it carries the subscription id the pushes refer to.
                 self.send(codec::encode_response(self.enc, id, &pending.result));
-                self.node.activate_layer_sub(&self.session, pending).await;
+                self.node
+                    .streams
+                    .activate_layer(&self.session, pending)
+                    .await;
                 Ok(None)
             }
             Request::SubscriptionUpdate(p) => {
-                let filter = Arc::new(build_filter(&p.filter, &self.node.filter_limits())?);
-                let (result, frames, recovering) = self
+                let filter = Arc::new(build_filter(
+                    &p.filter,
+                    &self.node.config.layers.filter_limits(),
+                )?);
+                let m = self
                     .node
-                    .move_layer_sub(&self.session, p.sub, filter)
+                    .streams
+                    .move_layer(&self.session, p.sub, filter)
                     .await?;
-                self.send(codec::encode_response(self.enc, id, &result));
-                for f in frames {
-                    self.session.outbox.push_always(f);
-                }
-                self.node.hub.finish_layer_recovery(recovering, result.seq);
+                self.send(codec::encode_response(self.enc, id, &m.result));
+                self.node.streams.finish_move(&self.session, m);
                 Ok(None)
             }
             Request::FeatureCreate(p) => {
-                let op = features::create_op(&p.feature, &self.node.feature_limits())?;
+                let op =
+                    features::create_op(&p.feature, &self.node.config.layers.feature_limits())?;
                 self.edit(id, p.layer, vec![op], p.op_id).await
             }
             Request::FeatureReplace(p) => {
@@ -394,7 +406,7 @@ impl Rpc {
                     &p.id,
                     &p.feature,
                     p.version,
-                    &self.node.feature_limits(),
+                    &self.node.config.layers.feature_limits(),
                 )?;
                 self.edit(id, p.layer, vec![op], p.op_id).await
             }
@@ -404,19 +416,23 @@ impl Rpc {
                     p.properties,
                     p.geometry,
                     p.version,
-                    &self.node.feature_limits(),
+                    &self.node.config.layers.feature_limits(),
                 )?;
                 self.edit(id, p.layer, vec![op], p.op_id).await
             }
             Request::FeatureDelete(p) => {
-                let op = features::delete_op(&p.id, p.version, &self.node.feature_limits())?;
+                let op = features::delete_op(
+                    &p.id,
+                    p.version,
+                    &self.node.config.layers.feature_limits(),
+                )?;
                 self.edit(id, p.layer, vec![op], p.op_id).await
             }
             Request::FeatureBatch(p) => {
                 if p.ops.is_empty() {
                     return Err(ServerError::invalid("a batch needs at least one operation"));
                 }
-                let limits = self.node.feature_limits();
+                let limits = self.node.config.layers.feature_limits();
                 let ops = p
                     .ops
                     .iter()
@@ -425,6 +441,7 @@ impl Rpc {
                     .collect::<Result<Vec<WriteOp>>>()?;
                 let outcome = self
                     .node
+                    .layers
                     .apply(WriteRequest {
                         layer: p.layer,
                         ops,
@@ -441,7 +458,7 @@ impl Rpc {
                 self.respond(id, &serde_json::json!({ "results": results, "seq": seq, "replayed": outcome.replayed }))
             }
             Request::FeatureGet(p) => {
-                let fid = features::feature_id(&p.id, &self.node.feature_limits())?;
+                let fid = features::feature_id(&p.id, &self.node.config.layers.feature_limits())?;
                 match self.node.store.get(&p.layer, &fid).await? {
                     Some(f) => self.respond(id, &serde_json::json!({ "feature": f })),
                     None => {
@@ -455,7 +472,7 @@ impl Rpc {
                 }
             }
             Request::FeatureQuery(p) => {
-                let filter = build_filter(&p.filter, &self.node.filter_limits())?;
+                let filter = build_filter(&p.filter, &self.node.config.layers.filter_limits())?;
                 let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
                 let bbox = filter.bbox();
                 let page = self
@@ -474,34 +491,20 @@ impl Rpc {
                 self.respond(id, &serde_json::json!({ "type": "FeatureCollection", "features": page.features, "next_offset": page.next_offset, "seq": page.seq }))
             }
             Request::FeatureLock(p) => {
-                let cfg = &self.node.config.layers;
-                let ttl = p
-                    .ttl_ms
-                    .unwrap_or(cfg.lock_ttl_ms)
-                    .clamp(1000, cfg.max_lock_ttl_ms);
-                if p.ids.is_empty() {
-                    return Err(ServerError::invalid("ids: give at least one feature id"));
-                }
                 self.locked = true;
                 let locks = self
                     .node
-                    .store
-                    .lock(&p.layer, &p.ids, &self.holder, ttl)
+                    .layers
+                    .lock(&p.layer, &p.ids, &self.holder, p.ttl_ms)
                     .await?;
-                for l in &locks {
-                    self.node.announce_lock(l, true).await;
-                }
                 self.respond(id, &serde_json::json!({ "locks": locks.iter().map(lock_info).collect::<Vec<_>>() }))
             }
             Request::FeatureUnlock(p) => {
                 let released = self
                     .node
-                    .store
+                    .layers
                     .unlock(&p.layer, &p.ids, &self.holder)
                     .await?;
-                for l in &released {
-                    self.node.announce_lock(l, false).await;
-                }
                 self.respond(id, &serde_json::json!({ "released": released.iter().map(lock_info).collect::<Vec<_>>() }))
             }
             Request::LayerImport(p) => {
@@ -523,9 +526,12 @@ impl Rpc {
                 Ok(None)
             }
             Request::TileSubscribe(p) => {
-                crate::tiles::subscribe(&self.node, &self.session, id, p).await
+                crate::tiles::subscribe(&self.node.tiles, &self.node.hub, &self.session, id, p)
+                    .await
             }
-            Request::TileUpdate(p) => crate::tiles::update(&self.node, &self.session, id, p).await,
+            Request::TileUpdate(p) => {
+                crate::tiles::update(&self.node.tiles, &self.session, id, p).await
+            }
         }
     }
 
@@ -538,6 +544,7 @@ impl Rpc {
     ) -> Result<Option<Bytes>> {
         let outcome = self
             .node
+            .layers
             .apply(WriteRequest {
                 layer,
                 ops,
@@ -684,7 +691,7 @@ impl Rpc {
                 };
                 let node = self.node.clone();
                 tokio::spawn(async move {
-                    let _ = node.publish_cursor(&c).await;
+                    let _ = node.streams.publish_cursor(c).await;
                 });
             }
         }

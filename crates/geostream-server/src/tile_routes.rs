@@ -24,9 +24,11 @@ use geostream_tiles::{CachedTile, TileCompression, TileFormat};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 
-use super::{TileLayer, parse_tile};
+use geostream_core::bus::{BusEvent, TileVersion};
+
 use crate::error::{Result, ServerError};
 use crate::node::Node;
+use crate::tiles::{TileLayer, key, parse_tile};
 
 /// Media type of Mapbox Vector Tiles.
 const MVT: &str = "application/vnd.mapbox-vector-tile";
@@ -129,7 +131,7 @@ async fn tilejson(
         who.read_layer(layer)?;
         let base = origin(&headers);
         let tiles = &node.tiles;
-        let doc = match tiles.layer(&node, layer).await? {
+        let doc = match tiles.layer(layer).await? {
             TileLayer::Vector(info) => {
                 // Describe the fields from a sample of features.
                 let page = node
@@ -290,7 +292,7 @@ async fn get_tile(
         who.read_layer(&layer)?;
         let (t, ext) = parse_tile(&z, &x, &y)?;
         let tiles = &node.tiles;
-        match tiles.layer(&node, &layer).await? {
+        match tiles.layer(&layer).await? {
             TileLayer::Vector(_) => {
                 if let Some(e) = ext.as_deref()
                     && e != "mvt"
@@ -300,13 +302,13 @@ async fn get_tile(
                         "{layer:?} is a vector layer: its tiles are .mvt, not .{e}"
                     )));
                 }
-                let c = tiles.tile(&node, &layer, t).await?.ok_or_else(|| {
+                let c = tiles.tile(&layer, t).await?.ok_or_else(|| {
                     ServerError::Internal("a vector tile render returned nothing".into())
                 })?;
                 Ok(tile_response(&headers, &c, MVT, false))
             }
             TileLayer::Raster(r) => {
-                let c = tiles.tile(&node, &layer, t).await?.ok_or_else(|| {
+                let c = tiles.tile(&layer, t).await?.ok_or_else(|| {
                     ServerError::new(
                         ErrorCode::TileNotFound,
                         format!("raster layer {layer:?} has no tile {z}/{x}/{}", t.y()),
@@ -354,7 +356,7 @@ async fn put_tile(
         let (t, _) = parse_tile(&z, &x, &y)?;
         let tiles = &node.tiles;
         let max = tiles.cfg.max_upload_bytes;
-        let raster = match tiles.layer(&node, &layer).await? {
+        let raster = match tiles.layer(&layer).await? {
             TileLayer::Vector(_) => {
                 return Err(ServerError::invalid(format!(
                     "{layer:?} is a vector layer: its tiles are made from its features; edit those instead"
@@ -400,7 +402,18 @@ async fn put_tile(
                 expected.content_type().unwrap_or("image")
             )));
         }
-        let (c, replaced) = tiles.upload(&node, &layer, t, data).await?;
+        let (c, replaced) = tiles.upload(&layer, t, data).await?;
+        node.streams
+            .publish_layer_event(
+                &layer,
+                BusEvent::TileUploaded(TileVersion {
+                    z: t.z(),
+                    x: t.x(),
+                    y: t.y(),
+                    version: c.version,
+                }),
+            )
+            .await;
         let status = if replaced {
             StatusCode::OK
         } else {
@@ -412,7 +425,7 @@ async fn put_tile(
             [(header::ETAG, etag)],
             Json(json!({
                 "layer": layer,
-                "tile": super::key(t),
+                "tile": key(t),
                 "version": c.version,
                 "etag": &*c.etag,
                 "bytes": c.bytes.len(),

@@ -1,0 +1,152 @@
+//! Layers on a node: creating and deleting them, edits (durable first, then published to
+//! every node), and feature locks (taken, released, expired, always announced).
+//!
+//! An edit's way: [`Layers::apply`] → the store commits and syncs it and gives it the layer's
+//! next sequence number → the change is published → every node's hub dispatches it in
+//! sequence order to the subscriptions it concerns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use geostream_core::api::{LockInfo, LockPush};
+use geostream_core::bus::BusEvent;
+use geostream_hub::Hub;
+use geostream_store::{Holder, LayerInfo, LayerSpec, Lock, Store, WriteOutcome, WriteRequest};
+
+use crate::backends::{AnyStore, NodeStreams};
+use crate::config::LayersConfig;
+use crate::error::{Result, ServerError};
+
+/// Layer operations of this node.
+pub struct Layers {
+    store: AnyStore,
+    streams: Arc<NodeStreams>,
+    hub: Arc<Hub>,
+    config: LayersConfig,
+}
+
+impl Layers {
+    /// The service, and the task that expires locks whose time is up.
+    pub fn start(
+        store: AnyStore,
+        streams: Arc<NodeStreams>,
+        hub: Arc<Hub>,
+        config: LayersConfig,
+    ) -> Arc<Layers> {
+        let layers = Arc::new(Layers {
+            store,
+            streams,
+            hub,
+            config,
+        });
+        let weak = Arc::downgrade(&layers);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                let Some(layers) = weak.upgrade() else { return };
+                match layers.store.reap_locks().await {
+                    Ok(expired) => {
+                        for l in expired {
+                            layers.announce_lock(&l, false).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Could not reap expired locks."),
+                }
+            }
+        });
+        layers
+    }
+
+    /// Creates a layer (and tells the hub it starts at sequence 0).
+    pub async fn create(&self, spec: LayerSpec) -> Result<LayerInfo> {
+        geostream_core::api::validate_name("layer", &spec.name).map_err(ServerError::invalid)?;
+        let info = self.store.create_layer(spec).await?;
+        self.hub.init_layer(&info.name, info.seq);
+        Ok(info)
+    }
+
+    /// Deletes a layer; every node ends its subscriptions to it.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        self.store.delete_layer(name).await?;
+        self.streams
+            .publish_layer_event(name, BusEvent::LayerDeleted)
+            .await;
+        Ok(())
+    }
+
+    /// Applies an edit durably, then publishes its changes.
+    pub async fn apply(&self, req: WriteRequest) -> Result<WriteOutcome> {
+        let outcome = self.store.apply(req).await?;
+        if !outcome.replayed {
+            for c in &outcome.changes {
+                self.streams.publish_change(Arc::new(c.clone())).await;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Locks features for `holder` (at most `layers.max_lock_ttl_ms`) and tells every node.
+    pub async fn lock(
+        &self,
+        layer: &str,
+        ids: &[String],
+        holder: &Holder,
+        ttl_ms: Option<u64>,
+    ) -> Result<Vec<Lock>> {
+        if ids.is_empty() {
+            return Err(ServerError::invalid("ids: give at least one feature id"));
+        }
+        let ttl = ttl_ms
+            .unwrap_or(self.config.lock_ttl_ms)
+            .clamp(1000, self.config.max_lock_ttl_ms);
+        let locks = self.store.lock(layer, ids, holder, ttl).await?;
+        for l in &locks {
+            self.announce_lock(l, true).await;
+        }
+        Ok(locks)
+    }
+
+    /// Releases `holder`'s locks of `ids` and tells every node.
+    pub async fn unlock(&self, layer: &str, ids: &[String], holder: &Holder) -> Result<Vec<Lock>> {
+        let released = self.store.unlock(layer, ids, holder).await?;
+        for l in &released {
+            self.announce_lock(l, false).await;
+        }
+        Ok(released)
+    }
+
+    /// A client's connection is gone: its locks expire after the grace period unless it
+    /// comes back and locks again.
+    pub async fn release_client(&self, holder: &Holder) {
+        if let Err(e) = self
+            .store
+            .expire_client_locks(&holder.client, self.config.lock_grace_ms)
+            .await
+        {
+            tracing::warn!(error = %e, "Could not schedule a disconnected client's locks to expire.");
+        }
+    }
+
+    /// Tells every node's subscribers of the lock's layer that it was locked or released.
+    async fn announce_lock(&self, l: &Lock, locked: bool) {
+        let push = LockPush {
+            lock: lock_info(l),
+            locked,
+        };
+        self.streams
+            .publish_layer_event(&l.layer, BusEvent::Lock(push))
+            .await;
+    }
+}
+
+/// A lock as clients see it.
+pub fn lock_info(l: &Lock) -> LockInfo {
+    LockInfo {
+        layer: l.layer.clone(),
+        id: l.id.clone(),
+        client: l.holder.client.clone(),
+        user: l.holder.user.clone(),
+        until_ms: l.until_ms,
+    }
+}
