@@ -49,7 +49,8 @@ export class ServerProcess {
     const listen = `127.0.0.1:${this.port}`;
     const child = spawn(serverBinary(), ["serve", "--listen", listen, "--data-dir", this.dataDir], {
       // geostream reads every GEOSTREAM_* variable as configuration, so test settings use GS_*.
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", ...env },
+      // No unready window at shutdown: tests restart servers and want them gone at once.
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", GEOSTREAM_SHUTDOWN__UNREADY_SECS: "0", ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.child = child;

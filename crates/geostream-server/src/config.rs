@@ -505,14 +505,21 @@ impl Default for ImportConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// Seconds to wait for connections to drain after SIGINT/SIGTERM before exiting anyway.
+    /// Seconds between SIGINT/SIGTERM and closing the listener, while `/readyz` answers 503
+    /// so a load balancer stops sending new clients (everything else is served as usual).
+    /// Default: 5.
+    pub unready_secs: u64,
+    /// Seconds to wait for connections to drain after that before exiting anyway.
     /// Default: 10.
     pub drain_secs: u64,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { drain_secs: 10 }
+        ShutdownConfig {
+            unready_secs: 5,
+            drain_secs: 10,
+        }
     }
 }
 

@@ -70,7 +70,7 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.is_draining() {
+    if !node.sessions.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "draining" })),

@@ -71,7 +71,16 @@ pub async fn serve(
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "Listening.");
     tokio::pin!(shutdown);
+    // After the signal: `/readyz` says 503 for `shutdown.unready_secs` while everything is
+    // still served, so load balancers take the node out before the listener closes.
+    let mut close_at: Option<tokio::time::Instant> = None;
     loop {
+        let until_close = async {
+            match close_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -97,7 +106,13 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if close_at.is_none() => {
+                let wait = Duration::from_secs(node.config.shutdown.unready_secs);
+                tracing::info!(secs = wait.as_secs(), "Shutting down: not ready for new clients.");
+                node.sessions.set_unready();
+                close_at = Some(tokio::time::Instant::now() + wait);
+            }
+            _ = until_close => break,
         }
     }
     drop(listener);

@@ -277,8 +277,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Completes on SIGINT or SIGTERM. A second signal ends the process at once (an impatient
+/// Ctrl-C does not wait for the graceful shutdown).
 async fn shutdown_signal() {
+    signal().await;
+    tracing::info!("Shutdown signal received; a second one exits at once.");
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("geostream: second signal, exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -297,5 +308,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("Shutdown signal received.");
 }

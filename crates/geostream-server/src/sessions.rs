@@ -1,4 +1,5 @@
-//! The sessions open on this node, and draining them at shutdown.
+//! The sessions open on this node, and the node's way out: unready (load balancers stop
+//! sending new clients), then draining (every session told to reconnect elsewhere).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::sync::Notify;
 pub struct Sessions {
     open: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     empty: Notify,
+    unready: AtomicBool,
     draining: AtomicBool,
 }
 
@@ -47,10 +49,21 @@ impl Sessions {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Marks the node as no longer ready for new clients (shutdown has begun).
+    pub fn set_unready(&self) {
+        self.unready.store(true, Ordering::Release);
+    }
+
+    /// Whether the node wants new clients (what `/readyz` says).
+    pub fn is_ready(&self) -> bool {
+        !self.unready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
     /// Starts a graceful shutdown: every session is told to reconnect (after what is already
     /// queued for it), new sessions are refused. Returns once all sessions are gone or after
     /// `timeout`.
     pub async fn drain(&self, timeout: Duration) {
+        self.set_unready();
         self.draining.store(true, Ordering::Release);
         let sessions: Vec<_> = self.open.lock().values().cloned().collect();
         tracing::info!(

@@ -358,6 +358,45 @@ async fn graceful_shutdown_tells_clients_to_reconnect() {
     );
 }
 
+/// From the shutdown signal until the listener closes, `/readyz` answers 503 while new
+/// connections and existing clients are still served; then clients are told to reconnect.
+#[tokio::test]
+async fn a_stopping_node_is_unready_before_it_stops_listening() {
+    let srv = TestServer::start_with(|c| c.shutdown.unready_secs = 2).await;
+    let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
+    subscribe(&mut ws, "c").await;
+    let addr = srv.addr;
+    let signalled = std::time::Instant::now();
+    let stop = tokio::spawn(srv.shutdown());
+    let mut unready_at = None;
+    while signalled.elapsed() < Duration::from_millis(1500) {
+        let (s, body) = http_json(addr, "GET", "/readyz", None).await;
+        if s == 503 {
+            assert_eq!(body, json!({ "status": "draining" }));
+            unready_at.get_or_insert(signalled.elapsed());
+            // Still listening and serving: a new connection, and the old client.
+            assert_eq!(http_json(addr, "GET", "/healthz", None).await.0, 200);
+            ws.ok("channel.publish", json!({ "channel": "c", "data": 1 }))
+                .await;
+            ws.push_of("message").await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unready_at = unready_at.expect("readyz said 503 while the listener was open");
+    assert!(unready_at < Duration::from_millis(500), "{unready_at:?}");
+    let frame = ws.closed().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), CloseCode::ServiceRestart.code());
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "clients are told to go only after the unready window"
+    );
+    tokio::time::timeout(Duration::from_secs(10), stop)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let srv = TestServer::start().await;

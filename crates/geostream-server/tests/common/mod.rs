@@ -78,6 +78,7 @@ pub fn test_config(dir: &tempdir::Dir) -> Config {
         ..Default::default()
     };
     c.shutdown.drain_secs = 3;
+    c.shutdown.unready_secs = 0;
     c
 }
 
