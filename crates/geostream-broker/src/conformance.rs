@@ -31,6 +31,13 @@ pub enum Delivered {
         /// The event.
         event: BusEvent,
     },
+    /// Another node's members gone (or back) without their own events.
+    RemoteMembers {
+        /// Gone (true) or back.
+        gone: bool,
+        /// Topic and member.
+        members: Vec<(String, crate::ClientInfo)>,
+    },
 }
 
 /// A handler that records everything it is given.
@@ -72,6 +79,14 @@ impl BrokerHandler for Recorder {
             topic: topic.to_string(),
             publication: publication.clone(),
             epoch: epoch.to_string(),
+        });
+        self.notify.notify_waiters();
+    }
+
+    fn on_remote_members(&self, gone: bool, members: &[(String, crate::ClientInfo)]) {
+        self.events.lock().push(Delivered::RemoteMembers {
+            gone,
+            members: members.to_vec(),
         });
         self.notify.notify_waiters();
     }

@@ -88,6 +88,13 @@ pub trait BrokerHandler: Send + Sync + 'static {
     fn on_publication(&self, topic: &str, publication: &Publication, epoch: &Arc<str>);
     /// An event without history (presence join/leave, cursors, feature changes, locks).
     fn on_event(&self, topic: &str, event: &Arc<BusEvent>);
+
+    /// Members of another node (topic and member) that went away without leaving, because
+    /// the node stopped answering (`gone`), or that are back because a node taken for dead
+    /// answered again. Every surviving node is told, so each tells its own subscribers.
+    fn on_remote_members(&self, gone: bool, members: &[(String, ClientInfo)]) {
+        let _ = (gone, members);
+    }
 }
 
 /// Errors of a broker.

@@ -639,6 +639,9 @@ struct Members {
     /// topic → key → data.
     local: HashMap<String, HashMap<String, Bytes>>,
     remote: HashMap<String, RemoteNode>,
+    /// Nodes taken for dead (their members were reported gone): if one speaks again, its
+    /// members are reported back.
+    dead: std::collections::HashSet<String>,
 }
 
 struct RemoteNode {
@@ -815,9 +818,15 @@ async fn membership_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Sub
             },
             _ = beat.tick() => {
                 let Some(inner) = inner.upgrade() else { return };
-                let version = inner.members.lock().version;
+                let (version, lost) = {
+                    let mut m = inner.members.lock();
+                    (m.version, take_dead(&mut m, inner.opts.node_timeout))
+                };
                 let node = inner.node.to_string();
                 inner.send_member_msg(MemberMsg::Beat { node, version }).await;
+                if !lost.is_empty() {
+                    inner.handler.on_remote_members(true, &decode_members(lost));
+                }
                 continue;
             }
             r = reconnects.changed() => {
@@ -833,12 +842,11 @@ async fn membership_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Sub
         let Some(inner) = inner.upgrade() else { return };
         let Some(msg) = msg else { continue };
         let me = &*inner.node;
+        // Members of a node taken for dead that speaks again.
+        let mut back = Vec::new();
         let reply = {
             let mut m = inner.members.lock();
             let now = Instant::now();
-            let timeout = inner.opts.node_timeout;
-            m.remote
-                .retain(|_, n| now.duration_since(n.seen) < timeout * 2);
             match msg {
                 MemberMsg::Hello { to } => (to.as_deref().is_none_or(|t| t == me))
                     .then_some(())
@@ -886,7 +894,11 @@ async fn membership_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Sub
                     entries,
                 } if node != me => {
                     let mut topics: HashMap<String, HashMap<String, Bytes>> = HashMap::new();
+                    let returned = m.dead.remove(&node);
                     for (t, k, d) in entries {
+                        if returned {
+                            back.push((t.clone(), d.clone()));
+                        }
                         topics.entry(t).or_default().insert(k, d);
                     }
                     m.remote.insert(
@@ -902,6 +914,11 @@ async fn membership_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Sub
                 _ => None,
             }
         };
+        if !back.is_empty() {
+            inner
+                .handler
+                .on_remote_members(false, &decode_members(back));
+        }
         match reply {
             // A Hello for this node: answer with the state.
             Some(None) => {
@@ -912,6 +929,34 @@ async fn membership_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Sub
             None => {}
         }
     }
+}
+
+/// Removes the nodes not heard from for `timeout` and returns their members (topic, data).
+fn take_dead(m: &mut Members, timeout: Duration) -> Vec<(String, Bytes)> {
+    let now = Instant::now();
+    let dead: Vec<String> = m
+        .remote
+        .iter()
+        .filter(|(_, n)| now.duration_since(n.seen) >= timeout)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut lost = Vec::new();
+    for node in dead {
+        if let Some(n) = m.remote.remove(&node) {
+            tracing::warn!(node, "A node stopped answering; taking it for dead.");
+            for (topic, keys) in n.topics {
+                lost.extend(keys.into_values().map(|d| (topic.clone(), d)));
+            }
+            m.dead.insert(node);
+        }
+    }
+    lost
+}
+
+fn decode_members(raw: Vec<(String, Bytes)>) -> Vec<(String, ClientInfo)> {
+    raw.into_iter()
+        .filter_map(|(t, d)| serde_json::from_slice(&d).ok().map(|c| (t, c)))
+        .collect()
 }
 
 fn own_state(inner: &Inner) -> MemberMsg {

@@ -184,11 +184,34 @@ async fn nodes_share_messages_history_and_members() {
     })
     .await;
     c.set_member("room", "sc/1", None).await;
+    rb.clear();
     drop(a);
     eventually("a left member and a dead node's members are gone", || {
         members(&b).is_empty()
     })
     .await;
+    // The survivors are told, once, that A's member went without leaving.
+    let gone = |r: &Recorder| {
+        r.events()
+            .into_iter()
+            .filter_map(|d| match d {
+                Delivered::RemoteMembers {
+                    gone: true,
+                    members,
+                } => Some(members),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    eventually("B is told A's members are gone", || !gone(&rb).is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let told = gone(&rb);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].len(), 1);
+    assert_eq!(
+        (told[0][0].0.as_str(), told[0][0].1.session.as_str()),
+        ("room", "alice")
+    );
     b.delete_streams().await.expect("delete streams");
     drop((c, d));
 }

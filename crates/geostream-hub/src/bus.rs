@@ -27,6 +27,10 @@ pub fn presence_channel(layer: &str) -> String {
     format!("$presence/{layer}")
 }
 
+/// The member table of clients holding feature locks on a node (key: the client id), so
+/// that when the node dies the others can let those locks expire.
+pub const LOCK_HOLDERS: &str = "$locks";
+
 /// A layer whose changes arrived with a gap: changes from `missing` on have not arrived.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gap {

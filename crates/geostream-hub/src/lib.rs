@@ -25,7 +25,7 @@ use geostream_core::codec::Encoding;
 use geostream_core::payload::Payload;
 use parking_lot::{Mutex, RwLock};
 
-pub use bus::{BusHandler, Gap, layer_topic, presence_channel};
+pub use bus::{BusHandler, Gap, LOCK_HOLDERS, layer_topic, presence_channel};
 pub use layers::{ChangeView, Dispatched, LayerMove, LayerRecovering, Side, transition};
 pub use log::{ChangeRun, LayerLog, SnapshotPages, SnapshotQuery};
 pub use outbox::{CloseReason, Control, Outbox, OutboxLimits, OutboxStats, Outgoing, PushOutcome};

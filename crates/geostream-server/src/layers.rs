@@ -8,9 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use geostream_core::api::{LockInfo, LockPush};
+use geostream_broker::Broker;
+use geostream_core::api::{ClientInfo, LockInfo, LockPush};
 use geostream_core::bus::BusEvent;
-use geostream_hub::Hub;
+use geostream_hub::{Hub, LOCK_HOLDERS};
 use geostream_store::{Holder, LayerInfo, LayerSpec, Lock, Store, WriteOutcome, WriteRequest};
 
 use crate::backends::{AnyStore, NodeStreams};
@@ -45,14 +46,7 @@ impl Layers {
             loop {
                 t.tick().await;
                 let Some(layers) = weak.upgrade() else { return };
-                match layers.store.reap_locks().await {
-                    Ok(expired) => {
-                        for l in expired {
-                            layers.announce_lock(&l, false).await;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "Could not reap expired locks."),
-                }
+                layers.reap().await;
             }
         });
         layers
@@ -100,6 +94,9 @@ impl Layers {
         let ttl = ttl_ms
             .unwrap_or(self.config.lock_ttl_ms)
             .clamp(1000, self.config.max_lock_ttl_ms);
+        // Locks whose time is up are announced as released before anyone takes them over,
+        // rather than at the next sweep, which could come after the new `locked: true`.
+        self.reap().await;
         let locks = self.store.lock(layer, ids, holder, ttl).await?;
         for l in &locks {
             self.announce_lock(l, true).await;
@@ -116,15 +113,46 @@ impl Layers {
         Ok(released)
     }
 
+    /// Registers `holder` (a connection that takes locks) with the other nodes, so that if
+    /// this node dies they let its locks expire.
+    pub async fn track_holder(&self, holder: &Holder) {
+        let member = ClientInfo {
+            session: holder.client.clone(),
+            user: holder.user.clone(),
+            info: None,
+        };
+        self.streams
+            .broker()
+            .set_member(LOCK_HOLDERS, &holder.client, Some(&member))
+            .await;
+    }
+
     /// A client's connection is gone: its locks expire after the grace period unless it
     /// comes back and locks again.
     pub async fn release_client(&self, holder: &Holder) {
+        self.streams
+            .broker()
+            .set_member(LOCK_HOLDERS, &holder.client, None)
+            .await;
         if let Err(e) = self
             .store
             .expire_client_locks(&holder.client, self.config.lock_grace_ms)
             .await
         {
             tracing::warn!(error = %e, "Could not schedule a disconnected client's locks to expire.");
+        }
+    }
+
+    /// Removes the locks whose time is up and announces each release (once: the store hands
+    /// each expired lock to one caller).
+    async fn reap(&self) {
+        match self.store.reap_locks().await {
+            Ok(expired) => {
+                for l in expired {
+                    self.announce_lock(&l, false).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Could not reap expired locks."),
         }
     }
 

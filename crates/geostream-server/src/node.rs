@@ -77,7 +77,13 @@ impl Node {
         }
         let tiles = Arc::new(Tiles::open(&config, store.clone())?);
         let (bus, gaps) = BusHandler::new(hub.clone());
-        let bridge = Arc::new(Bridge::new(hub.clone(), bus, tiles.clone()));
+        let bridge = Arc::new(Bridge::new(
+            hub.clone(),
+            bus,
+            tiles.clone(),
+            store.clone(),
+            config.layers.lock_grace_ms,
+        ));
         let (settings, limits) = broker_settings(&config);
         let broker = AnyBroker::connect(&settings, limits, bridge)
             .await

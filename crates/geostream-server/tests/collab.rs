@@ -163,6 +163,63 @@ async fn locks_block_others_and_expire_after_the_holder_leaves() {
     srv.shutdown().await;
 }
 
+/// A lock whose time is up and that someone else takes at once (before any sweep) is
+/// announced as released before the new lock, every time.
+#[tokio::test]
+async fn an_expired_lock_is_announced_released_before_it_is_taken_again() {
+    let srv = TestServer::start().await;
+    let mut a = client(&srv, "client-a", "Ada").await;
+    let mut b = client(&srv, "client-b", "Bob").await;
+    let mut watcher = Ws::connect(&srv.ws_url(), Encoding::Json).await;
+    a.ok(
+        "layer.create",
+        json!({ "name": "map", "last_writer_wins": true }),
+    )
+    .await;
+    for i in 0..3 {
+        a.ok(
+            "feature.create",
+            json!({ "layer": "map", "feature": point(&format!("f{i}"), 1.0, 1.0) }),
+        )
+        .await;
+    }
+    watcher
+        .ok("layer.subscribe", json!({ "layer": "map" }))
+        .await;
+    watcher.push_of("snapshot").await;
+    for i in 0..3 {
+        let id = format!("f{i}");
+        // 1 s is the shortest lock; the sweep runs every second, so without care the new
+        // lock would often be announced before the old one's release.
+        a.ok(
+            "feature.lock",
+            json!({ "layer": "map", "ids": [id], "ttl_ms": 1000 }),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1020)).await;
+        b.ok("feature.lock", json!({ "layer": "map", "ids": [id] }))
+            .await;
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let p = watcher.push_of("lock").await;
+            seen.push((
+                p["client"].as_str().unwrap().to_string(),
+                p["locked"].as_bool().unwrap(),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("client-a".to_string(), true),
+                ("client-a".to_string(), false),
+                ("client-b".to_string(), true)
+            ],
+            "{id}"
+        );
+    }
+    srv.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_repeated_operation_id_is_applied_once() {
     let srv = TestServer::start().await;

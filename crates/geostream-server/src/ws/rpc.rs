@@ -491,6 +491,9 @@ impl Rpc {
                 self.respond(id, &serde_json::json!({ "type": "FeatureCollection", "features": page.features, "next_offset": page.next_offset, "seq": page.seq }))
             }
             Request::FeatureLock(p) => {
+                if !self.locked {
+                    self.node.layers.track_holder(&self.holder).await;
+                }
                 self.locked = true;
                 let locks = self
                     .node
