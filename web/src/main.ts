@@ -660,14 +660,15 @@ function send(p: Promise<EditResult>, what: string): void {
 
 const DRAWN_KEY = `geostream.drawn:${location.host}:${clientId}`;
 function nextNumber(kind: string): number {
-  // Counted across reloads, and past any name of ours already on the map.
-  let n = Number(localStorage.getItem(DRAWN_KEY) ?? "0");
+  // Counted per kind across reloads, and past any name of ours already on the map.
+  const key = `${DRAWN_KEY}:${kind}`;
+  let n = Number(localStorage.getItem(key) ?? "0");
   const mine = new RegExp(`^${kind} (\\d+) by ${myName.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`);
   for (const f of held().values()) {
     const m = mine.exec(String(f.properties.name ?? ""));
     if (m) n = Math.max(n, Number(m[1]));
   }
-  localStorage.setItem(DRAWN_KEY, String(n + 1));
+  localStorage.setItem(key, String(n + 1));
   return n + 1;
 }
 
