@@ -71,11 +71,13 @@ async function openPage(browser: Browser, url: string, i: number, ships: boolean
   // The page opens on the harbor (its default view).
   await p.goto(`${url}/?name=Viewer${i}`);
   const firstRenderMs = await p.evaluate(async (ships) => {
-    type M = { loaded(): boolean; areTilesLoaded(): boolean; querySourceFeatures(id: string): unknown[]; getSource(id: string): unknown };
+    type M = { isSourceLoaded(id: string): boolean; querySourceFeatures(id: string): unknown[]; getSource(id: string): unknown };
     for (;;) {
       const d = (window as unknown as { geostreamDemo?: { map: M } }).geostreamDemo;
       const m = d?.map;
-      if (document.body.dataset.ready === "true" && m && m.loaded() && m.getSource("countries") && m.areTilesLoaded() && (!ships || m.querySourceFeatures("ships").length > 0)) {
+      // The basemap's tiles of the view loaded (not `areTilesLoaded`: with ships moving, their
+      // source is never idle), and ships in their source.
+      if (document.body.dataset.ready === "true" && m?.getSource("countries") && m.isSourceLoaded("countries") && (!ships || m.querySourceFeatures("ships").length > 0)) {
         // The frame after: what was loaded is on screen.
         await new Promise((r) => requestAnimationFrame(() => r(null)));
         return performance.now();
