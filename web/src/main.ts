@@ -1199,11 +1199,16 @@ map.on("touchend", dragEnd);
 
 // ---- the welcome card and the phone's bottom sheet ---------------------------------------
 
-if (localStorage.getItem("geostream.welcomed")) $("welcome").hidden = true;
-$("welcome-close").addEventListener("click", () => {
+/** The card goes for good once dismissed, or once the map or a tool is used. */
+function welcomed(): void {
+  if ($("welcome").hidden) return;
   $("welcome").hidden = true;
   localStorage.setItem("geostream.welcomed", "1");
-});
+}
+if (localStorage.getItem("geostream.welcomed")) $("welcome").hidden = true;
+$("welcome-close").addEventListener("click", welcomed);
+map.on("click", welcomed);
+$("tools").addEventListener("click", welcomed);
 $("sheet-handle").addEventListener("click", () => {
   const collapsed = $("panel").classList.toggle("collapsed");
   $("sheet-handle").setAttribute("aria-expanded", String(!collapsed));

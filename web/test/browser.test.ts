@@ -192,7 +192,8 @@ describe("the demo page in Chromium", { timeout: 900_000 }, () => {
     const text = (await b.locator(".ship-popup").textContent()) ?? "";
     for (const k of ["type", "speed", "last report", "MMSI"]) assert.ok(text.includes(k), `${k} in ${text}`);
     await shot(b, "ship-popup");
-    await b.click("#welcome-close");
+    // Using the map dismissed the card, for good.
+    assert.equal(await b.locator("#welcome").isVisible(), false);
     await b.goto(`${server.httpUrl}/?name=Bob&${WORLD}`);
     await b.waitForSelector("body[data-ready=true]", { timeout: T * 2 });
     assert.equal(await b.locator("#welcome").isVisible(), false, "dismissed for good");
@@ -458,7 +459,6 @@ describe("the demo page in Chromium", { timeout: 900_000 }, () => {
     await waitFor("the service worker in control", () => c.evaluate(() => navigator.serviceWorker.controller !== null), (x) => x);
     await ctx.setOffline(true);
     await waitFor("C offline", () => c.locator("#status").getAttribute("data-state"), (s) => s !== "connected");
-    await c.click("#welcome-close");
     await c.click("#tools button[data-mode=point]");
     await clickAt(c, [30, 40]);
     await waitFor("C's queued edit", () => c.locator("#queued").getAttribute("data-count"), (x) => x === "1");
