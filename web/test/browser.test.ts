@@ -156,7 +156,8 @@ describe("the demo page in Chromium", { timeout: 900_000 }, () => {
     for (const p of [a, b]) p.on("pageerror", (e) => console.error(`page error: ${e.message}`));
     await a.goto(`${server.httpUrl}/?name=Alice&${WORLD}`);
     await b.goto(`${server.httpUrl}/?name=Bob`);
-    for (const p of [a, b]) await p.waitForSelector("body[data-ready=true]", { timeout: T * 2 });
+    // The first load parses the bundle and starts software WebGL: slow on a loaded machine.
+    for (const p of [a, b]) await p.waitForSelector("body[data-ready=true]", { timeout: T * 4 });
   });
 
   after(async () => {
