@@ -74,6 +74,20 @@ export interface ClientOptions {
   clientName?: string;
 }
 
+/** Options of an edit sent through the outbox. */
+export interface EditOptions {
+  /** The idempotency key (default: a random one). */
+  opId?: string;
+  /** Kept with the queued edit, also over a page reload ({@link OutboxEntry.meta}). */
+  meta?: unknown;
+}
+
+/** Options of an edit of an existing feature. */
+export interface VersionedEditOptions extends EditOptions {
+  /** The version the edit is based on; the server refuses it (`conflict`) if the feature moved on. */
+  version?: number;
+}
+
 /** Options of one request. */
 export interface RequestOptions {
   /** Aborting it sends `$/cancelRequest` and rejects with {@link AbortError}. */
@@ -416,9 +430,9 @@ export class GeostreamClient extends Emitter<ClientEvents> {
    * Creates a feature through the outbox. Give `feature.id` to know the id before the server
    * answers (needed to edit a feature created offline).
    */
-  createFeature(layer: string, feature: FeatureInput, opts: { opId?: string } = {}): Promise<EditResult> {
+  createFeature(layer: string, feature: FeatureInput, opts: EditOptions = {}): Promise<EditResult> {
     const id = feature.id === undefined ? undefined : String(feature.id);
-    return this.edit("feature.create", { layer, feature: { type: "Feature", ...feature }, op_id: opts.opId }, layer, id);
+    return this.edit("feature.create", { layer, feature: { type: "Feature", ...feature }, op_id: opts.opId }, layer, id, opts.meta);
   }
 
   /** Merges properties (a JSON Merge Patch) and/or sets the geometry, through the outbox. */
@@ -426,9 +440,9 @@ export class GeostreamClient extends Emitter<ClientEvents> {
     layer: string,
     id: string,
     patch: { properties?: Record<string, unknown>; geometry?: Geometry | null },
-    opts: { version?: number; opId?: string } = {},
+    opts: VersionedEditOptions = {},
   ): Promise<EditResult> {
-    return this.edit("feature.patch", { layer, id, ...patch, version: opts.version, op_id: opts.opId }, layer, id);
+    return this.edit("feature.patch", { layer, id, ...patch, version: opts.version, op_id: opts.opId }, layer, id, opts.meta);
   }
 
   /** Replaces a feature, through the outbox. */
@@ -436,19 +450,29 @@ export class GeostreamClient extends Emitter<ClientEvents> {
     layer: string,
     id: string,
     feature: FeatureInput,
-    opts: { version?: number; opId?: string } = {},
+    opts: VersionedEditOptions = {},
   ): Promise<EditResult> {
     return this.edit(
       "feature.replace",
       { layer, id, feature: { type: "Feature", ...feature, id }, version: opts.version, op_id: opts.opId },
       layer,
       id,
+      opts.meta,
     );
   }
 
   /** Deletes a feature, through the outbox. */
-  deleteFeature(layer: string, id: string, opts: { version?: number; opId?: string } = {}): Promise<EditResult> {
-    return this.edit("feature.delete", { layer, id, version: opts.version, op_id: opts.opId }, layer, id);
+  deleteFeature(layer: string, id: string, opts: VersionedEditOptions = {}): Promise<EditResult> {
+    return this.edit("feature.delete", { layer, id, version: opts.version, op_id: opts.opId }, layer, id, opts.meta);
+  }
+
+  /**
+   * Several edits of one layer applied together (all or none, one durable write), through the
+   * outbox: `ops` are `{op: "create" | "replace" | "patch" | "delete", ...}` as in
+   * `feature.batch`. For imports and multi-feature undo.
+   */
+  batchEdit(layer: string, ops: Record<string, unknown>[], opts: EditOptions = {}): Promise<{ results: EditResult[]; seq: number; replayed?: boolean }> {
+    return this.edit("feature.batch", { layer, ops, op_id: opts.opId }, layer, undefined, opts.meta) as never;
   }
 
   /** Locks features for editing (all or none); others see `lock` events. */
@@ -461,9 +485,9 @@ export class GeostreamClient extends Emitter<ClientEvents> {
     return (await this.request<{ released: LockInfo[] }>("feature.unlock", { layer, ids }, opts)).released;
   }
 
-  private edit(method: string, params: Record<string, unknown>, layer: string, featureId?: string): Promise<EditResult> {
+  private edit(method: string, params: Record<string, unknown>, layer: string, featureId?: string, meta?: unknown): Promise<EditResult> {
     for (const k of Object.keys(params)) if (params[k] === undefined) delete params[k];
-    return this.edits.add(method, params, layer, featureId) as Promise<EditResult>;
+    return this.edits.add(method, params, layer, featureId, meta) as Promise<EditResult>;
   }
 
   // ---- connection -------------------------------------------------------------------------

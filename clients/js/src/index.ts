@@ -1,5 +1,5 @@
 /** geostream's TypeScript client. See README.md for a tour. */
-export { GeostreamClient, CLIENT_VERSION, type ClientOptions, type ClientEvents, type RequestOptions } from "./client.js";
+export { GeostreamClient, CLIENT_VERSION, type ClientOptions, type ClientEvents, type RequestOptions, type EditOptions, type VersionedEditOptions } from "./client.js";
 export { ChannelSubscription, LayerSubscription, PresenceSubscription, TileSubscription, Subscription, parseTileKey } from "./subscriptions.js";
 export type { ChannelEvent, Cursor, LayerEvent, FeatureChange, PresenceEvent, TileEvent, TileMode, TileSelection } from "./subscriptions.js";
 export { RpcError, ConnectionError, AbortError, ERROR_NAMES } from "./errors.js";
@@ -10,3 +10,4 @@ export { encodeFrame, decodeFrame } from "./codec.js";
 export { applyDelta, crc32 } from "./delta.js";
 export type { WebSocketLike, WebSocketFactory } from "./transport_ws.js";
 export * from "./types.js";
+export { mergeFeature, changesBetween, propertiesPatch, canonical, type FeatureContent, type Changes, type MergeResult } from "./merge.js";

@@ -171,13 +171,10 @@ export function bindFeatureSource(map: MapLike, client: GeostreamClient, opts: F
         u.addOrUpdateProperties = set;
         diff.update.push(u);
       } else {
-        const mf = toMap(f);
-        diff.update.push({
-          id,
-          newGeometry: mf.geometry,
-          removeAllProperties: true,
-          addOrUpdateProperties: Object.entries(mf.properties).map(([key, value]) => ({ key, value })),
-        });
+        // A whole new state (two changes in one batch, or a full update): replace the feature.
+        // Not an `update` with `removeAllProperties`: MapLibre 6 then drops the properties
+        // added in the same update, and draws the feature with none.
+        diff.add.push(toMap(f));
       }
     }
     pending.clear();

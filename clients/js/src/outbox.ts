@@ -22,6 +22,12 @@ export interface OutboxEntry {
   featureId?: string;
   /** When it was queued (ms since the epoch). */
   createdAt: number;
+  /**
+   * What the application keeps with the edit, stored with it (so also over a page reload):
+   * for example the feature as it was when the edit was made, to merge against if the
+   * server refuses the edit as a conflict.
+   */
+  meta?: unknown;
 }
 
 /** Where the outbox keeps its entries. */
@@ -181,7 +187,7 @@ export class EditQueue {
   }
 
   /** Stores an edit, then sends it when its turn comes; resolves with the server's result. */
-  async add(method: string, params: Record<string, unknown>, layer: string, featureId?: string): Promise<unknown> {
+  async add(method: string, params: Record<string, unknown>, layer: string, featureId?: string, meta?: unknown): Promise<unknown> {
     const opId = (params.op_id as string | undefined) ?? randomId();
     const entry: OutboxEntry = {
       opId,
@@ -191,6 +197,7 @@ export class EditQueue {
       layer,
       createdAt: Date.now(),
       ...(featureId !== undefined ? { featureId } : {}),
+      ...(meta !== undefined ? { meta } : {}),
     };
     const result = new Promise<unknown>((resolve, reject) => this.waiters.set(opId, { resolve, reject }));
     await this.store.put(entry);

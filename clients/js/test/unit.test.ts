@@ -8,6 +8,12 @@ import { decodeFrame, encodeFrame } from "../src/codec.js";
 import { applyDelta, crc32 } from "../src/delta.js";
 import { Channel } from "../src/events.js";
 import { EditQueue, MemoryOutboxStore, type OutboxEntry } from "../src/outbox.js";
+import { Emitter } from "../src/events.js";
+import { bindFeatureSource, type GeoJsonDiff } from "../src/maplibre.js";
+import { canonical, mergeFeature, propertiesPatch } from "../src/merge.js";
+import type { GeostreamClient } from "../src/client.js";
+import type { LayerSubscription } from "../src/subscriptions.js";
+import type { Feature } from "../src/types.js";
 
 const hex = (s: string): Uint8Array => new Uint8Array(s.split(/\s+/).filter(Boolean).map((h) => parseInt(h, 16)));
 
@@ -261,5 +267,86 @@ describe("EditQueue", () => {
     assert.ok(stored[0]!.order > 2);
     h.sent[2]!.done(null, { id: "3", version: 1, seq: 3 });
     await later;
+  });
+});
+
+describe("three-way merge of a refused edit", () => {
+  const base = { properties: { name: "Pier", colour: "#f00", note: "x" }, geometry: { type: "Point", coordinates: [1, 2] } };
+
+  it("keeps both sides when they touched different things", () => {
+    // I moved it; they renamed it.
+    const mine = { ...base, geometry: { type: "Point", coordinates: [3, 4] } };
+    const theirs = { ...base, properties: { ...base.properties, name: "Pier 7" } };
+    const r = mergeFeature(base, mine, theirs);
+    assert.equal(r.clean, true);
+    assert.deepEqual(r.mine, { set: [], removed: [], geometry: true });
+    assert.deepEqual(r.theirs, { set: ["name"], removed: [], geometry: false });
+    assert.deepEqual(r.merged, { properties: { name: "Pier 7", colour: "#f00", note: "x" }, geometry: { type: "Point", coordinates: [3, 4] } });
+  });
+
+  it("reports keys both changed differently, and lets mine win on request", () => {
+    const mine = { properties: { name: "Dock", colour: "#f00" }, geometry: base.geometry };
+    const theirs = { properties: { name: "Pier 7", colour: "#0f0", note: "x" }, geometry: base.geometry };
+    const r = mergeFeature(base, mine, theirs);
+    assert.equal(r.clean, false);
+    assert.deepEqual(r.conflicts, ["name"]);
+    assert.deepEqual(r.mine, { set: ["name"], removed: ["note"], geometry: false });
+    // The merge keeps their name (a conflict), their colour, and my removal of note.
+    assert.deepEqual(r.merged.properties, { name: "Pier 7", colour: "#0f0" });
+    assert.deepEqual(r.mineWins.properties, { name: "Dock", colour: "#0f0" });
+  });
+
+  it("treats equal changes as no conflict, and geometry as a whole", () => {
+    const both = { ...base, properties: { ...base.properties, name: "Same" } };
+    assert.equal(mergeFeature(base, both, both).clean, true);
+    const a = { ...base, geometry: { type: "Point", coordinates: [5, 5] } };
+    const b = { ...base, geometry: { type: "Point", coordinates: [6, 6] } };
+    const r = mergeFeature(base, a, b);
+    assert.equal(r.geometryConflict, true);
+    assert.deepEqual(r.merged.geometry, b.geometry);
+    assert.deepEqual(r.mineWins.geometry, a.geometry);
+  });
+
+  it("writes the merge patch between two property sets, key order aside", () => {
+    assert.deepEqual(propertiesPatch({ a: 1, b: { x: 1, y: 2 }, c: 3 }, { a: 2, b: { y: 2, x: 1 }, d: 4 }), { a: 2, d: 4, c: null });
+    assert.equal(canonical({ b: 1, a: [1, { d: 2, c: 1 }] }), '{"a":[1,{"c":1,"d":2}],"b":1}');
+  });
+});
+
+describe("the MapLibre adapter", () => {
+  it("replaces a feature changed twice in one batch with add, never removeAllProperties", async () => {
+    const calls: GeoJsonDiff[] = [];
+    const source = { setData: () => undefined, updateData: (d: GeoJsonDiff) => calls.push(d) };
+    const handlers = new Map<string, () => void>();
+    const map = {
+      getBounds: () => ({ getWest: () => -10, getSouth: () => -10, getEast: () => 10, getNorth: () => 10 }),
+      getZoom: () => 3,
+      on: (t: string, fn: () => void) => handlers.set(t, fn),
+      off: () => undefined,
+      getSource: () => source,
+    };
+    class FakeSub extends Emitter<{ event: unknown }> {
+      fire(e: unknown): void {
+        this.emit("event", e);
+      }
+    }
+    const sub = new FakeSub();
+    const features = new Map<string, Feature>();
+    Object.assign(sub, { features, close: () => undefined });
+    const client = { subscribeLayer: () => sub as unknown as LayerSubscription } as unknown as GeostreamClient;
+    bindFeatureSource(map, client, { sourceId: "s", layer: "l", followViewport: false });
+    const f = (version: number, name: string): Feature => ({ type: "Feature", id: "a", geometry: { type: "Point", coordinates: [0, 0] }, properties: { name, color: "#f00" }, version, updated: "" });
+    features.set("a", f(1, "one"));
+    sub.fire({ type: "change", kind: "enter", id: "a", seq: 1, feature: f(1, "one") });
+    await new Promise((r) => setTimeout(r, 40));
+    // Two partial updates in one frame.
+    features.set("a", f(2, "two"));
+    sub.fire({ type: "change", kind: "update", id: "a", seq: 2, feature: f(2, "two"), patch: { properties: { name: "two" } } });
+    features.set("a", f(3, "three"));
+    sub.fire({ type: "change", kind: "update", id: "a", seq: 3, feature: f(3, "three"), patch: { properties: { name: "three" } } });
+    await new Promise((r) => setTimeout(r, 40));
+    const last = calls.at(-1)!;
+    assert.deepEqual(last.update ?? [], []);
+    assert.deepEqual(last.add, [{ type: "Feature", id: "a", geometry: { type: "Point", coordinates: [0, 0] }, properties: { name: "three", color: "#f00", version: 3 } }]);
   });
 });

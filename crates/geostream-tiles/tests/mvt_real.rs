@@ -469,3 +469,101 @@ fn layers_concatenate_into_one_tile() {
     );
     assert!(!reader.get_features(1).unwrap().is_empty());
 }
+
+/// Whether tile-space point `p` is inside polygon `poly` (even-odd over all
+/// its rings).
+fn covers(poly: &geo::Polygon<f64>, p: (f64, f64)) -> bool {
+    let mut inside = false;
+    for ring in std::iter::once(poly.exterior()).chain(poly.interiors()) {
+        for w in ring.0.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if (a.y > p.1) != (b.y > p.1) && p.0 < a.x + (p.1 - a.y) * (b.x - a.x) / (b.y - a.y) {
+                inside = !inside;
+            }
+        }
+    }
+    inside
+}
+
+/// The issue seen on the demo map: over the North Atlantic at zoom ~2.6, the
+/// countries layer showed bands of land between ~66° and 72°N. Natural Earth
+/// as world-atlas writes it has Russian rings (Chukotka, Wrangel Island) with
+/// edges from 179.9° to -180°; read planar, each such edge crosses the whole
+/// world. The tiles must now show open sea there, and Russia only near
+/// ±180°.
+#[test]
+fn no_bands_of_land_across_the_north_atlantic() {
+    let Some(dir) = common::data_dir() else {
+        return;
+    };
+    for file in [
+        "polygons/world_countries_110m.geojson",
+        "polygons/world_countries_50m.geojson.zst",
+    ] {
+        let countries = common::load_features(&dir, file);
+        // Antarctica (010) at 1:110m goes round the pole and is closed along the
+        // antimeridian: that edge is real, so it still fills the bottom of every column of
+        // tiles. (At 1:50m the file has a zero-area exterior along -89.999° with the coast
+        // as its hole, which no planar reading can draw.)
+        for x in (0..4).filter(|_| file.contains("110m")) {
+            let tile = TileId::new(2, x, 3).unwrap();
+            let enc = encode_tile(tile, "countries", &countries, &opts()).unwrap();
+            let (_, decoded) = decode(&enc.bytes);
+            let bottom = pixel(
+                Coord {
+                    x: -135.0 + 90.0 * f64::from(x),
+                    y: -84.0,
+                },
+                tile,
+            );
+            let antarctica = decoded.iter().find(|f| decoded_key(f) == "010");
+            let covered = antarctica.is_some_and(|f| match &f.geometry {
+                Geometry::Polygon(p) => covers(p, bottom),
+                Geometry::MultiPolygon(mp) => mp.0.iter().any(|p| covers(p, bottom)),
+                _ => false,
+            });
+            assert!(covered, "{file} {tile}: Antarctica at the bottom");
+        }
+        // Open sea, in the band: the Norwegian Sea, the Greenland Sea north
+        // of Jan Mayen, the Beaufort Sea, the Barents Sea's west.
+        for (z, x, y) in [(2, 1, 0), (2, 1, 1), (3, 3, 1), (3, 3, 2), (2, 0, 0)] {
+            let tile = TileId::new(z, x, y).unwrap();
+            let enc = encode_tile(tile, "countries", &countries, &opts()).unwrap();
+            let (_, decoded) = decode(&enc.bytes);
+            for sea in [(-10.0, 68.0), (-5.0, 73.0), (-150.0, 74.0), (-30.0, 62.0)] {
+                let px = pixel(Coord { x: sea.0, y: sea.1 }, tile);
+                if !(0.0..4096.0).contains(&px.0) || !(0.0..4096.0).contains(&px.1) {
+                    continue;
+                }
+                for f in &decoded {
+                    let polys: Vec<&geo::Polygon<f64>> = match &f.geometry {
+                        Geometry::Polygon(p) => vec![p],
+                        Geometry::MultiPolygon(mp) => mp.0.iter().collect(),
+                        _ => vec![],
+                    };
+                    assert!(
+                        !polys.iter().any(|p| covers(p, px)),
+                        "{file} {tile}: {} covers the sea at {sea:?}",
+                        decoded_key(f)
+                    );
+                }
+            }
+            // Russia (643) reaches no further west than Chukotka's tip
+            // (-169.7°) across the antimeridian; in the Atlantic, nothing.
+            let russia: Vec<_> = decoded.iter().filter(|f| decoded_key(f) == "643").collect();
+            if x == 1 {
+                assert!(russia.is_empty(), "{file} {tile}: Russia in the Atlantic");
+            }
+            for f in russia {
+                let limit = pixel(Coord { x: -168.0, y: 0.0 }, tile).0;
+                for c in all_coords(&f.geometry) {
+                    assert!(
+                        c.x <= limit.max(-f64::from(BUFFER)),
+                        "{file} {tile}: Russia at x {}",
+                        c.x
+                    );
+                }
+            }
+        }
+    }
+}

@@ -38,28 +38,86 @@ impl Projector {
         let (wx, wy) = lon_lat_to_world(lon, lat);
         Some((wx * self.scale - self.ox, wy * self.scale - self.oy))
     }
+
+    /// The tile-space columns of the antimeridian: longitude -180° and 180°.
+    pub(super) fn world_columns(&self) -> (f64, f64) {
+        (-self.ox, self.scale - self.ox)
+    }
 }
 
-/// The clip rectangle: the tile plus its buffer, in tile units.
+/// Longitudes made continuous along a path: every step goes the short way
+/// round, so a step from 179.9° to -180° lands on 180° rather than crossing
+/// the whole world. `None` when no step is longer than 180° (nothing to do),
+/// or when `closed` and the path comes back one world away from where it
+/// started: a ring around a pole (Antarctica, cut along the antimeridian and
+/// closed along it) must stay as it is, since its long edge is real.
+pub(super) fn unwrap_lons(lon_lat: &[P], closed: bool) -> Option<Vec<P>> {
+    if !lon_lat.windows(2).any(|w| (w[1].0 - w[0].0).abs() > 180.0) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(lon_lat.len());
+    let mut shift = 0.0;
+    let mut prev = lon_lat[0].0;
+    for &(lon, lat) in lon_lat {
+        let step = lon - prev;
+        if step > 180.0 {
+            shift -= 360.0;
+        } else if step < -180.0 {
+            shift += 360.0;
+        }
+        prev = lon;
+        out.push((lon + shift, lat));
+    }
+    if closed && shift != 0.0 {
+        return None;
+    }
+    Some(out)
+}
+
+/// The clip rectangle, in tile units: the tile plus its buffer, narrowed
+/// across the antimeridian to the world's width (see [`ClipRect::within_x`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ClipRect {
-    pub(super) min: f64,
-    pub(super) max: f64,
+    pub(super) x0: f64,
+    pub(super) x1: f64,
+    pub(super) y0: f64,
+    pub(super) y1: f64,
 }
 
 impl ClipRect {
+    /// The square from `min` to `max` on both axes.
+    pub(super) fn square(min: f64, max: f64) -> Self {
+        Self {
+            x0: min,
+            x1: max,
+            y0: min,
+            y1: max,
+        }
+    }
+
+    /// The rectangle cut to the columns from `x0` to `x1`; `None` when
+    /// nothing is left.
+    pub(super) fn within_x(&self, x0: f64, x1: f64) -> Option<Self> {
+        let r = Self {
+            x0: self.x0.max(x0),
+            x1: self.x1.min(x1),
+            ..*self
+        };
+        (r.x0 < r.x1).then_some(r)
+    }
+
     pub(super) fn contains(&self, p: P) -> bool {
-        p.0 >= self.min && p.0 <= self.max && p.1 >= self.min && p.1 <= self.max
+        p.0 >= self.x0 && p.0 <= self.x1 && p.1 >= self.y0 && p.1 <= self.y1
     }
 
     /// Whether an axis-aligned box (min x, min y, max x, max y) touches the
     /// rectangle.
     pub(super) fn touches(&self, b: [f64; 4]) -> bool {
-        b[0] <= self.max && b[2] >= self.min && b[1] <= self.max && b[3] >= self.min
+        b[0] <= self.x1 && b[2] >= self.x0 && b[1] <= self.y1 && b[3] >= self.y0
     }
 
     fn inside_box(&self, b: [f64; 4]) -> bool {
-        b[0] >= self.min && b[2] <= self.max && b[1] >= self.min && b[3] <= self.max
+        b[0] >= self.x0 && b[2] <= self.x1 && b[1] >= self.y0 && b[3] <= self.y1
     }
 }
 
@@ -129,10 +187,10 @@ fn clip_segment(a: P, b: P, r: ClipRect) -> Option<(P, P, bool, bool)> {
     // Each pair: (p, q) for the four half-planes x >= min, x <= max, y >= min,
     // y <= max, in the usual p·t <= q form.
     let checks = [
-        (-dx, a.0 - r.min),
-        (dx, r.max - a.0),
-        (-dy, a.1 - r.min),
-        (dy, r.max - a.1),
+        (-dx, a.0 - r.x0),
+        (dx, r.x1 - a.0),
+        (-dy, a.1 - r.y0),
+        (dy, r.y1 - a.1),
     ];
     for (p, q) in checks {
         if p == 0.0 {
@@ -194,25 +252,25 @@ pub(super) fn clip_ring(ring: &[P], r: ClipRect) -> Vec<P> {
         }
         let input = std::mem::take(&mut out);
         let inside = |p: P| match edge {
-            0 => p.0 >= r.min,
-            1 => p.0 <= r.max,
-            2 => p.1 >= r.min,
-            _ => p.1 <= r.max,
+            0 => p.0 >= r.x0,
+            1 => p.0 <= r.x1,
+            2 => p.1 >= r.y0,
+            _ => p.1 <= r.y1,
         };
         let cross = |a: P, b: P| {
             let t = match edge {
-                0 => (r.min - a.0) / (b.0 - a.0),
-                1 => (r.max - a.0) / (b.0 - a.0),
-                2 => (r.min - a.1) / (b.1 - a.1),
-                _ => (r.max - a.1) / (b.1 - a.1),
+                0 => (r.x0 - a.0) / (b.0 - a.0),
+                1 => (r.x1 - a.0) / (b.0 - a.0),
+                2 => (r.y0 - a.1) / (b.1 - a.1),
+                _ => (r.y1 - a.1) / (b.1 - a.1),
             };
             let mut p = (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1));
             // Snap exactly onto the edge so later edges see it as inside.
             match edge {
-                0 => p.0 = r.min,
-                1 => p.0 = r.max,
-                2 => p.1 = r.min,
-                _ => p.1 = r.max,
+                0 => p.0 = r.x0,
+                1 => p.0 = r.x1,
+                2 => p.1 = r.y0,
+                _ => p.1 = r.y1,
             }
             p
         };
@@ -336,8 +394,10 @@ mod tests {
     use super::*;
 
     const R: ClipRect = ClipRect {
-        min: 0.0,
-        max: 10.0,
+        x0: 0.0,
+        x1: 10.0,
+        y0: 0.0,
+        y1: 10.0,
     };
 
     #[test]
@@ -389,6 +449,40 @@ mod tests {
             (0.0, 10.0),
         ];
         assert_eq!(simplify_ring(&ring, 1.0).len(), 4);
+    }
+
+    #[test]
+    fn unwrapping_takes_the_short_way_round() {
+        // A ring crossing the antimeridian (Wrangel Island as world-atlas
+        // writes it): continuous beyond 180°.
+        let ring = [
+            (178.7, 71.1),
+            (-180.0, 71.5),
+            (-179.0, 71.0),
+            (-180.0, 70.8),
+            (178.9, 70.8),
+            (178.7, 71.1),
+        ];
+        let u = unwrap_lons(&ring, true).unwrap();
+        assert_eq!(u[1], (180.0, 71.5));
+        assert_eq!(u[2], (181.0, 71.0));
+        assert_eq!(u[4], (178.9, 70.8));
+        // Nothing to do for ordinary paths.
+        assert!(unwrap_lons(&[(0.0, 0.0), (170.0, 0.0), (-10.0, 1.0)], false).is_none());
+        // A ring around the pole keeps its edge along the cut.
+        let polar = [
+            (-180.0, -80.0),
+            (0.0, -70.0),
+            (180.0, -80.0),
+            (-180.0, -80.0),
+        ];
+        assert!(unwrap_lons(&polar, true).is_none());
+        // An open line may end a world away.
+        let line = [(170.0, 0.0), (-170.0, 0.0), (-150.0, 0.0)];
+        assert_eq!(
+            unwrap_lons(&line, false).unwrap(),
+            vec![(170.0, 0.0), (190.0, 0.0), (210.0, 0.0)]
+        );
     }
 
     #[test]

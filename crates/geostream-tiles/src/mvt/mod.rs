@@ -1,6 +1,7 @@
 //! Mapbox Vector Tile 2.1 encoding of one layer of lon/lat features.
 //!
-//! Pipeline per feature: quick reject by bounding box → project to tile
+//! Pipeline per feature: quick reject by bounding box → (paths crossing the
+//! antimeridian: longitudes unwrapped, one copy per world side) → project to tile
 //! pixels → clip to the tile plus its buffer → simplify (Douglas–Peucker,
 //! one tile unit) → round to the integer grid → drop degenerate parts → fix
 //! ring winding → command-encode. Output is deterministic: the same features
@@ -170,10 +171,10 @@ fn encode_with_tables(
     }
     let ctx = Ctx {
         proj: Projector::new(tile.z(), tile.x(), tile.y(), opts.extent),
-        rect: ClipRect {
-            min: -f64::from(opts.buffer),
-            max: f64::from(opts.extent) + f64::from(opts.buffer),
-        },
+        rect: ClipRect::square(
+            -f64::from(opts.buffer),
+            f64::from(opts.extent) + f64::from(opts.buffer),
+        ),
         tolerance: if opts.simplify { 1.0 } else { 0.0 },
     };
 
@@ -415,9 +416,41 @@ impl Ctx {
             .collect()
     }
 
+    fn project_shifted(&self, lon_lat: &[P], shift: f64) -> Vec<P> {
+        lon_lat
+            .iter()
+            .filter_map(|&(lon, lat)| self.proj.project(lon + shift, lat))
+            .collect()
+    }
+
+    /// The clip rectangle for the copy of a path moved by `shift` degrees of
+    /// longitude: the tile's, cut at the antimeridian so that each copy draws
+    /// only its own side of it. `None` when the tile is all on the other side.
+    fn world_rect(&self) -> Option<ClipRect> {
+        let (west, east) = self.proj.world_columns();
+        self.rect.within_x(west, east)
+    }
+
     fn add_line(&self, ls: &LineString<f64>, parts: &mut Parts) {
+        let lon_lat: Vec<P> = ls.0.iter().map(|c| (c.x, c.y)).collect();
+        if let Some(unwrapped) = geom::unwrap_lons(&lon_lat, false) {
+            // A line crossing the antimeridian: drawn once per world copy it
+            // reaches, each cut at ±180°.
+            let Some(rect) = self.world_rect() else {
+                return;
+            };
+            for shift in copies(&unwrapped) {
+                let pts = self.project_shifted(&unwrapped, shift);
+                self.push_runs(&pts, rect, parts);
+            }
+            return;
+        }
         let pts = self.project_all(ls);
-        for run in geom::clip_line(&pts, self.rect) {
+        self.push_runs(&pts, self.rect, parts);
+    }
+
+    fn push_runs(&self, pts: &[P], rect: ClipRect, parts: &mut Parts) {
+        for run in geom::clip_line(pts, rect) {
             let run = geom::simplify(&run, self.tolerance);
             let ints = geom::round_dedup(&run);
             if ints.len() >= 2 {
@@ -426,14 +459,14 @@ impl Ctx {
         }
     }
 
-    /// A ring in tile space, oriented with positive area when `exterior`,
-    /// negative otherwise; `None` when nothing with area is left.
-    fn ring(&self, ls: &LineString<f64>, exterior: bool) -> Option<Vec<IP>> {
-        let mut pts = self.project_all(ls);
+    /// A ring (tile space) clipped to `rect`, oriented with positive area
+    /// when `exterior`, negative otherwise; `None` when nothing with area is
+    /// left.
+    fn ring(&self, mut pts: Vec<P>, exterior: bool, rect: ClipRect) -> Option<Vec<IP>> {
         if pts.len() > 1 && pts.first() == pts.last() {
             pts.pop();
         }
-        let clipped = geom::clip_ring(&pts, self.rect);
+        let clipped = geom::clip_ring(&pts, rect);
         let simplified = geom::simplify_ring(&clipped, self.tolerance);
         let mut ints = geom::round_ring(&simplified);
         if ints.len() < 3 {
@@ -450,16 +483,80 @@ impl Ctx {
     }
 
     fn add_polygon(&self, poly: &Polygon<f64>, parts: &mut Parts) {
-        let Some(ext) = self.ring(poly.exterior(), true) else {
+        let rings = std::iter::once(poly.exterior()).chain(poly.interiors());
+        let lon_lat: Vec<Vec<P>> = rings
+            .map(|r| r.0.iter().map(|c| (c.x, c.y)).collect())
+            .collect();
+        let unwrapped: Vec<Option<Vec<P>>> =
+            lon_lat.iter().map(|r| geom::unwrap_lons(r, true)).collect();
+        if unwrapped.iter().all(Option::is_none) {
+            let Some(ext) = self.ring(self.project_all(poly.exterior()), true, self.rect) else {
+                return;
+            };
+            parts.rings.push(ext);
+            for hole in poly.interiors() {
+                if let Some(h) = self.ring(self.project_all(hole), false, self.rect) {
+                    parts.rings.push(h);
+                }
+            }
+            return;
+        }
+        // Rings crossing the antimeridian (an edge from 179.9° to -180°, as
+        // TopoJSON-derived data has for Russia and Fiji): read planar, such
+        // an edge runs across the whole world and fills a band of latitude
+        // on every tile. Taken the short way round instead, the polygon is
+        // drawn in each world copy it reaches, cut at ±180°.
+        let Some(rect) = self.world_rect() else {
             return;
         };
-        parts.rings.push(ext);
-        for hole in poly.interiors() {
-            if let Some(h) = self.ring(hole, false) {
-                parts.rings.push(h);
+        let rings: Vec<&[P]> = lon_lat
+            .iter()
+            .zip(&unwrapped)
+            .map(|(plain, u)| u.as_deref().unwrap_or(plain))
+            .collect();
+        if unwrapped[0].is_none() {
+            // The exterior stays where it is (a ring around a pole, or one
+            // that does not cross): each crossing hole is cut out of it on
+            // both sides of the antimeridian.
+            let Some(ext) = self.ring(self.project_shifted(rings[0], 0.0), true, rect) else {
+                return;
+            };
+            parts.rings.push(ext);
+            for hole in &rings[1..] {
+                for shift in copies(hole) {
+                    if let Some(h) = self.ring(self.project_shifted(hole, shift), false, rect) {
+                        parts.rings.push(h);
+                    }
+                }
+            }
+            return;
+        }
+        for shift in copies(&rings.concat()) {
+            let Some(ext) = self.ring(self.project_shifted(rings[0], shift), true, rect) else {
+                continue;
+            };
+            parts.rings.push(ext);
+            for hole in &rings[1..] {
+                if let Some(h) = self.ring(self.project_shifted(hole, shift), false, rect) {
+                    parts.rings.push(h);
+                }
             }
         }
     }
+}
+
+/// The longitude shifts (0, -360°, 360°) that bring some of an unwrapped
+/// path inside [-180°, 180°].
+fn copies(lon_lat: &[P]) -> Vec<f64> {
+    let (min, max) = lon_lat
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    [0.0, -360.0, 360.0]
+        .into_iter()
+        .filter(|s| min + s < 180.0 && max + s > -180.0)
+        .collect()
 }
 
 /// A property value as MVT stores it. Also the dedup key: doubles compare by
@@ -662,7 +759,7 @@ fn read_tables(tile: &[u8], layer: &str) -> Option<(Vec<String>, Vec<MvtValue>)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use geo::{LineString, point, polygon};
+    use geo::{LineString, Polygon, point, polygon};
     use serde_json::json;
 
     fn props(v: Value) -> Map<String, Value> {
@@ -796,6 +893,181 @@ mod tests {
                 .unwrap()
                 .bytes
                 == fresh
+        );
+    }
+
+    /// Tile-space exterior rings of the polygons in an encoded tile, read
+    /// back with an independent decoder.
+    fn rings_of(bytes: &[u8]) -> Vec<Vec<(i64, i64)>> {
+        let reader = mvt_reader::Reader::new(bytes.to_vec()).unwrap();
+        let mut out = Vec::new();
+        for f in reader.get_features_as::<f64>(0).unwrap() {
+            let polys = match f.geometry {
+                Geometry::Polygon(p) => vec![p],
+                Geometry::MultiPolygon(mp) => mp.0,
+                other => panic!("not a polygon: {other:?}"),
+            };
+            for p in polys {
+                out.push(
+                    p.exterior()
+                        .0
+                        .iter()
+                        .map(|c| (c.x as i64, c.y as i64))
+                        .collect(),
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn polygons_crossing_the_antimeridian_stay_on_their_side() {
+        // Wrangel Island as TopoJSON-derived files have it: one ring with
+        // edges from 178.x° to -180° and back.
+        let ring = vec![
+            (178.7, 71.1),
+            (-180.0, 71.5),
+            (-177.0, 71.3),
+            (-177.0, 70.9),
+            (-180.0, 70.8),
+            (178.9, 70.8),
+            (178.7, 71.1),
+        ];
+        let f = TileFeature {
+            id: None,
+            geometry: Polygon::new(LineString::from(ring), vec![]).into(),
+            properties: Map::new(),
+        };
+        let o = MvtOptions::default();
+        // The North Atlantic (lon -90..0, lat 66.5..85): planar, the two
+        // long edges made a band across it from 70.8° to 71.5°.
+        let atlantic = encode_tile(
+            TileId::new(2, 1, 0).unwrap(),
+            "c",
+            std::slice::from_ref(&f),
+            &o,
+        )
+        .unwrap();
+        assert_eq!(
+            atlantic.features, 0,
+            "nothing of the island is in the Atlantic"
+        );
+        // Each side of the antimeridian gets its own part, and only it.
+        let east = encode_tile(
+            TileId::new(2, 3, 0).unwrap(),
+            "c",
+            std::slice::from_ref(&f),
+            &o,
+        )
+        .unwrap();
+        let west = encode_tile(
+            TileId::new(2, 0, 0).unwrap(),
+            "c",
+            std::slice::from_ref(&f),
+            &o,
+        )
+        .unwrap();
+        let (e, w) = (rings_of(&east.bytes), rings_of(&west.bytes));
+        assert_eq!((e.len(), w.len()), (1, 1));
+        // At z2 one tile spans 90°: 178.7° is 4096 * 88.7 / 90 into the
+        // eastern tile, -177° is 4096 * 3 / 90 into the western one.
+        let xs = |r: &[(i64, i64)]| {
+            (
+                r.iter().map(|p| p.0).min().unwrap(),
+                r.iter().map(|p| p.0).max().unwrap(),
+            )
+        };
+        let (emin, emax) = xs(&e[0]);
+        assert!(
+            (emin - 4037).abs() <= 1 && emax == 4096,
+            "east part {emin}..{emax}"
+        );
+        let (wmin, wmax) = xs(&w[0]);
+        assert!(
+            wmin == 0 && (wmax - 137).abs() <= 1,
+            "west part {wmin}..{wmax}"
+        );
+        for r in [&e[0], &w[0]] {
+            let ints: Vec<IP> = r.iter().map(|&(x, y)| (x as i32, y as i32)).collect();
+            assert!(geom::area2(&ints) > 0, "exterior winding");
+        }
+
+        // A ring around a pole keeps its edge along the cut: Antarctica
+        // still fills the bottom of the world.
+        let polar = TileFeature {
+            id: None,
+            geometry: Polygon::new(
+                LineString::from(vec![
+                    (-180.0, -84.7),
+                    (-180.0, -70.0),
+                    (0.0, -65.0),
+                    (180.0, -70.0),
+                    (180.0, -84.7),
+                    (-180.0, -84.7),
+                ]),
+                vec![],
+            )
+            .into(),
+            properties: Map::new(),
+        };
+        for x in 0..4 {
+            let t = encode_tile(
+                TileId::new(2, x, 3).unwrap(),
+                "c",
+                std::slice::from_ref(&polar),
+                &o,
+            )
+            .unwrap();
+            assert_eq!(t.features, 1, "2/{x}/3");
+        }
+    }
+
+    #[test]
+    fn lines_crossing_the_antimeridian_stay_on_their_side() {
+        let f = TileFeature {
+            id: None,
+            geometry: LineString::from(vec![(170.0, 10.0), (-170.0, 10.0)]).into(),
+            properties: Map::new(),
+        };
+        let o = MvtOptions::default();
+        assert_eq!(
+            encode_tile(
+                TileId::new(2, 1, 1).unwrap(),
+                "l",
+                std::slice::from_ref(&f),
+                &o
+            )
+            .unwrap()
+            .features,
+            0
+        );
+        assert_eq!(
+            encode_tile(
+                TileId::new(2, 2, 1).unwrap(),
+                "l",
+                std::slice::from_ref(&f),
+                &o
+            )
+            .unwrap()
+            .features,
+            0
+        );
+        assert_eq!(
+            encode_tile(
+                TileId::new(2, 3, 1).unwrap(),
+                "l",
+                std::slice::from_ref(&f),
+                &o
+            )
+            .unwrap()
+            .features,
+            1
+        );
+        assert_eq!(
+            encode_tile(TileId::new(2, 0, 1).unwrap(), "l", &[f], &o)
+                .unwrap()
+                .features,
+            1
         );
     }
 
