@@ -9,13 +9,19 @@ use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use geostream_core::api::{
-    self, ClientInfo, CursorParams, EditResult, FilterSpec, ImportResult, LayerCreateParams,
-    LockInfo, Position, SubscriptionUpdateResult, TileMode,
+    self, ChannelHistoryResult, ChannelPresenceParams, ChannelPresenceResult, ChannelPublishParams,
+    ClientInfo, CursorParams, EditResult, Empty, FeatureGetParams, FeatureGetResult,
+    FeatureLockParams, FeatureLockResult, FeatureQueryResult, FeatureUnlockParams,
+    FeatureUnlockResult, FilterSpec, ImportResult, LayerCreateParams, LayerInfo, LayerListResult,
+    LayerNameParams, LockInfo, PingParams, PingResult, Position, SubscriptionUpdateResult,
+    TileMode,
 };
+use geostream_core::codec::OwnedParams;
 use geostream_core::feature::Feature;
+use geostream_core::payload::Payload;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{Cmd, Driver, Hook, ProgressFn, Shared};
@@ -152,63 +158,6 @@ impl LayerOptions {
         self.page_size = Some(n);
         self
     }
-}
-
-/// A channel's history, as [`Client::history`] returns it.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
-pub struct History {
-    /// Messages in offset order.
-    pub messages: Vec<HistoryMessage>,
-    /// The channel's current position.
-    pub position: Position,
-    /// `false` when messages after `since` are no longer in history.
-    pub complete: bool,
-    /// More messages follow the last one returned.
-    pub more: bool,
-}
-
-/// One message of a [`History`].
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
-pub struct HistoryMessage {
-    /// Its offset.
-    pub offset: u64,
-    /// Its data.
-    pub data: Value,
-}
-
-/// A layer as the server describes it.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
-pub struct LayerInfo {
-    /// Its name.
-    pub name: String,
-    /// Its title.
-    #[serde(default)]
-    pub title: Option<String>,
-    /// Its description.
-    #[serde(default)]
-    pub description: Option<String>,
-    /// Whether edits without a version are accepted (the last writer wins).
-    #[serde(default)]
-    pub last_writer_wins: bool,
-    /// Sequence number of its last change.
-    pub seq: u64,
-    /// Number of features.
-    pub count: u64,
-    /// Extent of its features.
-    #[serde(default)]
-    pub bbox: Option<[f64; 4]>,
-}
-
-/// A page of [`Client::query_features`].
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
-pub struct FeaturePage {
-    /// The features.
-    pub features: Vec<Feature>,
-    /// Offset of the next page, if there is one.
-    #[serde(default)]
-    pub next_offset: Option<usize>,
-    /// The layer's sequence number the page is as of.
-    pub seq: u64,
 }
 
 /// Cancels a request on the server when dropped before it was disarmed.
@@ -384,8 +333,8 @@ impl Client {
         params: impl Serialize,
         options: RequestOptions,
     ) -> Result<T> {
-        let v = self.call(method, params, options, Hook::None).await?;
-        serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))
+        let result = self.call(method, params, options, Hook::None).await?;
+        result.decode().map_err(ClientError::Decode)
     }
 
     async fn call(
@@ -394,7 +343,7 @@ impl Client {
         params: impl Serialize,
         options: RequestOptions,
         hook: Hook,
-    ) -> Result<Value> {
+    ) -> Result<OwnedParams> {
         let params =
             serde_json::to_value(params).map_err(|e| ClientError::Decode(e.to_string()))?;
         let id = self.inner.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -426,7 +375,9 @@ impl Client {
     /// Measures a round trip.
     pub async fn ping(&self) -> Result<Duration> {
         let t = Instant::now();
-        let _: Value = self.request(api::method::PING, json!({})).await?;
+        let _: PingResult = self
+            .request(api::method::PING, PingParams::default())
+            .await?;
         Ok(t.elapsed())
     }
 
@@ -524,10 +475,9 @@ impl Client {
         editing: &[&str],
     ) -> Result<()> {
         let c = cursor_params(layer, position, editing);
-        let p = serde_json::to_value(&c).map_err(|e| ClientError::Decode(e.to_string()))?;
         self.call(
             api::method::PRESENCE_CURSOR,
-            p,
+            c.clone(),
             RequestOptions::default(),
             Hook::Cursor(c),
         )
@@ -558,10 +508,16 @@ impl Client {
 
     /// Publishes `data` to a channel; returns its position once it is in history.
     pub async fn publish(&self, channel: &str, data: impl Serialize) -> Result<Position> {
-        let data = serde_json::to_value(data).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let data = serde_json::to_vec(&data)
+            .map_err(|e| e.to_string())
+            .and_then(|d| Payload::from_json(d.into()).map_err(|e| e.to_string()))
+            .map_err(ClientError::Decode)?;
         self.request(
             api::method::CHANNEL_PUBLISH,
-            json!({ "channel": channel, "data": data }),
+            ChannelPublishParams {
+                channel: channel.to_string(),
+                data,
+            },
         )
         .await
     }
@@ -572,7 +528,7 @@ impl Client {
         channel: &str,
         since: Option<Position>,
         limit: Option<u32>,
-    ) -> Result<History> {
+    ) -> Result<ChannelHistoryResult> {
         self.request(
             api::method::CHANNEL_HISTORY,
             api::ChannelHistoryParams {
@@ -586,8 +542,13 @@ impl Client {
 
     /// Who is subscribed to a channel.
     pub async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>> {
-        let r: api::ChannelPresenceResult = self
-            .request(api::method::CHANNEL_PRESENCE, json!({ "channel": channel }))
+        let r: ChannelPresenceResult = self
+            .request(
+                api::method::CHANNEL_PRESENCE,
+                ChannelPresenceParams {
+                    channel: channel.to_string(),
+                },
+            )
             .await?;
         Ok(r.clients)
     }
@@ -603,38 +564,32 @@ impl Client {
 
     /// Describes a layer.
     pub async fn layer(&self, name: &str) -> Result<LayerInfo> {
-        self.request(api::method::LAYER_GET, json!({ "name": name }))
-            .await
+        self.request(api::method::LAYER_GET, layer_name(name)).await
     }
 
     /// Lists layers.
     pub async fn list_layers(&self) -> Result<Vec<LayerInfo>> {
-        #[derive(serde::Deserialize)]
-        struct L {
-            layers: Vec<LayerInfo>,
-        }
-        let l: L = self.request(api::method::LAYER_LIST, json!({})).await?;
+        let l: LayerListResult = self.request(api::method::LAYER_LIST, Empty {}).await?;
         Ok(l.layers)
     }
 
     /// Deletes a layer and its features.
     pub async fn delete_layer(&self, name: &str) -> Result<()> {
-        let _: Value = self
-            .request(api::method::LAYER_DELETE, json!({ "name": name }))
+        let _: Empty = self
+            .request(api::method::LAYER_DELETE, layer_name(name))
             .await?;
         Ok(())
     }
 
     /// Reads one feature.
     pub async fn get_feature(&self, layer: &str, id: &str) -> Result<Feature> {
-        #[derive(serde::Deserialize)]
-        struct F {
-            feature: Feature,
-        }
-        let f: F = self
+        let f: FeatureGetResult = self
             .request(
                 api::method::FEATURE_GET,
-                json!({ "layer": layer, "id": id }),
+                FeatureGetParams {
+                    layer: layer.to_string(),
+                    id: Value::String(id.to_string()),
+                },
             )
             .await?;
         Ok(f.feature)
@@ -647,7 +602,7 @@ impl Client {
         filter: FilterSpec,
         limit: Option<usize>,
         offset: Option<usize>,
-    ) -> Result<FeaturePage> {
+    ) -> Result<FeatureQueryResult> {
         self.request(
             api::method::FEATURE_QUERY,
             api::FeatureQueryParams {
@@ -857,15 +812,12 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<Vec<LockInfo>> {
         let ttl_ms = ttl.map(|t| t.as_millis() as u64);
-        let mut p = json!({ "layer": layer, "ids": ids });
-        if let Some(t) = ttl_ms {
-            p["ttl_ms"] = json!(t);
-        }
-        #[derive(serde::Deserialize)]
-        struct L {
-            locks: Vec<LockInfo>,
-        }
-        let v = self
+        let p = FeatureLockParams {
+            layer: layer.to_string(),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            ttl_ms,
+        };
+        let result = self
             .call(
                 api::method::FEATURE_LOCK,
                 p,
@@ -873,29 +825,35 @@ impl Client {
                 Hook::Lock { ttl_ms },
             )
             .await?;
-        let l: L = serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let l: FeatureLockResult = result.decode().map_err(ClientError::Decode)?;
         Ok(l.locks)
     }
 
     /// Releases locks; returns those released.
     pub async fn unlock(&self, layer: &str, ids: &[&str]) -> Result<Vec<LockInfo>> {
-        #[derive(serde::Deserialize)]
-        struct R {
-            released: Vec<LockInfo>,
-        }
-        let v = self
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        let result = self
             .call(
                 api::method::FEATURE_UNLOCK,
-                json!({ "layer": layer, "ids": ids }),
+                FeatureUnlockParams {
+                    layer: layer.to_string(),
+                    ids: ids.clone(),
+                },
                 RequestOptions::default(),
                 Hook::Unlock {
                     layer: layer.to_string(),
-                    ids: ids.iter().map(|s| s.to_string()).collect(),
+                    ids,
                 },
             )
             .await?;
-        let r: R = serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let r: FeatureUnlockResult = result.decode().map_err(ClientError::Decode)?;
         Ok(r.released)
+    }
+}
+
+fn layer_name(name: &str) -> LayerNameParams {
+    LayerNameParams {
+        name: name.to_string(),
     }
 }
 

@@ -9,9 +9,12 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use geostream_core::api::{BatchOp, method};
+use geostream_core::api::{
+    BatchOp, FeatureBatchParams, FeatureCreateParams, FeatureDeleteParams, FeaturePatchParams,
+    FeatureReplaceParams, method,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::error::{ClientError, Result};
 
@@ -175,42 +178,62 @@ impl Edit {
     }
 
     /// The request params, carrying `op_id`.
-    pub(crate) fn params(&self, op_id: &str) -> Value {
-        let mut p = match self {
-            Edit::Create { layer, feature } => json!({ "layer": layer, "feature": feature }),
+    pub(crate) fn params(&self, op_id: &str) -> EditParams {
+        let op_id = Some(op_id.to_string());
+        match self.clone() {
+            Edit::Create { layer, feature } => EditParams::Create(FeatureCreateParams {
+                layer,
+                feature,
+                op_id,
+            }),
             Edit::Replace {
                 layer,
                 id,
                 feature,
                 version,
-            } => json!({ "layer": layer, "id": id, "feature": feature, "version": version }),
+            } => EditParams::Replace(FeatureReplaceParams {
+                layer,
+                id: Value::String(id),
+                feature,
+                version,
+                op_id,
+            }),
             Edit::Patch {
                 layer,
                 id,
                 properties,
                 geometry,
                 version,
-            } => {
-                let mut p = json!({ "layer": layer, "id": id, "version": version });
-                if let Some(props) = properties {
-                    p["properties"] = Value::Object(props.clone());
-                }
-                if let Some(g) = geometry {
-                    p["geometry"] = g.clone().unwrap_or(Value::Null);
-                }
-                p
+            } => EditParams::Patch(FeaturePatchParams {
+                layer,
+                id: Value::String(id),
+                properties,
+                geometry,
+                version,
+                op_id,
+            }),
+            Edit::Delete { layer, id, version } => EditParams::Delete(FeatureDeleteParams {
+                layer,
+                id: Value::String(id),
+                version,
+                op_id,
+            }),
+            Edit::Batch { layer, ops } => {
+                EditParams::Batch(FeatureBatchParams { layer, ops, op_id })
             }
-            Edit::Delete { layer, id, version } => {
-                json!({ "layer": layer, "id": id, "version": version })
-            }
-            Edit::Batch { layer, ops } => json!({ "layer": layer, "ops": ops }),
-        };
-        if let Some(o) = p.as_object_mut() {
-            o.retain(|k, v| !(k == "version" && v.is_null()));
-            o.insert("op_id".into(), Value::String(op_id.to_string()));
         }
-        p
     }
+}
+
+/// The params of an edit's request: the protocol's type for its method.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum EditParams {
+    Create(FeatureCreateParams),
+    Replace(FeatureReplaceParams),
+    Patch(FeaturePatchParams),
+    Delete(FeatureDeleteParams),
+    Batch(FeatureBatchParams),
 }
 
 fn to_value(v: impl Serialize) -> Result<Value> {
@@ -298,18 +321,19 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn params_carry_the_op_id_and_keep_null_geometry() {
         let e = Edit::patch_geometry("l", "a", None::<Value>, Some(3)).unwrap();
-        let p = e.params("op-1");
+        let p = serde_json::to_value(e.params("op-1")).unwrap();
         assert_eq!(
             p,
             json!({"layer": "l", "id": "a", "version": 3, "geometry": null, "op_id": "op-1"})
         );
         let e = Edit::delete("l", "a", None);
         assert_eq!(
-            e.params("x"),
+            serde_json::to_value(e.params("x")).unwrap(),
             json!({"layer": "l", "id": "a", "op_id": "x"})
         );
     }

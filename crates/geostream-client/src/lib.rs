@@ -58,9 +58,8 @@ mod token;
 
 pub use backoff::Backoff;
 pub use client::{
-    ChannelOptions, ChannelStream, Client, EventStream, FeaturePage, FeatureStream, History,
-    HistoryMessage, LayerInfo, LayerOptions, PendingEdit, PresenceStream, Progress, RequestOptions,
-    StateStream,
+    ChannelOptions, ChannelStream, Client, EventStream, FeatureStream, LayerOptions, PendingEdit,
+    PresenceStream, Progress, RequestOptions, StateStream,
 };
 pub use edit::{Edit, OutboxEntry};
 pub use error::{ClientError, Result};
@@ -72,10 +71,13 @@ pub use options::{ClientOptions, TokenFuture, TokenProvider};
 pub use state::{CloseReason, ConnectionState};
 pub use tiles::{TileEvent, TileSelection, TileStream};
 
+/// The protocol's types, as requests take and return them: geostream-core's definitions.
 pub use geostream_core::api::{
-    BatchOp, ClientInfo, EditResult, FilterSpec, ImportResult, LayerCreateParams, LockInfo,
-    Position, SubscriptionUpdateResult, TileMode, TileSubscribeResult, TileUpdateResult,
+    BatchOp, ChannelHistoryResult, ClientInfo, EditResult, FeatureQueryResult, FilterSpec,
+    HistoryMessage, ImportResult, LayerCreateParams, LayerInfo, LockInfo, Position,
+    SubscriptionUpdateResult, TileMode, TileSubscribeResult, TileUpdateResult,
 };
 pub use geostream_core::codec::Encoding;
 pub use geostream_core::error::{ErrorCode, RpcError};
 pub use geostream_core::feature::{Feature, Geometry};
+pub use geostream_core::payload::Payload;

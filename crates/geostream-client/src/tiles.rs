@@ -5,11 +5,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use futures_util::Stream;
 use geostream_core::api::{TileUpdateResult, TileViewport};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::Cmd;
@@ -86,23 +84,6 @@ pub enum TileEvent {
     },
 }
 
-/// The bytes of a `tile` push's `data`: base64 in JSON, binary (decoded as numbers) in
-/// MessagePack.
-pub(crate) fn tile_bytes(v: &Value) -> Option<Bytes> {
-    match v {
-        Value::String(s) => base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .ok()
-            .map(Bytes::from),
-        Value::Array(a) => a
-            .iter()
-            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
-            .collect::<Option<Vec<u8>>>()
-            .map(Bytes::from),
-        _ => None,
-    }
-}
-
 /// Rebuilds a tile from the version held and a delta; fails (so the client asks for the whole
 /// tile) when the base is not the one held or the result does not match its checksum.
 pub(crate) fn apply_delta(
@@ -116,7 +97,7 @@ pub(crate) fn apply_delta(
     if base != Some(version) {
         return Err(format!("delta against {base:?}, but {version} is held"));
     }
-    geostream_tiles::delta::apply(bytes, delta, MAX_TILE_BYTES)
+    geostream_delta::apply(bytes, delta, MAX_TILE_BYTES)
         .map(Bytes::from)
         .map_err(|e| e.to_string())
 }
@@ -202,7 +183,7 @@ mod tests {
     fn deltas_are_verified() {
         let old = Bytes::from_static(b"the quick brown fox jumps over the lazy dog, twice over");
         let new = b"the quick brown cat jumps over the lazy dog, twice over!".to_vec();
-        let d = geostream_tiles::delta::encode(&old, &new);
+        let d = geostream_delta::encode(&old, &new);
         assert_eq!(
             apply_delta(Some((3, &old)), Some(3), &d).unwrap(),
             Bytes::from(new.clone())
@@ -217,18 +198,5 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 0x40;
         assert!(apply_delta(Some((3, &old)), Some(3), &bad).is_err());
-    }
-
-    #[test]
-    fn tile_bytes_in_both_forms() {
-        assert_eq!(
-            tile_bytes(&Value::String("AAEC".into())).unwrap(),
-            Bytes::from_static(&[0, 1, 2])
-        );
-        assert_eq!(
-            tile_bytes(&serde_json::json!([0, 1, 255])).unwrap(),
-            Bytes::from_static(&[0, 1, 255])
-        );
-        assert!(tile_bytes(&serde_json::json!([256])).is_none());
     }
 }

@@ -3,8 +3,11 @@
 //! Field names are the same in every encoding. `docs/PROTOCOL.md` describes each method with
 //! examples; the examples there are checked against these types by the server's tests.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
+use crate::feature::{BBox, Feature, Geometry};
 use crate::payload::Payload;
 
 /// The protocol version this crate speaks.
@@ -193,13 +196,26 @@ pub struct Heartbeat {
     pub idle_timeout_ms: u64,
 }
 
-/// `ping` params and result: `data` is echoed unchanged.
+/// `ping` params: `data` is echoed unchanged.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PingParams {
-    /// Anything; returned as is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
+    /// Anything; returned as is. Not deserialized with the other members: the server reads
+    /// it raw ([`crate::Params::field`]) so it echoes the value exactly as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub data: Option<Payload>,
 }
+
+/// `ping` result.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PingResult {
+    /// The `data` of the request, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Payload>,
+}
+
+/// The params of a method that takes none, or the result of one that returns nothing: `{}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
 
 /// `channel.subscribe` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -241,11 +257,15 @@ pub struct UnsubscribeParams {
     pub sub: u32,
 }
 
-/// `channel.publish` params (`data` is any value and is kept as sent).
+/// `channel.publish` params. The result is the message's [`Position`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChannelPublishParams {
     /// The channel name.
     pub channel: String,
+    /// The message: any value, kept as sent. Not deserialized with the other members: the
+    /// server reads it raw ([`crate::Params::field`]), so JSON is relayed byte for byte.
+    #[serde(skip_deserializing)]
+    pub data: Payload,
 }
 
 /// `channel.history` params.
@@ -262,7 +282,7 @@ pub struct ChannelHistoryParams {
 }
 
 /// One message from history.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryMessage {
     /// Its offset.
     pub offset: u64,
@@ -271,7 +291,7 @@ pub struct HistoryMessage {
 }
 
 /// `channel.history` result.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChannelHistoryResult {
     /// Messages in offset order.
     pub messages: Vec<HistoryMessage>,
@@ -333,40 +353,48 @@ pub struct ProgressParams {
     pub message: Option<String>,
 }
 
-/// Fields of a `message` push (besides `sub`, and `data` which is appended raw).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A `message` push (besides `sub`).
+///
+/// Push types borrow what they carry (`Cow::Borrowed`) when the server encodes them once per
+/// fan-out, and own it (`Cow::Owned`) when a client decodes them: one definition for both
+/// directions, no copy on the server's hot path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MessagePush<'a> {
     /// The channel.
-    pub channel: &'a str,
+    pub channel: Cow<'a, str>,
     /// The message's offset.
     pub offset: u64,
+    /// The message, as published. Not serialized with the other members: the server appends
+    /// it raw ([`crate::codec::encode_push`]), so JSON is relayed byte for byte.
+    #[serde(skip_serializing)]
+    pub data: Cow<'a, Payload>,
 }
 
-/// Fields of a `join` / `leave` push.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A `join` / `leave` push (besides `sub`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PresencePush<'a> {
-    /// The channel.
-    pub channel: &'a str,
+    /// The channel (for channel subscriptions; for layer presence, the layer's topic).
+    pub channel: Cow<'a, str>,
     /// Who joined or left.
     pub client: ClientInfo,
 }
 
-/// Fields of a `gap` push.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A `gap` push (besides `sub`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapPush<'a> {
     /// The channel.
-    pub channel: &'a str,
+    pub channel: Cow<'a, str>,
     /// The first offset that was dropped; read history from `from - 1`.
     pub from: u64,
     /// The position the epoch belongs to.
-    pub epoch: &'a str,
+    pub epoch: Cow<'a, str>,
 }
 
-/// Fields of an `unsubscribed` push.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// An `unsubscribed` push (besides `sub`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnsubscribedPush<'a> {
     /// Why.
-    pub reason: &'a str,
+    pub reason: Cow<'a, str>,
 }
 
 /// What a `feature` push means for its subscriber.
@@ -384,47 +412,51 @@ pub enum FeatureKind {
     Delete,
 }
 
-/// Fields of a `feature` push (besides `sub`).
-#[derive(Clone, Debug, Serialize)]
+/// A `feature` push (besides `sub`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FeaturePush<'a> {
     /// The layer.
-    pub layer: &'a str,
+    pub layer: Cow<'a, str>,
     /// The change's sequence number in the layer.
     pub seq: u64,
     /// Enter, update, exit or delete.
     pub kind: FeatureKind,
     /// The feature id.
-    pub id: &'a str,
+    pub id: Cow<'a, str>,
     /// The feature's version after the change.
     pub version: u64,
     /// The whole feature: on `enter`, and on an `update` that replaces what the client
     /// holds (after missed intermediate changes).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feature: Option<&'a crate::feature::Feature>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<Cow<'a, Feature>>,
     /// On a partial `update`: the changed properties as a JSON Merge Patch (`null` = removed).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<serde_json::Map<String, serde_json::Value>>,
     /// On a partial `update` whose geometry changed: the new geometry (`null` = removed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub geometry: Option<Option<&'a crate::feature::Geometry>>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub geometry: Option<Option<Cow<'a, Geometry>>>,
 }
 
 impl<'a> FeaturePush<'a> {
     /// The push for `change` as seen by a subscriber for whom it means `kind`.
     pub fn new(change: &'a crate::feature::Change, kind: FeatureKind, full: bool) -> Self {
         let mut p = FeaturePush {
-            layer: &change.layer,
+            layer: Cow::Borrowed(&change.layer),
             seq: change.seq,
             kind,
-            id: &change.id,
+            id: Cow::Borrowed(&change.id),
             version: change.version,
             feature: None,
             properties: None,
             geometry: None,
         };
         match kind {
-            FeatureKind::Enter => p.feature = change.new.as_ref(),
-            FeatureKind::Update if full => p.feature = change.new.as_ref(),
+            FeatureKind::Enter => p.feature = change.new.as_ref().map(Cow::Borrowed),
+            FeatureKind::Update if full => p.feature = change.new.as_ref().map(Cow::Borrowed),
             FeatureKind::Update => {
                 if let Some(new) = &change.new {
                     let mut props = serde_json::Map::new();
@@ -441,7 +473,7 @@ impl<'a> FeaturePush<'a> {
                         p.properties = Some(props);
                     }
                     if change.geometry_changed {
-                        p.geometry = Some(new.geometry.as_ref());
+                        p.geometry = Some(new.geometry.as_ref().map(Cow::Borrowed));
                     }
                 }
             }
@@ -535,28 +567,28 @@ pub struct SubscriptionUpdateResult {
     pub exited: u64,
 }
 
-/// Fields of a `snapshot` push.
-#[derive(Clone, Debug, Serialize)]
+/// A `snapshot` push (besides `sub`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotPush<'a> {
     /// The layer.
-    pub layer: &'a str,
+    pub layer: Cow<'a, str>,
     /// The sequence number the snapshot is as of.
     pub seq: u64,
     /// A page of matching features.
-    pub features: &'a [crate::feature::Feature],
+    pub features: Cow<'a, [Feature]>,
     /// Whether this is the last page.
     pub last: bool,
 }
 
-/// Fields of a `resync` push.
-#[derive(Clone, Debug, Serialize)]
+/// A `resync` push (besides `sub`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResyncPush<'a> {
     /// The layer.
-    pub layer: &'a str,
+    pub layer: Cow<'a, str>,
     /// The sequence number the fresh snapshot will be as of.
     pub seq: u64,
     /// Why.
-    pub reason: &'a str,
+    pub reason: Cow<'a, str>,
 }
 
 /// Distinguishes an absent member (`None`) from an explicit `null` (`Some(None)`).
@@ -566,8 +598,9 @@ fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// `layer.create` params.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// `layer.create` params (the store creates layers from them as they are). The result is
+/// the new layer's [`LayerInfo`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LayerCreateParams {
     /// Unique name (same rules as channel names).
     pub name: String,
@@ -577,9 +610,41 @@ pub struct LayerCreateParams {
     /// Human description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Accept edits without a version (the last writer wins). Default false.
+    /// Accept edits without an expected version (the last writer wins). When false (the
+    /// default), replace, patch and delete must state the version they edited.
     #[serde(default)]
     pub last_writer_wins: bool,
+}
+
+/// A layer: the result of `layer.create` and `layer.get`, and an entry of `layer.list`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// Name.
+    pub name: String,
+    /// Title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// See [`LayerCreateParams::last_writer_wins`].
+    pub last_writer_wins: bool,
+    /// Sequence number of the layer's last change (0 before the first).
+    pub seq: u64,
+    /// Number of features.
+    pub count: u64,
+    /// Extent of all features, if any have geometry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bbox: Option<BBox>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// `layer.list` result: the layers the caller may read, by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerListResult {
+    /// The layers.
+    pub layers: Vec<LayerInfo>,
 }
 
 /// Params naming one layer (`layer.get`, `layer.delete`).
@@ -668,6 +733,13 @@ pub struct FeatureGetParams {
     pub id: serde_json::Value,
 }
 
+/// `feature.get` result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureGetResult {
+    /// The feature.
+    pub feature: Feature,
+}
+
 /// `feature.query` params.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FeatureQueryParams {
@@ -682,6 +754,28 @@ pub struct FeatureQueryParams {
     /// Matching features to skip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<usize>,
+}
+
+/// `feature.query` result: a GeoJSON FeatureCollection with paging members.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureQueryResult {
+    /// Always `"FeatureCollection"`.
+    #[serde(rename = "type", default)]
+    pub kind: FeatureCollectionType,
+    /// The matching features of this page, in a stable order.
+    pub features: Vec<Feature>,
+    /// The `offset` of the next page; `null` on the last page.
+    pub next_offset: Option<usize>,
+    /// The layer's sequence number the page is as of.
+    pub seq: u64,
+}
+
+/// The GeoJSON object type tag of a [`FeatureQueryResult`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeatureCollectionType {
+    /// `"FeatureCollection"`.
+    #[default]
+    FeatureCollection,
 }
 
 /// One operation of `feature.batch`.
@@ -739,8 +833,20 @@ pub struct FeatureBatchParams {
     pub op_id: Option<String>,
 }
 
-/// The result of one applied edit.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `feature.batch` result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureBatchResult {
+    /// One result per operation, in order.
+    pub results: Vec<EditResult>,
+    /// The sequence number of the last change (0 for an empty batch).
+    pub seq: u64,
+    /// True when this answers a repeated `op_id` (nothing was applied again).
+    pub replayed: bool,
+}
+
+/// The result of one applied edit: of `feature.create`, `replace`, `patch` and `delete`,
+/// and of each operation of `feature.batch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EditResult {
     /// The feature id.
     pub id: String,
@@ -793,7 +899,21 @@ pub struct LockInfo {
     pub until_ms: u64,
 }
 
-/// Fields of a `lock` push.
+/// `feature.lock` result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureLockResult {
+    /// The locks now held, with their new expiry.
+    pub locks: Vec<LockInfo>,
+}
+
+/// `feature.unlock` result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureUnlockResult {
+    /// The locks released (features not locked by the caller are left out).
+    pub released: Vec<LockInfo>,
+}
+
+/// A `lock` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LockPush {
     /// The lock (for an unlock, its last state).
@@ -821,7 +941,7 @@ pub struct LayerImportParams {
 }
 
 /// A feature an import refused.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
     /// Its position in the input (0-based).
     pub index: u64,
@@ -833,7 +953,7 @@ pub struct Rejected {
 }
 
 /// `layer.import` result.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImportResult {
     /// Features imported.
     pub imported: u64,
@@ -968,39 +1088,79 @@ pub enum TilePushKind {
 
 /// Tile bytes in a push: a base64 string (RFC 4648, with padding) in JSON, MessagePack
 /// `bin` in the binary encodings, so tiles travel there without inflation.
-#[derive(Clone, Copy, Debug)]
-pub struct TileBytes<'a>(pub &'a [u8]);
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TileBytes<'a>(pub Cow<'a, [u8]>);
 
 impl Serialize for TileBytes<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             use base64::Engine;
-            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
         } else {
-            s.serialize_bytes(self.0)
+            s.serialize_bytes(&self.0)
         }
     }
 }
 
-/// Push `tile`: `{"sub", "layer", "tile", "version", "kind", "base"?, "etag", "data"?}`.
-#[derive(Clone, Debug, Serialize)]
+impl<'de> Deserialize<'de> for TileBytes<'_> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tile bytes (base64 text or binary)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(v)
+                    .map_err(|e| E::custom(format!("invalid base64: {e}")))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = a.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        let v = if d.is_human_readable() {
+            d.deserialize_str(Bytes)?
+        } else {
+            d.deserialize_bytes(Bytes)?
+        };
+        Ok(TileBytes(Cow::Owned(v)))
+    }
+}
+
+/// A `tile` push (besides `sub`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TilePush<'a> {
     /// The layer.
-    pub layer: &'a str,
+    pub layer: Cow<'a, str>,
     /// The tile, `"z/x/y"`.
-    pub tile: &'a str,
+    pub tile: Cow<'a, str>,
     /// The tile's version after this push.
     pub version: u64,
     /// Delta, full tile or notice.
     pub kind: TilePushKind,
     /// The version the server believes the client holds (the base of a delta); absent when
     /// it holds none.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<u64>,
     /// The HTTP ETag of this version (quotes included).
-    pub etag: &'a str,
+    pub etag: Cow<'a, str>,
     /// Delta or tile bytes (absent for notices).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<TileBytes<'a>>,
 }
 
@@ -1049,7 +1209,7 @@ pub struct CursorParams {
     pub editing: Vec<String>,
 }
 
-/// Fields of a `cursor` push.
+/// A `cursor` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CursorPush {
     /// The layer.

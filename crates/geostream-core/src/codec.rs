@@ -128,6 +128,13 @@ pub enum Params<'a> {
 impl<'a> Params<'a> {
     /// Decodes the params into a typed value; absent params decode as an empty object.
     pub fn parse<T: Deserialize<'a>>(&self) -> Result<T, RpcError> {
+        self.decode()
+            .map_err(|m| RpcError::invalid_params(format!("invalid params: {m}")))
+    }
+
+    /// Decodes the value into a typed value (absent decodes as an empty object); the error
+    /// names the member that failed.
+    pub fn decode<T: Deserialize<'a>>(&self) -> Result<T, String> {
         // serde_path_to_error names the member that failed (`channel: invalid type ...`),
         // which plain serde messages do not.
         fn located<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
@@ -139,7 +146,7 @@ impl<'a> Params<'a> {
                 format!("{path}: {inner}")
             }
         }
-        let r = match *self {
+        match *self {
             Params::Absent => serde_json::from_str("{}").map_err(|e| e.to_string()),
             Params::Json(raw) => {
                 serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
@@ -149,8 +156,17 @@ impl<'a> Params<'a> {
                 serde_path_to_error::deserialize(&mut rmp_serde::Deserializer::from_read_ref(b))
                     .map_err(located)
             }
-        };
-        r.map_err(|m| RpcError::invalid_params(format!("invalid params: {m}")))
+        }
+    }
+
+    /// A copy that owns its bytes, to decode later (a request's result, handed to whoever
+    /// waits for it).
+    pub fn to_owned(&self) -> OwnedParams {
+        match *self {
+            Params::Absent => OwnedParams::Absent,
+            Params::Json(raw) => OwnedParams::Json(raw.to_owned()),
+            Params::Msgpack(b) => OwnedParams::Msgpack(Bytes::copy_from_slice(b)),
+        }
     }
 
     /// The value of one member of the params object, kept raw as a [`Payload`] (refused when
@@ -200,6 +216,33 @@ impl<'a> Params<'a> {
     /// Whether there are no params.
     pub fn is_empty(&self) -> bool {
         matches!(self, Params::Absent)
+    }
+}
+
+/// A value of a frame kept encoded, owning its bytes: see [`Params::to_owned`].
+#[derive(Clone, Debug)]
+pub enum OwnedParams {
+    /// No value.
+    Absent,
+    /// JSON text.
+    Json(Box<RawValue>),
+    /// A validated MessagePack value.
+    Msgpack(Bytes),
+}
+
+impl OwnedParams {
+    /// The value, borrowed.
+    pub fn as_params(&self) -> Params<'_> {
+        match self {
+            OwnedParams::Absent => Params::Absent,
+            OwnedParams::Json(raw) => Params::Json(raw),
+            OwnedParams::Msgpack(b) => Params::Msgpack(b),
+        }
+    }
+
+    /// Decodes the value into an owned typed value.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        self.as_params().decode()
     }
 }
 
@@ -1018,6 +1061,149 @@ mod rmpv_like {
     }
 }
 
+/// A frame from the server with its result or params left encoded, for a client that decodes
+/// each straight into the type its request or push method gives ([`Params::decode`]).
+#[derive(Debug)]
+pub enum RawServerFrame<'a> {
+    /// A successful response.
+    Response {
+        /// The request id.
+        id: Id,
+        /// The result.
+        result: Params<'a>,
+    },
+    /// An error response.
+    Error {
+        /// The request id, if the server could read it.
+        id: Option<Id>,
+        /// The error.
+        error: RpcError,
+    },
+    /// A notification or push.
+    Notification {
+        /// The method (`message`, `feature`, `$/progress`, ...).
+        method: Cow<'a, str>,
+        /// The params.
+        params: Params<'a>,
+    },
+}
+
+/// Decodes the envelope of a frame received from the server, leaving the result or params
+/// encoded. A compressed frame is decompressed into `scratch` (at most `max_bytes`), and the
+/// frame borrows from there.
+///
+/// Server frames are untrusted input for a client too: see [`decode_server_frame_limited`].
+pub fn decode_raw_server_frame<'a>(
+    enc: Encoding,
+    data: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+    max_bytes: usize,
+) -> Result<RawServerFrame<'a>, ServerFrameError> {
+    let err = |m: String| ServerFrameError(m);
+    match enc {
+        Encoding::Json => {
+            #[derive(Deserialize)]
+            struct Env<'a> {
+                #[serde(default)]
+                id: Option<Id>,
+                #[serde(borrow, default)]
+                method: Option<Cow<'a, str>>,
+                #[serde(borrow, default)]
+                params: Option<&'a RawValue>,
+                #[serde(borrow, default)]
+                result: Option<&'a RawValue>,
+                #[serde(default)]
+                error: Option<RpcError>,
+            }
+            let e: Env<'a> = serde_json::from_slice(data).map_err(|e| err(e.to_string()))?;
+            if let Some(method) = e.method {
+                return Ok(RawServerFrame::Notification {
+                    method,
+                    params: e.params.map_or(Params::Absent, Params::Json),
+                });
+            }
+            if let Some(error) = e.error {
+                return Ok(RawServerFrame::Error { id: e.id, error });
+            }
+            match e.id {
+                Some(id) => Ok(RawServerFrame::Response {
+                    id,
+                    result: e.result.map_or(Params::Absent, Params::Json),
+                }),
+                None => Err(err("frame has neither method nor id".into())),
+            }
+        }
+        Encoding::Msgpack | Encoding::MsgpackZstd => {
+            let data: &'a [u8] = if data.starts_with(&ZSTD_MAGIC) {
+                *scratch = decompress_bounded(data, max_bytes)
+                    .map_err(|e| err(e.error.message.into_owned()))?;
+                &scratch[..]
+            } else {
+                data
+            };
+            // Server frames carry `bin` (tiles) and are not held to JSON's rules, but the
+            // lengths and the depth must be checked before rmp_serde recurses and allocates.
+            let rules = WalkRules {
+                max_depth: MAX_SERVER_FRAME_DEPTH,
+                json_compatible: false,
+            };
+            msgpack::validate_exact(data, rules).map_err(|e| err(e.to_string()))?;
+            let (n, mut pos) = msgpack::array_header(data)
+                .ok_or_else(|| err("a frame must be an array".into()))?;
+            let (kind, used) =
+                read_int(&data[pos..]).ok_or_else(|| err("missing frame type".into()))?;
+            pos += used;
+            // The value at `pos`, and the position after it.
+            let element = |pos: usize| -> Result<(&'a [u8], usize), ServerFrameError> {
+                let len =
+                    msgpack::value_len(&data[pos..], rules).map_err(|e| err(e.to_string()))?;
+                Ok((&data[pos..pos + len], pos + len))
+            };
+            let params_of = |v: &'a [u8]| {
+                if v == [0xc0] {
+                    Params::Absent
+                } else {
+                    Params::Msgpack(v)
+                }
+            };
+            match (kind, n) {
+                (1, 4) => {
+                    let (id, pos) = element(pos)?;
+                    let id = if let Some((i, _)) = read_int(id) {
+                        Some(Id::Int(i))
+                    } else {
+                        msgpack::read_str(id).map(|(s, _)| Id::Str(s.into()))
+                    };
+                    let (error, pos) = element(pos)?;
+                    if error != [0xc0] {
+                        let error: RpcError =
+                            rmp_serde::from_slice(error).map_err(|e| err(e.to_string()))?;
+                        return Ok(RawServerFrame::Error { id, error });
+                    }
+                    let id = id.ok_or_else(|| err("response without id".into()))?;
+                    let (result, _) = element(pos)?;
+                    Ok(RawServerFrame::Response {
+                        id,
+                        result: params_of(result),
+                    })
+                }
+                (2, 3) => {
+                    let (method, used) = msgpack::read_str(&data[pos..])
+                        .ok_or_else(|| err("method is not a string".into()))?;
+                    let (params, _) = element(pos + used)?;
+                    Ok(RawServerFrame::Notification {
+                        method: Cow::Borrowed(method),
+                        params: params_of(params),
+                    })
+                }
+                _ => Err(err(format!(
+                    "unexpected frame type {kind} with {n} elements"
+                ))),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1159,6 +1345,69 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn raw_frames_decode_into_types() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct R {
+            ok: bool,
+            big: String,
+        }
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Sub {
+            sub: u32,
+        }
+        for enc in Encoding::ALL {
+            let mut scratch = Vec::new();
+            let big = "x".repeat(4000);
+            let r = encode_response(enc, &Id::Int(42), &json!({"ok": true, "big": big}));
+            let RawServerFrame::Response { id, result } =
+                decode_raw_server_frame(enc, &r, &mut scratch, 1 << 20).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(id, Id::Int(42));
+            let owned = result.to_owned();
+            assert_eq!(owned.decode::<R>().unwrap(), R { ok: true, big });
+            let e = encode_error(
+                enc,
+                Some(&Id::Str("a".into())),
+                &RpcError::new(ErrorCode::Locked, "no"),
+            );
+            let mut scratch = Vec::new();
+            let RawServerFrame::Error { id, error } =
+                decode_raw_server_frame(enc, &e, &mut scratch, 1 << 20).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(
+                (id, error.code),
+                (Some(Id::Str("a".into())), ErrorCode::Locked)
+            );
+            let p = encode_push(enc, "message", &json!({"channel": "c"}), None).to_bytes(300);
+            let mut scratch = Vec::new();
+            let RawServerFrame::Notification { method, params } =
+                decode_raw_server_frame(enc, &p, &mut scratch, 1 << 20).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(method, "message");
+            assert_eq!(params.decode::<Sub>().unwrap(), Sub { sub: 300 });
+            // A decode error names the member.
+            let m = params.decode::<R>().unwrap_err();
+            assert!(m.contains("ok"), "{m}");
+        }
+        // Limits and untrusted input, as for `decode_server_frame`.
+        let bomb = zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap();
+        let mut scratch = Vec::new();
+        assert!(
+            decode_raw_server_frame(Encoding::MsgpackZstd, &bomb, &mut scratch, 1 << 20).is_err()
+        );
+        let mut deep = vec![0x93, 0x02, 0xa1, b'm'];
+        deep.extend(vec![0x91u8; 1000]);
+        deep.push(0x01);
+        assert!(decode_raw_server_frame(Encoding::Msgpack, &deep, &mut scratch, 1 << 20).is_err());
     }
 
     #[test]

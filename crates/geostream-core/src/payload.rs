@@ -8,7 +8,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::msgpack::{self, WalkRules};
@@ -208,6 +208,15 @@ impl Payload {
         self.write_json(&mut v);
         serde_json::from_slice(&v).unwrap_or(serde_json::Value::Null)
     }
+
+    /// Decodes the value into a typed value, straight from its bytes (MessagePack `bin`
+    /// decodes as bytes here, where [`Payload::to_value`] gives an array of numbers).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        match self.kind {
+            PayloadKind::Json => serde_json::from_slice(&self.bytes).map_err(|e| e.to_string()),
+            PayloadKind::Msgpack => rmp_serde::from_slice(&self.bytes).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 impl Serialize for Payload {
@@ -223,6 +232,32 @@ impl Serialize for Payload {
                 let mut de = rmp_serde::Deserializer::from_read_ref(&self.bytes[..]);
                 serde_transcode::transcode(&mut de, serializer)
             }
+        }
+    }
+}
+
+impl Default for Payload {
+    /// JSON `null`.
+    fn default() -> Self {
+        Payload::from_trusted(PayloadKind::Json, Bytes::from_static(b"null"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    /// Transcodes the value into JSON text (from a human-readable format) or MessagePack
+    /// (from a binary one), and validates it like any payload entering a process. For
+    /// clients and tests: the server reads payloads raw ([`crate::Params::field`]).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut out = Vec::new();
+        if d.is_human_readable() {
+            let mut ser = serde_json::Serializer::new(&mut out);
+            serde_transcode::transcode(d, &mut ser).map_err(D::Error::custom)?;
+            Payload::from_json(Bytes::from(out)).map_err(D::Error::custom)
+        } else {
+            let mut ser = rmp_serde::Serializer::new(&mut out).with_struct_map();
+            serde_transcode::transcode(d, &mut ser).map_err(D::Error::custom)?;
+            Payload::from_msgpack(Bytes::from(out)).map_err(D::Error::custom)
         }
     }
 }
@@ -306,6 +341,17 @@ mod tests {
         };
         assert!(Payload::from_msgpack(mp(MAX_PAYLOAD_DEPTH)).is_ok());
         assert!(Payload::from_msgpack(mp(MAX_PAYLOAD_DEPTH + 1)).is_err());
+    }
+
+    #[test]
+    fn deserializes_from_either_format() {
+        let v = json!({"k": [1, "x", null], "n": -2.5});
+        let p: Payload = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!((p.kind(), p.to_value()), (PayloadKind::Json, v.clone()));
+        let mp = rmp_serde::to_vec_named(&v).unwrap();
+        let q: Payload = rmp_serde::from_slice(&mp).unwrap();
+        assert_eq!((q.kind(), q.to_value()), (PayloadKind::Msgpack, v));
+        assert_eq!(Payload::default().to_value(), serde_json::Value::Null);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Events from the bus (every node's edits, presence and locks) into this node's hub.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use geostream_core::api::{self, UnsubscribedPush};
@@ -92,7 +93,7 @@ impl BusHandler {
                 session.encoding(),
                 api::push::UNSUBSCRIBED,
                 &UnsubscribedPush {
-                    reason: "layer deleted",
+                    reason: Cow::Borrowed("layer deleted"),
                 },
                 None,
             );

@@ -5,6 +5,7 @@
 //! shared: the work per subscriber is one reference count and one splice of its
 //! subscription id.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -81,8 +82,9 @@ impl PushEvent {
                 enc,
                 self.method(),
                 &MessagePush {
-                    channel,
+                    channel: Cow::Borrowed(channel),
                     offset: *offset,
+                    data: Cow::Borrowed(data),
                 },
                 Some(("data", data)),
             ),
@@ -92,7 +94,7 @@ impl PushEvent {
                 enc,
                 self.method(),
                 &PresencePush {
-                    channel,
+                    channel: Cow::Borrowed(channel),
                     client: client.clone(),
                 },
                 None,

@@ -8,6 +8,7 @@
 //! the caller send the response, queue what was read, then release the held events that came
 //! after it.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -682,9 +683,9 @@ where
                 enc,
                 api::push::RESYNC,
                 &ResyncPush {
-                    layer,
+                    layer: Cow::Borrowed(layer),
                     seq,
-                    reason: "history no longer available",
+                    reason: Cow::Borrowed("history no longer available"),
                 },
                 None,
             );
@@ -703,9 +704,9 @@ where
                     enc,
                     api::push::SNAPSHOT,
                     &SnapshotPush {
-                        layer,
+                        layer: Cow::Borrowed(layer),
                         seq,
-                        features: &page,
+                        features: Cow::Borrowed(&page),
                         last: next.is_none(),
                     },
                     None,
@@ -728,9 +729,9 @@ where
                 enc,
                 api::push::SNAPSHOT,
                 &SnapshotPush {
-                    layer,
+                    layer: Cow::Borrowed(layer),
                     seq,
-                    features: &[],
+                    features: Cow::Borrowed(&[]),
                     last: true,
                 },
                 None,

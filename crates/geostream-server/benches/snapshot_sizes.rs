@@ -77,9 +77,9 @@ fn main() {
                     enc,
                     push::SNAPSHOT,
                     &SnapshotPush {
-                        layer: "layer",
+                        layer: "layer".into(),
                         seq: 1,
-                        features: chunk,
+                        features: chunk.into(),
                         last: p + 1 == pages,
                     },
                     None,

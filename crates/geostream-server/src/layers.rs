@@ -159,22 +159,11 @@ impl Layers {
     /// Tells every node's subscribers of the lock's layer that it was locked or released.
     async fn announce_lock(&self, l: &Lock, locked: bool) {
         let push = LockPush {
-            lock: lock_info(l),
+            lock: LockInfo::from(l),
             locked,
         };
         self.streams
             .publish_layer_event(&l.layer, BusEvent::Lock(push))
             .await;
-    }
-}
-
-/// A lock as clients see it.
-pub fn lock_info(l: &Lock) -> LockInfo {
-    LockInfo {
-        layer: l.layer.clone(),
-        id: l.id.clone(),
-        client: l.holder.client.clone(),
-        user: l.holder.user.clone(),
-        until_ms: l.until_ms,
     }
 }

@@ -7,6 +7,7 @@
 //! and the stream resumes from there without loss; clients that cannot set headers may pass
 //! the same value as `?since=`. Event data is the push's params object as JSON.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -144,9 +145,9 @@ impl Stream {
                     Encoding::Json,
                     api::push::GAP,
                     &GapPush {
-                        channel: &channel,
+                        channel: Cow::Borrowed(&channel),
                         from,
-                        epoch: &epoch,
+                        epoch: Cow::Borrowed(&epoch),
                     },
                     None,
                 );

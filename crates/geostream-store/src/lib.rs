@@ -29,46 +29,10 @@ pub mod conformance;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
-/// How a layer is created.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LayerSpec {
-    /// Unique name (same rules as channel names).
-    pub name: String,
-    /// Human title.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    /// Human description.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Whether edits without an expected version are accepted (the last writer wins). When
-    /// false (the default), replace, patch and delete must state the version they edited.
-    #[serde(default)]
-    pub last_writer_wins: bool,
-}
-
-/// A layer as stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LayerInfo {
-    /// Name.
-    pub name: String,
-    /// Title.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    /// Description.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// See [`LayerSpec::last_writer_wins`].
-    pub last_writer_wins: bool,
-    /// Sequence number of the layer's last change (0 before the first).
-    pub seq: u64,
-    /// Number of features.
-    pub count: u64,
-    /// Extent of all features, if any have geometry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bbox: Option<BBox>,
-    /// Creation time, milliseconds since the Unix epoch.
-    pub created_ms: u64,
-}
+/// How a layer is created: the protocol's `layer.create` params, as they are.
+pub use geostream_core::api::LayerCreateParams as LayerSpec;
+/// A layer as stored: the protocol's description of a layer.
+pub use geostream_core::api::LayerInfo;
 
 /// One operation of a write.
 #[derive(Clone, Debug, PartialEq)]
@@ -158,6 +122,19 @@ pub struct Lock {
     pub holder: Holder,
     /// When it expires, milliseconds since the Unix epoch.
     pub until_ms: u64,
+}
+
+impl From<&Lock> for geostream_core::api::LockInfo {
+    /// The lock as clients see it (in results and `lock` pushes).
+    fn from(l: &Lock) -> Self {
+        geostream_core::api::LockInfo {
+            layer: l.layer.clone(),
+            id: l.id.clone(),
+            client: l.holder.client.clone(),
+            user: l.holder.user.clone(),
+            until_ms: l.until_ms,
+        }
+    }
 }
 
 /// A query over a layer's current features.

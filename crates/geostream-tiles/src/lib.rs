@@ -2,8 +2,8 @@
 //! between tile versions, read-only MBTiles/PMTiles archives and a versioned,
 //! byte-bounded tile cache.
 //!
-//! The crate is a pure library: no sockets, no async runtime and no other
-//! geostream crate. The server calls it to build tiles from layers, to serve
+//! The crate is a pure library: no sockets, no async runtime, and of
+//! geostream's crates only geostream-delta (re-exported as [`delta`]). The server calls it to build tiles from layers, to serve
 //! raster archives and to push a changed tile as a small delta against the
 //! version a client already holds.
 //!
@@ -15,7 +15,8 @@
 //!   values like the previous version ([`encode_tile_like`]) so the delta
 //!   between the two stays small.
 //! - [`delta`]: copy/insert binary delta with a CRC-32 of the target
-//!   (format in `docs/DELTA.md`).
+//!   (format in `docs/DELTA.md`), from geostream-delta, which the Rust client
+//!   shares.
 //! - [`mbtiles`] and [`pmtiles`]: raster (or vector) tile archives.
 //! - [`cache`]: [`TileCache`], LRU by bytes, keeping a few old versions per
 //!   tile so deltas can be computed against what a client holds.
@@ -23,7 +24,8 @@
 #![warn(missing_docs)]
 
 pub mod cache;
-pub mod delta;
+/// Binary tile deltas: geostream-delta, the one definition the Rust client uses too.
+pub use geostream_delta as delta;
 mod error;
 pub mod mbtiles;
 pub mod mvt;

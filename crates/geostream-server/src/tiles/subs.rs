@@ -13,6 +13,7 @@
 //! slow client ends up with the latest tile without receiving the intermediate ones (and is
 //! closed as a slow consumer if it stays over budget, like any other).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -142,7 +143,7 @@ impl Registry {
                 s.session.encoding(),
                 api::push::UNSUBSCRIBED,
                 &UnsubscribedPush {
-                    reason: "layer deleted",
+                    reason: Cow::Borrowed("layer deleted"),
                 },
                 None,
             );
@@ -495,13 +496,13 @@ fn push_tile(
                 enc,
                 api::push::TILE,
                 &TilePush {
-                    layer,
-                    tile: &tile_key,
+                    layer: Cow::Borrowed(layer),
+                    tile: Cow::Borrowed(&tile_key),
                     version: current.version,
                     kind,
                     base,
-                    etag: &current.etag,
-                    data: data.as_deref().map(TileBytes),
+                    etag: Cow::Borrowed(&current.etag),
+                    data: data.as_deref().map(|d| TileBytes(Cow::Borrowed(d))),
                 },
                 None,
             )

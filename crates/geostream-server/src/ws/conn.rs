@@ -6,6 +6,7 @@
 //! writes it with one call; pushes are spliced for this connection's subscription ids as they
 //! are framed.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -259,9 +260,9 @@ async fn write_loop(mut wr: OwnedWriteHalf, session: Arc<Session>, node: Arc<Nod
                         enc,
                         api::push::GAP,
                         &GapPush {
-                            channel: &channel,
+                            channel: Cow::Borrowed(&channel),
                             from,
-                            epoch: &epoch,
+                            epoch: Cow::Borrowed(&epoch),
                         },
                         None,
                     );

@@ -14,22 +14,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use geostream_core::api::{
-    self, ChannelPresenceResult, EditResult, Heartbeat, HelloParams, HelloResult, PROTOCOL_VERSION,
+    self, ChannelPresenceResult, EditResult, Empty, FeatureBatchResult, FeatureCollectionType,
+    FeatureGetResult, FeatureLockResult, FeatureQueryResult, FeatureUnlockResult, Heartbeat,
+    HelloParams, HelloResult, LayerListResult, LockInfo, PROTOCOL_VERSION, PingResult,
     ProgressParams, ServerSoftware, SessionLimits,
 };
 use geostream_core::codec::{self, ClientFrame, Encoding, Id, ZSTD_MAGIC};
 use geostream_core::error::{CloseCode, ErrorCode, RpcError};
-use geostream_core::payload::Payload;
 use geostream_core::request::{Access, Notification, Request, Scope};
 use geostream_hub::{Outgoing, Session};
-use geostream_store::{FeatureQuery, Holder, LayerSpec, Store, WriteOp, WriteRequest};
+use geostream_store::{FeatureQuery, Holder, Store, WriteOp, WriteRequest};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::AbortHandle;
 
 use crate::error::{Result, ServerError};
 use crate::features::{self, build_filter};
-use crate::layers::lock_info;
 use crate::limits::Refusal;
 use crate::node::Node;
 
@@ -266,17 +266,10 @@ impl Rpc {
                 let r = self.hello(p)?;
                 self.respond(id, &r)
             }
-            Request::Ping { data } => {
-                #[derive(Serialize)]
-                struct Pong {
-                    #[serde(skip_serializing_if = "Option::is_none")]
-                    data: Option<Payload>,
-                }
-                self.respond(id, &Pong { data })
-            }
+            Request::Ping { data } => self.respond(id, &PingResult { data }),
             Request::Unsubscribe(p) => {
                 self.node.unsubscribe(&self.session, p.sub).await?;
-                self.respond(id, &serde_json::json!({}))
+                self.respond(id, &Empty {})
             }
             Request::ChannelSubscribe(p) => {
                 let pending = self
@@ -313,7 +306,7 @@ impl Rpc {
             Request::PresenceCursor(p) => {
                 let c = self.cursor(p)?;
                 self.node.streams.publish_cursor(c).await?;
-                self.respond(id, &serde_json::json!({}))
+                self.respond(id, &Empty {})
             }
             Request::ChannelPublish { channel, data } => {
                 let pos = self.node.streams.publish(&channel, data).await?;
@@ -328,22 +321,13 @@ impl Rpc {
                 self.respond(id, &ChannelPresenceResult { clients })
             }
             Request::LayerCreate(p) => {
-                let info = self
-                    .node
-                    .layers
-                    .create(LayerSpec {
-                        name: p.name,
-                        title: p.title,
-                        description: p.description,
-                        last_writer_wins: p.last_writer_wins,
-                    })
-                    .await?;
+                let info = self.node.layers.create(p).await?;
                 self.respond(id, &info)
             }
             Request::LayerList => {
                 let mut layers = self.node.store.list_layers().await?;
                 layers.retain(|l| self.principal.may_read_layer(&l.name));
-                self.respond(id, &serde_json::json!({ "layers": layers }))
+                self.respond(id, &LayerListResult { layers })
             }
             Request::LayerGet(p) => {
                 let info = self.node.store.layer(&p.name).await?;
@@ -351,7 +335,7 @@ impl Rpc {
             }
             Request::LayerDelete(p) => {
                 self.node.layers.delete(&p.name).await?;
-                self.respond(id, &serde_json::json!({}))
+                self.respond(id, &Empty {})
             }
             Request::LayerSubscribe(p) => {
                 let filter = Arc::new(build_filter(
@@ -455,12 +439,19 @@ impl Rpc {
                     .map(|c| edit_result(c, outcome.replayed))
                     .collect();
                 let seq = outcome.changes.last().map_or(0, |c| c.seq);
-                self.respond(id, &serde_json::json!({ "results": results, "seq": seq, "replayed": outcome.replayed }))
+                self.respond(
+                    id,
+                    &FeatureBatchResult {
+                        results,
+                        seq,
+                        replayed: outcome.replayed,
+                    },
+                )
             }
             Request::FeatureGet(p) => {
                 let fid = features::feature_id(&p.id, &self.node.config.layers.feature_limits())?;
                 match self.node.store.get(&p.layer, &fid).await? {
-                    Some(f) => self.respond(id, &serde_json::json!({ "feature": f })),
+                    Some(feature) => self.respond(id, &FeatureGetResult { feature }),
                     None => {
                         // Distinguish a missing layer from a missing feature.
                         self.node.store.layer(&p.layer).await?;
@@ -488,7 +479,15 @@ impl Rpc {
                         },
                     )
                     .await?;
-                self.respond(id, &serde_json::json!({ "type": "FeatureCollection", "features": page.features, "next_offset": page.next_offset, "seq": page.seq }))
+                self.respond(
+                    id,
+                    &FeatureQueryResult {
+                        kind: FeatureCollectionType::FeatureCollection,
+                        features: page.features,
+                        next_offset: page.next_offset,
+                        seq: page.seq,
+                    },
+                )
             }
             Request::FeatureLock(p) => {
                 if !self.locked {
@@ -500,7 +499,8 @@ impl Rpc {
                     .layers
                     .lock(&p.layer, &p.ids, &self.holder, p.ttl_ms)
                     .await?;
-                self.respond(id, &serde_json::json!({ "locks": locks.iter().map(lock_info).collect::<Vec<_>>() }))
+                let locks = locks.iter().map(LockInfo::from).collect();
+                self.respond(id, &FeatureLockResult { locks })
             }
             Request::FeatureUnlock(p) => {
                 let released = self
@@ -508,7 +508,8 @@ impl Rpc {
                     .layers
                     .unlock(&p.layer, &p.ids, &self.holder)
                     .await?;
-                self.respond(id, &serde_json::json!({ "released": released.iter().map(lock_info).collect::<Vec<_>>() }))
+                let released = released.iter().map(LockInfo::from).collect();
+                self.respond(id, &FeatureUnlockResult { released })
             }
             Request::LayerImport(p) => {
                 let node = self.node.clone();

@@ -1,4 +1,6 @@
-//! Copy/insert binary deltas between two versions of a tile (or any bytes).
+//! Copy/insert binary deltas between two versions of a tile (or any bytes): the encoder the
+//! server uses and the verifying decoder the Rust client uses, one definition of the format.
+//! Standard library only, so a client applying deltas pulls in nothing else.
 //!
 //! The byte format is specified in `docs/DELTA.md` for the TypeScript client;
 //! in short: a header (magic `GD`, version 1, base length, target length,
@@ -108,9 +110,60 @@ pub struct DeltaHeader {
 
 /// CRC-32 as in zlib, gzip and PNG (reflected polynomial 0xEDB88320, initial
 /// value and final XOR 0xFFFFFFFF). `checksum(b"123456789") == 0xCBF43926`.
+///
+/// Slicing-by-8: eight bytes per step through eight 256-entry tables (8 KiB, built at
+/// compile time), several times faster than one table a byte.
 pub fn checksum(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
+    let mut crc = !0u32;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let lo = crc ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        crc = CRC_TABLES[7][(lo & 0xff) as usize]
+            ^ CRC_TABLES[6][((lo >> 8) & 0xff) as usize]
+            ^ CRC_TABLES[5][((lo >> 16) & 0xff) as usize]
+            ^ CRC_TABLES[4][(lo >> 24) as usize]
+            ^ CRC_TABLES[3][c[4] as usize]
+            ^ CRC_TABLES[2][c[5] as usize]
+            ^ CRC_TABLES[1][c[6] as usize]
+            ^ CRC_TABLES[0][c[7] as usize];
+    }
+    for &b in chunks.remainder() {
+        crc = CRC_TABLES[0][((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
 }
+
+/// `CRC_TABLES[0]` is the classic byte table; `CRC_TABLES[k][b]` is the CRC of byte `b`
+/// followed by `k` zero bytes.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[0][i] = c;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 256 {
+        let mut k = 1;
+        while k < 8 {
+            let prev = t[k - 1][i];
+            t[k][i] = t[0][(prev & 0xff) as usize] ^ (prev >> 8);
+            k += 1;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// Builds a delta that turns `base` into `target`.
 ///
@@ -517,6 +570,30 @@ mod tests {
     fn crc32_check_value() {
         assert_eq!(checksum(b"123456789"), 0xCBF4_3926);
         assert_eq!(checksum(b""), 0);
+        assert_eq!(
+            checksum(b"The quick brown fox jumps over the lazy dog"),
+            0x414F_A339
+        );
+        // The eight-byte steps agree with the bit-by-bit definition at every length and
+        // alignment of the tail.
+        let bitwise = |bytes: &[u8]| {
+            let mut c = !0u32;
+            for &b in bytes {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 != 0 {
+                        0xEDB8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        };
+        let data = noise(7, 300);
+        for n in 0..data.len() {
+            assert_eq!(checksum(&data[..n]), bitwise(&data[..n]), "{n} bytes");
+        }
     }
 
     #[test]
