@@ -18,6 +18,7 @@ import type {
   LockInfo,
   LockPush,
   Position,
+  Push,
   ResyncPush,
   SnapshotPush,
   SubscriptionUpdateResult,
@@ -506,7 +507,7 @@ export class LayerSubscription extends Subscription<LayerEvent> {
         break;
       }
       case "lock": {
-        const { sub: _sub, locked, ...lock } = p as unknown as LockPush;
+        const { sub: _sub, locked, ...lock } = p as unknown as Push<LockPush>;
         if (locked) this.locks.set(lock.id, lock);
         else if (this.locks.get(lock.id)?.client === lock.client) this.locks.delete(lock.id);
         this.push({ type: "lock", lock, locked });

@@ -71,6 +71,38 @@ pub mod method {
     pub const TILE_SUBSCRIBE: &str = "tile.subscribe";
     /// Moves a tile subscription to another viewport or tile list.
     pub const TILE_UPDATE: &str = "tile.update";
+
+    /// Every method, in the order above.
+    pub const ALL: &[&str] = &[
+        HELLO,
+        PING,
+        UNSUBSCRIBE,
+        CHANNEL_SUBSCRIBE,
+        CHANNEL_PUBLISH,
+        CHANNEL_HISTORY,
+        CHANNEL_PRESENCE,
+        CANCEL_REQUEST,
+        LAYER_CREATE,
+        LAYER_LIST,
+        LAYER_GET,
+        LAYER_DELETE,
+        LAYER_SUBSCRIBE,
+        LAYER_IMPORT,
+        SUBSCRIPTION_UPDATE,
+        FEATURE_CREATE,
+        FEATURE_REPLACE,
+        FEATURE_PATCH,
+        FEATURE_DELETE,
+        FEATURE_GET,
+        FEATURE_QUERY,
+        FEATURE_BATCH,
+        FEATURE_LOCK,
+        FEATURE_UNLOCK,
+        PRESENCE_SUBSCRIBE,
+        PRESENCE_CURSOR,
+        TILE_SUBSCRIBE,
+        TILE_UPDATE,
+    ];
 }
 
 /// Notification and push names (server to client).
@@ -100,6 +132,81 @@ pub mod push {
     /// A subscribed tile changed (or is sent for the first time): a delta, the full tile, or a
     /// notice.
     pub const TILE: &str = "tile";
+
+    /// Every notification and push, in the order above.
+    pub const ALL: &[&str] = &[
+        PROGRESS,
+        MESSAGE,
+        JOIN,
+        LEAVE,
+        GAP,
+        UNSUBSCRIBED,
+        FEATURE,
+        SNAPSHOT,
+        RESYNC,
+        LOCK,
+        CURSOR,
+        TILE,
+    ];
+}
+
+/// Calls `$then!` with every method and push of the protocol and its types: the one table
+/// of which params and result go with which method name.
+///
+/// `$then!` receives `methods: [(NAME, Params, Result | none), ...] pushes: [(NAME,
+/// Params), ...]`, with the names of [`method`] and [`push`] and types of this module;
+/// `none` marks a notification (no result). geostream-ts writes the TypeScript `Methods`
+/// and `Pushes` maps from it.
+#[macro_export]
+macro_rules! protocol_table {
+    ($then:ident) => {
+        $then! {
+            methods: [
+                (HELLO, HelloParams, HelloResult),
+                (PING, PingParams, PingResult),
+                (UNSUBSCRIBE, UnsubscribeParams, Empty),
+                (CHANNEL_SUBSCRIBE, ChannelSubscribeParams, ChannelSubscribeResult),
+                (CHANNEL_PUBLISH, ChannelPublishParams, Position),
+                (CHANNEL_HISTORY, ChannelHistoryParams, ChannelHistoryResult),
+                (CHANNEL_PRESENCE, ChannelPresenceParams, ChannelPresenceResult),
+                (CANCEL_REQUEST, CancelParams, none),
+                (LAYER_CREATE, LayerCreateParams, LayerInfo),
+                (LAYER_LIST, Empty, LayerListResult),
+                (LAYER_GET, LayerNameParams, LayerInfo),
+                (LAYER_DELETE, LayerNameParams, Empty),
+                (LAYER_SUBSCRIBE, LayerSubscribeParams, LayerSubscribeResult),
+                (LAYER_IMPORT, LayerImportParams, ImportResult),
+                (SUBSCRIPTION_UPDATE, SubscriptionUpdateParams, SubscriptionUpdateResult),
+                (FEATURE_CREATE, FeatureCreateParams, EditResult),
+                (FEATURE_REPLACE, FeatureReplaceParams, EditResult),
+                (FEATURE_PATCH, FeaturePatchParams, EditResult),
+                (FEATURE_DELETE, FeatureDeleteParams, EditResult),
+                (FEATURE_GET, FeatureGetParams, FeatureGetResult),
+                (FEATURE_QUERY, FeatureQueryParams, FeatureQueryResult),
+                (FEATURE_BATCH, FeatureBatchParams, FeatureBatchResult),
+                (FEATURE_LOCK, FeatureLockParams, FeatureLockResult),
+                (FEATURE_UNLOCK, FeatureUnlockParams, FeatureUnlockResult),
+                (PRESENCE_SUBSCRIBE, PresenceSubscribeParams, PresenceSubscribeResult),
+                (PRESENCE_CURSOR, CursorParams, Empty),
+                (TILE_SUBSCRIBE, TileSubscribeParams, TileSubscribeResult),
+                (TILE_UPDATE, TileUpdateParams, TileUpdateResult),
+            ]
+            pushes: [
+                (PROGRESS, ProgressParams),
+                (MESSAGE, MessagePush<'static>),
+                (JOIN, PresencePush<'static>),
+                (LEAVE, PresencePush<'static>),
+                (GAP, GapPush<'static>),
+                (UNSUBSCRIBED, UnsubscribedPush<'static>),
+                (FEATURE, FeaturePush<'static>),
+                (SNAPSHOT, SnapshotPush<'static>),
+                (RESYNC, ResyncPush<'static>),
+                (LOCK, LockPush),
+                (CURSOR, CursorPush),
+                (TILE, TilePush<'static>),
+            ]
+        }
+    };
 }
 
 /// A position in a channel's stream: the offset of the last message and the history epoch.
@@ -107,6 +214,8 @@ pub mod push {
 /// The epoch changes whenever the history is reset (for example when an in-memory broker
 /// restarts); an offset is only meaningful together with its epoch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct Position {
     /// Offset of the last message (0 before the first).
     pub offset: u64,
@@ -116,6 +225,8 @@ pub struct Position {
 
 /// `hello` params.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct HelloParams {
     /// Protocol version the client speaks (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,11 +245,14 @@ pub struct HelloParams {
     pub client_id: Option<String>,
     /// Shown to others in presence (a display name, a colour). At most 1 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
     pub info: Option<serde_json::Value>,
 }
 
 /// Client software name and version.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ClientSoftware {
     /// e.g. `geostream-js`.
     pub name: String,
@@ -149,6 +263,8 @@ pub struct ClientSoftware {
 
 /// `hello` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct HelloResult {
     /// This session's id (also used in presence).
     pub session: String,
@@ -169,6 +285,8 @@ pub struct HelloResult {
 
 /// Server software name and version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ServerSoftware {
     /// `geostream`.
     pub name: String,
@@ -178,6 +296,8 @@ pub struct ServerSoftware {
 
 /// Limits a session must respect.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct SessionLimits {
     /// Largest frame (and message) the server accepts, in bytes.
     pub max_frame_bytes: usize,
@@ -189,6 +309,8 @@ pub struct SessionLimits {
 
 /// Heartbeat timing.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct Heartbeat {
     /// The server sends a WebSocket ping after this long without traffic.
     pub ping_interval_ms: u64,
@@ -198,27 +320,37 @@ pub struct Heartbeat {
 
 /// `ping` params: `data` is echoed unchanged.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct PingParams {
     /// Anything; returned as is. Not deserialized with the other members: the server reads
     /// it raw ([`crate::Params::field`]) so it echoes the value exactly as sent.
     #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
     pub data: Option<Payload>,
 }
 
 /// `ping` result.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct PingResult {
     /// The `data` of the request, unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
     pub data: Option<Payload>,
 }
 
 /// The params of a method that takes none, or the result of one that returns nothing: `{}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct Empty {}
 
 /// `channel.subscribe` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ChannelSubscribeParams {
     /// The channel name.
     pub channel: String,
@@ -228,12 +360,15 @@ pub struct ChannelSubscribeParams {
     pub since: Option<Position>,
     /// Also receive `join` / `leave` pushes for this channel.
     #[serde(default)]
+    #[cfg_attr(feature = "ts", ts(as = "Option<bool>"))]
     pub presence: bool,
 }
 
 /// `channel.subscribe` result. Missed messages (when resuming) follow as `message` pushes,
 /// before any live message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ChannelSubscribeResult {
     /// Subscription id, carried by every push of this subscription.
     pub sub: u32,
@@ -252,6 +387,8 @@ pub struct ChannelSubscribeResult {
 
 /// `unsubscribe` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct UnsubscribeParams {
     /// The subscription id.
     pub sub: u32,
@@ -259,17 +396,22 @@ pub struct UnsubscribeParams {
 
 /// `channel.publish` params. The result is the message's [`Position`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ChannelPublishParams {
     /// The channel name.
     pub channel: String,
     /// The message: any value, kept as sent. Not deserialized with the other members: the
     /// server reads it raw ([`crate::Params::field`]), so JSON is relayed byte for byte.
     #[serde(skip_deserializing)]
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
     pub data: Payload,
 }
 
 /// `channel.history` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ChannelHistoryParams {
     /// The channel name.
     pub channel: String,
@@ -283,15 +425,20 @@ pub struct ChannelHistoryParams {
 
 /// One message from history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct HistoryMessage {
     /// Its offset.
     pub offset: u64,
     /// Its data.
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
     pub data: Payload,
 }
 
 /// `channel.history` result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ChannelHistoryResult {
     /// Messages in offset order.
     pub messages: Vec<HistoryMessage>,
@@ -306,6 +453,8 @@ pub struct ChannelHistoryResult {
 
 /// `channel.presence` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ChannelPresenceParams {
     /// The channel name.
     pub channel: String,
@@ -313,6 +462,8 @@ pub struct ChannelPresenceParams {
 
 /// A client as others see it in presence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ClientInfo {
     /// Session id.
     pub session: String,
@@ -321,11 +472,14 @@ pub struct ClientInfo {
     pub user: Option<String>,
     /// What the client put in `hello.info`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
     pub info: Option<serde_json::Value>,
 }
 
 /// `channel.presence` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ChannelPresenceResult {
     /// Everyone subscribed, one entry per subscribed session.
     pub clients: Vec<ClientInfo>,
@@ -333,6 +487,8 @@ pub struct ChannelPresenceResult {
 
 /// `$/cancelRequest` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct CancelParams {
     /// The id of the request to cancel.
     pub id: crate::codec::Id,
@@ -340,6 +496,8 @@ pub struct CancelParams {
 
 /// `$/progress` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ProgressParams {
     /// The id of the request this progress belongs to.
     pub id: crate::codec::Id,
@@ -359,6 +517,8 @@ pub struct ProgressParams {
 /// fan-out, and own it (`Cow::Owned`) when a client decodes them: one definition for both
 /// directions, no copy on the server's hot path.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct MessagePush<'a> {
     /// The channel.
     pub channel: Cow<'a, str>,
@@ -367,11 +527,14 @@ pub struct MessagePush<'a> {
     /// The message, as published. Not serialized with the other members: the server appends
     /// it raw ([`crate::codec::encode_push`]), so JSON is relayed byte for byte.
     #[serde(skip_serializing)]
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
     pub data: Cow<'a, Payload>,
 }
 
 /// A `join` / `leave` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct PresencePush<'a> {
     /// The channel (for channel subscriptions; for layer presence, the layer's topic).
     pub channel: Cow<'a, str>,
@@ -381,6 +544,8 @@ pub struct PresencePush<'a> {
 
 /// A `gap` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct GapPush<'a> {
     /// The channel.
     pub channel: Cow<'a, str>,
@@ -392,6 +557,8 @@ pub struct GapPush<'a> {
 
 /// An `unsubscribed` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct UnsubscribedPush<'a> {
     /// Why.
     pub reason: Cow<'a, str>,
@@ -399,6 +566,7 @@ pub struct UnsubscribedPush<'a> {
 
 /// What a `feature` push means for its subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum FeatureKind {
     /// The feature now matches the subscription (it was created, moved in, or started
@@ -414,6 +582,8 @@ pub enum FeatureKind {
 
 /// A `feature` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeaturePush<'a> {
     /// The layer.
     pub layer: Cow<'a, str>,
@@ -431,6 +601,7 @@ pub struct FeaturePush<'a> {
     pub feature: Option<Cow<'a, Feature>>,
     /// On a partial `update`: the changed properties as a JSON Merge Patch (`null` = removed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "Record<string, unknown>"))]
     pub properties: Option<serde_json::Map<String, serde_json::Value>>,
     /// On a partial `update` whose geometry changed: the new geometry (`null` = removed).
     #[serde(
@@ -438,6 +609,7 @@ pub struct FeaturePush<'a> {
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "ts", ts(type = "Geometry | null"))]
     pub geometry: Option<Option<Cow<'a, Geometry>>>,
 }
 
@@ -485,15 +657,20 @@ impl<'a> FeaturePush<'a> {
 
 /// A subscription or query filter as a client states it. Every part given must match.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FilterSpec {
     /// `[min_lon, min_lat, max_lon, max_lat]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "[number, number, number, number]"))]
     pub bbox: Option<Vec<f64>>,
     /// A GeoJSON Polygon or MultiPolygon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "Geometry"))]
     pub geometry: Option<serde_json::Value>,
     /// Centre `[lon, lat]` of a circle (with `radius`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "[number, number]"))]
     pub point: Option<Vec<f64>>,
     /// Circle radius in metres (with `point`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -503,11 +680,14 @@ pub struct FilterSpec {
     pub datetime: Option<String>,
     /// CQL2: text (a string) or JSON (an object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "string | Record<string, unknown>"))]
     pub filter: Option<serde_json::Value>,
 }
 
 /// `layer.subscribe` params.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct LayerSubscribeParams {
     /// The layer.
     pub layer: String,
@@ -527,6 +707,8 @@ pub struct LayerSubscribeParams {
 
 /// `layer.subscribe` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct LayerSubscribeResult {
     /// Subscription id.
     pub sub: u32,
@@ -546,6 +728,8 @@ pub struct LayerSubscribeResult {
 
 /// `subscription.update` params: the new filter of a live layer subscription.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct SubscriptionUpdateParams {
     /// The subscription.
     pub sub: u32,
@@ -556,6 +740,8 @@ pub struct SubscriptionUpdateParams {
 
 /// `subscription.update` result; `enter` / `exit` pushes for the difference follow.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct SubscriptionUpdateResult {
     /// The subscription.
     pub sub: u32,
@@ -569,6 +755,8 @@ pub struct SubscriptionUpdateResult {
 
 /// A `snapshot` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct SnapshotPush<'a> {
     /// The layer.
     pub layer: Cow<'a, str>,
@@ -582,6 +770,8 @@ pub struct SnapshotPush<'a> {
 
 /// A `resync` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ResyncPush<'a> {
     /// The layer.
     pub layer: Cow<'a, str>,
@@ -601,6 +791,8 @@ fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
 /// `layer.create` params (the store creates layers from them as they are). The result is
 /// the new layer's [`LayerInfo`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct LayerCreateParams {
     /// Unique name (same rules as channel names).
     pub name: String,
@@ -613,11 +805,14 @@ pub struct LayerCreateParams {
     /// Accept edits without an expected version (the last writer wins). When false (the
     /// default), replace, patch and delete must state the version they edited.
     #[serde(default)]
+    #[cfg_attr(feature = "ts", ts(as = "Option<bool>"))]
     pub last_writer_wins: bool,
 }
 
 /// A layer: the result of `layer.create` and `layer.get`, and an entry of `layer.list`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct LayerInfo {
     /// Name.
     pub name: String,
@@ -642,6 +837,8 @@ pub struct LayerInfo {
 
 /// `layer.list` result: the layers the caller may read, by name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct LayerListResult {
     /// The layers.
     pub layers: Vec<LayerInfo>,
@@ -649,6 +846,8 @@ pub struct LayerListResult {
 
 /// Params naming one layer (`layer.get`, `layer.delete`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct LayerNameParams {
     /// The layer.
     pub name: String,
@@ -656,10 +855,13 @@ pub struct LayerNameParams {
 
 /// `feature.create` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureCreateParams {
     /// The layer.
     pub layer: String,
     /// A GeoJSON Feature; without `id`, the server assigns one.
+    #[cfg_attr(feature = "ts", ts(type = "FeatureInput"))]
     pub feature: serde_json::Value,
     /// Idempotency key: a repeated `op_id` returns the first result instead of applying
     /// the edit again.
@@ -669,12 +871,16 @@ pub struct FeatureCreateParams {
 
 /// `feature.replace` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureReplaceParams {
     /// The layer.
     pub layer: String,
     /// The feature id.
+    #[cfg_attr(feature = "ts", ts(type = "string | number"))]
     pub id: serde_json::Value,
     /// The new GeoJSON Feature (its `id`, if any, must equal `id`).
+    #[cfg_attr(feature = "ts", ts(type = "FeatureInput"))]
     pub feature: serde_json::Value,
     /// The version the client edited (required unless the layer is last-writer-wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -686,13 +892,17 @@ pub struct FeatureReplaceParams {
 
 /// `feature.patch` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeaturePatchParams {
     /// The layer.
     pub layer: String,
     /// The feature id.
+    #[cfg_attr(feature = "ts", ts(type = "string | number"))]
     pub id: serde_json::Value,
     /// A JSON Merge Patch (RFC 7396) for the properties.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "Record<string, unknown>"))]
     pub properties: Option<serde_json::Map<String, serde_json::Value>>,
     /// A new geometry; `null` removes it; absent leaves it.
     #[serde(
@@ -700,6 +910,7 @@ pub struct FeaturePatchParams {
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "ts", ts(type = "Geometry | null"))]
     pub geometry: Option<Option<serde_json::Value>>,
     /// The version the client edited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -711,10 +922,13 @@ pub struct FeaturePatchParams {
 
 /// `feature.delete` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureDeleteParams {
     /// The layer.
     pub layer: String,
     /// The feature id.
+    #[cfg_attr(feature = "ts", ts(type = "string | number"))]
     pub id: serde_json::Value,
     /// The version the client deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -726,15 +940,20 @@ pub struct FeatureDeleteParams {
 
 /// `feature.get` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureGetParams {
     /// The layer.
     pub layer: String,
     /// The feature id.
+    #[cfg_attr(feature = "ts", ts(type = "string | number"))]
     pub id: serde_json::Value,
 }
 
 /// `feature.get` result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureGetResult {
     /// The feature.
     pub feature: Feature,
@@ -742,6 +961,8 @@ pub struct FeatureGetResult {
 
 /// `feature.query` params.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureQueryParams {
     /// The layer.
     pub layer: String,
@@ -758,6 +979,8 @@ pub struct FeatureQueryParams {
 
 /// `feature.query` result: a GeoJSON FeatureCollection with paging members.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureQueryResult {
     /// Always `"FeatureCollection"`.
     #[serde(rename = "type", default)]
@@ -765,6 +988,7 @@ pub struct FeatureQueryResult {
     /// The matching features of this page, in a stable order.
     pub features: Vec<Feature>,
     /// The `offset` of the next page; `null` on the last page.
+    #[cfg_attr(feature = "ts", ts(optional = false))]
     pub next_offset: Option<usize>,
     /// The layer's sequence number the page is as of.
     pub seq: u64,
@@ -772,6 +996,7 @@ pub struct FeatureQueryResult {
 
 /// The GeoJSON object type tag of a [`FeatureQueryResult`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum FeatureCollectionType {
     /// `"FeatureCollection"`.
     #[default]
@@ -780,49 +1005,62 @@ pub enum FeatureCollectionType {
 
 /// One operation of `feature.batch`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum BatchOp {
     /// As `feature.create`.
     Create {
         /// The feature.
+        #[cfg_attr(feature = "ts", ts(type = "FeatureInput"))]
         feature: serde_json::Value,
     },
     /// As `feature.replace`.
     Replace {
         /// Feature id.
+        #[cfg_attr(feature = "ts", ts(type = "string | number"))]
         id: serde_json::Value,
         /// The feature.
+        #[cfg_attr(feature = "ts", ts(type = "FeatureInput"))]
         feature: serde_json::Value,
         /// Expected version.
         #[serde(default)]
+        #[cfg_attr(feature = "ts", ts(optional))]
         version: Option<u64>,
     },
     /// As `feature.patch`.
     Patch {
         /// Feature id.
+        #[cfg_attr(feature = "ts", ts(type = "string | number"))]
         id: serde_json::Value,
         /// Merge patch.
         #[serde(default)]
+        #[cfg_attr(feature = "ts", ts(type = "Record<string, unknown>", optional))]
         properties: Option<serde_json::Map<String, serde_json::Value>>,
         /// New geometry, `null` removes.
         #[serde(default, deserialize_with = "double_option")]
+        #[cfg_attr(feature = "ts", ts(type = "Geometry | null", optional))]
         geometry: Option<Option<serde_json::Value>>,
         /// Expected version.
         #[serde(default)]
+        #[cfg_attr(feature = "ts", ts(optional))]
         version: Option<u64>,
     },
     /// As `feature.delete`.
     Delete {
         /// Feature id.
+        #[cfg_attr(feature = "ts", ts(type = "string | number"))]
         id: serde_json::Value,
         /// Expected version.
         #[serde(default)]
+        #[cfg_attr(feature = "ts", ts(optional))]
         version: Option<u64>,
     },
 }
 
 /// `feature.batch` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureBatchParams {
     /// The layer.
     pub layer: String,
@@ -835,6 +1073,8 @@ pub struct FeatureBatchParams {
 
 /// `feature.batch` result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureBatchResult {
     /// One result per operation, in order.
     pub results: Vec<EditResult>,
@@ -847,6 +1087,8 @@ pub struct FeatureBatchResult {
 /// The result of one applied edit: of `feature.create`, `replace`, `patch` and `delete`,
 /// and of each operation of `feature.batch`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct EditResult {
     /// The feature id.
     pub id: String,
@@ -859,11 +1101,14 @@ pub struct EditResult {
     pub feature: Option<crate::feature::Feature>,
     /// True when this answers a repeated `op_id` (nothing was applied again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<bool>"))]
     pub replayed: bool,
 }
 
 /// `feature.lock` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureLockParams {
     /// The layer.
     pub layer: String,
@@ -876,6 +1121,8 @@ pub struct FeatureLockParams {
 
 /// `feature.unlock` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureUnlockParams {
     /// The layer.
     pub layer: String,
@@ -885,6 +1132,8 @@ pub struct FeatureUnlockParams {
 
 /// A lock as clients see it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct LockInfo {
     /// The layer.
     pub layer: String,
@@ -901,6 +1150,8 @@ pub struct LockInfo {
 
 /// `feature.lock` result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureLockResult {
     /// The locks now held, with their new expiry.
     pub locks: Vec<LockInfo>,
@@ -908,6 +1159,8 @@ pub struct FeatureLockResult {
 
 /// `feature.unlock` result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureUnlockResult {
     /// The locks released (features not locked by the caller are left out).
     pub released: Vec<LockInfo>,
@@ -915,6 +1168,8 @@ pub struct FeatureUnlockResult {
 
 /// A `lock` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct LockPush {
     /// The lock (for an unlock, its last state).
     #[serde(flatten)]
@@ -925,11 +1180,14 @@ pub struct LockPush {
 
 /// `layer.import` params: features inline, or a file in the server's import directory.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct LayerImportParams {
     /// The layer (created, last-writer-wins off, if it does not exist).
     pub layer: String,
     /// GeoJSON Features.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "Array<FeatureInput>"))]
     pub features: Option<Vec<serde_json::Value>>,
     /// A GeoJSON FeatureCollection or newline-delimited GeoJSON file (optionally `.zst`),
     /// relative to the server's import directory.
@@ -942,6 +1200,8 @@ pub struct LayerImportParams {
 
 /// A feature an import refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct Rejected {
     /// Its position in the input (0-based).
     pub index: u64,
@@ -954,6 +1214,8 @@ pub struct Rejected {
 
 /// `layer.import` result.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct ImportResult {
     /// Features imported.
     pub imported: u64,
@@ -989,6 +1251,8 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
 
 /// A viewport: the tiles of zoom `zoom` that cover `bbox`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[serde(deny_unknown_fields)]
 pub struct TileViewport {
     /// `[west, south, east, north]` in degrees; `west > east` crosses the antimeridian.
@@ -999,6 +1263,7 @@ pub struct TileViewport {
 
 /// What a tile subscription receives when a tile changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum TileMode {
     /// A binary delta against the version the client holds when that is smaller than the
@@ -1013,6 +1278,8 @@ pub enum TileMode {
 
 /// `tile.subscribe` params. Exactly one of `viewport` and `tiles`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[serde(deny_unknown_fields)]
 pub struct TileSubscribeParams {
     /// A vector layer (features) or a raster tile layer.
@@ -1025,15 +1292,22 @@ pub struct TileSubscribeParams {
     pub tiles: Option<Vec<String>>,
     /// Deltas (default), full tiles or notices.
     #[serde(default)]
+    #[cfg_attr(feature = "ts", ts(as = "Option<TileMode>"))]
     pub mode: TileMode,
     /// Versions the client already holds, `{"z/x/y": version}`: a tile held at its current
     /// version is not sent, an older one is sent as a delta against it.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[cfg_attr(
+        feature = "ts",
+        ts(as = "Option<std::collections::BTreeMap<String, u64>>")
+    )]
     pub have: std::collections::BTreeMap<String, u64>,
 }
 
 /// `tile.subscribe` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct TileSubscribeResult {
     /// Subscription id.
     pub sub: u32,
@@ -1047,6 +1321,8 @@ pub struct TileSubscribeResult {
 
 /// `tile.update` params: the new viewport or tile list (exactly one), and versions held.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[serde(deny_unknown_fields)]
 pub struct TileUpdateParams {
     /// The subscription.
@@ -1060,11 +1336,17 @@ pub struct TileUpdateParams {
     /// Versions the client holds (for tiles entering the set, or to correct what the server
     /// believes it holds, e.g. after a delta failed to apply: give version 0).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[cfg_attr(
+        feature = "ts",
+        ts(as = "Option<std::collections::BTreeMap<String, u64>>")
+    )]
     pub have: std::collections::BTreeMap<String, u64>,
 }
 
 /// `tile.update` result.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct TileUpdateResult {
     /// Subscription id.
     pub sub: u32,
@@ -1076,6 +1358,7 @@ pub struct TileUpdateResult {
 
 /// What a `tile` push carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum TilePushKind {
     /// `data` is a delta (docs/DELTA.md) that turns version `base` into version `version`.
@@ -1142,8 +1425,23 @@ impl<'de> Deserialize<'de> for TileBytes<'_> {
     }
 }
 
+/// In TypeScript: base64 text (JSON) or the bytes (MessagePack).
+#[cfg(feature = "ts")]
+impl ts_rs::TS for TileBytes<'_> {
+    type WithoutGenerics = TileBytes<'static>;
+    type OptionInnerType = Self;
+    fn name(_: &ts_rs::Config) -> String {
+        "string | Uint8Array".into()
+    }
+    fn inline(cfg: &ts_rs::Config) -> String {
+        Self::name(cfg)
+    }
+}
+
 /// A `tile` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct TilePush<'a> {
     /// The layer.
     pub layer: Cow<'a, str>,
@@ -1180,6 +1478,8 @@ mod tests {
 
 /// `presence.subscribe` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct PresenceSubscribeParams {
     /// The layer.
     pub layer: String,
@@ -1187,6 +1487,8 @@ pub struct PresenceSubscribeParams {
 
 /// `presence.subscribe` result. `join`, `leave` and `cursor` pushes follow, carrying `sub`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct PresenceSubscribeResult {
     /// Subscription id (end it with `unsubscribe`).
     pub sub: u32,
@@ -1198,27 +1500,35 @@ pub struct PresenceSubscribeResult {
 
 /// `presence.cursor` params.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct CursorParams {
     /// The layer.
     pub layer: String,
     /// Where the pointer is, `[lon, lat]`; absent or `null` when it left the map.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional = nullable))]
     pub position: Option<[f64; 2]>,
     /// Features being edited (for highlighting), at most 100.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<Vec<String>>"))]
     pub editing: Vec<String>,
 }
 
 /// A `cursor` push (besides `sub`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct CursorPush {
     /// The layer.
     pub layer: String,
     /// Whose cursor.
     pub client: ClientInfo,
     /// Where, `[lon, lat]`; `null` when it left the map.
+    #[cfg_attr(feature = "ts", ts(optional = false))]
     pub position: Option<[f64; 2]>,
     /// Features being edited.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "ts", ts(as = "Option<Vec<String>>"))]
     pub editing: Vec<String>,
 }

@@ -97,6 +97,7 @@ impl fmt::Display for Encoding {
 
 /// A request id: a number or a string, chosen by the client and echoed in the response.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(untagged)]
 pub enum Id {
     /// A numeric id.

@@ -19,6 +19,7 @@ pub type BBox = [f64; 4];
 
 /// A feature as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Feature {
     /// Always `"Feature"`.
     #[serde(rename = "type", default = "feature_type")]
@@ -26,9 +27,11 @@ pub struct Feature {
     /// The id, unique within its layer.
     pub id: String,
     /// The geometry (`null` is allowed by RFC 7946).
+    #[cfg_attr(feature = "ts", ts(type = "Geometry | null"))]
     pub geometry: Option<Geometry>,
     /// Properties (never null here: an absent or null object is stored as `{}`).
     #[serde(default, deserialize_with = "null_as_empty")]
+    #[cfg_attr(feature = "ts", ts(type = "Record<string, unknown>"))]
     pub properties: Map<String, Value>,
     /// Server-kept version: 1 when created, +1 per edit.
     #[serde(default)]
@@ -40,6 +43,7 @@ pub struct Feature {
 
 /// The GeoJSON object type tag of a [`Feature`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum FeatureType {
     /// `"Feature"`.
     #[default]
@@ -64,18 +68,24 @@ impl Feature {
 /// A feature as a client sends it: the id is optional and may be a number, `version` and
 /// `updated` are ignored (the server sets them).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 pub struct FeatureInput {
     /// Must be `"Feature"` when present.
     #[serde(rename = "type", default)]
+    #[cfg_attr(feature = "ts", ts(type = "\"Feature\"", optional))]
     pub kind: Option<String>,
     /// A string or number id; absent to let the server choose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(type = "string | number"))]
     pub id: Option<Value>,
     /// The geometry.
     #[serde(default)]
+    #[cfg_attr(feature = "ts", ts(type = "Geometry | null", optional = false))]
     pub geometry: Option<Value>,
     /// The properties.
     #[serde(default)]
+    #[cfg_attr(feature = "ts", ts(type = "Record<string, unknown> | null", optional))]
     pub properties: Option<Value>,
 }
 

@@ -262,6 +262,19 @@ impl<'de> Deserialize<'de> for Payload {
     }
 }
 
+/// In TypeScript: any value.
+#[cfg(feature = "ts")]
+impl ts_rs::TS for Payload {
+    type WithoutGenerics = Self;
+    type OptionInnerType = Self;
+    fn name(_: &ts_rs::Config) -> String {
+        "unknown".into()
+    }
+    fn inline(cfg: &ts_rs::Config) -> String {
+        Self::name(cfg)
+    }
+}
+
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {

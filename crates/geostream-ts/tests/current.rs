@@ -1,0 +1,24 @@
+//! The TypeScript client's protocol types are the Rust types: CI fails while
+//! clients/js/src/protocol.ts is not what `cargo run -p geostream-ts` writes.
+
+use geostream_core::api::{method, push};
+
+#[test]
+fn protocol_ts_is_current() {
+    let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join(geostream_ts::OUTPUT);
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = geostream_ts::typescript();
+    assert!(
+        on_disk == generated,
+        "{} is stale: run `cargo run -p geostream-ts` and commit the result",
+        geostream_ts::OUTPUT
+    );
+}
+
+#[test]
+fn the_table_covers_every_method_and_push() {
+    let (methods, pushes) = geostream_ts::table_names();
+    assert_eq!(methods, method::ALL);
+    assert_eq!(pushes, push::ALL);
+}
