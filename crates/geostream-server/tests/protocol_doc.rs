@@ -98,6 +98,9 @@ async fn conversations_replay_against_the_server() {
                     other => panic!("connection ended: {other:?}"),
                 }
             }
+            for g in &got {
+                frame_fits_the_core_types(text, g);
+            }
             for e in &expected {
                 let i = got.iter().position(|g| matches(e, g)).unwrap_or_else(|| {
                     panic!("documented frame\n  {e}\nnot among what the server sent:\n  {got:#?}")
@@ -106,6 +109,75 @@ async fn conversations_replay_against_the_server() {
             }
         }
         srv.shutdown().await;
+    }
+}
+
+/// Decoders for each method's params and result and each push's params, from
+/// geostream-core's one table of them.
+macro_rules! core_decoders {
+    (methods: [$(($m:ident, $p:ty, $r:tt)),* $(,)?] pushes: [$(($n:ident, $t:ty)),* $(,)?]) => {
+        /// Decodes `v` as the params of `method`; `None` for a method not in the table.
+        fn decode_params(method: &str, v: &Value) -> Option<Result<(), String>> {
+            use geostream_core::api::*;
+            $(
+                if method == method::$m {
+                    return Some(serde_json::from_value::<$p>(v.clone()).map(drop).map_err(|e| e.to_string()));
+                }
+            )*
+            None
+        }
+        /// Decodes `v` as the result of `method`.
+        fn decode_result(method: &str, v: &Value) -> Option<Result<(), String>> {
+            use geostream_core::api::*;
+            $(
+                if method == method::$m {
+                    return core_decoders!(@result v $r);
+                }
+            )*
+            None
+        }
+        /// Decodes `v` as the params of push `method`.
+        fn decode_push(method: &str, v: &Value) -> Option<Result<(), String>> {
+            use geostream_core::api::*;
+            $(
+                if method == push::$n {
+                    return Some(serde_json::from_value::<$t>(v.clone()).map(drop).map_err(|e| e.to_string()));
+                }
+            )*
+            None
+        }
+    };
+    (@result $v:ident none) => { None };
+    (@result $v:ident $r:ty) => {
+        Some(serde_json::from_value::<$r>($v.clone()).map(drop).map_err(|e| e.to_string()))
+    };
+}
+geostream_core::protocol_table!(core_decoders);
+
+/// Every frame of the documented conversations is what geostream-core's types describe:
+/// a request answered with a result has the params of its method and the result its type;
+/// a push has its push's params.
+fn frame_fits_the_core_types(sent: &str, got: &Value) {
+    let sent: Value = serde_json::from_str(sent).unwrap();
+    let method = sent["method"].as_str().unwrap_or_default();
+    let check = |what: &str, r: Option<Result<(), String>>| {
+        if let Some(Err(e)) = r {
+            panic!(
+                "{what} does not decode into geostream-core's type: {e}\n  sent {sent}\n  got {got}"
+            );
+        }
+    };
+    if let Some(push) = got["method"].as_str() {
+        assert!(
+            decode_push(push, &got["params"]).is_some(),
+            "push {push} is not in geostream-core's protocol table"
+        );
+        check("push", decode_push(push, &got["params"]));
+    } else if got.get("result").is_some() && got["id"] == sent["id"] {
+        // Absent params are an empty object, as the server reads them.
+        let params = sent.get("params").cloned().unwrap_or_else(|| json!({}));
+        check("params", decode_params(method, &params));
+        check("result", decode_result(method, &got["result"]));
     }
 }
 
