@@ -13,158 +13,45 @@ export interface Geometry {
   geometries?: Geometry[];
 }
 
-/** `hello` params. */
-export type HelloParams = {
-  /** Protocol version the client speaks (default 1). */
-  protocol?: number;
-  /**
-   * A JWT; alternatives are the `Authorization` header and the `access_token` query
-   * parameter at connect.
-   */
-  token?: string;
-  /** Client software name and version, for logs. */
-  client?: ClientSoftware;
-  /**
-   * A stable id this client keeps across reconnects (a random string it stores). Locks
-   * belong to it, so a client that reconnects within the grace period keeps its locks.
-   * Without it, locks belong to the session.
-   */
-  client_id?: string;
-  /** Shown to others in presence (a display name, a colour). At most 1 KiB. */
-  info?: unknown;
-};
+/** One operation of `feature.batch`. */
+export type BatchOp =
+  | {
+    "op": "create";
+    /** The feature. */
+    feature: FeatureInput;
+  }
+  | {
+    "op": "replace";
+    /** Feature id. */
+    id: string | number;
+    /** The feature. */
+    feature: FeatureInput;
+    /** Expected version. */
+    version?: number;
+  }
+  | {
+    "op": "patch";
+    /** Feature id. */
+    id: string | number;
+    /** Merge patch. */
+    properties?: Record<string, unknown>;
+    /** New geometry, `null` removes. */
+    geometry?: Geometry | null;
+    /** Expected version. */
+    version?: number;
+  }
+  | {
+    "op": "delete";
+    /** Feature id. */
+    id: string | number;
+    /** Expected version. */
+    version?: number;
+  };
 
-/** Client software name and version. */
-export type ClientSoftware = {
-  /** e.g. `geostream-js`. */
-  name: string;
-  /** e.g. `0.1.0`. */
-  version: string;
-};
-
-/** `hello` result. */
-export type HelloResult = {
-  /** This session's id (also used in presence). */
-  session: string;
-  /** Server software. */
-  server: ServerSoftware;
-  /** Protocol version in use. */
-  protocol: number;
-  /** The encoding of this connection (`json`, `msgpack`, `msgpack-zstd`). */
-  encoding: string;
-  /** The authenticated user (the token's `sub`), if any. */
-  user?: string;
-  /** Limits that apply to this session. */
-  limits: SessionLimits;
-  /** Heartbeat timing. */
-  heartbeat: Heartbeat;
-};
-
-/** Heartbeat timing. */
-export type Heartbeat = {
-  /** The server sends a WebSocket ping after this long without traffic. */
-  ping_interval_ms: number;
-  /** The server closes a connection it has received nothing from for this long. */
-  idle_timeout_ms: number;
-};
-
-/** Limits a session must respect. */
-export type SessionLimits = {
-  /** Largest frame (and message) the server accepts, in bytes. */
-  max_frame_bytes: number;
-  /** Most subscriptions one connection may hold. */
-  max_subscriptions: number;
-  /** Outbound queue budget, in bytes, before slow-consumer handling starts. */
-  outbox_bytes: number;
-};
-
-/** Server software name and version. */
-export type ServerSoftware = {
-  /** `geostream`. */
-  name: string;
-  /** The server's version. */
-  version: string;
-};
-
-/** `ping` params: `data` is echoed unchanged. */
-export type PingParams = {
-  /**
-   * Anything; returned as is. Not deserialized with the other members: the server reads
-   * it raw (`crate::Params::field`) so it echoes the value exactly as sent.
-   */
-  data?: unknown;
-};
-
-/** `ping` result. */
-export type PingResult = {
-  /** The `data` of the request, unchanged. */
-  data?: unknown;
-};
-
-/** `unsubscribe` params. */
-export type UnsubscribeParams = {
-  /** The subscription id. */
-  sub: number;
-};
-
-/** The params of a method that takes none, or the result of one that returns nothing: `{}`. */
-export type Empty = Record<symbol, never>;
-
-/** `channel.subscribe` params. */
-export type ChannelSubscribeParams = {
-  /** The channel name. */
-  channel: string;
-  /**
-   * Resume: deliver every message after this position first. Without it, only messages
-   * published after the subscription starts are delivered.
-   */
-  since?: Position;
-  /** Also receive `join` / `leave` pushes for this channel. */
-  presence?: boolean;
-};
-
-/**
- * A position in a channel's stream: the offset of the last message and the history epoch.
- *
- * The epoch changes whenever the history is reset (for example when an in-memory broker
- * restarts); an offset is only meaningful together with its epoch.
- */
-export type Position = {
-  /** Offset of the last message (0 before the first). */
-  offset: number;
-  /** History epoch. */
-  epoch: string;
-};
-
-/**
- * `channel.subscribe` result. Missed messages (when resuming) follow as `message` pushes,
- * before any live message.
- */
-export type ChannelSubscribeResult = {
-  /** Subscription id, carried by every push of this subscription. */
-  sub: number;
-  /** The channel. */
-  channel: string;
-  /** The channel's position when the subscription started (before replayed messages). */
-  position: Position;
-  /**
-   * Present when `since` was given: whether every missed message is being delivered.
-   * `false` means history no longer holds them (or the epoch changed): resynchronise.
-   */
-  recovered?: boolean;
-  /** Number of missed messages that follow as pushes. */
-  replayed?: number;
-};
-
-/** `channel.publish` params. The result is the message's `Position`. */
-export type ChannelPublishParams = {
-  /** The channel name. */
-  channel: string;
-  /**
-   * The message: any value, kept as sent. Not deserialized with the other members: the
-   * server reads it raw (`crate::Params::field`), so JSON is relayed byte for byte.
-   */
-  data: unknown;
+/** `$/cancelRequest` params. */
+export type CancelParams = {
+  /** The id of the request to cancel. */
+  id: Id;
 };
 
 /** `channel.history` params. */
@@ -192,14 +79,6 @@ export type ChannelHistoryResult = {
   more: boolean;
 };
 
-/** One message from history. */
-export type HistoryMessage = {
-  /** Its offset. */
-  offset: number;
-  /** Its data. */
-  data: unknown;
-};
-
 /** `channel.presence` params. */
 export type ChannelPresenceParams = {
   /** The channel name. */
@@ -212,6 +91,50 @@ export type ChannelPresenceResult = {
   clients: Array<ClientInfo>;
 };
 
+/** `channel.publish` params. The result is the message's `Position`. */
+export type ChannelPublishParams = {
+  /** The channel name. */
+  channel: string;
+  /**
+   * The message: any value, kept as sent. Not deserialized with the other members: the
+   * server reads it raw (`crate::Params::field`), so JSON is relayed byte for byte.
+   */
+  data: unknown;
+};
+
+/** `channel.subscribe` params. */
+export type ChannelSubscribeParams = {
+  /** The channel name. */
+  channel: string;
+  /**
+   * Resume: deliver every message after this position first. Without it, only messages
+   * published after the subscription starts are delivered.
+   */
+  since?: Position;
+  /** Also receive `join` / `leave` pushes for this channel. */
+  presence?: boolean;
+};
+
+/**
+ * `channel.subscribe` result. Missed messages (when resuming) follow as `message` pushes,
+ * before any live message.
+ */
+export type ChannelSubscribeResult = {
+  /** Subscription id, carried by every push of this subscription. */
+  sub: number;
+  /** The channel. */
+  channel: string;
+  /** The channel's position when the subscription started (before replayed messages). */
+  position: Position;
+  /**
+   * Present when `since` was given: whether every missed message is being delivered.
+   * `false` means history no longer holds them (or the epoch changed): resynchronise.
+   */
+  recovered?: boolean;
+  /** Number of missed messages that follow as pushes. */
+  replayed?: number;
+};
+
 /** A client as others see it in presence. */
 export type ClientInfo = {
   /** Session id. */
@@ -222,14 +145,367 @@ export type ClientInfo = {
   info?: unknown;
 };
 
-/** `$/cancelRequest` params. */
-export type CancelParams = {
-  /** The id of the request to cancel. */
-  id: Id;
+/** Client software name and version. */
+export type ClientSoftware = {
+  /** e.g. `geostream-js`. */
+  name: string;
+  /** e.g. `0.1.0`. */
+  version: string;
+};
+
+/** `presence.cursor` params. */
+export type CursorParams = {
+  /** The layer. */
+  layer: string;
+  /** Where the pointer is, `[lon, lat]`; absent or `null` when it left the map. */
+  position?: [number, number] | null;
+  /** Features being edited (for highlighting), at most 100. */
+  editing?: Array<string>;
+};
+
+/** A `cursor` push (besides `sub`). */
+export type CursorPush = {
+  /** The layer. */
+  layer: string;
+  /** Whose cursor. */
+  client: ClientInfo;
+  /** Where, `[lon, lat]`; `null` when it left the map. */
+  position: [number, number] | null;
+  /** Features being edited. */
+  editing?: Array<string>;
+};
+
+/**
+ * The result of one applied edit: of `feature.create`, `replace`, `patch` and `delete`,
+ * and of each operation of `feature.batch`.
+ */
+export type EditResult = {
+  /** The feature id. */
+  id: string;
+  /** Its version after the edit. */
+  version: number;
+  /** The change's sequence number. */
+  seq: number;
+  /** The feature after the edit (absent after a delete). */
+  feature?: Feature;
+  /** True when this answers a repeated `op_id` (nothing was applied again). */
+  replayed?: boolean;
+};
+
+/** The params of a method that takes none, or the result of one that returns nothing: `{}`. */
+export type Empty = Record<symbol, never>;
+
+/** A feature as stored. */
+export type Feature = {
+  /** Always `"Feature"`. */
+  type: FeatureType;
+  /** The id, unique within its layer. */
+  id: string;
+  /** The geometry (`null` is allowed by RFC 7946). */
+  geometry: Geometry | null;
+  /** Properties (never null here: an absent or null object is stored as `{}`). */
+  properties: Record<string, unknown>;
+  /** Server-kept version: 1 when created, +1 per edit. */
+  version: number;
+  /** When the feature last changed, RFC 3339 UTC with milliseconds. */
+  updated: string;
+};
+
+/** `feature.batch` params. */
+export type FeatureBatchParams = {
+  /** The layer. */
+  layer: string;
+  /** Operations, applied in order, all or nothing. */
+  ops: Array<BatchOp>;
+  /** Idempotency key for the whole batch. */
+  op_id?: string;
+};
+
+/** `feature.batch` result. */
+export type FeatureBatchResult = {
+  /** One result per operation, in order. */
+  results: Array<EditResult>;
+  /** The sequence number of the last change (0 for an empty batch). */
+  seq: number;
+  /** True when this answers a repeated `op_id` (nothing was applied again). */
+  replayed: boolean;
+};
+
+/** The GeoJSON object type tag of a `FeatureQueryResult`. */
+export type FeatureCollectionType = "FeatureCollection";
+
+/** `feature.create` params. */
+export type FeatureCreateParams = {
+  /** The layer. */
+  layer: string;
+  /** A GeoJSON Feature; without `id`, the server assigns one. */
+  feature: FeatureInput;
+  /**
+   * Idempotency key: a repeated `op_id` returns the first result instead of applying
+   * the edit again.
+   */
+  op_id?: string;
+};
+
+/** `feature.delete` params. */
+export type FeatureDeleteParams = {
+  /** The layer. */
+  layer: string;
+  /** The feature id. */
+  id: string | number;
+  /** The version the client deleted. */
+  version?: number;
+  /** Idempotency key. */
+  op_id?: string;
+};
+
+/** `feature.get` params. */
+export type FeatureGetParams = {
+  /** The layer. */
+  layer: string;
+  /** The feature id. */
+  id: string | number;
+};
+
+/** `feature.get` result. */
+export type FeatureGetResult = {
+  /** The feature. */
+  feature: Feature;
+};
+
+/**
+ * A feature as a client sends it: the id is optional and may be a number, `version` and
+ * `updated` are ignored (the server sets them).
+ */
+export type FeatureInput = {
+  /** Must be `"Feature"` when present. */
+  type?: "Feature";
+  /** A string or number id; absent to let the server choose. */
+  id?: string | number;
+  /** The geometry. */
+  geometry: Geometry | null;
+  /** The properties. */
+  properties?: Record<string, unknown> | null;
+};
+
+/** What a `feature` push means for its subscriber. */
+export type FeatureKind = "enter" | "update" | "exit" | "delete";
+
+/** `feature.lock` params. */
+export type FeatureLockParams = {
+  /** The layer. */
+  layer: string;
+  /** Features to lock (all or none). */
+  ids: Array<string>;
+  /** How long, in milliseconds (default 60,000, at most 600,000). Locking again extends. */
+  ttl_ms?: number;
+};
+
+/** `feature.lock` result. */
+export type FeatureLockResult = {
+  /** The locks now held, with their new expiry. */
+  locks: Array<LockInfo>;
+};
+
+/** `feature.patch` params. */
+export type FeaturePatchParams = {
+  /** The layer. */
+  layer: string;
+  /** The feature id. */
+  id: string | number;
+  /** A JSON Merge Patch (RFC 7396) for the properties. */
+  properties?: Record<string, unknown>;
+  /** A new geometry; `null` removes it; absent leaves it. */
+  geometry?: Geometry | null;
+  /** The version the client edited. */
+  version?: number;
+  /** Idempotency key. */
+  op_id?: string;
+};
+
+/** A `feature` push (besides `sub`). */
+export type FeaturePush = {
+  /** The layer. */
+  layer: string;
+  /** The change's sequence number in the layer. */
+  seq: number;
+  /** Enter, update, exit or delete. */
+  kind: FeatureKind;
+  /** The feature id. */
+  id: string;
+  /** The feature's version after the change. */
+  version: number;
+  /**
+   * The whole feature: on `enter`, and on an `update` that replaces what the client
+   * holds (after missed intermediate changes).
+   */
+  feature?: Feature;
+  /** On a partial `update`: the changed properties as a JSON Merge Patch (`null` = removed). */
+  properties?: Record<string, unknown>;
+  /** On a partial `update` whose geometry changed: the new geometry (`null` = removed). */
+  geometry?: Geometry | null;
+};
+
+/** `feature.query` params. */
+export type FeatureQueryParams = {
+  /** The layer. */
+  layer: string;
+  /** Page size (default 100, at most 10,000). */
+  limit?: number;
+  /** Matching features to skip. */
+  offset?: number;
+  /** `[min_lon, min_lat, max_lon, max_lat]`. */
+  bbox?: [number, number, number, number];
+  /** A GeoJSON Polygon or MultiPolygon. */
+  geometry?: Geometry;
+  /** Centre `[lon, lat]` of a circle (with `radius`). */
+  point?: [number, number];
+  /** Circle radius in metres (with `point`). */
+  radius?: number;
+  /** An instant or interval as in OGC API Features: `2020-06-30T00:00:00Z/..`. */
+  datetime?: string;
+  /** CQL2: text (a string) or JSON (an object). */
+  filter?: string | Record<string, unknown>;
+};
+
+/** `feature.query` result: a GeoJSON FeatureCollection with paging members. */
+export type FeatureQueryResult = {
+  /** Always `"FeatureCollection"`. */
+  type: FeatureCollectionType;
+  /** The matching features of this page, in a stable order. */
+  features: Array<Feature>;
+  /** The `offset` of the next page; `null` on the last page. */
+  next_offset: number | null;
+  /** The layer's sequence number the page is as of. */
+  seq: number;
+};
+
+/** `feature.replace` params. */
+export type FeatureReplaceParams = {
+  /** The layer. */
+  layer: string;
+  /** The feature id. */
+  id: string | number;
+  /** The new GeoJSON Feature (its `id`, if any, must equal `id`). */
+  feature: FeatureInput;
+  /** The version the client edited (required unless the layer is last-writer-wins). */
+  version?: number;
+  /** Idempotency key. */
+  op_id?: string;
+};
+
+/** The GeoJSON object type tag of a `Feature`. */
+export type FeatureType = "Feature";
+
+/** `feature.unlock` params. */
+export type FeatureUnlockParams = {
+  /** The layer. */
+  layer: string;
+  /** Features to unlock. */
+  ids: Array<string>;
+};
+
+/** `feature.unlock` result. */
+export type FeatureUnlockResult = {
+  /** The locks released (features not locked by the caller are left out). */
+  released: Array<LockInfo>;
+};
+
+/** A subscription or query filter as a client states it. Every part given must match. */
+export type FilterSpec = {
+  /** `[min_lon, min_lat, max_lon, max_lat]`. */
+  bbox?: [number, number, number, number];
+  /** A GeoJSON Polygon or MultiPolygon. */
+  geometry?: Geometry;
+  /** Centre `[lon, lat]` of a circle (with `radius`). */
+  point?: [number, number];
+  /** Circle radius in metres (with `point`). */
+  radius?: number;
+  /** An instant or interval as in OGC API Features: `2020-06-30T00:00:00Z/..`. */
+  datetime?: string;
+  /** CQL2: text (a string) or JSON (an object). */
+  filter?: string | Record<string, unknown>;
+};
+
+/** A `gap` push (besides `sub`). */
+export type GapPush = {
+  /** The channel. */
+  channel: string;
+  /** The first offset that was dropped; read history from `from - 1`. */
+  from: number;
+  /** The position the epoch belongs to. */
+  epoch: string;
+};
+
+/** Heartbeat timing. */
+export type Heartbeat = {
+  /** The server sends a WebSocket ping after this long without traffic. */
+  ping_interval_ms: number;
+  /** The server closes a connection it has received nothing from for this long. */
+  idle_timeout_ms: number;
+};
+
+/** `hello` params. */
+export type HelloParams = {
+  /** Protocol version the client speaks (default 1). */
+  protocol?: number;
+  /**
+   * A JWT; alternatives are the `Authorization` header and the `access_token` query
+   * parameter at connect.
+   */
+  token?: string;
+  /** Client software name and version, for logs. */
+  client?: ClientSoftware;
+  /**
+   * A stable id this client keeps across reconnects (a random string it stores). Locks
+   * belong to it, so a client that reconnects within the grace period keeps its locks.
+   * Without it, locks belong to the session.
+   */
+  client_id?: string;
+  /** Shown to others in presence (a display name, a colour). At most 1 KiB. */
+  info?: unknown;
+};
+
+/** `hello` result. */
+export type HelloResult = {
+  /** This session's id (also used in presence). */
+  session: string;
+  /** Server software. */
+  server: ServerSoftware;
+  /** Protocol version in use. */
+  protocol: number;
+  /** The encoding of this connection (`json`, `msgpack`, `msgpack-zstd`). */
+  encoding: string;
+  /** The authenticated user (the token's `sub`), if any. */
+  user?: string;
+  /** Limits that apply to this session. */
+  limits: SessionLimits;
+  /** Heartbeat timing. */
+  heartbeat: Heartbeat;
+};
+
+/** One message from history. */
+export type HistoryMessage = {
+  /** Its offset. */
+  offset: number;
+  /** Its data. */
+  data: unknown;
 };
 
 /** A request id: a number or a string, chosen by the client and echoed in the response. */
 export type Id = number | string;
+
+/** `layer.import` result. */
+export type ImportResult = {
+  /** Features imported. */
+  imported: number;
+  /** Features refused. */
+  rejected: number;
+  /** The first refusals (at most 100), with reasons. */
+  rejections: Array<Rejected>;
+  /** The layer's sequence number after the import. */
+  seq: number;
+};
 
 /**
  * `layer.create` params (the store creates layers from them as they are). The result is
@@ -247,6 +523,21 @@ export type LayerCreateParams = {
    * default), replace, patch and delete must state the version they edited.
    */
   last_writer_wins?: boolean;
+};
+
+/** `layer.import` params: features inline, or a file in the server's import directory. */
+export type LayerImportParams = {
+  /** The layer (created, last-writer-wins off, if it does not exist). */
+  layer: string;
+  /** GeoJSON Features. */
+  features?: Array<FeatureInput>;
+  /**
+   * A GeoJSON FeatureCollection or newline-delimited GeoJSON file (optionally `.zst`),
+   * relative to the server's import directory.
+   */
+  path?: string;
+  /** Features per transaction (default 1000). */
+  batch_size?: number;
 };
 
 /** A layer: the result of `layer.create` and `layer.get`, and an entry of `layer.list`. */
@@ -325,31 +616,117 @@ export type LayerSubscribeResult = {
   replayed?: number;
 };
 
-/** `layer.import` params: features inline, or a file in the server's import directory. */
-export type LayerImportParams = {
-  /** The layer (created, last-writer-wins off, if it does not exist). */
+/** A lock as clients see it. */
+export type LockInfo = {
+  /** The layer. */
   layer: string;
-  /** GeoJSON Features. */
-  features?: Array<FeatureInput>;
-  /**
-   * A GeoJSON FeatureCollection or newline-delimited GeoJSON file (optionally `.zst`),
-   * relative to the server's import directory.
-   */
-  path?: string;
-  /** Features per transaction (default 1000). */
-  batch_size?: number;
+  /** The feature id. */
+  id: string;
+  /** The holder's client id. */
+  client: string;
+  /** The holder's user, if authenticated. */
+  user?: string;
+  /** Expiry, milliseconds since the Unix epoch. */
+  until_ms: number;
 };
 
-/** `layer.import` result. */
-export type ImportResult = {
-  /** Features imported. */
-  imported: number;
-  /** Features refused. */
-  rejected: number;
-  /** The first refusals (at most 100), with reasons. */
-  rejections: Array<Rejected>;
-  /** The layer's sequence number after the import. */
-  seq: number;
+/** A `lock` push (besides `sub`). */
+export type LockPush = {
+  /** Locked (true) or released (false). */
+  locked: boolean;
+  /** The layer. */
+  layer: string;
+  /** The feature id. */
+  id: string;
+  /** The holder's client id. */
+  client: string;
+  /** The holder's user, if authenticated. */
+  user?: string;
+  /** Expiry, milliseconds since the Unix epoch. */
+  until_ms: number;
+};
+
+/**
+ * A `message` push (besides `sub`).
+ *
+ * Push types borrow what they carry (`Cow::Borrowed`) when the server encodes them once per
+ * fan-out, and own it (`Cow::Owned`) when a client decodes them: one definition for both
+ * directions, no copy on the server's hot path.
+ */
+export type MessagePush = {
+  /** The channel. */
+  channel: string;
+  /** The message's offset. */
+  offset: number;
+  /**
+   * The message, as published. Not serialized with the other members: the server appends
+   * it raw (`crate::codec::encode_push`), so JSON is relayed byte for byte.
+   */
+  data: unknown;
+};
+
+/** `ping` params: `data` is echoed unchanged. */
+export type PingParams = {
+  /**
+   * Anything; returned as is. Not deserialized with the other members: the server reads
+   * it raw (`crate::Params::field`) so it echoes the value exactly as sent.
+   */
+  data?: unknown;
+};
+
+/** `ping` result. */
+export type PingResult = {
+  /** The `data` of the request, unchanged. */
+  data?: unknown;
+};
+
+/**
+ * A position in a channel's stream: the offset of the last message and the history epoch.
+ *
+ * The epoch changes whenever the history is reset (for example when an in-memory broker
+ * restarts); an offset is only meaningful together with its epoch.
+ */
+export type Position = {
+  /** Offset of the last message (0 before the first). */
+  offset: number;
+  /** History epoch. */
+  epoch: string;
+};
+
+/** A `join` / `leave` push (besides `sub`). */
+export type PresencePush = {
+  /** The channel (for channel subscriptions; for layer presence, the layer's topic). */
+  channel: string;
+  /** Who joined or left. */
+  client: ClientInfo;
+};
+
+/** `presence.subscribe` params. */
+export type PresenceSubscribeParams = {
+  /** The layer. */
+  layer: string;
+};
+
+/** `presence.subscribe` result. `join`, `leave` and `cursor` pushes follow, carrying `sub`. */
+export type PresenceSubscribeResult = {
+  /** Subscription id (end it with `unsubscribe`). */
+  sub: number;
+  /** The layer. */
+  layer: string;
+  /** Who is on the layer now, this client included. */
+  members: Array<ClientInfo>;
+};
+
+/** `$/progress` params. */
+export type ProgressParams = {
+  /** The id of the request this progress belongs to. */
+  id: Id;
+  /** Units done so far. */
+  done: number;
+  /** Units in total, when known. */
+  total?: number;
+  /** What is happening, for humans. */
+  message?: string;
 };
 
 /** A feature an import refused. */
@@ -360,6 +737,46 @@ export type Rejected = {
   id?: string;
   /** Why. */
   reason: string;
+};
+
+/** A `resync` push (besides `sub`). */
+export type ResyncPush = {
+  /** The layer. */
+  layer: string;
+  /** The sequence number the fresh snapshot will be as of. */
+  seq: number;
+  /** Why. */
+  reason: string;
+};
+
+/** Server software name and version. */
+export type ServerSoftware = {
+  /** `geostream`. */
+  name: string;
+  /** The server's version. */
+  version: string;
+};
+
+/** Limits a session must respect. */
+export type SessionLimits = {
+  /** Largest frame (and message) the server accepts, in bytes. */
+  max_frame_bytes: number;
+  /** Most subscriptions one connection may hold. */
+  max_subscriptions: number;
+  /** Outbound queue budget, in bytes, before slow-consumer handling starts. */
+  outbox_bytes: number;
+};
+
+/** A `snapshot` push (besides `sub`). */
+export type SnapshotPush = {
+  /** The layer. */
+  layer: string;
+  /** The sequence number the snapshot is as of. */
+  seq: number;
+  /** A page of matching features. */
+  features: Array<Feature>;
+  /** Whether this is the last page. */
+  last: boolean;
 };
 
 /** `subscription.update` params: the new filter of a live layer subscription. */
@@ -392,272 +809,32 @@ export type SubscriptionUpdateResult = {
   exited: number;
 };
 
-/** `feature.create` params. */
-export type FeatureCreateParams = {
+/** What a tile subscription receives when a tile changes. */
+export type TileMode = "delta" | "full" | "notify";
+
+/** A `tile` push (besides `sub`). */
+export type TilePush = {
   /** The layer. */
   layer: string;
-  /** A GeoJSON Feature; without `id`, the server assigns one. */
-  feature: FeatureInput;
+  /** The tile, `"z/x/y"`. */
+  tile: string;
+  /** The tile's version after this push. */
+  version: number;
+  /** Delta, full tile or notice. */
+  kind: TilePushKind;
   /**
-   * Idempotency key: a repeated `op_id` returns the first result instead of applying
-   * the edit again.
+   * The version the server believes the client holds (the base of a delta); absent when
+   * it holds none.
    */
-  op_id?: string;
+  base?: number;
+  /** The HTTP ETag of this version (quotes included). */
+  etag: string;
+  /** Delta or tile bytes (absent for notices). */
+  data?: string | Uint8Array;
 };
 
-/**
- * The result of one applied edit: of `feature.create`, `replace`, `patch` and `delete`,
- * and of each operation of `feature.batch`.
- */
-export type EditResult = {
-  /** The feature id. */
-  id: string;
-  /** Its version after the edit. */
-  version: number;
-  /** The change's sequence number. */
-  seq: number;
-  /** The feature after the edit (absent after a delete). */
-  feature?: Feature;
-  /** True when this answers a repeated `op_id` (nothing was applied again). */
-  replayed?: boolean;
-};
-
-/** A feature as stored. */
-export type Feature = {
-  /** Always `"Feature"`. */
-  type: FeatureType;
-  /** The id, unique within its layer. */
-  id: string;
-  /** The geometry (`null` is allowed by RFC 7946). */
-  geometry: Geometry | null;
-  /** Properties (never null here: an absent or null object is stored as `{}`). */
-  properties: Record<string, unknown>;
-  /** Server-kept version: 1 when created, +1 per edit. */
-  version: number;
-  /** When the feature last changed, RFC 3339 UTC with milliseconds. */
-  updated: string;
-};
-
-/** The GeoJSON object type tag of a `Feature`. */
-export type FeatureType = "Feature";
-
-/** `feature.replace` params. */
-export type FeatureReplaceParams = {
-  /** The layer. */
-  layer: string;
-  /** The feature id. */
-  id: string | number;
-  /** The new GeoJSON Feature (its `id`, if any, must equal `id`). */
-  feature: FeatureInput;
-  /** The version the client edited (required unless the layer is last-writer-wins). */
-  version?: number;
-  /** Idempotency key. */
-  op_id?: string;
-};
-
-/** `feature.patch` params. */
-export type FeaturePatchParams = {
-  /** The layer. */
-  layer: string;
-  /** The feature id. */
-  id: string | number;
-  /** A JSON Merge Patch (RFC 7396) for the properties. */
-  properties?: Record<string, unknown>;
-  /** A new geometry; `null` removes it; absent leaves it. */
-  geometry?: Geometry | null;
-  /** The version the client edited. */
-  version?: number;
-  /** Idempotency key. */
-  op_id?: string;
-};
-
-/** `feature.delete` params. */
-export type FeatureDeleteParams = {
-  /** The layer. */
-  layer: string;
-  /** The feature id. */
-  id: string | number;
-  /** The version the client deleted. */
-  version?: number;
-  /** Idempotency key. */
-  op_id?: string;
-};
-
-/** `feature.get` params. */
-export type FeatureGetParams = {
-  /** The layer. */
-  layer: string;
-  /** The feature id. */
-  id: string | number;
-};
-
-/** `feature.get` result. */
-export type FeatureGetResult = {
-  /** The feature. */
-  feature: Feature;
-};
-
-/** `feature.query` params. */
-export type FeatureQueryParams = {
-  /** The layer. */
-  layer: string;
-  /** Page size (default 100, at most 10,000). */
-  limit?: number;
-  /** Matching features to skip. */
-  offset?: number;
-  /** `[min_lon, min_lat, max_lon, max_lat]`. */
-  bbox?: [number, number, number, number];
-  /** A GeoJSON Polygon or MultiPolygon. */
-  geometry?: Geometry;
-  /** Centre `[lon, lat]` of a circle (with `radius`). */
-  point?: [number, number];
-  /** Circle radius in metres (with `point`). */
-  radius?: number;
-  /** An instant or interval as in OGC API Features: `2020-06-30T00:00:00Z/..`. */
-  datetime?: string;
-  /** CQL2: text (a string) or JSON (an object). */
-  filter?: string | Record<string, unknown>;
-};
-
-/** `feature.query` result: a GeoJSON FeatureCollection with paging members. */
-export type FeatureQueryResult = {
-  /** Always `"FeatureCollection"`. */
-  type: FeatureCollectionType;
-  /** The matching features of this page, in a stable order. */
-  features: Array<Feature>;
-  /** The `offset` of the next page; `null` on the last page. */
-  next_offset: number | null;
-  /** The layer's sequence number the page is as of. */
-  seq: number;
-};
-
-/** The GeoJSON object type tag of a `FeatureQueryResult`. */
-export type FeatureCollectionType = "FeatureCollection";
-
-/** `feature.batch` params. */
-export type FeatureBatchParams = {
-  /** The layer. */
-  layer: string;
-  /** Operations, applied in order, all or nothing. */
-  ops: Array<BatchOp>;
-  /** Idempotency key for the whole batch. */
-  op_id?: string;
-};
-
-/** One operation of `feature.batch`. */
-export type BatchOp =
-  | {
-    "op": "create";
-    /** The feature. */
-    feature: FeatureInput;
-  }
-  | {
-    "op": "replace";
-    /** Feature id. */
-    id: string | number;
-    /** The feature. */
-    feature: FeatureInput;
-    /** Expected version. */
-    version?: number;
-  }
-  | {
-    "op": "patch";
-    /** Feature id. */
-    id: string | number;
-    /** Merge patch. */
-    properties?: Record<string, unknown>;
-    /** New geometry, `null` removes. */
-    geometry?: Geometry | null;
-    /** Expected version. */
-    version?: number;
-  }
-  | {
-    "op": "delete";
-    /** Feature id. */
-    id: string | number;
-    /** Expected version. */
-    version?: number;
-  };
-
-/** `feature.batch` result. */
-export type FeatureBatchResult = {
-  /** One result per operation, in order. */
-  results: Array<EditResult>;
-  /** The sequence number of the last change (0 for an empty batch). */
-  seq: number;
-  /** True when this answers a repeated `op_id` (nothing was applied again). */
-  replayed: boolean;
-};
-
-/** `feature.lock` params. */
-export type FeatureLockParams = {
-  /** The layer. */
-  layer: string;
-  /** Features to lock (all or none). */
-  ids: Array<string>;
-  /** How long, in milliseconds (default 60,000, at most 600,000). Locking again extends. */
-  ttl_ms?: number;
-};
-
-/** `feature.lock` result. */
-export type FeatureLockResult = {
-  /** The locks now held, with their new expiry. */
-  locks: Array<LockInfo>;
-};
-
-/** A lock as clients see it. */
-export type LockInfo = {
-  /** The layer. */
-  layer: string;
-  /** The feature id. */
-  id: string;
-  /** The holder's client id. */
-  client: string;
-  /** The holder's user, if authenticated. */
-  user?: string;
-  /** Expiry, milliseconds since the Unix epoch. */
-  until_ms: number;
-};
-
-/** `feature.unlock` params. */
-export type FeatureUnlockParams = {
-  /** The layer. */
-  layer: string;
-  /** Features to unlock. */
-  ids: Array<string>;
-};
-
-/** `feature.unlock` result. */
-export type FeatureUnlockResult = {
-  /** The locks released (features not locked by the caller are left out). */
-  released: Array<LockInfo>;
-};
-
-/** `presence.subscribe` params. */
-export type PresenceSubscribeParams = {
-  /** The layer. */
-  layer: string;
-};
-
-/** `presence.subscribe` result. `join`, `leave` and `cursor` pushes follow, carrying `sub`. */
-export type PresenceSubscribeResult = {
-  /** Subscription id (end it with `unsubscribe`). */
-  sub: number;
-  /** The layer. */
-  layer: string;
-  /** Who is on the layer now, this client included. */
-  members: Array<ClientInfo>;
-};
-
-/** `presence.cursor` params. */
-export type CursorParams = {
-  /** The layer. */
-  layer: string;
-  /** Where the pointer is, `[lon, lat]`; absent or `null` when it left the map. */
-  position?: [number, number] | null;
-  /** Features being edited (for highlighting), at most 100. */
-  editing?: Array<string>;
-};
+/** What a `tile` push carries. */
+export type TilePushKind = "delta" | "full" | "notify";
 
 /** `tile.subscribe` params. Exactly one of `viewport` and `tiles`. */
 export type TileSubscribeParams = {
@@ -677,17 +854,6 @@ export type TileSubscribeParams = {
     [key in string]: number;
   };
 };
-
-/** A viewport: the tiles of zoom `zoom` that cover `bbox`. */
-export type TileViewport = {
-  /** `[west, south, east, north]` in degrees; `west > east` crosses the antimeridian. */
-  bbox: [number, number, number, number];
-  /** Zoom level (0 to 22). */
-  zoom: number;
-};
-
-/** What a tile subscription receives when a tile changes. */
-export type TileMode = "delta" | "full" | "notify";
 
 /** `tile.subscribe` result. */
 export type TileSubscribeResult = {
@@ -728,190 +894,24 @@ export type TileUpdateResult = {
   removed: Array<string>;
 };
 
-/** `$/progress` params. */
-export type ProgressParams = {
-  /** The id of the request this progress belongs to. */
-  id: Id;
-  /** Units done so far. */
-  done: number;
-  /** Units in total, when known. */
-  total?: number;
-  /** What is happening, for humans. */
-  message?: string;
+/** A viewport: the tiles of zoom `zoom` that cover `bbox`. */
+export type TileViewport = {
+  /** `[west, south, east, north]` in degrees; `west > east` crosses the antimeridian. */
+  bbox: [number, number, number, number];
+  /** Zoom level (0 to 22). */
+  zoom: number;
 };
 
-/**
- * A `message` push (besides `sub`).
- *
- * Push types borrow what they carry (`Cow::Borrowed`) when the server encodes them once per
- * fan-out, and own it (`Cow::Owned`) when a client decodes them: one definition for both
- * directions, no copy on the server's hot path.
- */
-export type MessagePush = {
-  /** The channel. */
-  channel: string;
-  /** The message's offset. */
-  offset: number;
-  /**
-   * The message, as published. Not serialized with the other members: the server appends
-   * it raw (`crate::codec::encode_push`), so JSON is relayed byte for byte.
-   */
-  data: unknown;
-};
-
-/** A `join` / `leave` push (besides `sub`). */
-export type PresencePush = {
-  /** The channel (for channel subscriptions; for layer presence, the layer's topic). */
-  channel: string;
-  /** Who joined or left. */
-  client: ClientInfo;
-};
-
-/** A `gap` push (besides `sub`). */
-export type GapPush = {
-  /** The channel. */
-  channel: string;
-  /** The first offset that was dropped; read history from `from - 1`. */
-  from: number;
-  /** The position the epoch belongs to. */
-  epoch: string;
+/** `unsubscribe` params. */
+export type UnsubscribeParams = {
+  /** The subscription id. */
+  sub: number;
 };
 
 /** An `unsubscribed` push (besides `sub`). */
 export type UnsubscribedPush = {
   /** Why. */
   reason: string;
-};
-
-/** A `feature` push (besides `sub`). */
-export type FeaturePush = {
-  /** The layer. */
-  layer: string;
-  /** The change's sequence number in the layer. */
-  seq: number;
-  /** Enter, update, exit or delete. */
-  kind: FeatureKind;
-  /** The feature id. */
-  id: string;
-  /** The feature's version after the change. */
-  version: number;
-  /**
-   * The whole feature: on `enter`, and on an `update` that replaces what the client
-   * holds (after missed intermediate changes).
-   */
-  feature?: Feature;
-  /** On a partial `update`: the changed properties as a JSON Merge Patch (`null` = removed). */
-  properties?: Record<string, unknown>;
-  /** On a partial `update` whose geometry changed: the new geometry (`null` = removed). */
-  geometry?: Geometry | null;
-};
-
-/** What a `feature` push means for its subscriber. */
-export type FeatureKind = "enter" | "update" | "exit" | "delete";
-
-/** A `snapshot` push (besides `sub`). */
-export type SnapshotPush = {
-  /** The layer. */
-  layer: string;
-  /** The sequence number the snapshot is as of. */
-  seq: number;
-  /** A page of matching features. */
-  features: Array<Feature>;
-  /** Whether this is the last page. */
-  last: boolean;
-};
-
-/** A `resync` push (besides `sub`). */
-export type ResyncPush = {
-  /** The layer. */
-  layer: string;
-  /** The sequence number the fresh snapshot will be as of. */
-  seq: number;
-  /** Why. */
-  reason: string;
-};
-
-/** A `lock` push (besides `sub`). */
-export type LockPush = {
-  /** Locked (true) or released (false). */
-  locked: boolean;
-  /** The layer. */
-  layer: string;
-  /** The feature id. */
-  id: string;
-  /** The holder's client id. */
-  client: string;
-  /** The holder's user, if authenticated. */
-  user?: string;
-  /** Expiry, milliseconds since the Unix epoch. */
-  until_ms: number;
-};
-
-/** A `cursor` push (besides `sub`). */
-export type CursorPush = {
-  /** The layer. */
-  layer: string;
-  /** Whose cursor. */
-  client: ClientInfo;
-  /** Where, `[lon, lat]`; `null` when it left the map. */
-  position: [number, number] | null;
-  /** Features being edited. */
-  editing?: Array<string>;
-};
-
-/** A `tile` push (besides `sub`). */
-export type TilePush = {
-  /** The layer. */
-  layer: string;
-  /** The tile, `"z/x/y"`. */
-  tile: string;
-  /** The tile's version after this push. */
-  version: number;
-  /** Delta, full tile or notice. */
-  kind: TilePushKind;
-  /**
-   * The version the server believes the client holds (the base of a delta); absent when
-   * it holds none.
-   */
-  base?: number;
-  /** The HTTP ETag of this version (quotes included). */
-  etag: string;
-  /** Delta or tile bytes (absent for notices). */
-  data?: string | Uint8Array;
-};
-
-/** What a `tile` push carries. */
-export type TilePushKind = "delta" | "full" | "notify";
-
-/** A subscription or query filter as a client states it. Every part given must match. */
-export type FilterSpec = {
-  /** `[min_lon, min_lat, max_lon, max_lat]`. */
-  bbox?: [number, number, number, number];
-  /** A GeoJSON Polygon or MultiPolygon. */
-  geometry?: Geometry;
-  /** Centre `[lon, lat]` of a circle (with `radius`). */
-  point?: [number, number];
-  /** Circle radius in metres (with `point`). */
-  radius?: number;
-  /** An instant or interval as in OGC API Features: `2020-06-30T00:00:00Z/..`. */
-  datetime?: string;
-  /** CQL2: text (a string) or JSON (an object). */
-  filter?: string | Record<string, unknown>;
-};
-
-/**
- * A feature as a client sends it: the id is optional and may be a number, `version` and
- * `updated` are ignored (the server sets them).
- */
-export type FeatureInput = {
-  /** Must be `"Feature"` when present. */
-  type?: "Feature";
-  /** A string or number id; absent to let the server choose. */
-  id?: string | number;
-  /** The geometry. */
-  geometry: Geometry | null;
-  /** The properties. */
-  properties?: Record<string, unknown> | null;
 };
 
 /** Every method: the params it takes and the result it answers with (`never`: a

@@ -71,38 +71,6 @@ pub mod method {
     pub const TILE_SUBSCRIBE: &str = "tile.subscribe";
     /// Moves a tile subscription to another viewport or tile list.
     pub const TILE_UPDATE: &str = "tile.update";
-
-    /// Every method, in the order above.
-    pub const ALL: &[&str] = &[
-        HELLO,
-        PING,
-        UNSUBSCRIBE,
-        CHANNEL_SUBSCRIBE,
-        CHANNEL_PUBLISH,
-        CHANNEL_HISTORY,
-        CHANNEL_PRESENCE,
-        CANCEL_REQUEST,
-        LAYER_CREATE,
-        LAYER_LIST,
-        LAYER_GET,
-        LAYER_DELETE,
-        LAYER_SUBSCRIBE,
-        LAYER_IMPORT,
-        SUBSCRIPTION_UPDATE,
-        FEATURE_CREATE,
-        FEATURE_REPLACE,
-        FEATURE_PATCH,
-        FEATURE_DELETE,
-        FEATURE_GET,
-        FEATURE_QUERY,
-        FEATURE_BATCH,
-        FEATURE_LOCK,
-        FEATURE_UNLOCK,
-        PRESENCE_SUBSCRIBE,
-        PRESENCE_CURSOR,
-        TILE_SUBSCRIBE,
-        TILE_UPDATE,
-    ];
 }
 
 /// Notification and push names (server to client).

@@ -6,11 +6,11 @@
 //! server cannot drift apart. Types the TypeScript client alone uses stay hand-written in
 //! `clients/js/src/types.ts`.
 //!
-//! ts-rs writes each declaration on one line; [`pretty`] lays object types out one member
+//! Declarations are in alphabetical order. ts-rs writes each on one line; [`pretty`] lays object types out one member
 //! a line, as a person would write them, so the file reads well and diffs well.
 
 use std::any::TypeId;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 
 use geostream_core::api::*;
@@ -33,11 +33,12 @@ export interface Geometry {
 }
 "#;
 
-/// Collects declarations depth-first: a type, then what it refers to that is not yet out.
+/// Collects the declarations of the types given and of everything they refer to, by name:
+/// the order ts-rs visits dependencies in is not stable from one build to the next.
 struct Collect<'a> {
     cfg: &'a Config,
     seen: HashSet<TypeId>,
-    out: String,
+    decls: BTreeMap<String, String>,
 }
 
 impl Collect<'_> {
@@ -51,7 +52,8 @@ impl Collect<'_> {
             .map(|d| jsdoc(&d, ""))
             .unwrap_or_default();
         let decl = pretty(&T::decl(self.cfg));
-        let _ = write!(self.out, "\n{doc}export {decl}\n");
+        self.decls
+            .insert(T::ident(self.cfg), format!("\n{doc}export {decl}\n"));
         T::visit_dependencies(self);
     }
 }
@@ -76,7 +78,7 @@ macro_rules! wire_name {
 macro_rules! generate {
     (methods: [$(($m:ident, $p:ty, $r:tt)),* $(,)?] pushes: [$(($n:ident, $t:ty)),* $(,)?]) => {{
         let cfg = Config::default().with_large_int("number");
-        let mut c = Collect { cfg: &cfg, seen: HashSet::new(), out: String::new() };
+        let mut c = Collect { cfg: &cfg, seen: HashSet::new(), decls: BTreeMap::new() };
         $(
             c.add::<$p>();
             generate!(@result c $r);
@@ -110,7 +112,7 @@ macro_rules! generate {
             vec![$(wire_name!(method $m)),*],
             vec![$(wire_name!(push $n)),*],
         );
-        (c.out, methods, pushes, names)
+        (c.decls.into_values().collect::<String>(), methods, pushes, names)
     }};
     (@result $c:ident none) => {};
     (@result $c:ident $r:ty) => { $c.add::<$r>(); };
