@@ -1442,6 +1442,110 @@ mod tests {
         assert!(validate_name("channel", "a b").is_err());
         assert!(validate_name("channel", &"x".repeat(201)).is_err());
     }
+
+    /// Encodes `fields` as the server does (borrowed, once per fan-out, `sub` spliced in) and
+    /// decodes the frame as a client does (owned), in every encoding.
+    fn through_the_wire<T>(fields: &T, raw: Option<(&str, &Payload)>) -> Vec<T::Owned>
+    where
+        T: Serialize + ToOwned + ?Sized,
+        T::Owned: serde::de::DeserializeOwned,
+    {
+        crate::codec::Encoding::ALL
+            .into_iter()
+            .map(|enc| {
+                let bytes = crate::codec::encode_push(enc, "p", fields, raw).to_bytes(300);
+                let mut scratch = Vec::new();
+                match crate::codec::decode_raw_server_frame(enc, &bytes, &mut scratch, 1 << 20)
+                    .unwrap()
+                {
+                    crate::codec::RawServerFrame::Notification { params, .. } => {
+                        params.decode().unwrap_or_else(|e| panic!("{enc}: {e}"))
+                    }
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pushes_encoded_borrowed_decode_owned() {
+        let feature: Feature = serde_json::from_value(serde_json::json!({
+            "type": "Feature", "id": "a", "geometry": {"type": "Point", "coordinates": [1.5, 2.0]},
+            "properties": {"k": "v", "n": 3}, "version": 4, "updated": "2026-01-01T00:00:00.000Z"
+        }))
+        .unwrap();
+        let change = crate::feature::Change {
+            layer: "l".into(),
+            seq: 9,
+            op: crate::feature::ChangeOp::Update,
+            id: "a".into(),
+            version: 4,
+            old: None,
+            new: Some(feature.clone()),
+            old_bbox: None,
+            new_bbox: None,
+            changed: vec!["k".into(), "gone".into()],
+            geometry_changed: true,
+            author: None,
+            op_id: None,
+            time_ms: 0,
+        };
+        for (kind, full) in [
+            (FeatureKind::Enter, false),
+            (FeatureKind::Update, false),
+            (FeatureKind::Update, true),
+            (FeatureKind::Exit, false),
+        ] {
+            let push = FeaturePush::new(&change, kind, full);
+            assert!(matches!(push.layer, Cow::Borrowed(_)));
+            for got in through_the_wire(&push, None) {
+                assert_eq!(got, push, "{kind:?} {full}");
+            }
+        }
+        // A partial update: only what changed, a removed property as null.
+        let partial = FeaturePush::new(&change, FeatureKind::Update, false);
+        assert_eq!(
+            serde_json::to_value(&partial.properties).unwrap(),
+            serde_json::json!({"k": "v", "gone": null})
+        );
+        let page = [feature.clone(), feature];
+        let snapshot = SnapshotPush {
+            layer: Cow::Borrowed("l"),
+            seq: 9,
+            features: Cow::Borrowed(&page),
+            last: true,
+        };
+        for got in through_the_wire(&snapshot, None) {
+            assert_eq!(got, snapshot);
+        }
+        let data = Payload::from_json(bytes::Bytes::from_static(br#"{"t": [1, "x"]}"#)).unwrap();
+        let message = MessagePush {
+            channel: Cow::Borrowed("c"),
+            offset: 7,
+            data: Cow::Borrowed(&data),
+        };
+        for got in through_the_wire(&message, Some(("data", &data))) {
+            assert_eq!((&*got.channel, got.offset), ("c", 7));
+            assert_eq!(got.data.to_value(), data.to_value());
+        }
+        // Tile bytes: base64 text in JSON, `bin` in MessagePack; either way the same bytes.
+        let tile = [0u8, 1, 2, 255, 254];
+        let push = TilePush {
+            layer: Cow::Borrowed("l"),
+            tile: Cow::Borrowed("3/1/2"),
+            version: 5,
+            kind: TilePushKind::Delta,
+            base: Some(4),
+            etag: Cow::Borrowed("\"5-0\""),
+            data: Some(TileBytes(Cow::Borrowed(&tile))),
+        };
+        for got in through_the_wire(&push, None) {
+            assert_eq!(got, push);
+        }
+        let json: TileBytes<'static> = serde_json::from_str("\"AAEC\"").unwrap();
+        assert_eq!(&*json.0, &[0, 1, 2]);
+        assert!(serde_json::from_str::<TileBytes<'static>>("\"not base64!\"").is_err());
+    }
 }
 
 /// `presence.subscribe` params.
