@@ -118,9 +118,13 @@ pub struct WebSocketConfig {
     /// Largest frame or message accepted from a client, in bytes (also the limit after
     /// zstd decompression). Default: 1048576 (1 MiB).
     pub max_frame_bytes: usize,
-    /// Most requests one connection may have running at once (imports, snapshots);
-    /// further ones are refused. Default: 16.
+    /// Most long requests (imports) one connection may have running at once; further ones
+    /// are refused. Default: 16.
     pub max_concurrent_requests: usize,
+    /// Most pipelined requests (edits, feature reads, publishes, history reads, pings) one
+    /// connection may have in flight; past it the server reads no further request from the
+    /// connection until one finishes. Default: 64.
+    pub max_inflight_requests: u32,
 }
 
 impl Default for WebSocketConfig {
@@ -130,6 +134,7 @@ impl Default for WebSocketConfig {
             idle_timeout_secs: 60,
             max_frame_bytes: 1 << 20,
             max_concurrent_requests: 16,
+            max_inflight_requests: 64,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod frame;
+pub(crate) mod pipeline;
 pub(crate) mod rpc;
 
 use std::net::SocketAddr;

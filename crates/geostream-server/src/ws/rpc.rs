@@ -1,10 +1,11 @@
 //! Requests and notifications arriving on a WebSocket connection.
 //!
-//! Short requests run inline in the connection's reader, in the order they arrive (two
-//! publishes from one client reach the channel in the order sent). Long requests run as tasks
-//! of their own, registered by id so `$/cancelRequest` can abort them; the registry decides
-//! who answers: whoever removes the id (the finishing task, or the cancel) sends the one
-//! response.
+//! Edits, feature reads, publishes and other short requests on independent things run
+//! concurrently, pipelined (see [`super::pipeline`]): requests on the same feature or channel
+//! keep their arrival order, and the rest (subscriptions, locks, hello ...) run alone, after
+//! what is in flight. Pipelined and long requests (imports) run as tasks of their own,
+//! registered by id so `$/cancelRequest` can abort them; the registry decides who answers:
+//! whoever removes the id (the finishing task, or the cancel) sends the one response.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,8 +27,10 @@ use geostream_hub::{Outgoing, Session};
 use geostream_store::{FeatureQuery, Holder, Store, WriteOp, WriteRequest};
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
+use super::pipeline::{self, Lane, Order};
 use crate::error::{Result, ServerError};
 use crate::features::{self, build_filter};
 use crate::limits::Refusal;
@@ -75,6 +78,20 @@ pub(crate) struct Rpc {
     rate: crate::limits::RateLimiter,
     /// Closes the connection when the token expires without a refresh.
     expiry_watch: Option<AbortHandle>,
+    /// Places for pipelined requests in flight.
+    inflight: Arc<Semaphore>,
+    /// Their number (a serial request takes them all, so it waits for every one).
+    max_inflight: u32,
+    /// The order kept among pipelined requests on the same feature or channel.
+    order: Order,
+}
+
+/// What a pipelined request needs from its connection (cloned into its task).
+#[derive(Clone)]
+struct Ctx {
+    node: Arc<Node>,
+    enc: Encoding,
+    holder: Holder,
 }
 
 /// Shortest interval between two cursor updates of one connection (20 per second).
@@ -101,213 +118,15 @@ impl Progress {
     }
 }
 
-impl Rpc {
-    pub(crate) fn new(
-        node: Arc<Node>,
-        session: Arc<Session>,
-        principal: crate::auth::Principal,
-    ) -> Self {
-        let enc = session.encoding();
-        let holder = Holder {
-            client: session.id().to_string(),
-            user: principal.user.clone(),
-        };
-        let rate = crate::limits::RateLimiter::new(
-            node.config.limits.requests_per_sec,
-            node.config.limits.request_burst,
-            node.config.limits.flood_close_secs,
-        );
-        let mut rpc = Rpc {
-            node,
-            session,
-            enc,
-            running: Arc::new(Mutex::new(HashMap::new())),
-            holder,
-            locked: false,
-            last_cursor: None,
-            principal,
-            rate,
-            expiry_watch: None,
-        };
-        rpc.watch_expiry();
-        rpc
-    }
-
-    fn send(&self, frame: Bytes) {
-        self.session.outbox.push_always(Outgoing::Frame(frame));
-    }
-
-    fn send_error(&self, id: Option<&Id>, e: &RpcError) {
-        self.send(codec::encode_error(self.enc, id, e));
-    }
-
-    /// Handles one complete message's payload.
-    pub(crate) async fn handle(&mut self, data: &[u8]) {
-        let owned;
-        let data = if self.enc == Encoding::MsgpackZstd && data.starts_with(&ZSTD_MAGIC) {
-            match codec::decompress_bounded(data, self.node.config.websocket.max_frame_bytes) {
-                Ok(v) => {
-                    owned = v;
-                    &owned[..]
-                }
-                Err(e) => return self.send_error(e.id.as_ref(), &e.error),
-            }
-        } else {
-            data
-        };
-        match codec::decode_client_frame(self.enc, data) {
-            Err(e) => {
-                self.node.metrics.request("other", false);
-                self.send_error(e.id.as_ref(), &e.error);
-            }
-            Ok(ClientFrame::Request { id, method, params }) => {
-                let start = Instant::now();
-                match self.rate.check() {
-                    Ok(()) => {}
-                    Err(Refusal::Flood) => return self.close_flood(),
-                    Err(Refusal::Wait(wait)) => {
-                        self.node.metrics.request(&method, false);
-                        let ms = wait.as_millis() as u64 + 1;
-                        return self.send_error(
-                            Some(&id),
-                            &RpcError::new(
-                                ErrorCode::RateLimited,
-                                format!("rate limited: retry after {ms} ms"),
-                            )
-                            .with_data(serde_json::json!({ "retry_after_ms": ms })),
-                        );
-                    }
-                }
-                let req = match Request::parse(&method, &params) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.node.metrics.request(&method, false);
-                        return self.send_error(Some(&id), &e);
-                    }
-                };
-                let method = req.method().name();
-                let limit = Duration::from_secs(self.node.config.limits.request_timeout_secs);
-                let outcome = match tokio::time::timeout(limit, self.authorized(&id, req)).await {
-                    Ok(o) => o,
-                    Err(_) => Err(ServerError::new(
-                        ErrorCode::Timeout,
-                        format!("the request took longer than {} s", limit.as_secs()),
-                    )),
-                };
-                let ok = match outcome {
-                    Ok(Some(frame)) => {
-                        self.send(frame);
-                        true
-                    }
-                    Ok(None) => true,
-                    Err(e) => {
-                        self.send_error(Some(&id), &e.to_rpc());
-                        false
-                    }
-                };
-                self.node.metrics.request(method, ok);
-                self.node.metrics.request_latency.observe(start.elapsed());
-            }
-            Ok(ClientFrame::Notification { method, params }) => {
-                let Some(n) = Notification::parse(&method, &params) else {
-                    tracing::debug!(method = %method, "Ignoring an unknown notification.");
-                    return;
-                };
-                // Over the rate, notifications are dropped, except cancellations (which
-                // only stop work).
-                if !matches!(n, Notification::Cancel(_)) {
-                    match self.rate.check() {
-                        Ok(()) => {}
-                        Err(Refusal::Flood) => return self.close_flood(),
-                        Err(Refusal::Wait(_)) => return,
-                    }
-                }
-                // Like a request's: a notification the client has no right to is dropped.
-                if self.authorize(n.access()).is_ok() {
-                    self.notification(n)
-                }
-            }
-        }
-    }
-
+impl Ctx {
     fn respond<T: Serialize + ?Sized>(&self, id: &Id, result: &T) -> Result<Option<Bytes>> {
         Ok(Some(codec::encode_response(self.enc, id, result)))
     }
 
-    /// The client kept flooding after being rate limited: close the connection (4029).
-    fn close_flood(&self) {
-        tracing::info!(session = %self.session.id(), "Closing a connection that floods.");
-        self.session.outbox.close(CloseCode::Flood.into());
-    }
-
-    /// Whether the client may do what a request or notification needs.
-    fn authorize(&self, a: Access<'_>) -> Result<()> {
-        let p = &self.principal;
-        match a.scope {
-            // Subscriptions are looked up in this connection's own table, so a client can
-            // only touch its own; `layer.list` filters its answer by read rights.
-            Scope::Connection | Scope::LayerCatalog => Ok(()),
-            Scope::LayerRead => p.read_layer(a.name),
-            Scope::LayerWrite => p.write_layer(a.name),
-            Scope::ChannelRead => p.read_channel(a.name),
-            Scope::ChannelPublish => p.publish_channel(a.name),
-        }
-    }
-
-    /// Checks the client's rights for the request, then runs it.
-    async fn authorized(&mut self, id: &Id, req: Request) -> Result<Option<Bytes>> {
-        self.authorize(req.access())?;
-        self.request(id, req).await
-    }
-
-    async fn request(&mut self, id: &Id, req: Request) -> Result<Option<Bytes>> {
+    /// Runs a request of the pipelined kind (see `pipeline::lane`).
+    async fn run(&self, id: &Id, req: Request) -> Result<Option<Bytes>> {
         match req {
-            Request::Hello(p) => {
-                let r = self.hello(p)?;
-                self.respond(id, &r)
-            }
             Request::Ping { data } => self.respond(id, &PingResult { data }),
-            Request::Unsubscribe(p) => {
-                self.node.unsubscribe(&self.session, p.sub).await?;
-                self.respond(id, &Empty {})
-            }
-            Request::ChannelSubscribe(p) => {
-                let pending = self
-                    .node
-                    .streams
-                    .subscribe_channel(&self.session, p)
-                    .await?;
-                // The response goes out before any replayed or live message of the subscription.
-                self.send(codec::encode_response(self.enc, id, &pending.result));
-                self.node
-                    .streams
-                    .activate_channel(&self.session, pending)
-                    .await;
-                Ok(None)
-            }
-            Request::PresenceSubscribe(p) => {
-                let (pending, members) = self
-                    .node
-                    .streams
-                    .subscribe_presence(&self.session, &p.layer)
-                    .await?;
-                let result = api::PresenceSubscribeResult {
-                    sub: pending.result.sub,
-                    layer: p.layer,
-                    members,
-                };
-                self.send(codec::encode_response(self.enc, id, &result));
-                self.node
-                    .streams
-                    .activate_channel(&self.session, pending)
-                    .await;
-                Ok(None)
-            }
-            Request::PresenceCursor(p) => {
-                let c = self.cursor(p)?;
-                self.node.streams.publish_cursor(c).await?;
-                self.respond(id, &Empty {})
-            }
             Request::ChannelPublish { channel, data } => {
                 let pos = self.node.streams.publish(&channel, data).await?;
                 self.respond(id, &pos)
@@ -319,66 +138,6 @@ impl Rpc {
             Request::ChannelPresence(p) => {
                 let clients = self.node.streams.presence(&p.channel)?;
                 self.respond(id, &ChannelPresenceResult { clients })
-            }
-            Request::LayerCreate(p) => {
-                let info = self.node.layers.create(p).await?;
-                self.respond(id, &info)
-            }
-            Request::LayerList => {
-                let mut layers = self.node.store.list_layers().await?;
-                layers.retain(|l| self.principal.may_read_layer(&l.name));
-                self.respond(id, &LayerListResult { layers })
-            }
-            Request::LayerGet(p) => {
-                let info = self.node.store.layer(&p.name).await?;
-                self.respond(id, &info)
-            }
-            Request::LayerDelete(p) => {
-                self.node.layers.delete(&p.name).await?;
-                self.respond(id, &Empty {})
-            }
-            Request::LayerSubscribe(p) => {
-                let filter = Arc::new(build_filter(
-                    &p.filter,
-                    &self.node.config.layers.filter_limits(),
-                )?);
-                let page = p
-                    .page_size
-                    .unwrap_or(self.node.config.layers.snapshot_page)
-                    .clamp(1, 5000);
-                let pending = self
-                    .node
-                    .streams
-                    .subscribe_layer(
-                        &self.session,
-                        &p.layer,
-                        filter,
-                        p.since,
-                        p.snapshot.unwrap_or(true),
-                        page,
-                    )
-                    .await?;
-                // The response first: it carries the subscription id the pushes refer to.
-                self.send(codec::encode_response(self.enc, id, &pending.result));
-                self.node
-                    .streams
-                    .activate_layer(&self.session, pending)
-                    .await;
-                Ok(None)
-            }
-            Request::SubscriptionUpdate(p) => {
-                let filter = Arc::new(build_filter(
-                    &p.filter,
-                    &self.node.config.layers.filter_limits(),
-                )?);
-                let m = self
-                    .node
-                    .streams
-                    .move_layer(&self.session, p.sub, filter)
-                    .await?;
-                self.send(codec::encode_response(self.enc, id, &m.result));
-                self.node.streams.finish_move(&self.session, m);
-                Ok(None)
             }
             Request::FeatureCreate(p) => {
                 let op =
@@ -462,6 +221,365 @@ impl Rpc {
                     }
                 }
             }
+            other => Err(ServerError::Internal(format!(
+                "{} is not a pipelined request",
+                other.method().name()
+            ))),
+        }
+    }
+
+    async fn edit(
+        &self,
+        id: &Id,
+        layer: String,
+        ops: Vec<WriteOp>,
+        op_id: Option<String>,
+    ) -> Result<Option<Bytes>> {
+        let outcome = self
+            .node
+            .layers
+            .apply(WriteRequest {
+                layer,
+                ops,
+                writer: self.holder.clone(),
+                op_id,
+            })
+            .await?;
+        let c = outcome
+            .changes
+            .first()
+            .ok_or_else(|| ServerError::Internal("an applied edit produced no change".into()))?;
+        self.respond(id, &edit_result(c, outcome.replayed))
+    }
+}
+
+fn timed_out(limit: Duration) -> ServerError {
+    ServerError::new(
+        ErrorCode::Timeout,
+        format!("the request took longer than {} s", limit.as_secs()),
+    )
+}
+
+impl Rpc {
+    pub(crate) fn new(
+        node: Arc<Node>,
+        session: Arc<Session>,
+        principal: crate::auth::Principal,
+    ) -> Self {
+        let enc = session.encoding();
+        let holder = Holder {
+            client: session.id().to_string(),
+            user: principal.user.clone(),
+        };
+        let rate = crate::limits::RateLimiter::new(
+            node.config.limits.requests_per_sec,
+            node.config.limits.request_burst,
+            node.config.limits.flood_close_secs,
+        );
+        let max_inflight = node
+            .config
+            .websocket
+            .max_inflight_requests
+            .clamp(1, Semaphore::MAX_PERMITS as u32);
+        let mut rpc = Rpc {
+            node,
+            session,
+            enc,
+            running: Arc::new(Mutex::new(HashMap::new())),
+            holder,
+            locked: false,
+            last_cursor: None,
+            principal,
+            rate,
+            expiry_watch: None,
+            inflight: Arc::new(Semaphore::new(max_inflight as usize)),
+            max_inflight,
+            order: Order::default(),
+        };
+        rpc.watch_expiry();
+        rpc
+    }
+
+    fn send(&self, frame: Bytes) {
+        self.session.outbox.push_always(Outgoing::Frame(frame));
+    }
+
+    fn send_error(&self, id: Option<&Id>, e: &RpcError) {
+        self.send(codec::encode_error(self.enc, id, e));
+    }
+
+    /// Handles one complete message's payload.
+    pub(crate) async fn handle(&mut self, data: &[u8]) {
+        let owned;
+        let data = if self.enc == Encoding::MsgpackZstd && data.starts_with(&ZSTD_MAGIC) {
+            match codec::decompress_bounded(data, self.node.config.websocket.max_frame_bytes) {
+                Ok(v) => {
+                    owned = v;
+                    &owned[..]
+                }
+                Err(e) => return self.send_error(e.id.as_ref(), &e.error),
+            }
+        } else {
+            data
+        };
+        match codec::decode_client_frame(self.enc, data) {
+            Err(e) => {
+                self.node.metrics.request("other", false);
+                self.send_error(e.id.as_ref(), &e.error);
+            }
+            Ok(ClientFrame::Request { id, method, params }) => {
+                let start = Instant::now();
+                match self.rate.check() {
+                    Ok(()) => {}
+                    Err(Refusal::Flood) => return self.close_flood(),
+                    Err(Refusal::Wait(wait)) => {
+                        self.node.metrics.request(&method, false);
+                        let ms = wait.as_millis() as u64 + 1;
+                        return self.send_error(
+                            Some(&id),
+                            &RpcError::new(
+                                ErrorCode::RateLimited,
+                                format!("rate limited: retry after {ms} ms"),
+                            )
+                            .with_data(serde_json::json!({ "retry_after_ms": ms })),
+                        );
+                    }
+                }
+                let req = match Request::parse(&method, &params) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.node.metrics.request(&method, false);
+                        return self.send_error(Some(&id), &e);
+                    }
+                };
+                let method = req.method().name();
+                if let Err(e) = self.authorize(req.access()) {
+                    self.node.metrics.request(method, false);
+                    return self.send_error(Some(&id), &e.to_rpc());
+                }
+                match pipeline::lane(&req, &self.node.config.layers.feature_limits()) {
+                    Lane::Pipelined(keys) => self.pipeline(id, req, keys, start).await,
+                    Lane::Serial => {
+                        // Alone: after every pipelined request in flight.
+                        let all = self
+                            .inflight
+                            .clone()
+                            .acquire_many_owned(self.max_inflight)
+                            .await;
+                        let limit = self.request_timeout();
+                        let outcome =
+                            match tokio::time::timeout(limit, self.request(&id, req)).await {
+                                Ok(o) => o,
+                                Err(_) => Err(timed_out(limit)),
+                            };
+                        drop(all);
+                        let ok = match outcome {
+                            Ok(Some(frame)) => {
+                                self.send(frame);
+                                true
+                            }
+                            Ok(None) => true,
+                            Err(e) => {
+                                self.send_error(Some(&id), &e.to_rpc());
+                                false
+                            }
+                        };
+                        self.node.metrics.request(method, ok);
+                        self.node.metrics.request_latency.observe(start.elapsed());
+                    }
+                }
+            }
+            Ok(ClientFrame::Notification { method, params }) => {
+                let Some(n) = Notification::parse(&method, &params) else {
+                    tracing::debug!(method = %method, "Ignoring an unknown notification.");
+                    return;
+                };
+                // Over the rate, notifications are dropped, except cancellations (which
+                // only stop work).
+                if !matches!(n, Notification::Cancel(_)) {
+                    match self.rate.check() {
+                        Ok(()) => {}
+                        Err(Refusal::Flood) => return self.close_flood(),
+                        Err(Refusal::Wait(_)) => return,
+                    }
+                }
+                // Like a request's: a notification the client has no right to is dropped.
+                if self.authorize(n.access()).is_ok() {
+                    self.notification(n)
+                }
+            }
+        }
+    }
+
+    fn respond<T: Serialize + ?Sized>(&self, id: &Id, result: &T) -> Result<Option<Bytes>> {
+        Ok(Some(codec::encode_response(self.enc, id, result)))
+    }
+
+    /// The client kept flooding after being rate limited: close the connection (4029).
+    fn close_flood(&self) {
+        tracing::info!(session = %self.session.id(), "Closing a connection that floods.");
+        self.session.outbox.close(CloseCode::Flood.into());
+    }
+
+    /// Whether the client may do what a request or notification needs.
+    fn authorize(&self, a: Access<'_>) -> Result<()> {
+        let p = &self.principal;
+        match a.scope {
+            // Subscriptions are looked up in this connection's own table, so a client can
+            // only touch its own; `layer.list` filters its answer by read rights.
+            Scope::Connection | Scope::LayerCatalog => Ok(()),
+            Scope::LayerRead => p.read_layer(a.name),
+            Scope::LayerWrite => p.write_layer(a.name),
+            Scope::ChannelRead => p.read_channel(a.name),
+            Scope::ChannelPublish => p.publish_channel(a.name),
+        }
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.node.config.limits.request_timeout_secs)
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            node: self.node.clone(),
+            enc: self.enc,
+            holder: self.holder.clone(),
+        }
+    }
+
+    /// Runs a pipelined request as a task of its own, after its predecessors on the same
+    /// keys; waits (reading nothing more from the socket) while every place is taken.
+    async fn pipeline(&mut self, id: Id, req: Request, keys: Vec<pipeline::Key>, start: Instant) {
+        let method = req.method().name();
+        let Ok(place) = self.inflight.clone().acquire_owned().await else {
+            return; // the connection is closing
+        };
+        let (after, done) = self.order.enqueue(&keys);
+        let ctx = self.ctx();
+        let limit = self.request_timeout();
+        let rid = id.clone();
+        let spawned = self.spawn_task(id.clone(), method, start, false, move |_| async move {
+            pipeline::wait_for(after).await;
+            let outcome = match tokio::time::timeout(limit, ctx.run(&rid, req)).await {
+                Ok(o) => o,
+                Err(_) => Err(timed_out(limit)),
+            };
+            drop((done, place));
+            outcome
+        });
+        if let Err(e) = spawned {
+            self.node.metrics.request(method, false);
+            self.send_error(Some(&id), &e.to_rpc());
+        }
+    }
+
+    async fn request(&mut self, id: &Id, req: Request) -> Result<Option<Bytes>> {
+        match req {
+            Request::Hello(p) => {
+                let r = self.hello(p)?;
+                self.respond(id, &r)
+            }
+            Request::Unsubscribe(p) => {
+                self.node.unsubscribe(&self.session, p.sub).await?;
+                self.respond(id, &Empty {})
+            }
+            Request::ChannelSubscribe(p) => {
+                let pending = self
+                    .node
+                    .streams
+                    .subscribe_channel(&self.session, p)
+                    .await?;
+                // The response goes out before any replayed or live message of the subscription.
+                self.send(codec::encode_response(self.enc, id, &pending.result));
+                self.node
+                    .streams
+                    .activate_channel(&self.session, pending)
+                    .await;
+                Ok(None)
+            }
+            Request::PresenceSubscribe(p) => {
+                let (pending, members) = self
+                    .node
+                    .streams
+                    .subscribe_presence(&self.session, &p.layer)
+                    .await?;
+                let result = api::PresenceSubscribeResult {
+                    sub: pending.result.sub,
+                    layer: p.layer,
+                    members,
+                };
+                self.send(codec::encode_response(self.enc, id, &result));
+                self.node
+                    .streams
+                    .activate_channel(&self.session, pending)
+                    .await;
+                Ok(None)
+            }
+            Request::PresenceCursor(p) => {
+                let c = self.cursor(p)?;
+                self.node.streams.publish_cursor(c).await?;
+                self.respond(id, &Empty {})
+            }
+            Request::LayerCreate(p) => {
+                let info = self.node.layers.create(p).await?;
+                self.respond(id, &info)
+            }
+            Request::LayerList => {
+                let mut layers = self.node.store.list_layers().await?;
+                layers.retain(|l| self.principal.may_read_layer(&l.name));
+                self.respond(id, &LayerListResult { layers })
+            }
+            Request::LayerGet(p) => {
+                let info = self.node.store.layer(&p.name).await?;
+                self.respond(id, &info)
+            }
+            Request::LayerDelete(p) => {
+                self.node.layers.delete(&p.name).await?;
+                self.respond(id, &Empty {})
+            }
+            Request::LayerSubscribe(p) => {
+                let filter = Arc::new(build_filter(
+                    &p.filter,
+                    &self.node.config.layers.filter_limits(),
+                )?);
+                let page = p
+                    .page_size
+                    .unwrap_or(self.node.config.layers.snapshot_page)
+                    .clamp(1, 5000);
+                let pending = self
+                    .node
+                    .streams
+                    .subscribe_layer(
+                        &self.session,
+                        &p.layer,
+                        filter,
+                        p.since,
+                        p.snapshot.unwrap_or(true),
+                        page,
+                    )
+                    .await?;
+                // The response first: it carries the subscription id the pushes refer to.
+                self.send(codec::encode_response(self.enc, id, &pending.result));
+                self.node
+                    .streams
+                    .activate_layer(&self.session, pending)
+                    .await;
+                Ok(None)
+            }
+            Request::SubscriptionUpdate(p) => {
+                let filter = Arc::new(build_filter(
+                    &p.filter,
+                    &self.node.config.layers.filter_limits(),
+                )?);
+                let m = self
+                    .node
+                    .streams
+                    .move_layer(&self.session, p.sub, filter)
+                    .await?;
+                self.send(codec::encode_response(self.enc, id, &m.result));
+                self.node.streams.finish_move(&self.session, m);
+                Ok(None)
+            }
             Request::FeatureQuery(p) => {
                 let filter = build_filter(&p.filter, &self.node.config.layers.filter_limits())?;
                 let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
@@ -536,31 +654,19 @@ impl Rpc {
             Request::TileUpdate(p) => {
                 crate::tiles::update(&self.node.tiles, &self.session, id, p).await
             }
+            // Pipelined requests (see `pipeline::lane`) run through the same handlers when a
+            // caller runs one inline.
+            r @ (Request::Ping { .. }
+            | Request::ChannelPublish { .. }
+            | Request::ChannelHistory(_)
+            | Request::ChannelPresence(_)
+            | Request::FeatureCreate(_)
+            | Request::FeatureReplace(_)
+            | Request::FeaturePatch(_)
+            | Request::FeatureDelete(_)
+            | Request::FeatureBatch(_)
+            | Request::FeatureGet(_)) => self.ctx().run(id, r).await,
         }
-    }
-
-    async fn edit(
-        &mut self,
-        id: &Id,
-        layer: String,
-        ops: Vec<WriteOp>,
-        op_id: Option<String>,
-    ) -> Result<Option<Bytes>> {
-        let outcome = self
-            .node
-            .layers
-            .apply(WriteRequest {
-                layer,
-                ops,
-                writer: self.holder.clone(),
-                op_id,
-            })
-            .await?;
-        let c = outcome
-            .changes
-            .first()
-            .ok_or_else(|| ServerError::Internal("an applied edit produced no change".into()))?;
-        self.respond(id, &edit_result(c, outcome.replayed))
     }
 
     /// Validates and rate-limits a cursor update.
@@ -707,14 +813,33 @@ impl Rpc {
         F: FnOnce(Progress) -> Fut,
         Fut: Future<Output = Result<Bytes>> + Send + 'static,
     {
+        self.spawn_task(id, method, Instant::now(), true, move |p| {
+            let fut = work(p);
+            async move { fut.await.map(Some) }
+        })
+    }
+
+    /// Runs a request as a task registered by id (so it can be cancelled) that answers it.
+    /// `limited`: counted against `websocket.max_concurrent_requests` (long requests;
+    /// pipelined ones have their own places).
+    fn spawn_task<F, Fut>(
+        &self,
+        id: Id,
+        method: &'static str,
+        start: Instant,
+        limited: bool,
+        work: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(Progress) -> Fut,
+        Fut: Future<Output = Result<Option<Bytes>>> + Send + 'static,
+    {
         let mut running = self.running.lock();
-        if running.len() >= self.node.config.websocket.max_concurrent_requests {
+        let max = self.node.config.websocket.max_concurrent_requests;
+        if limited && running.len() >= max {
             return Err(ServerError::new(
                 ErrorCode::LimitExceeded,
-                format!(
-                    "at most {} requests may run at once on a connection",
-                    self.node.config.websocket.max_concurrent_requests
-                ),
+                format!("at most {max} long requests may run at once on a connection"),
             ));
         }
         if running.contains_key(&id) {
@@ -730,7 +855,6 @@ impl Rpc {
         let session = self.session.clone();
         let node = self.node.clone();
         let task_id = id.clone();
-        let start = Instant::now();
         // Held while spawning, so the task cannot finish and look for its entry before it is
         // registered.
         let handle = tokio::spawn(async move {
@@ -739,10 +863,17 @@ impl Rpc {
                 return; // cancelled meanwhile; the canceller answered
             }
             let frame = match &outcome {
-                Ok(frame) => frame.clone(),
-                Err(e) => codec::encode_error(session.encoding(), Some(&task_id), &e.to_rpc()),
+                Ok(Some(frame)) => Some(frame.clone()),
+                Ok(None) => None,
+                Err(e) => Some(codec::encode_error(
+                    session.encoding(),
+                    Some(&task_id),
+                    &e.to_rpc(),
+                )),
             };
-            session.outbox.push_always(Outgoing::Frame(frame));
+            if let Some(f) = frame {
+                session.outbox.push_always(Outgoing::Frame(f));
+            }
             node.metrics.request(method, outcome.is_ok());
             node.metrics.request_latency.observe(start.elapsed());
         });

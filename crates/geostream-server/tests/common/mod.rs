@@ -158,6 +158,9 @@ pub struct Ws {
     next_id: i64,
     /// Notifications and pushes received while waiting for a response.
     pub backlog: std::collections::VecDeque<(String, Value)>,
+    /// Responses to other requests received while waiting for one (pipelined requests may
+    /// be answered in any order).
+    answered: std::collections::HashMap<i64, Result<Value, RpcError>>,
 }
 
 /// What the server sent, as a test sees it.
@@ -199,6 +202,7 @@ impl Ws {
             stream,
             next_id: 0,
             backlog: Default::default(),
+            answered: Default::default(),
         })
     }
 
@@ -249,16 +253,35 @@ impl Ws {
 
     /// Waits for the response to request `id`, keeping pushes that arrive meanwhile.
     pub async fn response(&mut self, id: i64) -> Result<Value, RpcError> {
+        if let Some(r) = self.answered.remove(&id) {
+            return r;
+        }
         loop {
             match self.recv().await {
                 Got::Frame(ServerFrame::Response {
                     id: Id::Int(i),
                     result,
-                }) if i == id => return Ok(result),
+                }) => {
+                    if i == id {
+                        return Ok(result);
+                    }
+                    assert!(
+                        self.answered.insert(i, Ok(result)).is_none(),
+                        "{i} answered twice"
+                    );
+                }
                 Got::Frame(ServerFrame::Error {
                     id: Some(Id::Int(i)),
                     error,
-                }) if i == id => return Err(error),
+                }) => {
+                    if i == id {
+                        return Err(error);
+                    }
+                    assert!(
+                        self.answered.insert(i, Err(error)).is_none(),
+                        "{i} answered twice"
+                    );
+                }
                 Got::Frame(ServerFrame::Notification { method, params }) => {
                     self.backlog.push_back((method, params))
                 }

@@ -1,0 +1,166 @@
+//! Pipelined requests: which requests of a connection may run at the same time, and the
+//! order kept among those that touch the same thing.
+//!
+//! Edits, feature reads, channel publishes and history reads, pings and presence lists run
+//! concurrently (up to `websocket.max_inflight_requests` per connection), so one client's
+//! edits share the store's commits instead of waiting for each other's flush. Two of them
+//! that touch the same feature (or channel) still run in the order they arrived: each takes a
+//! place in the chain of every key it touches and starts when its predecessors are done.
+//! Everything else (hello, subscriptions, locks, layer creation ...) is a barrier: it waits
+//! for the requests in flight, then runs alone, as a serial connection would.
+
+use std::collections::HashMap;
+
+use geostream_core::api::BatchOp;
+use geostream_core::feature::FeatureLimits;
+use geostream_core::request::Request;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::features::feature_id;
+
+/// What a request must keep its order with.
+pub(crate) type Key = String;
+
+/// How a request runs.
+pub(crate) enum Lane {
+    /// After every request in flight, alone.
+    Serial,
+    /// Concurrently, after the earlier requests that share one of these keys.
+    Pipelined(Vec<Key>),
+}
+
+fn feature_key(layer: &str, id: &Value, limits: &FeatureLimits) -> Option<Key> {
+    let id = feature_id(id, limits).ok()?;
+    Some(format!("f\u{0}{layer}\u{0}{id}"))
+}
+
+fn channel_key(channel: &str) -> Key {
+    format!("c\u{0}{channel}")
+}
+
+/// The lane of a request. A request whose ids cannot be read runs serially (it fails there
+/// with the right error).
+pub(crate) fn lane(req: &Request, limits: &FeatureLimits) -> Lane {
+    let keys = match req {
+        Request::Ping { .. } | Request::ChannelPresence(_) => Some(Vec::new()),
+        Request::ChannelPublish { channel, .. } => Some(vec![channel_key(channel)]),
+        Request::ChannelHistory(p) => Some(vec![channel_key(&p.channel)]),
+        // Without an id the server makes a fresh one: nothing to keep an order with.
+        Request::FeatureCreate(p) => match p.feature.get("id") {
+            None | Some(Value::Null) => Some(Vec::new()),
+            Some(id) => feature_key(&p.layer, id, limits).map(|k| vec![k]),
+        },
+        Request::FeatureReplace(p) => feature_key(&p.layer, &p.id, limits).map(|k| vec![k]),
+        Request::FeaturePatch(p) => feature_key(&p.layer, &p.id, limits).map(|k| vec![k]),
+        Request::FeatureDelete(p) => feature_key(&p.layer, &p.id, limits).map(|k| vec![k]),
+        Request::FeatureGet(p) => feature_key(&p.layer, &p.id, limits).map(|k| vec![k]),
+        Request::FeatureBatch(p) => p
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                BatchOp::Create { feature } => match feature.get("id") {
+                    None | Some(Value::Null) => None,
+                    Some(id) => Some(feature_key(&p.layer, id, limits)),
+                },
+                BatchOp::Replace { id, .. }
+                | BatchOp::Patch { id, .. }
+                | BatchOp::Delete { id, .. } => Some(feature_key(&p.layer, id, limits)),
+            })
+            .collect::<Option<Vec<Key>>>(),
+        _ => None,
+    };
+    match keys {
+        Some(k) => Lane::Pipelined(k),
+        None => Lane::Serial,
+    }
+}
+
+/// The last request of each key, by its "done" signal (the sender is dropped when it ends,
+/// however it ends: answered, failed, timed out or cancelled).
+#[derive(Default)]
+pub(crate) struct Order {
+    last: HashMap<Key, watch::Receiver<()>>,
+}
+
+/// Entries kept before finished chains are pruned.
+const PRUNE_AT: usize = 512;
+
+impl Order {
+    /// Takes the place after the current last request of each key: returns what to wait
+    /// for, and the signal to drop when done.
+    pub(crate) fn enqueue(
+        &mut self,
+        keys: &[Key],
+    ) -> (Vec<watch::Receiver<()>>, watch::Sender<()>) {
+        let (done, rx) = watch::channel(());
+        // A batch may touch one feature twice: waiting on its own signal would never end.
+        let mut keys: Vec<&Key> = keys.iter().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut after = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(prev) = self.last.insert(k.clone(), rx.clone()) {
+                after.push(prev);
+            }
+        }
+        if self.last.len() > PRUNE_AT {
+            // A closed channel is a finished request.
+            self.last.retain(|_, r| r.has_changed().is_ok());
+        }
+        (after, done)
+    }
+}
+
+/// Waits until every predecessor is done.
+pub(crate) async fn wait_for(after: Vec<watch::Receiver<()>>) {
+    for mut r in after {
+        // Nothing is ever sent: this returns when the sender is dropped.
+        while r.changed().await.is_ok() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_on_one_key_run_in_arrival_order_others_do_not_wait() {
+        let mut order = Order::default();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // a1 is slow; a2 and the batch (a, b) must wait for it; c runs at once.
+        for (name, keys, ms) in [
+            ("a1", vec!["a"], 100u64),
+            ("a2", vec!["a"], 0),
+            ("ab", vec!["a", "b", "a"], 0),
+            ("c", vec!["c"], 0),
+            ("b", vec!["b"], 0),
+        ] {
+            let keys: Vec<Key> = keys.into_iter().map(String::from).collect();
+            let (after, done) = order.enqueue(&keys);
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                wait_for(after).await;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                log.lock().push(name);
+                drop(done);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let log = log.lock().clone();
+        let pos = |n: &str| log.iter().position(|x| *x == n).unwrap();
+        assert!(pos("a1") < pos("a2") && pos("a2") < pos("ab") && pos("ab") < pos("b"));
+        assert!(
+            pos("c") < pos("a1"),
+            "an unrelated key does not wait: {log:?}"
+        );
+    }
+}
