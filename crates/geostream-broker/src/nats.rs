@@ -130,6 +130,21 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
 /// A topic as one subject token and stream-name part: hex of its bytes, or, for long
 /// topics, hex of the first 48 bytes and a 64-bit FNV-1a hash of the whole (stream names
 /// become file names, which have a length limit).
+/// An event's encoded bodies: one, or a batch of changes too large for one message split
+/// in halves, in order (each half still a batch for the receiving hubs).
+fn event_bodies(event: &BusEvent, max: usize) -> Vec<Vec<u8>> {
+    let data = event.encode();
+    match event {
+        BusEvent::Changes(changes) if changes.len() > 1 && data.len() > max => {
+            let (a, b) = changes.split_at(changes.len() / 2);
+            let mut out = event_bodies(&BusEvent::Changes(a.to_vec()), max);
+            out.extend(event_bodies(&BusEvent::Changes(b.to_vec()), max));
+            out
+        }
+        _ => vec![data],
+    }
+}
+
 fn token(topic: &str) -> String {
     fn hex(b: &[u8]) -> String {
         use std::fmt::Write;
@@ -426,19 +441,20 @@ impl Broker for NatsBroker {
         let t = topic.as_bytes();
         let len = u16::try_from(t.len())
             .map_err(|_| BrokerError::Unavailable("topic too long".into()))?;
-        let data = event.encode();
-        let mut payload = BytesMut::with_capacity(2 + t.len() + data.len());
-        payload.put_u16(len);
-        payload.extend_from_slice(t);
-        payload.extend_from_slice(&data);
-        self.inner
-            .client
-            .publish(
-                format!("{}.e.{}", self.inner.opts.prefix, token(topic)),
-                payload.freeze(),
-            )
-            .await
-            .map_err(|e| unavailable("publish", e))
+        let max = self.inner.client.server_info().max_payload;
+        let subject = format!("{}.e.{}", self.inner.opts.prefix, token(topic));
+        for data in event_bodies(&event, max.saturating_sub(2 + t.len())) {
+            let mut payload = BytesMut::with_capacity(2 + t.len() + data.len());
+            payload.put_u16(len);
+            payload.extend_from_slice(t);
+            payload.extend_from_slice(&data);
+            self.inner
+                .client
+                .publish(subject.clone(), payload.freeze())
+                .await
+                .map_err(|e| unavailable("publish", e))?;
+        }
+        Ok(())
     }
 
     async fn history(&self, topic: &str, since: Option<u64>, limit: usize) -> Result<HistoryPage> {
@@ -977,6 +993,45 @@ fn own_state(inner: &Inner) -> MemberMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_too_large_for_one_message_is_sent_in_order_in_parts() {
+        use geostream_core::feature::{Change, ChangeOp};
+        let changes: Vec<Arc<Change>> = (1..=37)
+            .map(|seq| {
+                Arc::new(Change {
+                    layer: "ships".into(),
+                    seq,
+                    op: ChangeOp::Delete,
+                    id: format!("feature-{seq}"),
+                    version: 2,
+                    old: None,
+                    new: None,
+                    old_bbox: None,
+                    new_bbox: None,
+                    changed: Vec::new(),
+                    geometry_changed: false,
+                    author: None,
+                    op_id: None,
+                    time_ms: 1,
+                })
+            })
+            .collect();
+        let event = BusEvent::Changes(changes.clone());
+        assert_eq!(event_bodies(&event, 1 << 20).len(), 1);
+        let max = event.encode().len() / 5;
+        let bodies = event_bodies(&event, max);
+        assert!(bodies.len() >= 5, "{} parts", bodies.len());
+        let mut back = Vec::new();
+        for b in &bodies {
+            assert!(b.len() <= max);
+            match BusEvent::decode(b).expect("decodes") {
+                BusEvent::Changes(part) => back.extend(part),
+                other => panic!("not a batch: {other:?}"),
+            }
+        }
+        assert_eq!(back, changes);
+    }
 
     #[test]
     fn tokens_are_subject_and_stream_safe() {

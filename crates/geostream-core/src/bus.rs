@@ -21,6 +21,9 @@ pub enum BusEvent {
     /// A layer change, durable in the store (the topic is the layer's). Shared: the hub
     /// keeps it in the pushes it prepares.
     Change(Arc<Change>),
+    /// Changes of one layer committed together (a batch), in sequence order: dispatched
+    /// under one look at the layer's subscriptions.
+    Changes(Vec<Arc<Change>>),
     /// A feature was locked or unlocked.
     Lock(LockPush),
     /// The layer was deleted.

@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use geostream_core::feature::Change;
+
 use geostream_core::api::{self, UnsubscribedPush};
 use geostream_core::bus::BusEvent;
 use geostream_core::codec::encode_push;
@@ -61,16 +63,8 @@ impl BusHandler {
             BusEvent::Join(client) => self.hub.dispatch_presence(topic, true, client.clone()),
             BusEvent::Leave(client) => self.hub.dispatch_presence(topic, false, client.clone()),
             BusEvent::Cursor(c) => self.hub.dispatch_cursor(topic, c.clone()),
-            BusEvent::Change(c) => {
-                if let Dispatched::Waiting { missing } = self.hub.dispatch_change(c.clone()) {
-                    // Full: a repair for this layer is already queued, which reads every
-                    // change it finds missing.
-                    let _ = self.gaps.try_send(Gap {
-                        layer: c.layer.clone(),
-                        missing,
-                    });
-                }
-            }
+            BusEvent::Change(c) => self.changes(std::slice::from_ref(c)),
+            BusEvent::Changes(cs) => self.changes(cs),
             BusEvent::Lock(lock) => {
                 if let Some(layer) = topic_layer(topic) {
                     self.hub.dispatch_lock(layer, lock.clone());
@@ -83,6 +77,18 @@ impl BusHandler {
             }
             // Tiles are the tile service's business.
             BusEvent::TileUploaded(_) => {}
+        }
+    }
+
+    fn changes(&self, changes: &[Arc<Change>]) {
+        let Some(first) = changes.first() else { return };
+        if let Dispatched::Waiting { missing } = self.hub.dispatch_changes(changes) {
+            // Full: a repair for this layer is already queued, which reads every change it
+            // finds missing.
+            let _ = self.gaps.try_send(Gap {
+                layer: first.layer.clone(),
+                missing,
+            });
         }
     }
 

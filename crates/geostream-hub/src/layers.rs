@@ -189,6 +189,17 @@ pub(crate) struct LayerEntry {
     waiting: BTreeMap<u64, Arc<Change>>,
     live: usize,
     scratch: Vec<usize>,
+    /// Pushes found for the changes being dispatched, delivered together per subscription
+    /// (one outbox lock per subscription per batch, not per push).
+    pending: Vec<Pending>,
+}
+
+/// A push found for a subscription, waiting for the rest of its batch.
+struct Pending {
+    slot: usize,
+    key: Arc<str>,
+    push: Arc<Prepared>,
+    seq: u64,
 }
 
 impl LayerEntry {
@@ -204,6 +215,7 @@ impl LayerEntry {
             waiting: BTreeMap::new(),
             live: 0,
             scratch: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -212,11 +224,8 @@ impl LayerEntry {
         if s.boxes.is_empty() {
             self.unbounded.push(slot);
         } else {
-            for b in s.boxes.clone() {
-                self.tree.insert(Indexed {
-                    env: aabb(&b),
-                    slot,
-                });
+            for b in &s.boxes {
+                self.tree.insert(Indexed { env: aabb(b), slot });
             }
         }
     }
@@ -226,11 +235,8 @@ impl LayerEntry {
         if s.boxes.is_empty() {
             self.unbounded.retain(|x| *x != slot);
         } else {
-            for b in s.boxes.clone() {
-                self.tree.remove(&Indexed {
-                    env: aabb(&b),
-                    slot,
-                });
+            for b in &s.boxes {
+                self.tree.remove(&Indexed { env: aabb(b), slot });
             }
         }
     }
@@ -485,34 +491,86 @@ impl Hub {
 
     /// Fans a change out to this node's subscribers of its layer, in sequence order.
     pub fn dispatch_change(&self, change: Arc<Change>) -> Dispatched {
-        let entry = self.layer_entry_or_new(&change.layer);
+        self.dispatch_changes(std::slice::from_ref(&change))
+    }
+
+    /// Fans changes out (a committed batch, or a run read from the log), in sequence order
+    /// per layer: the layer's subscriptions are locked once per run of changes of one
+    /// layer, and each subscription's pushes are queued under one outbox lock. The result
+    /// is the state of the last layer touched.
+    pub fn dispatch_changes(&self, changes: &[Arc<Change>]) -> Dispatched {
+        let mut result = Dispatched::Duplicate;
+        let mut rest = changes;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|c| c.layer != first.layer)
+                .unwrap_or(rest.len());
+            let (now, later) = rest.split_at(run);
+            result = self.dispatch_layer_run(&first.layer, now);
+            rest = later;
+        }
+        result
+    }
+
+    fn dispatch_layer_run(&self, layer: &str, changes: &[Arc<Change>]) -> Dispatched {
+        let entry = self.layer_entry_or_new(layer);
         let mut e = entry.lock();
-        if change.seq <= e.last_seq {
-            return Dispatched::Duplicate;
-        }
-        let next = e.last_seq + 1;
-        if change.seq > next {
-            e.waiting.insert(change.seq, change);
-            if e.waiting.len() > REORDER_LIMIT {
-                // Give up on the gap: continue from the oldest held change.
-                let first = *e.waiting.keys().next().unwrap_or(&next);
-                tracing::warn!(layer = %e.name, missing = next, resumed = first, "Changes never arrived; continuing without them.");
-                e.last_seq = first - 1;
-                self.drain_waiting(&mut e);
-                return Dispatched::Done;
+        let mut fresh = false;
+        for change in changes {
+            if change.seq <= e.last_seq {
+                continue;
             }
-            return Dispatched::Waiting { missing: next };
+            fresh = true;
+            let next = e.last_seq + 1;
+            if change.seq > next {
+                e.waiting.insert(change.seq, change.clone());
+                if e.waiting.len() > REORDER_LIMIT {
+                    // Give up on the gap: continue from the oldest held change.
+                    let first = *e.waiting.keys().next().unwrap_or(&next);
+                    tracing::warn!(layer = %e.name, missing = next, resumed = first, "Changes never arrived; continuing without them.");
+                    e.last_seq = first - 1;
+                    self.drain_waiting(&mut e);
+                }
+                continue;
+            }
+            self.dispatch_one(&mut e, change);
+            e.last_seq = change.seq;
+            self.drain_waiting(&mut e);
         }
-        self.dispatch_one(&mut e, &change);
-        e.last_seq = change.seq;
-        self.drain_waiting(&mut e);
-        if e.waiting.is_empty() {
+        self.flush_pending(&mut e);
+        if !fresh {
+            Dispatched::Duplicate
+        } else if e.waiting.is_empty() {
             Dispatched::Done
         } else {
             Dispatched::Waiting {
                 missing: e.last_seq + 1,
             }
         }
+    }
+
+    /// Delivers what [`Hub::dispatch_one`] found, grouped by subscription, each group in
+    /// sequence order.
+    fn flush_pending(&self, e: &mut LayerEntry) {
+        let mut pending = std::mem::take(&mut e.pending);
+        if pending.is_empty() {
+            e.pending = pending;
+            return;
+        }
+        // Stable: a subscription's pushes keep their sequence order.
+        pending.sort_by_key(|p| p.slot);
+        let mut delivered = 0u64;
+        for group in pending.chunk_by(|a, b| a.slot == b.slot) {
+            if let Some(s) = &e.slots[group[0].slot] {
+                delivered += deliver_all(s, group);
+            }
+        }
+        pending.clear();
+        e.pending = pending;
+        self.stats
+            .deliveries
+            .fetch_add(delivered, Ordering::Relaxed);
     }
 
     fn drain_waiting(&self, e: &mut LayerEntry) {
@@ -553,7 +611,6 @@ impl Hub {
         }
         let key: Arc<str> = Arc::from(change.id.as_str());
         let mut prepared: [Option<Arc<Prepared>>; 4] = Default::default();
-        let mut delivered = 0u64;
         for &slot in &cands {
             let Some(s) = &e.slots[slot] else { continue };
             let Some(kind) = view.kind(&s.filter) else {
@@ -568,13 +625,13 @@ impl Hub {
                     })
                 })
                 .clone();
-            if deliver(s, &key, push, change.seq) {
-                delivered += 1;
-            }
+            e.pending.push(Pending {
+                slot,
+                key: key.clone(),
+                push,
+                seq: change.seq,
+            });
         }
-        self.stats
-            .deliveries
-            .fetch_add(delivered, Ordering::Relaxed);
         e.scratch = cands;
     }
 }
@@ -599,6 +656,27 @@ fn deliver(s: &LayerSub, key: &Arc<str>, push: Arc<Prepared>, seq: u64) -> bool 
         return false;
     }
     s.session.outbox.push_state(s.sub, key, push) == PushOutcome::Queued
+}
+
+/// Queues a subscription's pushes of one batch, under one outbox lock when it is live.
+fn deliver_all(s: &LayerSub, group: &[Pending]) -> u64 {
+    // A live subscription stays live while the layer is locked (only a move, which takes
+    // the layer's lock, makes it recover again); a recovering one may go live meanwhile,
+    // which `deliver` handles push by push.
+    if s.state.recovering.load(Ordering::Acquire) {
+        return group
+            .iter()
+            .filter(|p| deliver(s, &p.key, p.push.clone(), p.seq))
+            .count() as u64;
+    }
+    let covered = s.state.covered.load(Ordering::Acquire);
+    s.session.outbox.push_states(
+        s.sub,
+        group
+            .iter()
+            .filter(|p| p.seq > covered)
+            .map(|p| (&p.key, p.push.clone())),
+    )
 }
 
 /// Changes held per subscription while it starts or moves.
@@ -695,7 +773,7 @@ mod tests {
         s
     }
 
-    fn transitions(index: bool) {
+    fn transitions(index: bool, batched: bool) {
         let hub = Hub::new(HubLimits {
             spatial_index: index,
             ..HubLimits::default()
@@ -715,14 +793,23 @@ mod tests {
         let a2 = point("a", -4.0, 0.0, json!({"speed": 12}));
         let a3 = point("a", 5.0, 0.0, json!({"speed": 12}));
         let a4 = point("a", 5.0, 0.0, json!({"speed": 3}));
-        for c in [
+        let changes = [
             change(1, None, Some(a1.clone())),
             change(2, Some(a1), Some(a2.clone())),
             change(3, Some(a2), Some(a3.clone())),
             change(4, Some(a3), Some(a4.clone())),
             change(5, Some(a4), None),
-        ] {
-            assert_eq!(hub.dispatch_change(c), Dispatched::Done);
+        ];
+        if batched {
+            // Out of order inside the batch: the hub still dispatches in sequence order.
+            let mut shuffled = changes.to_vec();
+            shuffled.swap(0, 3);
+            assert_eq!(hub.dispatch_changes(&shuffled), Dispatched::Done);
+            assert_eq!(hub.dispatch_changes(&changes), Dispatched::Duplicate);
+        } else {
+            for c in changes {
+                assert_eq!(hub.dispatch_change(c), Dispatched::Done);
+            }
         }
         use FeatureKind::*;
         assert_eq!(
@@ -753,12 +840,18 @@ mod tests {
 
     #[test]
     fn enter_update_exit_delete_with_the_index() {
-        transitions(true);
+        transitions(true, false);
     }
 
     #[test]
     fn the_same_without_the_index() {
-        transitions(false);
+        transitions(false, false);
+    }
+
+    #[test]
+    fn one_batch_gives_each_subscriber_the_same_pushes_as_single_changes() {
+        transitions(true, true);
+        transitions(false, true);
     }
 
     #[test]

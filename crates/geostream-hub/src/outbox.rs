@@ -143,6 +143,16 @@ pub struct OutboxStats {
     pub coalesced: AtomicU64,
 }
 
+/// What queueing under the lock changed, told to the shared counters and the writer once
+/// the lock is released.
+#[derive(Default)]
+struct Tally {
+    queued: u64,
+    queued_bytes: u64,
+    unqueued_bytes: u64,
+    wake: bool,
+}
+
 /// One connection's outbound queue.
 pub struct Outbox {
     state: Mutex<State>,
@@ -252,7 +262,45 @@ impl Outbox {
     /// sequence numbers stay in order on the wire); over budget, the merged state waits aside
     /// and is queued once the queue has drained, so the client always ends at the latest state.
     pub fn push_state(&self, sub: u32, key: &Arc<str>, push: Arc<Prepared>) -> PushOutcome {
+        let mut tally = Tally::default();
         let mut s = self.state.lock();
+        let out = self.state_locked(&mut s, sub, key, push, &mut tally);
+        drop(s);
+        self.settle(tally);
+        out
+    }
+
+    /// Queues several state pushes for one subscription under one lock (the pushes a batch
+    /// of changes brings it), in order, with [`Outbox::push_state`]'s rules for each. Returns
+    /// how many were queued (stops at the first refusal that closes the outbox).
+    pub fn push_states<'k>(
+        &self,
+        sub: u32,
+        items: impl IntoIterator<Item = (&'k Arc<str>, Arc<Prepared>)>,
+    ) -> u64 {
+        let mut tally = Tally::default();
+        let mut queued = 0;
+        let mut s = self.state.lock();
+        for (key, push) in items {
+            match self.state_locked(&mut s, sub, key, push, &mut tally) {
+                PushOutcome::Queued => queued += 1,
+                PushOutcome::Dropped => {}
+                PushOutcome::Closed => break,
+            }
+        }
+        drop(s);
+        self.settle(tally);
+        queued
+    }
+
+    fn state_locked(
+        &self,
+        s: &mut State,
+        sub: u32,
+        key: &Arc<str>,
+        push: Arc<Prepared>,
+        tally: &mut Tally,
+    ) -> PushOutcome {
         if s.close.is_some() {
             return PushOutcome::Closed;
         }
@@ -265,7 +313,7 @@ impl Outbox {
                 push,
             };
             let cost = item.cost();
-            self.enqueue(s, item, cost);
+            Self::enqueue_locked(s, item, cost, tally);
             return PushOutcome::Queued;
         }
         let k = (sub, key.clone());
@@ -279,9 +327,7 @@ impl Outbox {
                 .map(|slot| std::mem::replace(slot, Outgoing::Skip))
             {
                 s.bytes -= old.cost().min(s.bytes);
-                self.stats
-                    .queued_bytes
-                    .fetch_sub(old.cost() as u64, Ordering::Relaxed);
+                tally.unqueued_bytes += old.cost() as u64;
                 if let Outgoing::State { push: older, .. } = old {
                     merged = true;
                     match crate::prepared::coalesce(&older, &push) {
@@ -316,29 +362,52 @@ impl Outbox {
             // Nothing is lost: the latest state waits aside. Once anything waits aside, later
             // states wait too, so they are queued in order after it.
             s.overflow.insert(k, item);
-            return match self.refuse_kept(s) {
-                PushOutcome::Closed => PushOutcome::Closed,
-                _ => PushOutcome::Queued,
-            };
+            let now = Instant::now();
+            let since = *s.over_since.get_or_insert(now);
+            if now.duration_since(since) >= self.limits.slow_grace {
+                s.close = Some(CloseCode::SlowConsumer.into());
+                self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+                tally.wake = true;
+                return PushOutcome::Closed;
+            }
+            return PushOutcome::Queued;
         }
         let abs = s.base + s.queue.len() as u64;
         s.keys.insert(k, abs);
-        self.enqueue(s, item, cost);
+        Self::enqueue_locked(s, item, cost, tally);
         PushOutcome::Queued
     }
 
-    /// Like `refuse`, for a push that was kept aside rather than dropped.
-    fn refuse_kept(&self, mut s: parking_lot::MutexGuard<'_, State>) -> PushOutcome {
-        let now = Instant::now();
-        let since = *s.over_since.get_or_insert(now);
-        if now.duration_since(since) >= self.limits.slow_grace {
-            s.close = Some(CloseCode::SlowConsumer.into());
-            self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
-            drop(s);
-            self.notify.notify_one();
-            return PushOutcome::Closed;
+    /// Appends to the queue; what the shared counters and the writer must hear is collected
+    /// in `tally` and told once the lock is released ([`Outbox::settle`]).
+    fn enqueue_locked(s: &mut State, item: Outgoing, cost: usize, tally: &mut Tally) {
+        // Wake the writer only on the empty -> non-empty edge: while it is busy it will find
+        // the new items on its next drain without a wake-up per item.
+        tally.wake |= s.queue.is_empty();
+        s.queue.push_back(item);
+        s.bytes += cost;
+        tally.queued += 1;
+        tally.queued_bytes += cost as u64;
+    }
+
+    fn settle(&self, tally: Tally) {
+        if tally.queued > 0 {
+            self.stats.queued.fetch_add(tally.queued, Ordering::Relaxed);
         }
-        PushOutcome::Dropped
+        if tally.queued_bytes != tally.unqueued_bytes {
+            if tally.queued_bytes > tally.unqueued_bytes {
+                self.stats
+                    .queued_bytes
+                    .fetch_add(tally.queued_bytes - tally.unqueued_bytes, Ordering::Relaxed);
+            } else {
+                self.stats
+                    .queued_bytes
+                    .fetch_sub(tally.unqueued_bytes - tally.queued_bytes, Ordering::Relaxed);
+            }
+        }
+        if tally.wake {
+            self.notify.notify_one();
+        }
     }
 
     fn refuse(&self, mut s: parking_lot::MutexGuard<'_, State>) -> PushOutcome {

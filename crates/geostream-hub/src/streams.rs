@@ -438,14 +438,23 @@ where
     /// Publishes a durable change to every node's subscribers. A change that cannot be
     /// published is not lost: nodes read it from the log when the next one reveals the gap.
     pub async fn publish_change(&self, change: Arc<Change>) {
-        let topic = layer_topic(&change.layer);
-        let seq = change.seq;
-        if let Err(e) = self
-            .broker
-            .publish_event(&topic, Arc::new(BusEvent::Change(change)))
-            .await
-        {
-            tracing::warn!(topic, seq, error = %e, "Could not publish a change.");
+        self.publish_changes(vec![change]).await;
+    }
+
+    /// Publishes the changes of one commit (one layer, in sequence order) as one event, so
+    /// every node dispatches them as a batch.
+    pub async fn publish_changes(&self, mut changes: Vec<Arc<Change>>) {
+        let (topic, seq) = match changes.first() {
+            Some(c) => (layer_topic(&c.layer), c.seq),
+            None => return,
+        };
+        let event = if changes.len() == 1 {
+            BusEvent::Change(changes.pop().expect("one change"))
+        } else {
+            BusEvent::Changes(changes)
+        };
+        if let Err(e) = self.broker.publish_event(&topic, Arc::new(event)).await {
+            tracing::warn!(topic, seq, error = %e, "Could not publish changes.");
         }
     }
 
@@ -484,9 +493,8 @@ where
             if run.changes.is_empty() {
                 return;
             }
-            for c in run.changes {
-                let _ = self.hub.dispatch_change(Arc::new(c));
-            }
+            let changes: Vec<Arc<Change>> = run.changes.into_iter().map(Arc::new).collect();
+            let _ = self.hub.dispatch_changes(&changes);
             let now = self.hub.layer_last_seq(layer);
             if now <= last {
                 return;

@@ -17,7 +17,8 @@
 //!
 //! Knobs (environment): `VIEWPORTS` (10,000), `VIEWPORT_TRACK` (a file in
 //! `../shared/data/trajectories`, default `ais_us_coastal_2020-06-30.csv.zst`),
-//! `VIEWPORT_UPDATES` (cap on position updates, default all), `VIEWPORT_SECS` (cap on the
+//! `VIEWPORT_BATCH` (changes handed to the hub together, as a `feature.batch` commit brings
+//! them; default 1), `VIEWPORT_UPDATES` (cap on position updates, default all), `VIEWPORT_SECS` (cap on the
 //! replay time of each run, default 20), `VIEWPORT_MODES` (`index,scan`).
 
 use std::collections::{HashMap, VecDeque};
@@ -181,7 +182,13 @@ struct RunResult {
     max_us: u32,
 }
 
-fn run(index: bool, views: &[[f64; 4]], changes: &[Arc<Change>], max_time: Duration) -> RunResult {
+fn run(
+    index: bool,
+    views: &[[f64; 4]],
+    changes: &[Arc<Change>],
+    batch: usize,
+    max_time: Duration,
+) -> RunResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -213,10 +220,11 @@ fn run(index: bool, views: &[[f64; 4]], changes: &[Arc<Change>], max_time: Durat
         std::thread::spawn(move || {
             let started = Instant::now();
             let mut cumulative = Vec::with_capacity(changes.len());
-            for (i, c) in changes.into_iter().enumerate() {
-                hub.dispatch_change(c);
-                cumulative.push(hub.stats().deliveries.load(Ordering::Relaxed));
-                if i % 1024 == 0 && started.elapsed() > max_time {
+            for (i, batch) in changes.chunks(batch).enumerate() {
+                hub.dispatch_changes(batch);
+                let delivered = hub.stats().deliveries.load(Ordering::Relaxed);
+                cumulative.extend(std::iter::repeat_n(delivered, batch.len()));
+                if (i * batch.len()) % 1024 < batch.len() && started.elapsed() > max_time {
                     break;
                 }
             }
@@ -274,6 +282,7 @@ fn main() {
     let track = std::env::var("VIEWPORT_TRACK")
         .unwrap_or_else(|_| "ais_us_coastal_2020-06-30.csv.zst".into());
     let max_time = Duration::from_secs(env_num("VIEWPORT_SECS", 20));
+    let batch = env_num("VIEWPORT_BATCH", 1).max(1) as usize;
     let modes = std::env::var("VIEWPORT_MODES").unwrap_or_else(|_| "index,scan".into());
     let path = data_dir().join("trajectories").join(&track);
     let t = Instant::now();
@@ -312,7 +321,7 @@ fn main() {
             "scan" => false,
             other => panic!("unknown mode {other} (index or scan)"),
         };
-        let r = run(index, &views, &changes, max_time);
+        let r = run(index, &views, &changes, batch, max_time);
         println!(
             "{:<6} updates {:>7} in {:>6.2} s: {:>9.0} updates/s processed | pushes {:>9} ({:>5.1} per update, \
              {:>9.0}/s delivered, {:.1} MB encoded) | latency p50 {:.2} ms p99 {:.2} ms max {:.1} ms | queued {} coalesced {}",

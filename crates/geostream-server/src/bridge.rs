@@ -58,6 +58,7 @@ impl BrokerHandler for Bridge {
     fn on_event(&self, topic: &str, event: &Arc<BusEvent>) {
         match &**event {
             BusEvent::Change(c) => self.tiles.on_change(c),
+            BusEvent::Changes(cs) => cs.iter().for_each(|c| self.tiles.on_change(c)),
             BusEvent::TileUploaded(t) => {
                 if let Some(layer) = topic_layer(topic) {
                     self.tiles.on_upload(layer, t);

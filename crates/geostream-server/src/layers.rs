@@ -72,10 +72,9 @@ impl Layers {
     /// Applies an edit durably, then publishes its changes.
     pub async fn apply(&self, req: WriteRequest) -> Result<WriteOutcome> {
         let outcome = self.store.apply(req).await?;
-        if !outcome.replayed {
-            for c in &outcome.changes {
-                self.streams.publish_change(Arc::new(c.clone())).await;
-            }
+        if !outcome.replayed && !outcome.changes.is_empty() {
+            let changes = outcome.changes.iter().cloned().map(Arc::new).collect();
+            self.streams.publish_changes(changes).await;
         }
         Ok(outcome)
     }
