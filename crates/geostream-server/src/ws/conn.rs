@@ -140,9 +140,11 @@ async fn read_loop(
     let mut last_ping = Instant::now();
     let ping_every = cfg.ping_interval();
     let idle_timeout = cfg.idle_timeout();
-    let mut tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_every / 2, ping_every / 2);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A timer in the task's own state (an `Interval` would box one): an idle connection's
+    // allocations are few.
+    let half = ping_every / 2;
+    let tick = tokio::time::sleep(half);
+    tokio::pin!(tick);
     loop {
         loop {
             let msg = match dec.decode(&mut buf) {
@@ -200,7 +202,8 @@ async fn read_loop(
                     Err(_) => return ReadEnd::Gone,
                 }
             }
-            _ = tick.tick() => {
+            _ = &mut tick => {
+                tick.as_mut().reset(tokio::time::Instant::now() + half);
                 let now = Instant::now();
                 let quiet = now.duration_since(last_recv);
                 if quiet >= idle_timeout {

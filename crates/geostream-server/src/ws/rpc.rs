@@ -55,6 +55,7 @@ fn with_index(e: ServerError, i: usize) -> ServerError {
 }
 
 /// Requests running as their own tasks, by id.
+/// The requests running as tasks of their own, by id (to cancel them).
 type Running = Arc<Mutex<HashMap<Id, AbortHandle>>>;
 
 /// Largest `hello.info`, in bytes of JSON.
@@ -65,7 +66,8 @@ pub(crate) struct Rpc {
     node: Arc<Node>,
     session: Arc<Session>,
     enc: Encoding,
-    running: Running,
+    /// Made on the first request that runs as a task: an idle connection holds no map.
+    running: std::sync::OnceLock<Running>,
     /// Who this connection writes and locks as (`hello.client_id`, or the session id).
     holder: Holder,
     /// Whether it ever took a lock (its locks must then expire when it leaves).
@@ -79,7 +81,8 @@ pub(crate) struct Rpc {
     /// Closes the connection when the token expires without a refresh.
     expiry_watch: Option<AbortHandle>,
     /// Places for pipelined requests in flight.
-    inflight: Arc<Semaphore>,
+    /// Made on the first pipelined request: an idle connection does not hold one.
+    inflight: Option<Arc<Semaphore>>,
     /// Their number (a serial request takes them all, so it waits for every one).
     max_inflight: u32,
     /// The order kept among pipelined requests on the same feature or channel.
@@ -285,14 +288,14 @@ impl Rpc {
             node,
             session,
             enc,
-            running: Arc::new(Mutex::new(HashMap::new())),
+            running: std::sync::OnceLock::new(),
             holder,
             locked: false,
             last_cursor: None,
             principal,
             rate,
             expiry_watch: None,
-            inflight: Arc::new(Semaphore::new(max_inflight as usize)),
+            inflight: None,
             max_inflight,
             order: Order::default(),
         };
@@ -361,11 +364,14 @@ impl Rpc {
                     Lane::Pipelined(keys) => self.pipeline(id, req, keys, start).await,
                     Lane::Serial => {
                         // Alone: after every pipelined request in flight.
-                        let all = self
-                            .inflight
-                            .clone()
-                            .acquire_many_owned(self.max_inflight)
-                            .await;
+                        let all = match &self.inflight {
+                            Some(places) => places
+                                .clone()
+                                .acquire_many_owned(self.max_inflight)
+                                .await
+                                .ok(),
+                            None => None,
+                        };
                         let limit = self.request_timeout();
                         let outcome =
                             match tokio::time::timeout(limit, self.request(&id, req)).await {
@@ -451,7 +457,11 @@ impl Rpc {
     /// keys; waits (reading nothing more from the socket) while every place is taken.
     async fn pipeline(&mut self, id: Id, req: Request, keys: Vec<pipeline::Key>, start: Instant) {
         let method = req.method().name();
-        let Ok(place) = self.inflight.clone().acquire_owned().await else {
+        let max = self.max_inflight as usize;
+        let places = self
+            .inflight
+            .get_or_insert_with(|| Arc::new(Semaphore::new(max)));
+        let Ok(place) = places.clone().acquire_owned().await else {
             return; // the connection is closing
         };
         let (after, done) = self.order.enqueue(&keys);
@@ -783,7 +793,7 @@ impl Rpc {
     fn notification(&mut self, n: Notification) {
         match n {
             Notification::Cancel(p) => {
-                let handle = self.running.lock().remove(&p.id);
+                let handle = self.running.get().and_then(|r| r.lock().remove(&p.id));
                 if let Some(h) = handle {
                     h.abort();
                     self.node.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -834,7 +844,8 @@ impl Rpc {
         F: FnOnce(Progress) -> Fut,
         Fut: Future<Output = Result<Option<Bytes>>> + Send + 'static,
     {
-        let mut running = self.running.lock();
+        let registry = self.running.get_or_init(Running::default).clone();
+        let mut running = registry.lock();
         let max = self.node.config.websocket.max_concurrent_requests;
         if limited && running.len() >= max {
             return Err(ServerError::new(
@@ -851,7 +862,7 @@ impl Rpc {
             session: self.session.clone(),
             id: id.clone(),
         });
-        let registry = self.running.clone();
+        let registry = registry.clone();
         let session = self.session.clone();
         let node = self.node.clone();
         let task_id = id.clone();
@@ -910,7 +921,10 @@ impl Rpc {
         if let Some(h) = &self.expiry_watch {
             h.abort();
         }
-        for (_, h) in self.running.lock().drain() {
+        let Some(running) = self.running.get() else {
+            return;
+        };
+        for (_, h) in running.lock().drain() {
             h.abort();
             self.node.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
         }
