@@ -421,6 +421,8 @@ fn scan_t(frame: &[u8]) -> Option<((), u64)> {
 /// Parameters of the durable-edits scenario.
 pub(crate) struct EditsParams {
     pub(crate) editors: usize,
+    /// Requests each editor keeps in flight (each on a feature of its own).
+    pub(crate) inflight: usize,
     pub(crate) duration: f64,
     pub(crate) server_pid: Option<String>,
 }
@@ -438,6 +440,9 @@ pub(crate) async fn edits(target: Target, p: EditsParams) -> Result<Value, Strin
     rpcs[0]
         .call("layer.create", &json!({"name": layer}), CALL)
         .await?;
+    if p.inflight > 1 {
+        return pipelined_edits(target, p, layer, rpcs).await;
+    }
     let mut versions = Vec::new();
     for (i, r) in rpcs.iter_mut().enumerate() {
         let v = r
@@ -489,6 +494,132 @@ pub(crate) async fn edits(target: Target, p: EditsParams) -> Result<Value, Strin
     let n = done.load(Ordering::Relaxed);
     Ok(json!({
         "editors": p.editors,
+        "edits": n,
+        "failed": failed.load(Ordering::Relaxed),
+        "edits_per_s": round(n as f64 / wall, 0),
+        "latency_ms": hist.summary_ms(),
+        "phase": ph,
+    }))
+}
+
+/// `edits` with `inflight` > 1: each editor keeps that many `feature.patch` requests in
+/// flight on one connection, each slot patching a feature of its own with the version it
+/// holds (so no two requests in flight touch the same feature), and sends the slot's next
+/// patch as soon as its response arrives.
+async fn pipelined_edits(
+    target: Target,
+    p: EditsParams,
+    layer: String,
+    rpcs: Vec<Rpc>,
+) -> Result<Value, String> {
+    let k = p.inflight;
+    let mut editors = Vec::new();
+    for (i, mut rpc) in rpcs.into_iter().enumerate() {
+        let creates: Vec<(&str, Value)> = (0..k)
+            .map(|s| {
+                (
+                    "feature.create",
+                    json!({"layer": layer, "feature": {"type": "Feature",
+                    "id": format!("e{i}-{s}"),
+                    "geometry": {"type": "Point", "coordinates": [2.35, 48.85]},
+                    "properties": {"n": 0}}}),
+                )
+            })
+            .collect();
+        let mut versions = Vec::with_capacity(k);
+        for r in rpc.call_many(&creates, CALL).await? {
+            versions.push(r?["version"].as_u64().unwrap_or(1));
+        }
+        editors.push((rpc, versions));
+    }
+    let hist = Arc::new(Hist::new());
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let phase = Phase::start(p.server_pid.as_deref());
+    let t0 = now_ns();
+    let end = t0 + (p.duration * 1e9) as u64;
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (rpc, mut versions)) in editors.into_iter().enumerate() {
+        let (hist, done, failed, layer) =
+            (hist.clone(), done.clone(), failed.clone(), layer.clone());
+        let enc = target.enc;
+        set.spawn(async move {
+            let mut ws = rpc.ws;
+            // Request id = slot + k * round, so a response names its slot.
+            let mut sent_at = vec![0u64; k];
+            let mut round = vec![0i64; k];
+            let patch = |slot: usize, n: i64, version: u64| {
+                let params = json!({"layer": layer, "id": format!("e{i}-{slot}"),
+                    "version": version, "properties": {"n": n},
+                    "op_id": format!("e{i}-{slot}-{n}")});
+                conn::request(enc, slot as i64 + k as i64 * n, "feature.patch", &params)
+            };
+            for (slot, at) in sent_at.iter_mut().enumerate() {
+                *at = now_ns();
+                if ws.feed(patch(slot, 0, versions[slot])).await.is_err() {
+                    return;
+                }
+            }
+            if ws.flush().await.is_err() {
+                return;
+            }
+            let mut outstanding = k;
+            while outstanding > 0 {
+                let Ok(Some(Ok(m))) = tokio::time::timeout(CALL, ws.next()).await else {
+                    failed.fetch_add(outstanding as u64, Ordering::Relaxed);
+                    return;
+                };
+                let Some(b) = conn::frame_bytes(m) else {
+                    continue;
+                };
+                let (id, version) = match codec::decode_server_frame(enc, &b) {
+                    Ok(ServerFrame::Response {
+                        id: codec::Id::Int(id),
+                        result,
+                    }) => (id, result["version"].as_u64()),
+                    Ok(ServerFrame::Error {
+                        id: Some(codec::Id::Int(id)),
+                        ..
+                    }) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        (id, None)
+                    }
+                    _ => continue,
+                };
+                let slot = (id % k as i64) as usize;
+                let now = now_ns();
+                outstanding -= 1;
+                match version {
+                    Some(v) => {
+                        hist.record(now - sent_at[slot]);
+                        done.fetch_add(1, Ordering::Relaxed);
+                        versions[slot] = v;
+                    }
+                    None => continue, // a refused edit ends its slot
+                }
+                if now < end {
+                    round[slot] += 1;
+                    sent_at[slot] = now;
+                    if ws
+                        .send(patch(slot, round[slot], versions[slot]))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    outstanding += 1;
+                }
+            }
+            let _ = ws.close(None).await;
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let wall = (now_ns() - t0) as f64 / 1e9;
+    let ph = phase.end(0.0);
+    let n = done.load(Ordering::Relaxed);
+    Ok(json!({
+        "editors": p.editors,
+        "inflight": k,
         "edits": n,
         "failed": failed.load(Ordering::Relaxed),
         "edits_per_s": round(n as f64 / wall, 0),

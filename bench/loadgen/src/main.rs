@@ -142,10 +142,13 @@ enum Scenario {
         #[arg(long, default_value_t = 5.0)]
         drain: f64,
     },
-    /// Durable edits with one edit in flight per editor.
+    /// Durable edits: each editor patches features of its own with the versions it holds,
+    /// `inflight` requests in flight on its connection (1: one at a time).
     Edits {
         #[arg(long, default_value_t = 10)]
         editors: usize,
+        #[arg(long, default_value_t = 1)]
+        inflight: usize,
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
     },
@@ -295,9 +298,14 @@ async fn run(cli: Cli, argv: &[String]) -> Result<Value, String> {
             };
             ("spatial", geo::spatial(target, p).await?)
         }
-        Scenario::Edits { editors, duration } => {
+        Scenario::Edits {
+            editors,
+            inflight,
+            duration,
+        } => {
             let p = geo::EditsParams {
                 editors,
+                inflight: inflight.max(1),
                 duration,
                 server_pid: pid,
             };
