@@ -5,15 +5,11 @@ use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 use geostream_core::api::validate_name;
-use geostream_core::feature::{
-    BBox, Change, ChangeOp, Feature, FeatureType, Geometry, changed_properties, format_time_ms,
-    geometry_bbox, merge_patch,
-};
-use serde_json::{Map, Value};
-use tokio_postgres::Row;
+use geostream_core::feature::{BBox, Change, ChangeOp, Feature, format_time_ms};
 
 use super::read::{FEATURE_COLUMNS, StoredFeature, corrupt, properties_param};
 use super::{Inner, db_err, now_ms, sql_i64, sql_u64};
+use crate::plan::{self, Planned};
 use crate::{
     Holder, LayerInfo, LayerSpec, Lock, Result, StoreError, WriteOp, WriteOutcome, WriteRequest,
 };
@@ -101,40 +97,13 @@ async fn lock_layer(tx: &Transaction<'_>, name: &str) -> Result<LayerRow> {
 
 // ----- edits -----
 
-/// Who and when, for every operation of one request.
-struct OpCtx<'a> {
-    writer: &'a Holder,
-    op_id: Option<&'a str>,
-    now: u64,
-    updated: String,
-    /// The layer's live locks, read once under the layer row lock (which `lock` also takes,
-    /// so they cannot change during the request).
-    locks: HashMap<String, (Holder, u64)>,
-}
-
-impl OpCtx<'_> {
-    fn check_lock(&self, id: &str) -> Result<()> {
-        match self.locks.get(id) {
-            Some((holder, until_ms)) if holder != self.writer => Err(StoreError::Locked {
-                id: id.to_owned(),
-                holder: holder.clone(),
-                until_ms: *until_ms,
-            }),
-            _ => Ok(()),
-        }
-    }
-}
-
 pub(crate) async fn apply(inner: &Inner, req: WriteRequest) -> Result<WriteOutcome> {
-    // Prefixed so that a user and a client that happen to share a name stay apart.
-    let scope = match &req.writer.user {
-        Some(user) => format!("u:{user}"),
-        None => format!("c:{}", req.writer.client),
-    };
+    let scope = plan::scope(&req.writer);
     let now = now_ms();
     let mut client = inner.client().await?;
     // Dropping `tx` without commit rolls everything back, whatever failed.
     let tx = client.transaction().await.map_err(db_err)?;
+    let mut seen = None;
     if let Some(op_id) = &req.op_id {
         // The claim: a concurrent request with the same key (on any node) blocks here until
         // this transaction ends, then finds the committed outcome, or claims the key itself
@@ -160,33 +129,26 @@ pub(crate) async fn apply(inner: &Inner, req: WriteRequest) -> Result<WriteOutco
                     "the operation id was being forgotten; retry".into(),
                 ));
             };
-            let changes: Vec<Change> =
-                serde_json::from_str(&body).map_err(|e| corrupt("op id outcome", e))?;
-            return Ok(WriteOutcome {
-                changes,
-                replayed: true,
-            });
+            seen = Some(body);
         }
     }
-    if req.ops.is_empty() {
-        return Err(StoreError::Invalid(
-            "a write needs at least one operation".into(),
-        ));
+    if let Some(replayed) = plan::start(seen.as_deref(), req.ops.len())? {
+        return Ok(replayed);
     }
     let mut layer = lock_layer(&tx, &req.layer).await?;
     let locks = live_locks(&tx, layer.id, now).await?;
-    let ctx = OpCtx {
-        writer: &req.writer,
+    let updated = format_time_ms(now);
+    let w = plan::Writer {
+        holder: &req.writer,
         op_id: req.op_id.as_deref(),
         now,
-        updated: format_time_ms(now),
-        locks,
+        updated: &updated,
     };
     let mut changes = Vec::with_capacity(req.ops.len());
     let mut seqs = Vec::with_capacity(req.ops.len());
     let mut bodies = Vec::with_capacity(req.ops.len());
     for op in req.ops {
-        let change = op_one(&tx, &mut layer, op, &ctx).await?;
+        let change = op_one(&tx, &mut layer, op, &locks, w).await?;
         seqs.push(sql_i64(change.seq));
         bodies.push(encode_change(&change)?);
         changes.push(change);
@@ -239,11 +201,10 @@ pub(crate) async fn apply(inner: &Inner, req: WriteRequest) -> Result<WriteOutco
     })
 }
 
-async fn live_locks(
-    tx: &Transaction<'_>,
-    layer: i64,
-    now: u64,
-) -> Result<HashMap<String, (Holder, u64)>> {
+/// The live locks of a layer by feature id: holder and expiry.
+type LiveLocks = HashMap<String, (Holder, u64)>;
+
+async fn live_locks(tx: &Transaction<'_>, layer: i64, now: u64) -> Result<LiveLocks> {
     let st = tx
         .prepare_cached("SELECT fid, holder_client, holder_user, until_ms FROM locks WHERE layer = $1 AND until_ms > $2")
         .await
@@ -287,245 +248,99 @@ async fn load(tx: &Transaction<'_>, layer: i64, id: &str) -> Result<Option<Store
     }
 }
 
+/// One operation: read what the planner needs, let it decide, write what it decided.
 async fn op_one(
     tx: &Transaction<'_>,
     layer: &mut LayerRow,
     op: WriteOp,
-    ctx: &OpCtx<'_>,
+    locks: &LiveLocks,
+    w: plan::Writer<'_>,
 ) -> Result<Change> {
-    match op {
-        WriteOp::Create { feature } => {
-            let id = match feature.id {
-                Some(id) if id.is_empty() => {
-                    return Err(StoreError::Invalid("a feature id must not be empty".into()));
-                }
-                Some(id) => id,
-                None => uuid::Uuid::now_v7().to_string(),
-            };
-            if let Err(locked) = ctx.check_lock(&id) {
-                // A deleted feature's lock outlives it; existence is still reported first.
-                return Err(match load(tx, layer.id, &id).await? {
-                    Some(current) => exists(layer, id, current),
-                    None => locked,
-                });
-            }
-            insert(tx, layer, id, feature.geometry, feature.properties, ctx).await
-        }
-        WriteOp::Replace {
-            id,
-            feature,
-            expected,
-        } => match current(tx, layer, &id, expected).await? {
-            // Only reachable without `expected` on a last-writer-wins layer: upsert.
-            None => {
-                ctx.check_lock(&id)?;
-                insert(tx, layer, id, feature.geometry, feature.properties, ctx).await
-            }
-            Some(current) => {
-                ctx.check_lock(&id)?;
-                let changed = changed_properties(&current.feature.properties, &feature.properties);
-                update(
-                    tx,
-                    layer,
-                    current,
-                    feature.geometry,
-                    feature.properties,
-                    changed,
-                    ctx,
-                )
-                .await
-            }
-        },
-        WriteOp::Patch {
-            id,
-            properties,
-            geometry,
-            expected,
-        } => {
-            let Some(current) = current(tx, layer, &id, expected).await? else {
-                return Err(StoreError::FeatureNotFound {
-                    layer: layer.name.clone(),
-                    id,
-                });
-            };
-            ctx.check_lock(&id)?;
-            let mut props = current.feature.properties.clone();
-            let changed = match &properties {
-                Some(patch) => merge_patch(&mut props, patch),
-                None => Vec::new(),
-            };
-            let geometry = match geometry {
-                Some(g) => g.map(|(g, _)| g),
-                None => current.feature.geometry.clone(),
-            };
-            update(tx, layer, current, geometry, props, changed, ctx).await
-        }
-        WriteOp::Delete { id, expected } => {
-            let Some(current) = current(tx, layer, &id, expected).await? else {
-                return Err(StoreError::FeatureNotFound {
-                    layer: layer.name.clone(),
-                    id,
-                });
-            };
-            ctx.check_lock(&id)?;
-            delete(tx, layer, current, ctx).await
-        }
-    }
-}
-
-fn exists(layer: &LayerRow, id: String, current: StoredFeature) -> StoreError {
-    StoreError::FeatureExists {
-        layer: layer.name.clone(),
+    let id = plan::target(&op)?;
+    let stored = load(tx, layer.id, &id).await?;
+    let ord = stored.as_ref().map(|s| s.ord);
+    let lock = locks.get(&id).map(|(h, u)| (h, *u));
+    let planned = plan::plan(
+        op,
         id,
-        current: Box::new(current.feature),
-    }
-}
-
-/// The feature an edit applies to, after the version rules (as in the SQLite store).
-async fn current(
-    tx: &Transaction<'_>,
-    layer: &LayerRow,
-    id: &str,
-    expected: Option<u64>,
-) -> Result<Option<StoredFeature>> {
-    if expected.is_none() && !layer.lww {
-        return Err(StoreError::VersionRequired {
-            layer: layer.name.clone(),
-        });
-    }
-    let current = load(tx, layer.id, id).await?;
-    if let Some(expected) = expected {
-        let version = current.as_ref().map(|c| c.feature.version);
-        if version != Some(expected) {
-            return Err(StoreError::Conflict {
-                id: id.to_owned(),
-                expected,
-                current: current.map(|c| Box::new(c.feature)),
-            });
+        stored.map(|s| (s.feature, s.bbox)),
+        lock,
+        plan::Layer {
+            name: &layer.name,
+            lww: layer.lww,
+            seq: layer.seq,
+        },
+        w,
+    )?;
+    let c = &planned.change;
+    let n = match (c.op, ord) {
+        (ChangeOp::Insert, _) => insert_row(tx, layer.id, &planned).await?,
+        (ChangeOp::Update, Some(ord)) => update_row(tx, ord, &planned).await?,
+        (ChangeOp::Delete, Some(ord)) => {
+            let st = tx
+                .prepare_cached("DELETE FROM features WHERE ord = $1")
+                .await
+                .map_err(db_err)?;
+            tx.execute(&st, &[&ord]).await.map_err(db_err)?
         }
-    }
-    Ok(current)
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Invalid(format!("cannot encode as JSON: {e}")))
-}
-
-/// The box the store keeps for a geometry, computed here (not trusted from the caller)
-/// after checking every position is finite.
-fn checked_bbox(g: Option<&Geometry>) -> Result<Option<BBox>> {
-    fn finite(v: &geojson::Value) -> bool {
-        use geojson::Value as G;
-        let pos = |p: &Vec<f64>| p.len() >= 2 && p.iter().all(|c| c.is_finite());
-        match v {
-            G::Point(p) => pos(p),
-            G::MultiPoint(ps) | G::LineString(ps) => ps.iter().all(pos),
-            G::MultiLineString(ls) | G::Polygon(ls) => ls.iter().flatten().all(pos),
-            G::MultiPolygon(pss) => pss.iter().flatten().flatten().all(pos),
-            G::GeometryCollection(gs) => gs.iter().all(|g| finite(&g.value)),
-        }
-    }
-    let Some(g) = g else { return Ok(None) };
-    if !finite(&g.value) {
-        return Err(StoreError::Invalid(
-            "geometry: every position needs 2 or 3 finite numbers".into(),
+        _ => 0,
+    };
+    if n != 1 {
+        return Err(StoreError::Unavailable(
+            "a feature changed during a write".into(),
         ));
     }
-    Ok(geometry_bbox(g))
+    layer.seq = c.seq;
+    layer.count = layer.count.saturating_add_signed(planned.count_delta());
+    Ok(planned.change)
 }
 
-fn box_params(b: Option<BBox>) -> [Option<f64>; 4] {
-    b.map(|b| b.map(Some)).unwrap_or_default()
+fn new_feature(planned: &Planned) -> Result<&Feature> {
+    planned
+        .change
+        .new
+        .as_ref()
+        .ok_or_else(|| StoreError::Unavailable("an edit without its new feature".into()))
 }
 
-async fn insert(
-    tx: &Transaction<'_>,
-    layer: &mut LayerRow,
-    id: String,
-    geometry: Option<Geometry>,
-    properties: Map<String, Value>,
-    ctx: &OpCtx<'_>,
-) -> Result<Change> {
-    let bbox = checked_bbox(geometry.as_ref())?;
-    let geometry_json = geometry.as_ref().map(to_json).transpose()?;
-    let [minx, miny, maxx, maxy] = box_params(bbox);
-    // ON CONFLICT: an existing id is reported, not an error that aborts the transaction.
+async fn insert_row(tx: &Transaction<'_>, layer: i64, planned: &Planned) -> Result<u64> {
+    let c = &planned.change;
+    let feature = new_feature(planned)?;
+    let [minx, miny, maxx, maxy] = box_params(c.new_bbox);
+    // ON CONFLICT: an id taken meanwhile is reported, not an error that aborts the
+    // transaction (it cannot happen under the layer row lock).
     let st = tx
         .prepare_cached(
             "INSERT INTO features (layer, fid, version, updated_ms, geometry, geom, properties, minx, miny, maxx, maxy) \
              VALUES ($1, $2, 1, $3, $4::text, ST_SetSRID(ST_GeomFromGeoJSON($4::text), 4326), $5, $6, $7, $8, $9) \
-             ON CONFLICT (layer, fid) DO NOTHING RETURNING ord",
+             ON CONFLICT (layer, fid) DO NOTHING",
         )
         .await
         .map_err(db_err)?;
-    let inserted: Option<Row> = tx
-        .query_opt(
-            &st,
-            &[
-                &layer.id,
-                &id,
-                &sql_i64(ctx.now),
-                &geometry_json,
-                &properties_param(&properties),
-                &minx,
-                &miny,
-                &maxx,
-                &maxy,
-            ],
-        )
-        .await
-        .map_err(db_err)?;
-    if inserted.is_none() {
-        let current = load(tx, layer.id, &id)
-            .await?
-            .ok_or_else(|| StoreError::Unavailable("a feature vanished during a write".into()))?;
-        return Err(exists(layer, id, current));
-    }
-    layer.count += 1;
-    layer.seq += 1;
-    let changed = properties.keys().cloned().collect();
-    let feature = Feature {
-        kind: FeatureType::Feature,
-        id: id.clone(),
-        geometry,
-        properties,
-        version: 1,
-        updated: ctx.updated.clone(),
-    };
-    Ok(Change {
-        layer: layer.name.clone(),
-        seq: layer.seq,
-        op: ChangeOp::Insert,
-        id,
-        version: 1,
-        old: None,
-        geometry_changed: feature.geometry.is_some(),
-        new: Some(feature),
-        old_bbox: None,
-        new_bbox: bbox,
-        changed,
-        author: ctx.writer.user.clone(),
-        op_id: ctx.op_id.map(str::to_owned),
-        time_ms: ctx.now,
-    })
+    tx.execute(
+        &st,
+        &[
+            &layer,
+            &c.id,
+            &sql_i64(c.time_ms),
+            &planned.geometry_json,
+            &properties_param(&feature.properties),
+            &minx,
+            &miny,
+            &maxx,
+            &maxy,
+        ],
+    )
+    .await
+    .map_err(db_err)
 }
 
-async fn update(
-    tx: &Transaction<'_>,
-    layer: &mut LayerRow,
-    current: StoredFeature,
-    geometry: Option<Geometry>,
-    properties: Map<String, Value>,
-    changed: Vec<String>,
-    ctx: &OpCtx<'_>,
-) -> Result<Change> {
-    let geometry_changed = geometry != current.feature.geometry;
-    let version = current.feature.version + 1;
-    let props = properties_param(&properties);
-    let (bbox, n) = if geometry_changed {
-        let bbox = checked_bbox(geometry.as_ref())?;
-        let geometry_json = geometry.as_ref().map(to_json).transpose()?;
-        let [minx, miny, maxx, maxy] = box_params(bbox);
+async fn update_row(tx: &Transaction<'_>, ord: i64, planned: &Planned) -> Result<u64> {
+    let c = &planned.change;
+    let new = new_feature(planned)?;
+    let props = properties_param(&new.properties);
+    if c.geometry_changed {
+        let [minx, miny, maxx, maxy] = box_params(c.new_bbox);
         let st = tx
             .prepare_cached(
                 "UPDATE features SET version = $2, updated_ms = $3, geometry = $4::text, \
@@ -534,24 +349,22 @@ async fn update(
             )
             .await
             .map_err(db_err)?;
-        let n = tx
-            .execute(
-                &st,
-                &[
-                    &current.ord,
-                    &sql_i64(version),
-                    &sql_i64(ctx.now),
-                    &geometry_json,
-                    &props,
-                    &minx,
-                    &miny,
-                    &maxx,
-                    &maxy,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        (bbox, n)
+        tx.execute(
+            &st,
+            &[
+                &ord,
+                &sql_i64(c.version),
+                &sql_i64(c.time_ms),
+                &planned.geometry_json,
+                &props,
+                &minx,
+                &miny,
+                &maxx,
+                &maxy,
+            ],
+        )
+        .await
+        .map_err(db_err)
     } else {
         let st = tx
             .prepare_cached(
@@ -559,76 +372,17 @@ async fn update(
             )
             .await
             .map_err(db_err)?;
-        let n = tx
-            .execute(
-                &st,
-                &[&current.ord, &sql_i64(version), &sql_i64(ctx.now), &props],
-            )
-            .await
-            .map_err(db_err)?;
-        (current.bbox, n)
-    };
-    if n != 1 {
-        return Err(StoreError::Unavailable(
-            "a feature vanished during a write".into(),
-        ));
+        tx.execute(
+            &st,
+            &[&ord, &sql_i64(c.version), &sql_i64(c.time_ms), &props],
+        )
+        .await
+        .map_err(db_err)
     }
-    layer.seq += 1;
-    let new = Feature {
-        kind: FeatureType::Feature,
-        id: current.feature.id.clone(),
-        geometry,
-        properties,
-        version,
-        updated: ctx.updated.clone(),
-    };
-    Ok(Change {
-        layer: layer.name.clone(),
-        seq: layer.seq,
-        op: ChangeOp::Update,
-        id: new.id.clone(),
-        version,
-        old: Some(current.feature),
-        new: Some(new),
-        old_bbox: current.bbox,
-        new_bbox: bbox,
-        changed,
-        geometry_changed,
-        author: ctx.writer.user.clone(),
-        op_id: ctx.op_id.map(str::to_owned),
-        time_ms: ctx.now,
-    })
 }
 
-async fn delete(
-    tx: &Transaction<'_>,
-    layer: &mut LayerRow,
-    current: StoredFeature,
-    ctx: &OpCtx<'_>,
-) -> Result<Change> {
-    let st = tx
-        .prepare_cached("DELETE FROM features WHERE ord = $1")
-        .await
-        .map_err(db_err)?;
-    tx.execute(&st, &[&current.ord]).await.map_err(db_err)?;
-    layer.count = layer.count.saturating_sub(1);
-    layer.seq += 1;
-    Ok(Change {
-        layer: layer.name.clone(),
-        seq: layer.seq,
-        op: ChangeOp::Delete,
-        id: current.feature.id.clone(),
-        version: current.feature.version + 1,
-        changed: current.feature.properties.keys().cloned().collect(),
-        geometry_changed: current.feature.geometry.is_some(),
-        old: Some(current.feature),
-        new: None,
-        old_bbox: current.bbox,
-        new_bbox: None,
-        author: ctx.writer.user.clone(),
-        op_id: ctx.op_id.map(str::to_owned),
-        time_ms: ctx.now,
-    })
+fn box_params(b: Option<BBox>) -> [Option<f64>; 4] {
+    b.map(|b| b.map(Some)).unwrap_or_default()
 }
 
 // ----- locks -----
@@ -661,23 +415,17 @@ pub(crate) async fn lock(
         .map(|r| r.get(0))
         .collect();
     let live = live_locks(&tx, row.id, now).await?;
-    for id in &ids {
-        if !existing.contains(id.as_str()) {
-            return Err(StoreError::FeatureNotFound {
-                layer: layer.to_owned(),
-                id: (*id).clone(),
-            });
-        }
-        if let Some((h, until)) = live.get(id.as_str())
-            && h != holder
-        {
-            return Err(StoreError::Locked {
-                id: (*id).clone(),
-                holder: h.clone(),
-                until_ms: *until,
-            });
-        }
-    }
+    plan::plan_lock(
+        layer,
+        ids.iter().map(|id| {
+            (
+                id.as_str(),
+                existing.contains(id.as_str()),
+                live.get(id.as_str()).map(|(h, u)| (h, *u)),
+            )
+        }),
+        holder,
+    )?;
     if !ids.is_empty() {
         tx.execute(
             "INSERT INTO locks (layer, fid, holder_client, holder_user, until_ms) \
@@ -802,14 +550,9 @@ pub(crate) async fn reap_locks(inner: &Inner) -> Result<Vec<Lock>> {
 #[cfg(test)]
 mod tests {
     use super::super::read::decode_change;
-    use super::*;
 
     #[test]
-    fn non_finite_positions_are_refused() {
-        let g = Geometry::new(geojson::Value::Point(vec![f64::NAN, 1.0]));
-        assert!(checked_bbox(Some(&g)).is_err());
-        let g = Geometry::new(geojson::Value::Point(vec![1.0, 2.0]));
-        assert_eq!(checked_bbox(Some(&g)).unwrap(), Some([1.0, 2.0, 1.0, 2.0]));
+    fn corrupt_changes_are_errors() {
         let c = decode_change("{}");
         assert!(c.is_err(), "a corrupt change is an error, not a panic");
     }
