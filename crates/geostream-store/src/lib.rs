@@ -27,7 +27,7 @@ pub mod sqlite;
 pub mod conformance;
 
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{PostgresOptions, PostgresStore, WriteStats};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// How a layer is created: the protocol's `layer.create` params, as they are.
