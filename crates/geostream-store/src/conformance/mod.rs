@@ -48,6 +48,7 @@ mod locks;
 mod op_ids;
 mod queries;
 mod snapshots;
+mod tiles;
 mod versions;
 
 use edits::{batches_are_atomic, crud_with_versions, last_writer_wins, patch_semantics};
@@ -56,10 +57,11 @@ use locks::{lock_expiry, locks};
 use op_ids::{concurrent_op_ids, idempotent_op_ids};
 use queries::{query_real_data, query_synthetic};
 use snapshots::{pruning, snapshot_basics, snapshot_races_writes};
+use tiles::uploaded_tiles;
 use versions::{concurrent_writers, lost_updates};
 
 /// Runs every case, each on a fresh store from `make`.
-pub async fn run<S: Store, F, Fut>(make: F)
+pub async fn run<S: Store + crate::TileStore, F, Fut>(make: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = S>,
@@ -94,6 +96,7 @@ where
     case!(snapshot_races_writes);
     case!(pruning);
     case!(delete_layer_removes_everything);
+    case!(uploaded_tiles);
 }
 
 // ----- helpers -----

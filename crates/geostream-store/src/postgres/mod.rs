@@ -37,7 +37,7 @@
 //! * An `apply` runs in its layer's flusher task: dropping its future does not cancel the
 //!   write (the same as the SQLite store); its outcome is just not seen.
 //!
-//! # Schema (in the configured schema, version 1, in `schema_version`)
+//! # Schema (in the configured schema, version 2, in `schema_version`)
 //!
 //! * `layers(id, name, title, description, last_writer_wins, seq, count, created_ms)`.
 //! * `features(ord, layer, fid, version, updated_ms, geometry, geom, properties,
@@ -50,6 +50,8 @@
 //! * `locks(layer, fid, holder_client, holder_user, until_ms)`.
 //! * `op_ids(scope, op_id, time_ms, outcome)`: applied idempotency keys and the outcome
 //!   they produced, kept [`PostgresOptions::op_id_retention_ms`].
+//! * `tiles(layer, z, x, y, version, data)`: uploaded raster tiles ([`TileStore`]) as
+//!   `bytea`, so every node serves the same bytes under the same version.
 //!
 //! Migrations run at start-up, under a transaction-scoped advisory lock, so nodes starting
 //! together migrate once. PostGIS is created (in schema `public`) if it is missing.
@@ -82,7 +84,8 @@ use tokio_postgres::NoTls;
 
 use crate::{
     ChangePage, FeatureQuery, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result, Snapshot,
-    SnapshotRequest, Store, StoreError, WriteOutcome, WriteRequest,
+    SnapshotRequest, Store, StoreError, TileAddress, TilePut, TileStore, WriteOutcome,
+    WriteRequest,
 };
 
 /// Settings of a [`PostgresStore`]. Every field but `url` has a default (see [`Default`]).
@@ -399,5 +402,84 @@ impl Store for PostgresStore {
 
     async fn locks(&self, layer: &str) -> Result<Vec<Lock>> {
         read::locks(&self.inner, layer).await
+    }
+}
+
+impl TileStore for PostgresStore {
+    async fn put_tile(
+        &self,
+        layer: &str,
+        tile: TileAddress,
+        data: Vec<u8>,
+        min_version: u64,
+    ) -> Result<TilePut> {
+        geostream_core::api::validate_name("tile layer", layer).map_err(StoreError::Invalid)?;
+        tile.check()?;
+        let c = self.inner.client().await?;
+        // One statement: the upsert's conflict arm takes the row lock, so concurrent puts of
+        // one tile (on any node) each get the version above the one before. `old` is read
+        // before the row lock and only tells whether a tile was replaced.
+        let row = c
+            .query_one(
+                "WITH old AS (SELECT version FROM tiles WHERE layer = $1 AND z = $2 AND x = $3 AND y = $4) \
+                 INSERT INTO tiles AS t (layer, z, x, y, version, data) \
+                 VALUES ($1, $2, $3, $4, GREATEST(1, $6::bigint), $5) \
+                 ON CONFLICT (layer, z, x, y) DO UPDATE \
+                 SET version = GREATEST(t.version + 1, $6::bigint), data = excluded.data \
+                 RETURNING t.version, (SELECT version FROM old), t.xmax::text <> '0'",
+                &[
+                    &layer,
+                    &i16::from(tile.z),
+                    &i64::from(tile.x),
+                    &i64::from(tile.y),
+                    &data,
+                    &sql_i64(min_version),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        let version = sql_u64(row.get(0));
+        let old: Option<i64> = row.get(1);
+        let replaced: bool = row.get(2);
+        Ok(TilePut {
+            version,
+            previous: match (old, replaced) {
+                (Some(v), _) => Some(sql_u64(v)),
+                // Created by a concurrent put after this statement's snapshot.
+                (None, true) => Some(version.saturating_sub(1)),
+                (None, false) => None,
+            },
+        })
+    }
+
+    async fn get_tile(&self, layer: &str, tile: TileAddress) -> Result<Option<(u64, Vec<u8>)>> {
+        let c = self.inner.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT version, data FROM tiles WHERE layer = $1 AND z = $2 AND x = $3 AND y = $4",
+                &[
+                    &layer,
+                    &i16::from(tile.z),
+                    &i64::from(tile.x),
+                    &i64::from(tile.y),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.map(|r| (sql_u64(r.get(0)), r.get(1))))
+    }
+
+    async fn tile_zooms(&self, layer: &str) -> Result<Option<(u8, u8)>> {
+        let c = self.inner.client().await?;
+        let row = c
+            .query_one(
+                "SELECT min(z), max(z) FROM tiles WHERE layer = $1",
+                &[&layer],
+            )
+            .await
+            .map_err(db_err)?;
+        let (a, b): (Option<i16>, Option<i16>) = (row.get(0), row.get(1));
+        Ok(a.zip(b)
+            .map(|(a, b)| (a.clamp(0, 255) as u8, b.clamp(0, 255) as u8)))
     }
 }

@@ -17,7 +17,8 @@ use super::schema::{create_rtree_sql, rtree_table};
 use super::{SqliteOptions, db_err};
 use crate::plan::{self, Planned};
 use crate::{
-    Holder, LayerInfo, LayerSpec, Lock, Result, StoreError, WriteOp, WriteOutcome, WriteRequest,
+    Holder, LayerInfo, LayerSpec, Lock, Result, StoreError, TileAddress, TilePut, WriteOp,
+    WriteOutcome, WriteRequest,
 };
 
 /// A unit of work for the writer: run inside the group's transaction, answered after the
@@ -744,6 +745,41 @@ impl Writer {
                 .and_then(|mut s| s.execute(params![ord, b[0], b[2], b[1], b[3]])),
         };
         r.map(drop).map_err(db_err)
+    }
+
+    // ----- tiles -----
+
+    pub(crate) fn put_tile(
+        &mut self,
+        layer: &str,
+        tile: TileAddress,
+        data: &[u8],
+        min_version: u64,
+    ) -> Result<TilePut> {
+        let previous: Option<u64> = self
+            .conn
+            .prepare_cached(
+                "SELECT version FROM tiles WHERE layer = ?1 AND z = ?2 AND x = ?3 AND y = ?4",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![layer, tile.z, tile.x, tile.y], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        let version = previous
+            .map_or(1, |p| p.saturating_add(1))
+            .max(min_version)
+            .min(i64::MAX as u64);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tiles (layer, z, x, y, version, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (layer, z, x, y) DO UPDATE SET version = excluded.version, data = excluded.data",
+            )
+            .and_then(|mut s| {
+                s.execute(params![layer, tile.z, tile.x, tile.y, sql_i64(version), data])
+            })
+            .map_err(db_err)?;
+        Ok(TilePut { version, previous })
     }
 
     // ----- locks -----
