@@ -485,10 +485,10 @@ async fn hot_layer_group_commit() {
         let s = a.clone();
         tasks.push(tokio::spawn(async move {
             let mut op = create(&format!("nul{k}"), 1.0);
-            if k == 7 {
-                if let WriteOp::Create { feature } = &mut op {
-                    feature.properties.insert("bad".into(), json!("a\u{0}b"));
-                }
+            if k == 7
+                && let WriteOp::Create { feature } = &mut op
+            {
+                feature.properties.insert("bad".into(), json!("a\u{0}b"));
             }
             (k, s.apply(req(vec![op], format!("n{k}"), None)).await)
         }));

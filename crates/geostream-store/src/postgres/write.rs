@@ -708,7 +708,7 @@ async fn write_group(
     ]
     .into_iter()
     .filter_map(|r| r.as_ref().err())
-    .map(|e| db_err_ref(e))
+    .map(db_err_ref)
     .collect();
     if let Some(e) = errors
         .iter()
