@@ -371,6 +371,12 @@ pub(crate) fn plan_lock<'a>(
     Ok(())
 }
 
+/// A change as the log (and an op id's outcome) keeps it.
+pub(crate) fn encode_change(c: &Change) -> Result<String> {
+    serde_json::to_string(c)
+        .map_err(|e| StoreError::Invalid(format!("cannot encode the change: {e}")))
+}
+
 /// JSON for a column, or the reason it cannot be.
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Invalid(format!("cannot encode as JSON: {e}")))

@@ -54,7 +54,9 @@
 //! * An edit of a missing feature with `expected` fails with [`StoreError::Conflict`] and
 //!   `current: None`; without `expected` it fails with [`StoreError::FeatureNotFound`],
 //!   except `Replace` on a last-writer-wins layer, which creates the feature.
-//! * Checks run in this order: version required, existence/conflict, lock.
+//! * Checks run in this order: version required, existence/conflict, lock, geometry. The
+//!   edit planner (`plan.rs`) decides every edit for both stores, so PostgreSQL answers the
+//!   same.
 //! * A lock belongs to a [`Holder`] (client *and* user): only the very same holder may edit
 //!   the locked feature. Deleting a feature leaves its lock to expire (so the unlock is
 //!   announced by [`Store::reap_locks`] like any other).

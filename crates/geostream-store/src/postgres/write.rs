@@ -325,8 +325,10 @@ async fn run_group(inner: &Inner, reqs: &[WriteRequest]) -> Result<Vec<Result<Wr
         };
         match plan_request(req, &targets[i], &slots, &locks, &layer, w) {
             Ok((changes, rows, count)) => {
-                let encoded: Vec<String> =
-                    changes.iter().map(encode_change).collect::<Result<_>>()?;
+                let encoded: Vec<String> = changes
+                    .iter()
+                    .map(plan::encode_change)
+                    .collect::<Result<_>>()?;
                 layer.seq = changes.last().map_or(layer.seq, |c| c.seq);
                 layer.count = count;
                 for (id, row) in rows {
@@ -785,11 +787,6 @@ fn lock_rows(rows: &[tokio_postgres::Row]) -> Result<LiveLocks> {
             ))
         })
         .collect()
-}
-
-fn encode_change(c: &Change) -> Result<String> {
-    serde_json::to_string(c)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode the change: {e}")))
 }
 
 fn box_params(b: Option<BBox>) -> [Option<f64>; 4] {

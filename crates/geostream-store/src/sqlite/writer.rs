@@ -11,7 +11,7 @@ use geostream_core::feature::{BBox, Change, ChangeOp, format_time_ms};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::codec::{FEATURE_COLUMNS, StoredFeature, corrupt, encode_change};
+use super::codec::{FEATURE_COLUMNS, StoredFeature, corrupt};
 use super::op_index::OpIndex;
 use super::schema::{create_rtree_sql, rtree_table};
 use super::{SqliteOptions, db_err};
@@ -549,7 +549,7 @@ impl Writer {
         let mut outcome = String::from("[");
         for op in req.ops {
             let change = self.op(&mut layer, op, w)?;
-            let body = encode_change(&change)?;
+            let body = plan::encode_change(&change)?;
             self.conn
                 .prepare_cached("INSERT INTO changes (layer, seq, body) VALUES (?1, ?2, ?3)")
                 .and_then(|mut s| s.execute(params![layer.id, sql_i64(change.seq), body]))
