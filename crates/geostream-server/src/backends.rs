@@ -7,7 +7,8 @@ use geostream_core::feature::Feature;
 use geostream_hub::{ChangeRun, LayerLog, SnapshotPages, SnapshotQuery};
 use geostream_store::{
     ChangePage, FeatureQuery, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Snapshot,
-    SnapshotRequest, SqliteOptions, SqliteStore, Store, StoreError, WriteOutcome, WriteRequest,
+    SnapshotRequest, SqliteOptions, SqliteStore, Store, StoreError, TileAddress, TilePut,
+    TileStore, WriteOutcome, WriteRequest,
 };
 
 use crate::config::{BrokerConfig, Config, StoreConfig};
@@ -97,6 +98,28 @@ impl Store for AnyStore {
     }
     async fn locks(&self, layer: &str) -> geostream_store::Result<Vec<Lock>> {
         store_call!(self, s => s.locks(layer).await)
+    }
+}
+
+impl TileStore for AnyStore {
+    async fn put_tile(
+        &self,
+        layer: &str,
+        tile: TileAddress,
+        data: Vec<u8>,
+        min_version: u64,
+    ) -> geostream_store::Result<TilePut> {
+        store_call!(self, s => s.put_tile(layer, tile, data, min_version).await)
+    }
+    async fn get_tile(
+        &self,
+        layer: &str,
+        tile: TileAddress,
+    ) -> geostream_store::Result<Option<(u64, Vec<u8>)>> {
+        store_call!(self, s => s.get_tile(layer, tile).await)
+    }
+    async fn tile_zooms(&self, layer: &str) -> geostream_store::Result<Option<(u8, u8)>> {
+        store_call!(self, s => s.tile_zooms(layer).await)
     }
 }
 

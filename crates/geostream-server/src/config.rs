@@ -592,9 +592,6 @@ pub struct TilesConfig {
     /// Largest tile accepted by `PUT /v1/tiles/{layer}/{z}/{x}/{y}`, in bytes. Default:
     /// 4194304 (4 MiB).
     pub max_upload_bytes: usize,
-    /// The store of uploaded tiles (SQLite); relative paths are under `data_dir`. Default:
-    /// `tiles.db`.
-    pub store_path: PathBuf,
     /// Raster tile layers: `[[tiles.raster]]` entries with `name`, and optionally `path` (an
     /// MBTiles or PMTiles archive to serve), `format` and `read_only`. Default: none.
     pub raster: Vec<RasterLayerConfig>,
@@ -612,7 +609,6 @@ impl Default for TilesConfig {
             flush_ms: 50,
             max_tiles_per_subscription: 256,
             max_upload_bytes: 4 << 20,
-            store_path: PathBuf::from("tiles.db"),
             raster: Vec::new(),
         }
     }

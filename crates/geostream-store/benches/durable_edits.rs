@@ -1,18 +1,25 @@
-//! Acknowledged durable edits per second through the SQLite store's group commit.
+//! Acknowledged durable edits per second on one layer, SQLite against PostgreSQL, in one run:
+//! both stores' group commit.
 //!
 //! `cargo bench -p geostream-store --bench durable_edits`
 //!
-//! Each editor patches its own feature (one property, stated version, an op id, as a real
-//! client would send) and waits for the acknowledgement before sending the next edit. An
-//! acknowledgement means committed and fsync'd. Runs 1, 10 and 50 editors with each
-//! [`Synchronous`] mode: `FULL` (the default: fdatasync of the WAL on the sync thread,
-//! pipelined with the next group), `INLINE` (SQLite's own `synchronous=FULL`, the sync inside
-//! COMMIT) and, for comparison, `NORMAL` (no sync before the acknowledgement).
+//! Each editor patches its own feature of one layer (one property, stated version, an op
+//! id, as a real client would send) and waits for the acknowledgement before sending the
+//! next edit. An acknowledgement means committed and flushed. Runs 1, 10 and 50 editors on
+//! SQLite with each [`Synchronous`] mode: `FULL` (the default: fdatasync of the WAL on the
+//! sync thread, pipelined with the next group), `INLINE` (SQLite's own `synchronous=FULL`,
+//! the sync inside COMMIT) and, for comparison, `NORMAL` (no sync before the
+//! acknowledgement); then on PostgreSQL (`synchronous_commit` as the server has it, `on` by
+//! default) at `GEOSTREAM_BENCH_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`, PostGIS needed), in a schema of its own that
+//! is dropped afterwards. The CPU column counts this process only (not the PostgreSQL
+//! server's).
 //!
 //! The database lives under cargo's target directory (a real disk; a tmpfs would make fsync
 //! free and the figures meaningless) unless `GEOSTREAM_BENCH_DIR` names another directory.
 //! `GEOSTREAM_BENCH_SECS` sets the measured time per configuration (default 5);
-//! `GEOSTREAM_BENCH_SYNC` (`full`/`inline`/`normal`) and `GEOSTREAM_BENCH_EDITORS` run one row only.
+//! `GEOSTREAM_BENCH_SYNC` (`full`/`inline`/`normal`/`postgres`) and `GEOSTREAM_BENCH_EDITORS`
+//! narrow the run to some rows.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +28,8 @@ use std::time::{Duration, Instant};
 use geostream_core::feature::ValidFeature;
 use geostream_store::sqlite::Synchronous;
 use geostream_store::{
-    Holder, LayerSpec, SqliteOptions, SqliteStore, Store, WriteOp, WriteRequest,
+    Holder, LayerSpec, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, WriteOp,
+    WriteRequest,
 };
 use serde_json::{Map, Value, json};
 
@@ -49,22 +57,53 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-async fn run(sync: Synchronous, editors: usize, measure: Duration) -> Figures {
-    let base = std::env::var_os("GEOSTREAM_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    std::fs::create_dir_all(&base).expect("bench dir");
-    let dir = tempfile::tempdir_in(&base).expect("tempdir");
-    let store = Arc::new(
-        SqliteStore::open(
-            dir.path().join("bench.db"),
-            SqliteOptions {
-                synchronous: sync,
+/// The store a row runs on.
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite(Synchronous),
+    Postgres,
+}
+
+async fn run_on(backend: Backend, editors: usize, measure: Duration) -> Figures {
+    match backend {
+        Backend::Sqlite(sync) => {
+            let base = std::env::var_os("GEOSTREAM_BENCH_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+            std::fs::create_dir_all(&base).expect("bench dir");
+            let dir = tempfile::tempdir_in(&base).expect("tempdir");
+            let store = SqliteStore::open(
+                dir.path().join("bench.db"),
+                SqliteOptions {
+                    synchronous: sync,
+                    ..Default::default()
+                },
+            )
+            .expect("open");
+            run(Arc::new(store), editors, measure).await
+        }
+        Backend::Postgres => {
+            let url = std::env::var("GEOSTREAM_BENCH_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let schema = format!(
+                "gs_bench_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            );
+            let store = PostgresStore::connect(PostgresOptions {
+                url: url.clone(),
+                schema,
                 ..Default::default()
-            },
-        )
-        .expect("open"),
-    );
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL with PostGIS is needed at {url}: {e}"));
+            let f = run(Arc::new(store.clone()), editors, measure).await;
+            store.drop_schema().await.expect("drop the bench schema");
+            f
+        }
+    }
+}
+
+async fn run<S: Store>(store: Arc<S>, editors: usize, measure: Duration) -> Figures {
     store
         .create_layer(LayerSpec {
             name: "bench".into(),
@@ -186,11 +225,11 @@ fn main() {
         "durable edits: single-feature patches, each editor waits for its ack ({secs} s per row)"
     );
     println!(
-        "{:<10} {:>8} {:>12} {:>10} {:>10} {:>14}",
-        "sync", "editors", "edits/s", "p50 ms", "p99 ms", "CPU us/edit"
+        "{:<16} {:>8} {:>12} {:>10} {:>10} {:>14}",
+        "store", "editors", "edits/s", "p50 ms", "p99 ms", "CPU us/edit"
     );
-    // Optional narrowing, for profiling one configuration: GEOSTREAM_BENCH_SYNC=full|inline|normal,
-    // GEOSTREAM_BENCH_EDITORS=50.
+    // Optional narrowing, for profiling one configuration:
+    // GEOSTREAM_BENCH_SYNC=full|inline|normal|postgres, GEOSTREAM_BENCH_EDITORS=50.
     let only_sync = std::env::var("GEOSTREAM_BENCH_SYNC")
         .ok()
         .map(|s| s.to_ascii_uppercase());
@@ -198,21 +237,30 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok());
     let modes = [
-        ("FULL", Synchronous::Full),
-        ("INLINE", Synchronous::Inline),
-        ("NORMAL", Synchronous::Normal),
+        ("FULL", "sqlite FULL", Backend::Sqlite(Synchronous::Full)),
+        (
+            "INLINE",
+            "sqlite INLINE",
+            Backend::Sqlite(Synchronous::Inline),
+        ),
+        (
+            "NORMAL",
+            "sqlite NORMAL",
+            Backend::Sqlite(Synchronous::Normal),
+        ),
+        ("POSTGRES", "postgres", Backend::Postgres),
     ];
-    for (name, sync) in modes {
-        if only_sync.as_deref().is_some_and(|s| s != name) {
+    for (key, name, backend) in modes {
+        if only_sync.as_deref().is_some_and(|s| s != key) {
             continue;
         }
         for editors in [1, 10, 50] {
             if only_editors.is_some_and(|e| e != editors) {
                 continue;
             }
-            let f = rt.block_on(run(sync, editors, measure));
+            let f = rt.block_on(run_on(backend, editors, measure));
             println!(
-                "{name:<10} {editors:>8} {:>12.0} {:>10.3} {:>10.3} {:>14}",
+                "{name:<16} {editors:>8} {:>12.0} {:>10.3} {:>10.3} {:>14}",
                 f.edits as f64 / f.elapsed.as_secs_f64(),
                 f.p50.as_secs_f64() * 1e3,
                 f.p99.as_secs_f64() * 1e3,

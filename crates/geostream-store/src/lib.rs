@@ -18,6 +18,7 @@ use geostream_filter::Filter;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod plan;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
@@ -26,7 +27,7 @@ pub mod sqlite;
 pub mod conformance;
 
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{PostgresOptions, PostgresStore, WriteStats};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// How a layer is created: the protocol's `layer.create` params, as they are.
@@ -198,6 +199,67 @@ pub struct ChangePage {
     pub first_retained: u64,
     /// The layer's current sequence number.
     pub seq: u64,
+}
+
+/// Where a raster tile sits in the pyramid: zoom, column, row (XYZ scheme).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileAddress {
+    /// Zoom, 0 to [`MAX_TILE_ZOOM`].
+    pub z: u8,
+    /// Column, below `2^z`.
+    pub x: u32,
+    /// Row from the north, below `2^z`.
+    pub y: u32,
+}
+
+/// Highest zoom a [`TileStore`] takes.
+pub const MAX_TILE_ZOOM: u8 = 30;
+
+impl TileAddress {
+    /// Refuses an address outside the pyramid.
+    pub fn check(&self) -> Result<()> {
+        if self.z > MAX_TILE_ZOOM || u64::from(self.x.max(self.y)) >= 1u64 << self.z {
+            return Err(StoreError::Invalid(format!(
+                "tile {}/{}/{} is outside the pyramid",
+                self.z, self.x, self.y
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What [`TileStore::put_tile`] stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TilePut {
+    /// The tile's new version.
+    pub version: u64,
+    /// The version it replaced, if the store held one.
+    pub previous: Option<u64>,
+}
+
+/// Uploaded raster tiles with versions, kept in the store beside the layers, so that every
+/// node sharing a store serves the same bytes under the same version (and so the same
+/// ETag). Tile layers are named like layers but are not layers of the [`Store`].
+pub trait TileStore: Send + Sync + 'static {
+    /// Stores `data` as the newest version of a tile: one above the stored version, and at
+    /// least `min_version` (so an upload can supersede a version that lives elsewhere, such
+    /// as a read-only archive's). Durable when it returns. Concurrent puts of one tile, on
+    /// any node, get distinct versions, and the highest holds the last bytes stored.
+    fn put_tile(
+        &self,
+        layer: &str,
+        tile: TileAddress,
+        data: Vec<u8>,
+        min_version: u64,
+    ) -> impl Future<Output = Result<TilePut>> + Send;
+    /// The stored version and bytes of a tile.
+    fn get_tile(
+        &self,
+        layer: &str,
+        tile: TileAddress,
+    ) -> impl Future<Output = Result<Option<(u64, Vec<u8>)>>> + Send;
+    /// The lowest and highest zoom of the tiles stored for `layer`, if any.
+    fn tile_zooms(&self, layer: &str) -> impl Future<Output = Result<Option<(u8, u8)>>> + Send;
 }
 
 /// Errors of a store.

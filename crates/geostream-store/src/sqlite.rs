@@ -23,7 +23,7 @@
 //!   when the WAL grows long it asks the writer to checkpoint the last few frames itself
 //!   between two groups, which lets SQLite rewind the WAL instead of growing it.
 //!
-//! # Schema (version 1, kept in `PRAGMA user_version`)
+//! # Schema (version 2, kept in `PRAGMA user_version`)
 //!
 //! * `layers(id, name, title, description, last_writer_wins, seq, count, created_ms)`:
 //!   `seq` is the layer's last sequence number, incremented inside the writing transaction,
@@ -41,6 +41,8 @@
 //!   they produced, kept [`SqliteOptions::op_id_retention_ms`]; `op_index(scope, op_id, id)`
 //!   indexes them in batches (the newest keys are held in the writer's memory), and
 //!   `meta(key, value)` keeps the batch mark.
+//! * `tiles(layer, z, x, y, version, data)`: uploaded raster tiles ([`TileStore`]), written
+//!   by the writer thread in its group commits like every other mutation.
 //!
 //! Every pragma, table and index choice is explained where it is made (`schema.rs` and
 //! [`SqliteStore::open`]).
@@ -52,7 +54,9 @@
 //! * An edit of a missing feature with `expected` fails with [`StoreError::Conflict`] and
 //!   `current: None`; without `expected` it fails with [`StoreError::FeatureNotFound`],
 //!   except `Replace` on a last-writer-wins layer, which creates the feature.
-//! * Checks run in this order: version required, existence/conflict, lock.
+//! * Checks run in this order: version required, existence/conflict, lock, geometry. The
+//!   edit planner (`plan.rs`) decides every edit for both stores, so PostgreSQL answers the
+//!   same.
 //! * A lock belongs to a [`Holder`] (client *and* user): only the very same holder may edit
 //!   the locked feature. Deleting a feature leaves its lock to expire (so the unlock is
 //!   announced by [`Store::reap_locks`] like any other).
@@ -82,13 +86,15 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::{
     ChangePage, FeatureQuery, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result, Snapshot,
-    SnapshotRequest, Store, StoreError, WriteOutcome, WriteRequest,
+    SnapshotRequest, Store, StoreError, TileAddress, TilePut, TileStore, WriteOutcome,
+    WriteRequest,
 };
+use geostream_core::api::validate_name;
 use geostream_core::feature::Feature;
 use read::Readers;
 use writer::{Acks, Job, Task, Writer};
@@ -513,6 +519,61 @@ impl Store for SqliteStore {
         self.inner
             .readers
             .run(move |c| read::locks(c, &layer, now_ms()))
+            .await
+    }
+}
+
+impl TileStore for SqliteStore {
+    async fn put_tile(
+        &self,
+        layer: &str,
+        tile: TileAddress,
+        data: Vec<u8>,
+        min_version: u64,
+    ) -> Result<TilePut> {
+        validate_name("tile layer", layer).map_err(StoreError::Invalid)?;
+        tile.check()?;
+        let layer = layer.to_owned();
+        // One upsert after one read: nothing to undo if it fails.
+        self.write(false, move |w, _| {
+            w.put_tile(&layer, tile, &data, min_version)
+        })
+        .await
+    }
+
+    async fn get_tile(&self, layer: &str, tile: TileAddress) -> Result<Option<(u64, Vec<u8>)>> {
+        let layer = layer.to_owned();
+        self.inner
+            .readers
+            .run(move |c| {
+                c.prepare_cached(
+                    "SELECT version, data FROM tiles WHERE layer = ?1 AND z = ?2 AND x = ?3 AND y = ?4",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![layer, tile.z, tile.x, tile.y], |r| {
+                        Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn tile_zooms(&self, layer: &str) -> Result<Option<(u8, u8)>> {
+        let layer = layer.to_owned();
+        self.inner
+            .readers
+            .run(move |c| {
+                c.prepare_cached("SELECT min(z), max(z) FROM tiles WHERE layer = ?1")
+                    .and_then(|mut st| {
+                        st.query_row([layer], |r| {
+                            Ok((r.get::<_, Option<u8>>(0)?, r.get::<_, Option<u8>>(1)?))
+                        })
+                    })
+                    .map(|r| r.0.zip(r.1))
+                    .map_err(db_err)
+            })
             .await
     }
 }

@@ -20,7 +20,6 @@
 //! - [`mbtiles`] and [`pmtiles`]: raster (or vector) tile archives.
 //! - [`cache`]: [`TileCache`], LRU by bytes, keeping a few old versions per
 //!   tile so deltas can be computed against what a client holds.
-//! - [`store`]: [`TileStore`], uploaded tiles with versions, durable in SQLite.
 #![warn(missing_docs)]
 
 pub mod cache;
@@ -30,7 +29,6 @@ mod error;
 pub mod mbtiles;
 pub mod mvt;
 pub mod pmtiles;
-pub mod store;
 pub mod tile;
 
 pub use cache::{CacheStats, CachedTile, TileCache};
@@ -38,7 +36,6 @@ pub use error::{Result, TileError};
 pub use mbtiles::MbTiles;
 pub use mvt::{EncodedTile, FeatureId, MvtOptions, TileFeature, encode_tile, encode_tile_like};
 pub use pmtiles::{PmTiles, decompress};
-pub use store::TileStore;
 pub use tile::{LonLatBbox, MAX_ZOOM, TileId, TileRange, tiles_covering};
 
 /// Encoding of the tiles stored in an archive, as declared by the archive.

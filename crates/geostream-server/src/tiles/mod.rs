@@ -6,8 +6,9 @@
 //! only grows, and is the same on every node for the same data); a change with sequence `s`
 //! invalidates the cached tiles it touches (old and new bounding box, plus the tile buffer)
 //! whose version is below `s`. A raster tile from an archive is version 1; every upload
-//! raises it by at least one and is durable (SQLite, fsync at commit) before it is
-//! acknowledged.
+//! raises it by at least one and is durable in the store (SQLite or PostgreSQL, the same one
+//! as the layers) before it is acknowledged, so every node sharing the store serves the same
+//! bytes under the same version and ETag.
 //!
 //! A render and a change can race: a render reads the layer at `s` while change `s + 1`
 //! commits and invalidates. The cache would then keep a stale tile. So each layer keeps its
@@ -27,11 +28,11 @@ use bytes::Bytes;
 use geostream_core::bus::TileVersion;
 use geostream_core::error::ErrorCode;
 use geostream_core::feature::{BBox, Change, Feature};
-use geostream_store::{FeatureQuery, LayerInfo, Store};
+use geostream_store::{FeatureQuery, LayerInfo, Store, TileAddress, TileStore};
 use geostream_tiles::tile::world_to_lon_lat;
 use geostream_tiles::{
     CachedTile, FeatureId, MbTiles, MvtOptions, PmTiles, TileArchive, TileCache, TileCompression,
-    TileError, TileFeature, TileFormat, TileId, TileStore, encode_tile, encode_tile_like,
+    TileError, TileFeature, TileFormat, TileId, encode_tile, encode_tile_like,
 };
 use parking_lot::Mutex;
 
@@ -108,11 +109,10 @@ pub struct TileStats {
 /// This node's tile service.
 pub struct Tiles {
     pub(crate) cfg: TilesConfig,
-    /// Where vector tiles' features come from.
+    /// Where vector tiles' features come from, and where uploaded raster tiles are kept.
     store: AnyStore,
     pub(crate) cache: TileCache,
     rasters: HashMap<String, RasterLayer>,
-    uploads: Arc<TileStore>,
     recent: Mutex<HashMap<Arc<str>, Recent>>,
     subs: Arc<subs::Registry>,
     /// Counters.
@@ -179,6 +179,15 @@ pub(crate) fn parse_key(key: &str) -> Result<TileId> {
     }
 }
 
+/// A tile id as the store addresses it.
+fn address(t: TileId) -> TileAddress {
+    TileAddress {
+        z: t.z(),
+        x: t.x(),
+        y: t.y(),
+    }
+}
+
 /// A tile id as `"z/x/y"`.
 pub(crate) fn key(t: TileId) -> String {
     format!("{}/{}/{}", t.z(), t.x(), t.y())
@@ -229,8 +238,8 @@ fn tile_feature(f: Feature) -> Option<TileFeature> {
 }
 
 impl Tiles {
-    /// Opens the configured archives and the store of uploaded tiles; vector tiles are
-    /// made from `store`'s layers.
+    /// Opens the configured archives; vector tiles are made from `store`'s layers, and
+    /// uploaded raster tiles are kept in `store`.
     pub fn open(config: &Config, store: AnyStore) -> anyhow::Result<Tiles> {
         use anyhow::Context;
         let cfg = config.tiles.clone();
@@ -278,18 +287,11 @@ impl Tiles {
                 anyhow::bail!("tiles.raster: the name {:?} is used twice", r.name);
             }
         }
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
-        })?;
-        let path = config.data_path(&cfg.store_path);
-        let uploads = TileStore::open(&path)
-            .with_context(|| format!("cannot open the tile store {}", path.display()))?;
         Ok(Tiles {
             store,
             cache: TileCache::new(cfg.cache_bytes, cfg.history),
             cfg,
             rasters,
-            uploads: Arc::new(uploads),
             recent: Mutex::new(HashMap::new()),
             subs: Arc::default(),
             stats: TileStats::default(),
@@ -442,14 +444,9 @@ impl Tiles {
         r: &RasterLayer,
         t: TileId,
     ) -> Result<Option<CachedTile>> {
-        let uploads = self.uploads.clone();
-        let name = layer.to_owned();
-        let uploaded = tokio::task::spawn_blocking(move || uploads.get(&name, t))
-            .await
-            .map_err(|e| ServerError::Internal(format!("tile store task failed: {e}")))?
-            .map_err(|e| ServerError::Internal(format!("tile store: {e}")))?;
+        let uploaded = self.store.get_tile(layer, address(t)).await?;
         let found = match uploaded {
-            Some(v) => Some(v),
+            Some((version, bytes)) => Some((version, Bytes::from(bytes))),
             None => match &r.archive {
                 Some(a) => a
                     .get(t.z(), t.x(), t.y())
@@ -509,12 +506,10 @@ impl Tiles {
                 .is_some(),
             None => false,
         };
-        let uploads = self.uploads.clone();
-        let (name, bytes) = (layer.to_owned(), data.clone());
-        let stored = tokio::task::spawn_blocking(move || uploads.put(&name, t, &bytes, floor))
-            .await
-            .map_err(|e| ServerError::Internal(format!("tile store task failed: {e}")))?
-            .map_err(|e| ServerError::Internal(format!("tile store: {e}")))?;
+        let stored = self
+            .store
+            .put_tile(layer, address(t), data.to_vec(), floor)
+            .await?;
         let cached = self
             .cache
             .insert(layer, t, stored.version, data.clone())
@@ -533,12 +528,7 @@ impl Tiles {
 
     /// Number of uploaded tiles of a layer and their zoom range (for TileJSON).
     pub(crate) async fn uploads_summary(&self, layer: &str) -> Result<Option<(u8, u8)>> {
-        let uploads = self.uploads.clone();
-        let name = layer.to_owned();
-        tokio::task::spawn_blocking(move || uploads.zoom_range(&name))
-            .await
-            .map_err(|e| ServerError::Internal(format!("tile store task failed: {e}")))?
-            .map_err(|e| ServerError::Internal(format!("tile store: {e}")))
+        Ok(self.store.tile_zooms(layer).await?)
     }
 
     /// A layer change arrived (from the broker, on every node): invalidate the cached tiles it

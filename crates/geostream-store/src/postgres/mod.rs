@@ -6,28 +6,38 @@
 //!
 //! # Transactions and concurrency
 //!
-//! * **One transaction per write**, on a connection from a small pool (deadpool). A write
-//!   first claims its idempotency key (`INSERT .. ON CONFLICT DO NOTHING` on `op_ids`: a
-//!   concurrent request with the same key, on any node, waits for the first one's commit and
-//!   then finds its outcome), then locks its layer's row (`SELECT .. FOR UPDATE`). The row
-//!   lock serialises every write of one layer across all nodes, which is what keeps the
-//!   per-layer sequence numbers gap-free and in commit order; writes to different layers run
-//!   in parallel. Versions and feature locks are checked under that row lock, so optimistic
-//!   concurrency and locks hold across nodes. No write waits on a key while holding a row
-//!   lock another write could need, so writes cannot deadlock.
-//! * **Durability** is PostgreSQL's: `apply` returns after COMMIT, which (with the default
-//!   `synchronous_commit = on`) has flushed the WAL. PostgreSQL's own group commit shares
-//!   one flush between concurrent commits of different layers; writes to one layer are
-//!   bounded by one commit latency each (the row lock is held until the commit is flushed).
+//! * **Group commit inside a layer.** Each layer has a queue on each node: the first write
+//!   to a layer with nothing in flight starts the layer's flusher task, and every write that
+//!   arrives while a group is being committed goes into the next group together. A group is
+//!   one transaction on a connection from a small pool (deadpool): it first claims the
+//!   idempotency keys of its requests (one multi-row `INSERT .. ON CONFLICT DO NOTHING` on
+//!   `op_ids`, in key order: a concurrent claim of the same key, on any node, waits for the
+//!   first one's commit and then finds its outcome), then locks its layer's row
+//!   (`SELECT .. FOR UPDATE`), then reads every feature the group touches with
+//!   `SELECT .. FOR UPDATE` and their live locks (one round trip). The layer row lock
+//!   serialises every write of one layer across all nodes, which is what keeps the
+//!   per-layer sequence numbers gap-free and in commit order; writes to different layers
+//!   run in parallel. The requests are then decided in order, in memory, by the edit
+//!   planner (versions, locks, op-id replays, also against the group's earlier requests);
+//!   a request that fails changes nothing and fails alone. What the accepted requests
+//!   decided is written with one multi-row statement per kind (`unnest` arrays: deletes,
+//!   updates, inserts, change log, layer head, op-id outcomes), sent together: no per-row
+//!   round trips. If the database itself refuses a value of the group (a data exception),
+//!   the group's requests are committed one by one, so only the bad one fails. No write
+//!   waits on a key while holding a row lock another write could need, so writes cannot
+//!   deadlock.
+//! * **Durability** is PostgreSQL's: a write is answered after its group's COMMIT, which
+//!   (with the default `synchronous_commit = on`) has flushed the WAL; one flush covers the
+//!   whole group.
 //! * **Reads** take a pooled connection each; `query` and `snapshot` run in a
 //!   `REPEATABLE READ READ ONLY` transaction, so the layer's sequence number, the changes and
 //!   the features they return are one consistent cut. A snapshot streams its features
 //!   through a portal, page by page, holding its transaction until the last page (or until
 //!   the receiver is dropped).
-//! * An `apply` runs in a task of its own: dropping its future does not cancel the write
-//!   (the same as the SQLite store); its outcome is just not seen.
+//! * An `apply` runs in its layer's flusher task: dropping its future does not cancel the
+//!   write (the same as the SQLite store); its outcome is just not seen.
 //!
-//! # Schema (in the configured schema, version 1, in `schema_version`)
+//! # Schema (in the configured schema, version 2, in `schema_version`)
 //!
 //! * `layers(id, name, title, description, last_writer_wins, seq, count, created_ms)`.
 //! * `features(ord, layer, fid, version, updated_ms, geometry, geom, properties,
@@ -40,6 +50,8 @@
 //! * `locks(layer, fid, holder_client, holder_user, until_ms)`.
 //! * `op_ids(scope, op_id, time_ms, outcome)`: applied idempotency keys and the outcome
 //!   they produced, kept [`PostgresOptions::op_id_retention_ms`].
+//! * `tiles(layer, z, x, y, version, data)`: uploaded raster tiles ([`TileStore`]) as
+//!   `bytea`, so every node serves the same bytes under the same version.
 //!
 //! Migrations run at start-up, under a transaction-scoped advisory lock, so nodes starting
 //! together migrate once. PostGIS is created (in schema `public`) if it is missing.
@@ -61,7 +73,9 @@ mod read;
 mod schema;
 mod write;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -70,7 +84,8 @@ use tokio_postgres::NoTls;
 
 use crate::{
     ChangePage, FeatureQuery, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result, Snapshot,
-    SnapshotRequest, Store, StoreError, WriteOutcome, WriteRequest,
+    SnapshotRequest, Store, StoreError, TileAddress, TilePut, TileStore, WriteOutcome,
+    WriteRequest,
 };
 
 /// Settings of a [`PostgresStore`]. Every field but `url` has a default (see [`Default`]).
@@ -129,6 +144,32 @@ pub struct PostgresStore {
 pub(crate) struct Inner {
     pub(crate) pool: Pool,
     pub(crate) opts: PostgresOptions,
+    /// Writes waiting for their layer's next group, by layer; a layer is present while its
+    /// flusher runs.
+    pub(crate) queues: parking_lot::Mutex<HashMap<String, Vec<write::Pending>>>,
+    pub(crate) stats: WriteStats,
+}
+
+/// How this node's writes were grouped: transactions run and requests they carried.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    groups: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl WriteStats {
+    pub(crate) fn record(&self, requests: usize) {
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+    }
+
+    /// Write transactions run (groups), and the requests they carried.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.groups.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -143,6 +184,11 @@ impl std::fmt::Debug for PostgresStore {
 /// string, a number out of range, GeoJSON PostGIS cannot read) are the input's fault;
 /// everything else means the database failed and the caller may retry.
 pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
+    db_err_ref(&e)
+}
+
+/// [`db_err`] of a borrowed error.
+pub(crate) fn db_err_ref(e: &tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) if db.code().code().starts_with("22") => {
             StoreError::Invalid(format!("the database refused a value: {}", db.message()))
@@ -218,7 +264,12 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))?;
         let store = PostgresStore {
-            inner: Arc::new(Inner { pool, opts }),
+            inner: Arc::new(Inner {
+                pool,
+                opts,
+                queues: parking_lot::Mutex::new(HashMap::new()),
+                stats: WriteStats::default(),
+            }),
         };
         // Fail now, not at the first request, when the pool cannot connect.
         drop(store.inner.client().await?);
@@ -236,6 +287,11 @@ impl PostgresStore {
             }
         });
         Ok(store)
+    }
+
+    /// How this node's writes were grouped (see the module docs on group commit).
+    pub fn write_stats(&self) -> &WriteStats {
+        &self.inner.stats
     }
 
     /// The schema this store uses.
@@ -302,10 +358,8 @@ impl Store for PostgresStore {
     }
 
     async fn apply(&self, req: WriteRequest) -> Result<WriteOutcome> {
-        let inner = self.inner.clone();
-        tokio::spawn(async move { write::apply(&inner, req).await })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("a write failed: {e}")))?
+        // Runs in the layer's flusher task: dropping this future does not cancel the write.
+        write::apply(&self.inner, req).await
     }
 
     async fn get(&self, layer: &str, id: &str) -> Result<Option<Feature>> {
@@ -348,5 +402,84 @@ impl Store for PostgresStore {
 
     async fn locks(&self, layer: &str) -> Result<Vec<Lock>> {
         read::locks(&self.inner, layer).await
+    }
+}
+
+impl TileStore for PostgresStore {
+    async fn put_tile(
+        &self,
+        layer: &str,
+        tile: TileAddress,
+        data: Vec<u8>,
+        min_version: u64,
+    ) -> Result<TilePut> {
+        geostream_core::api::validate_name("tile layer", layer).map_err(StoreError::Invalid)?;
+        tile.check()?;
+        let c = self.inner.client().await?;
+        // One statement: the upsert's conflict arm takes the row lock, so concurrent puts of
+        // one tile (on any node) each get the version above the one before. `old` is read
+        // before the row lock and only tells whether a tile was replaced.
+        let row = c
+            .query_one(
+                "WITH old AS (SELECT version FROM tiles WHERE layer = $1 AND z = $2 AND x = $3 AND y = $4) \
+                 INSERT INTO tiles AS t (layer, z, x, y, version, data) \
+                 VALUES ($1, $2, $3, $4, GREATEST(1, $6::bigint), $5) \
+                 ON CONFLICT (layer, z, x, y) DO UPDATE \
+                 SET version = GREATEST(t.version + 1, $6::bigint), data = excluded.data \
+                 RETURNING t.version, (SELECT version FROM old), t.xmax::text <> '0'",
+                &[
+                    &layer,
+                    &i16::from(tile.z),
+                    &i64::from(tile.x),
+                    &i64::from(tile.y),
+                    &data,
+                    &sql_i64(min_version),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        let version = sql_u64(row.get(0));
+        let old: Option<i64> = row.get(1);
+        let replaced: bool = row.get(2);
+        Ok(TilePut {
+            version,
+            previous: match (old, replaced) {
+                (Some(v), _) => Some(sql_u64(v)),
+                // Created by a concurrent put after this statement's snapshot.
+                (None, true) => Some(version.saturating_sub(1)),
+                (None, false) => None,
+            },
+        })
+    }
+
+    async fn get_tile(&self, layer: &str, tile: TileAddress) -> Result<Option<(u64, Vec<u8>)>> {
+        let c = self.inner.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT version, data FROM tiles WHERE layer = $1 AND z = $2 AND x = $3 AND y = $4",
+                &[
+                    &layer,
+                    &i16::from(tile.z),
+                    &i64::from(tile.x),
+                    &i64::from(tile.y),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.map(|r| (sql_u64(r.get(0)), r.get(1))))
+    }
+
+    async fn tile_zooms(&self, layer: &str) -> Result<Option<(u8, u8)>> {
+        let c = self.inner.client().await?;
+        let row = c
+            .query_one(
+                "SELECT min(z), max(z) FROM tiles WHERE layer = $1",
+                &[&layer],
+            )
+            .await
+            .map_err(db_err)?;
+        let (a, b): (Option<i16>, Option<i16>) = (row.get(0), row.get(1));
+        Ok(a.zip(b)
+            .map(|(a, b)| (a.clamp(0, 255) as u8, b.clamp(0, 255) as u8)))
     }
 }

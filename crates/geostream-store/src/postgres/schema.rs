@@ -73,7 +73,21 @@ CREATE TABLE op_ids (
 CREATE INDEX op_ids_by_time ON op_ids (time_ms);
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: uploaded raster tiles ([`crate::TileStore`]) as `bytea`, one row per tile
+/// with its newest bytes and version, shared by every node.
+const V2: &str = "
+CREATE TABLE tiles (
+    layer text NOT NULL,
+    z smallint NOT NULL,
+    x bigint NOT NULL,
+    y bigint NOT NULL,
+    version bigint NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (layer, z, x, y)
+);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -1,22 +1,20 @@
-//! Writes: layers, edits (one transaction each, see the module docs for the locking) and
-//! feature locks.
+//! Writes: layers, edits (group commit inside a layer, see the module docs for the locking)
+//! and feature locks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use deadpool_postgres::Transaction;
+use futures_util::FutureExt;
 use geostream_core::api::validate_name;
-use geostream_core::feature::{
-    BBox, Change, ChangeOp, Feature, FeatureType, Geometry, changed_properties, format_time_ms,
-    geometry_bbox, merge_patch,
-};
-use serde_json::{Map, Value};
-use tokio_postgres::Row;
+use geostream_core::feature::{BBox, Change, ChangeOp, Feature, format_time_ms};
+use tokio::sync::oneshot;
 
 use super::read::{FEATURE_COLUMNS, StoredFeature, corrupt, properties_param};
-use super::{Inner, db_err, now_ms, sql_i64, sql_u64};
-use crate::{
-    Holder, LayerInfo, LayerSpec, Lock, Result, StoreError, WriteOp, WriteOutcome, WriteRequest,
-};
+use super::{Inner, db_err, db_err_ref, now_ms, sql_i64, sql_u64};
+use crate::plan;
+use crate::{Holder, LayerInfo, LayerSpec, Lock, Result, StoreError, WriteOutcome, WriteRequest};
 
 // ----- layers -----
 
@@ -99,99 +97,554 @@ async fn lock_layer(tx: &Transaction<'_>, name: &str) -> Result<LayerRow> {
     })
 }
 
-// ----- edits -----
+// ----- edits: group commit inside a layer -----
 
-/// Who and when, for every operation of one request.
-struct OpCtx<'a> {
-    writer: &'a Holder,
-    op_id: Option<&'a str>,
-    now: u64,
-    updated: String,
-    /// The layer's live locks, read once under the layer row lock (which `lock` also takes,
-    /// so they cannot change during the request).
-    locks: HashMap<String, (Holder, u64)>,
+/// A write waiting for its layer's next group.
+pub(crate) struct Pending {
+    req: WriteRequest,
+    reply: oneshot::Sender<Result<WriteOutcome>>,
 }
 
-impl OpCtx<'_> {
-    fn check_lock(&self, id: &str) -> Result<()> {
-        match self.locks.get(id) {
-            Some((holder, until_ms)) if holder != self.writer => Err(StoreError::Locked {
-                id: id.to_owned(),
-                holder: holder.clone(),
-                until_ms: *until_ms,
-            }),
-            _ => Ok(()),
+/// Most requests in one group, and most operations (a group's statements carry one array
+/// element per feature).
+const MAX_GROUP_REQUESTS: usize = 512;
+const MAX_GROUP_OPS: usize = 8192;
+
+/// Queues `req` for its layer's next group and waits for its own outcome, which is sent
+/// only after the group's COMMIT (or the request's own failure). The first write to a layer
+/// with no group in flight starts the layer's flusher; writes that arrive while a group is
+/// being committed go into the next one together.
+pub(crate) async fn apply(inner: &Arc<Inner>, req: WriteRequest) -> Result<WriteOutcome> {
+    let (reply, answer) = oneshot::channel();
+    let layer = req.layer.clone();
+    let start = {
+        let mut queues = inner.queues.lock();
+        match queues.get_mut(&layer) {
+            Some(q) => {
+                q.push(Pending { req, reply });
+                false
+            }
+            None => {
+                queues.insert(layer.clone(), vec![Pending { req, reply }]);
+                true
+            }
+        }
+    };
+    if start {
+        tokio::spawn(flush_layer(inner.clone(), layer));
+    }
+    answer
+        .await
+        .map_err(|_| StoreError::Unavailable("the write was dropped by the store".into()))?
+}
+
+/// Commits the layer's queued writes group after group until none is left.
+async fn flush_layer(inner: Arc<Inner>, layer: String) {
+    loop {
+        let group: Vec<Pending> = {
+            let mut queues = inner.queues.lock();
+            let Some(q) = queues.get_mut(&layer) else {
+                return;
+            };
+            if q.is_empty() {
+                queues.remove(&layer);
+                return;
+            }
+            let mut ops = 0;
+            let n = q
+                .iter()
+                .take(MAX_GROUP_REQUESTS)
+                .take_while(|p| {
+                    ops += p.req.ops.len().max(1);
+                    ops <= MAX_GROUP_OPS
+                })
+                .count()
+                .max(1);
+            q.drain(..n).collect()
+        };
+        let (reqs, replies): (Vec<WriteRequest>, Vec<_>) =
+            group.into_iter().map(|p| (p.req, p.reply)).unzip();
+        // A panic is a bug, but it must cost this group, not every later write of the layer.
+        let outcomes = AssertUnwindSafe(commit_group(&inner, &reqs))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(
+                    layer,
+                    "A PostgreSQL write group panicked; it was rolled back."
+                );
+                let e = StoreError::Unavailable("internal error while applying the request".into());
+                reqs.iter().map(|_| Err(e.clone())).collect()
+            });
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // The caller may have gone away; the work is done regardless.
+            let _ = reply.send(outcome);
         }
     }
 }
 
-pub(crate) async fn apply(inner: &Inner, req: WriteRequest) -> Result<WriteOutcome> {
-    // Prefixed so that a user and a client that happen to share a name stay apart.
-    let scope = match &req.writer.user {
-        Some(user) => format!("u:{user}"),
-        None => format!("c:{}", req.writer.client),
-    };
+/// One group: one transaction, one outcome per request. A value the database itself refuses
+/// (a data exception while writing the group) is found by committing each request alone, so
+/// a bad edit fails alone.
+async fn commit_group(inner: &Inner, reqs: &[WriteRequest]) -> Vec<Result<WriteOutcome>> {
+    let r = run_group(inner, reqs).await;
+    inner.stats.record(reqs.len());
+    match r {
+        Ok(outcomes) => outcomes,
+        Err(StoreError::Invalid(_)) if reqs.len() > 1 => {
+            let mut out = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                let r = run_group(inner, std::slice::from_ref(req)).await;
+                inner.stats.record(1);
+                out.push(r.and_then(|mut v| v.pop().unwrap_or_else(|| Err(lost()))));
+            }
+            out
+        }
+        Err(e) => reqs.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+fn lost() -> StoreError {
+    StoreError::Unavailable("internal error: a request lost its outcome".into())
+}
+
+/// A feature as the group sees it, after the group's accepted edits so far.
+#[derive(Clone)]
+struct Row {
+    /// `None`: created in this group.
+    ord: Option<i64>,
+    feature: Feature,
+    bbox: Option<BBox>,
+    /// The geometry to write, when it is written (a new row, or a changed geometry).
+    geometry_json: Option<String>,
+    geometry_written: bool,
+    /// Changed in this group.
+    dirty: bool,
+    /// The sequence number of the change that created it (inserts keep that order).
+    created: u64,
+}
+
+/// The group's view of one touched feature.
+struct Slot {
+    /// The row as it was read (locked) at the start of the group.
+    original: Option<i64>,
+    now: Option<Row>,
+}
+
+/// A request's idempotency key: (scope, op id).
+type Key = (String, String);
+
+/// Runs a group's transaction. `Err`: the transaction failed as a whole (nothing of it is
+/// in the database); `Ok`: one outcome per request, each error its request's own.
+async fn run_group(inner: &Inner, reqs: &[WriteRequest]) -> Result<Vec<Result<WriteOutcome>>> {
     let now = now_ms();
+    let updated = format_time_ms(now);
+    let keys: Vec<Option<Key>> = reqs
+        .iter()
+        .map(|r| r.op_id.clone().map(|o| (plan::scope(&r.writer), o)))
+        .collect();
     let mut client = inner.client().await?;
     // Dropping `tx` without commit rolls everything back, whatever failed.
     let tx = client.transaction().await.map_err(db_err)?;
-    if let Some(op_id) = &req.op_id {
-        // The claim: a concurrent request with the same key (on any node) blocks here until
-        // this transaction ends, then finds the committed outcome, or claims the key itself
-        // if this one rolled back.
-        let claimed = tx
-            .execute(
-                "INSERT INTO op_ids (scope, op_id, time_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&scope, op_id, &sql_i64(now)],
+    let (claimed, seen) = claim_keys(&tx, &keys, now).await?;
+    let layer_name = &reqs[0].layer;
+    let layer = lock_layer(&tx, layer_name).await;
+    let mut outcomes: Vec<Option<Result<WriteOutcome>>> = vec![None; reqs.len()];
+
+    // Replays of outcomes committed before this group, and requests that are invalid as
+    // they stand, are answered whatever the layer's state.
+    for (i, req) in reqs.iter().enumerate() {
+        let before = match &keys[i] {
+            Some(k) if !claimed.contains(k) => match seen.get(k) {
+                Some(body) => Some(body.as_str()),
+                None => {
+                    outcomes[i] = Some(Err(StoreError::Unavailable(
+                        "the operation id was being forgotten; retry".into(),
+                    )));
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        match plan::start(before, req.ops.len()) {
+            Ok(None) => {}
+            Ok(Some(replayed)) => outcomes[i] = Some(Ok(replayed)),
+            Err(e) => outcomes[i] = Some(Err(e)),
+        }
+    }
+    let mut layer = match layer {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| Err(e.clone())))
+                .collect());
+        }
+    };
+
+    // Every feature the group touches, and its live lock, read (and row-locked) at once.
+    let targets: Vec<Vec<Result<String>>> = reqs
+        .iter()
+        .zip(&outcomes)
+        .map(|(r, o)| match o {
+            Some(_) => Vec::new(),
+            None => r.ops.iter().map(plan::target).collect(),
+        })
+        .collect();
+    let mut ids: Vec<&str> = targets
+        .iter()
+        .flatten()
+        .filter_map(|t| t.as_deref().ok())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut slots, locks) = load_touched(&tx, layer.id, &ids, now).await?;
+
+    // Plan the requests in order, each against the group's state so far.
+    let mut in_group: HashMap<Key, String> = HashMap::new();
+    let mut seqs = Vec::new();
+    let mut bodies = Vec::new();
+    let mut outcome_keys: (Vec<String>, Vec<String>, Vec<String>) = Default::default();
+    for (i, req) in reqs.iter().enumerate() {
+        if outcomes[i].is_some() {
+            continue;
+        }
+        if let Some(k) = &keys[i]
+            && let Some(body) = in_group.get(k)
+        {
+            // The same key earlier in this group: answered with that outcome.
+            outcomes[i] =
+                Some(plan::start(Some(body), req.ops.len()).and_then(|o| o.ok_or_else(lost)));
+            continue;
+        }
+        let w = plan::Writer {
+            holder: &req.writer,
+            op_id: req.op_id.as_deref(),
+            now,
+            updated: &updated,
+        };
+        match plan_request(req, &targets[i], &slots, &locks, &layer, w) {
+            Ok((changes, rows, count)) => {
+                let encoded: Vec<String> = changes
+                    .iter()
+                    .map(plan::encode_change)
+                    .collect::<Result<_>>()?;
+                layer.seq = changes.last().map_or(layer.seq, |c| c.seq);
+                layer.count = count;
+                for (id, row) in rows {
+                    match slots.get_mut(&id) {
+                        Some(slot) => slot.now = row,
+                        None => {
+                            slots.insert(
+                                id,
+                                Slot {
+                                    original: None,
+                                    now: row,
+                                },
+                            );
+                        }
+                    }
+                }
+                for (c, b) in changes.iter().zip(&encoded) {
+                    seqs.push(sql_i64(c.seq));
+                    bodies.push(b.clone());
+                }
+                if let Some(k) = &keys[i] {
+                    let body = format!("[{}]", encoded.join(","));
+                    outcome_keys.0.push(k.0.clone());
+                    outcome_keys.1.push(k.1.clone());
+                    outcome_keys.2.push(body.clone());
+                    in_group.insert(k.clone(), body);
+                }
+                outcomes[i] = Some(Ok(WriteOutcome {
+                    changes,
+                    replayed: false,
+                }));
+            }
+            Err(e) => outcomes[i] = Some(Err(e)),
+        }
+    }
+    let outcomes: Vec<Result<WriteOutcome>> = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(lost())))
+        .collect();
+    if seqs.is_empty() {
+        // Nothing to write: the rollback also releases the keys this group claimed.
+        return Ok(outcomes);
+    }
+    write_group(
+        inner,
+        &tx,
+        &layer,
+        &slots,
+        (&seqs, &bodies),
+        &outcome_keys,
+        &claimed,
+        &in_group,
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(outcomes)
+}
+
+/// Claims the group's idempotency keys, in one order for every transaction (so two groups
+/// claiming the same keys wait for each other instead of deadlocking). Returns the keys
+/// claimed, and the recorded outcome of each key another transaction had committed: a
+/// concurrent claim of the same key (on any node) blocks until that transaction ends.
+async fn claim_keys(
+    tx: &Transaction<'_>,
+    keys: &[Option<Key>],
+    now: u64,
+) -> Result<(HashSet<Key>, HashMap<Key, String>)> {
+    let distinct: BTreeSet<&Key> = keys.iter().flatten().collect();
+    if distinct.is_empty() {
+        return Ok(Default::default());
+    }
+    let scopes: Vec<&str> = distinct.iter().map(|k| k.0.as_str()).collect();
+    let op_ids: Vec<&str> = distinct.iter().map(|k| k.1.as_str()).collect();
+    let rows = tx
+        .query(
+            "INSERT INTO op_ids (scope, op_id, time_ms) \
+             SELECT s, o, $3 FROM unnest($1::text[], $2::text[]) AS t(s, o) ORDER BY s, o \
+             ON CONFLICT DO NOTHING RETURNING scope, op_id",
+            &[&scopes, &op_ids, &sql_i64(now)],
+        )
+        .await
+        .map_err(db_err)?;
+    let claimed: HashSet<Key> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut seen = HashMap::new();
+    if claimed.len() < distinct.len() {
+        let rows = tx
+            .query(
+                "SELECT o.scope, o.op_id, o.outcome FROM op_ids o \
+                 JOIN unnest($1::text[], $2::text[]) AS t(s, i) ON o.scope = t.s AND o.op_id = t.i",
+                &[&scopes, &op_ids],
             )
             .await
             .map_err(db_err)?;
-        if claimed == 0 {
-            let row = tx
-                .query_opt(
-                    "SELECT outcome FROM op_ids WHERE scope = $1 AND op_id = $2",
-                    &[&scope, op_id],
-                )
-                .await
-                .map_err(db_err)?;
-            let body: Option<String> = row.and_then(|r| r.get(0));
-            let Some(body) = body else {
-                return Err(StoreError::Unavailable(
-                    "the operation id was being forgotten; retry".into(),
-                ));
-            };
-            let changes: Vec<Change> =
-                serde_json::from_str(&body).map_err(|e| corrupt("op id outcome", e))?;
-            return Ok(WriteOutcome {
-                changes,
-                replayed: true,
-            });
+        for r in &rows {
+            let key: Key = (r.get(0), r.get(1));
+            let outcome: Option<String> = r.get(2);
+            if let (false, Some(body)) = (claimed.contains(&key), outcome) {
+                seen.insert(key, body);
+            }
         }
     }
-    if req.ops.is_empty() {
-        return Err(StoreError::Invalid(
-            "a write needs at least one operation".into(),
-        ));
+    Ok((claimed, seen))
+}
+
+/// The touched features (row-locked) and their live locks.
+async fn load_touched(
+    tx: &Transaction<'_>,
+    layer: i64,
+    ids: &[&str],
+    now: u64,
+) -> Result<(HashMap<String, Slot>, LiveLocks)> {
+    if ids.is_empty() {
+        return Ok(Default::default());
     }
-    let mut layer = lock_layer(&tx, &req.layer).await?;
-    let locks = live_locks(&tx, layer.id, now).await?;
-    let ctx = OpCtx {
-        writer: &req.writer,
-        op_id: req.op_id.as_deref(),
-        now,
-        updated: format_time_ms(now),
-        locks,
+    let features = async {
+        let st = tx
+            .prepare_cached(&format!(
+                "SELECT {FEATURE_COLUMNS} FROM features WHERE layer = $1 AND fid = ANY($2) FOR UPDATE"
+            ))
+            .await?;
+        tx.query(&st, &[&layer, &ids]).await
     };
-    let mut changes = Vec::with_capacity(req.ops.len());
-    let mut seqs = Vec::with_capacity(req.ops.len());
-    let mut bodies = Vec::with_capacity(req.ops.len());
-    for op in req.ops {
-        let change = op_one(&tx, &mut layer, op, &ctx).await?;
-        seqs.push(sql_i64(change.seq));
-        bodies.push(encode_change(&change)?);
-        changes.push(change);
+    let locks = async {
+        let st = tx
+            .prepare_cached(
+                "SELECT fid, holder_client, holder_user, until_ms FROM locks \
+                 WHERE layer = $1 AND fid = ANY($2) AND until_ms > $3",
+            )
+            .await?;
+        tx.query(&st, &[&layer, &ids, &sql_i64(now)]).await
+    };
+    let (features, locks) = tokio::try_join!(features, locks).map_err(db_err)?;
+    let mut slots = HashMap::with_capacity(features.len());
+    for r in &features {
+        let s = StoredFeature::from_row(r, 0)?;
+        slots.insert(
+            s.feature.id.clone(),
+            Slot {
+                original: Some(s.ord),
+                now: Some(Row {
+                    ord: Some(s.ord),
+                    created: 0,
+                    feature: s.feature,
+                    bbox: s.bbox,
+                    geometry_json: None,
+                    geometry_written: false,
+                    dirty: false,
+                }),
+            },
+        );
     }
-    // The tail statements are independent: sent together, they cost one round trip.
+    Ok((slots, lock_rows(&locks)?))
+}
+
+/// Plans one request against the group's state: its changes, the rows it leaves (by id) and
+/// the layer's count after it. Changes nothing: an error leaves the group as it was.
+#[allow(clippy::type_complexity)]
+fn plan_request(
+    req: &WriteRequest,
+    targets: &[Result<String>],
+    slots: &HashMap<String, Slot>,
+    locks: &LiveLocks,
+    layer: &LayerRow,
+    w: plan::Writer<'_>,
+) -> Result<(Vec<Change>, HashMap<String, Option<Row>>, u64)> {
+    let mut rows: HashMap<String, Option<Row>> = HashMap::new();
+    let mut changes: Vec<Change> = Vec::with_capacity(req.ops.len());
+    let mut seq = layer.seq;
+    let mut count = layer.count;
+    for (op, target) in req.ops.iter().zip(targets) {
+        let id = target.clone()?;
+        let row: Option<Row> = match rows.get(&id) {
+            Some(r) => r.clone(),
+            None => slots.get(&id).and_then(|s| s.now.clone()),
+        };
+        let planned = plan::plan(
+            op.clone(),
+            id.clone(),
+            row.as_ref().map(|r| (r.feature.clone(), r.bbox)),
+            locks.get(&id).map(|(h, u)| (h, *u)),
+            plan::Layer {
+                name: &layer.name,
+                lww: layer.lww,
+                seq,
+            },
+            w,
+        )?;
+        let c = &planned.change;
+        let next = match (c.op, c.new.as_ref()) {
+            (ChangeOp::Delete, _) | (_, None) => None,
+            (ChangeOp::Insert, Some(f)) => Some(Row {
+                ord: None,
+                created: c.seq,
+                feature: f.clone(),
+                bbox: c.new_bbox,
+                geometry_json: planned.geometry_json.clone(),
+                geometry_written: true,
+                dirty: true,
+            }),
+            (ChangeOp::Update, Some(f)) => {
+                let old = row.ok_or_else(lost)?;
+                Some(Row {
+                    feature: f.clone(),
+                    bbox: c.new_bbox,
+                    geometry_json: if c.geometry_changed {
+                        planned.geometry_json.clone()
+                    } else {
+                        old.geometry_json
+                    },
+                    geometry_written: old.geometry_written || c.geometry_changed,
+                    dirty: true,
+                    ..old
+                })
+            }
+        };
+        rows.insert(id, next);
+        seq = c.seq;
+        count = count.saturating_add_signed(planned.count_delta());
+        changes.push(planned.change);
+    }
+    Ok((changes, rows, count))
+}
+
+/// Writes what the group decided: each statement carries every row of its kind.
+#[allow(clippy::too_many_arguments)]
+async fn write_group(
+    inner: &Inner,
+    tx: &Transaction<'_>,
+    layer: &LayerRow,
+    slots: &HashMap<String, Slot>,
+    (seqs, bodies): (&[i64], &[String]),
+    outcome_keys: &(Vec<String>, Vec<String>, Vec<String>),
+    claimed: &HashSet<Key>,
+    in_group: &HashMap<Key, String>,
+    now: u64,
+) -> Result<()> {
+    let mut deleted: Vec<i64> = Vec::new();
+    let mut updates: Vec<&Row> = Vec::new();
+    let mut inserts: Vec<&Row> = Vec::new();
+    for slot in slots.values() {
+        let kept = slot.now.as_ref().and_then(|r| r.ord);
+        if let Some(o) = slot.original
+            && kept != Some(o)
+        {
+            deleted.push(o);
+        }
+        match &slot.now {
+            Some(r) if r.ord.is_none() => inserts.push(r),
+            Some(r) if r.dirty => updates.push(r),
+            _ => {}
+        }
+    }
+    inserts.sort_by_key(|r| r.created);
+    if !deleted.is_empty() {
+        // Before the inserts: a feature deleted and created again in one group keeps its id.
+        tx.execute("DELETE FROM features WHERE ord = ANY($1)", &[&deleted])
+            .await
+            .map_err(db_err)?;
+    }
+    let update = async {
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        let ords: Vec<i64> = updates.iter().filter_map(|r| r.ord).collect();
+        let cols = Columns::of(&updates);
+        let written: Vec<bool> = updates.iter().map(|r| r.geometry_written).collect();
+        tx.execute(
+            "UPDATE features f SET version = t.v, updated_ms = $1, properties = t.p, \
+             geometry = CASE WHEN t.w THEN t.g ELSE f.geometry END, \
+             geom = CASE WHEN t.w THEN ST_SetSRID(ST_GeomFromGeoJSON(t.g), 4326) ELSE f.geom END, \
+             minx = t.x0, miny = t.y0, maxx = t.x1, maxy = t.y1 \
+             FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bool[], $6::jsonb[], \
+             $7::float8[], $8::float8[], $9::float8[], $10::float8[]) AS t(o, v, g, w, p, x0, y0, x1, y1) \
+             WHERE f.ord = t.o",
+            &[
+                &sql_i64(now),
+                &ords,
+                &cols.versions,
+                &cols.geometries,
+                &written,
+                &cols.properties,
+                &cols.boxes[0],
+                &cols.boxes[1],
+                &cols.boxes[2],
+                &cols.boxes[3],
+            ],
+        )
+        .await
+    };
+    let insert = async {
+        if inserts.is_empty() {
+            return Ok(0);
+        }
+        let fids: Vec<&str> = inserts.iter().map(|r| r.feature.id.as_str()).collect();
+        let cols = Columns::of(&inserts);
+        tx.execute(
+            "INSERT INTO features (layer, fid, version, updated_ms, geometry, geom, properties, minx, miny, maxx, maxy) \
+             SELECT $1, t.f, t.v, $2, t.g, ST_SetSRID(ST_GeomFromGeoJSON(t.g), 4326), t.p, t.x0, t.y0, t.x1, t.y1 \
+             FROM unnest($3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::float8[], $8::float8[], \
+             $9::float8[], $10::float8[]) WITH ORDINALITY AS t(f, v, g, p, x0, y0, x1, y1, n) ORDER BY t.n",
+            &[
+                &layer.id,
+                &sql_i64(now),
+                &fids,
+                &cols.versions,
+                &cols.geometries,
+                &cols.properties,
+                &cols.boxes[0],
+                &cols.boxes[1],
+                &cols.boxes[2],
+                &cols.boxes[3],
+            ],
+        )
+        .await
+    };
     let log = async {
         tx.execute(
             "INSERT INTO changes (layer, seq, body) SELECT $1, s, b FROM unnest($2::bigint[], $3::text[]) AS t(s, b)",
@@ -218,32 +671,95 @@ pub(crate) async fn apply(inner: &Inner, req: WriteRequest) -> Result<WriteOutco
             Ok(0)
         }
     };
-    let outcome = format!("[{}]", bodies.join(","));
     let remember = async {
-        match &req.op_id {
-            Some(op_id) => {
-                tx.execute(
-                    "UPDATE op_ids SET outcome = $3 WHERE scope = $1 AND op_id = $2",
-                    &[&scope, op_id, &outcome],
-                )
-                .await
-            }
-            None => Ok(0),
+        if outcome_keys.0.is_empty() {
+            return Ok(0);
         }
+        tx.execute(
+            "UPDATE op_ids o SET outcome = t.b FROM unnest($1::text[], $2::text[], $3::text[]) AS t(s, i, b) \
+             WHERE o.scope = t.s AND o.op_id = t.i",
+            &[&outcome_keys.0, &outcome_keys.1, &outcome_keys.2],
+        )
+        .await
     };
-    tokio::try_join!(log, head, prune, remember).map_err(db_err)?;
-    tx.commit().await.map_err(db_err)?;
-    Ok(WriteOutcome {
-        changes,
-        replayed: false,
-    })
+    // Keys claimed by requests that all failed are released, as a rollback would.
+    let unused: Vec<&Key> = claimed
+        .iter()
+        .filter(|k| !in_group.contains_key(*k))
+        .collect();
+    let release = async {
+        if unused.is_empty() {
+            return Ok(0);
+        }
+        let s: Vec<&str> = unused.iter().map(|k| k.0.as_str()).collect();
+        let i: Vec<&str> = unused.iter().map(|k| k.1.as_str()).collect();
+        tx.execute(
+            "DELETE FROM op_ids o USING unnest($1::text[], $2::text[]) AS t(s, i) \
+             WHERE o.scope = t.s AND o.op_id = t.i",
+            &[&s, &i],
+        )
+        .await
+    };
+    // Independent statements, sent together: one round trip.
+    let (updated, inserted, log, head, prune, remember, release) =
+        tokio::join!(update, insert, log, head, prune, remember, release);
+    // Pipelined: after the first failure the others only report an aborted transaction, so
+    // the reason is the data exception if there is one.
+    let errors: Vec<StoreError> = [
+        &log, &head, &prune, &remember, &release, &updated, &inserted,
+    ]
+    .into_iter()
+    .filter_map(|r| r.as_ref().err())
+    .map(db_err_ref)
+    .collect();
+    if let Some(e) = errors
+        .iter()
+        .find(|e| matches!(e, StoreError::Invalid(_)))
+        .or(errors.first())
+    {
+        return Err(e.clone());
+    }
+    let (updated, inserted) = (updated.unwrap_or(0), inserted.unwrap_or(0));
+    if updated != updates.len() as u64 || inserted != inserts.len() as u64 {
+        return Err(StoreError::Unavailable(
+            "features changed during a write".into(),
+        ));
+    }
+    Ok(())
 }
 
-async fn live_locks(
-    tx: &Transaction<'_>,
-    layer: i64,
-    now: u64,
-) -> Result<HashMap<String, (Holder, u64)>> {
+/// Rows as column arrays for `unnest`.
+struct Columns<'a> {
+    versions: Vec<i64>,
+    geometries: Vec<Option<&'a str>>,
+    properties: Vec<tokio_postgres::types::Json<&'a serde_json::Map<String, serde_json::Value>>>,
+    boxes: [Vec<Option<f64>>; 4],
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &[&'a Row]) -> Columns<'a> {
+        let mut boxes: [Vec<Option<f64>>; 4] = Default::default();
+        for r in rows {
+            for (k, v) in box_params(r.bbox).into_iter().enumerate() {
+                boxes[k].push(v);
+            }
+        }
+        Columns {
+            versions: rows.iter().map(|r| sql_i64(r.feature.version)).collect(),
+            geometries: rows.iter().map(|r| r.geometry_json.as_deref()).collect(),
+            properties: rows
+                .iter()
+                .map(|r| properties_param(&r.feature.properties))
+                .collect(),
+            boxes,
+        }
+    }
+}
+
+/// The live locks of a layer by feature id: holder and expiry.
+type LiveLocks = HashMap<String, (Holder, u64)>;
+
+async fn live_locks(tx: &Transaction<'_>, layer: i64, now: u64) -> Result<LiveLocks> {
     let st = tx
         .prepare_cached("SELECT fid, holder_client, holder_user, until_ms FROM locks WHERE layer = $1 AND until_ms > $2")
         .await
@@ -252,6 +768,10 @@ async fn live_locks(
         .query(&st, &[&layer, &sql_i64(now)])
         .await
         .map_err(db_err)?;
+    lock_rows(&rows)
+}
+
+fn lock_rows(rows: &[tokio_postgres::Row]) -> Result<LiveLocks> {
     rows.iter()
         .map(|r| {
             let f = |e| corrupt("lock", e);
@@ -269,366 +789,8 @@ async fn live_locks(
         .collect()
 }
 
-fn encode_change(c: &Change) -> Result<String> {
-    serde_json::to_string(c)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode the change: {e}")))
-}
-
-async fn load(tx: &Transaction<'_>, layer: i64, id: &str) -> Result<Option<StoredFeature>> {
-    let st = tx
-        .prepare_cached(&format!(
-            "SELECT {FEATURE_COLUMNS} FROM features WHERE layer = $1 AND fid = $2"
-        ))
-        .await
-        .map_err(db_err)?;
-    match tx.query_opt(&st, &[&layer, &id]).await.map_err(db_err)? {
-        Some(row) => Ok(Some(StoredFeature::from_row(&row, 0)?)),
-        None => Ok(None),
-    }
-}
-
-async fn op_one(
-    tx: &Transaction<'_>,
-    layer: &mut LayerRow,
-    op: WriteOp,
-    ctx: &OpCtx<'_>,
-) -> Result<Change> {
-    match op {
-        WriteOp::Create { feature } => {
-            let id = match feature.id {
-                Some(id) if id.is_empty() => {
-                    return Err(StoreError::Invalid("a feature id must not be empty".into()));
-                }
-                Some(id) => id,
-                None => uuid::Uuid::now_v7().to_string(),
-            };
-            if let Err(locked) = ctx.check_lock(&id) {
-                // A deleted feature's lock outlives it; existence is still reported first.
-                return Err(match load(tx, layer.id, &id).await? {
-                    Some(current) => exists(layer, id, current),
-                    None => locked,
-                });
-            }
-            insert(tx, layer, id, feature.geometry, feature.properties, ctx).await
-        }
-        WriteOp::Replace {
-            id,
-            feature,
-            expected,
-        } => match current(tx, layer, &id, expected).await? {
-            // Only reachable without `expected` on a last-writer-wins layer: upsert.
-            None => {
-                ctx.check_lock(&id)?;
-                insert(tx, layer, id, feature.geometry, feature.properties, ctx).await
-            }
-            Some(current) => {
-                ctx.check_lock(&id)?;
-                let changed = changed_properties(&current.feature.properties, &feature.properties);
-                update(
-                    tx,
-                    layer,
-                    current,
-                    feature.geometry,
-                    feature.properties,
-                    changed,
-                    ctx,
-                )
-                .await
-            }
-        },
-        WriteOp::Patch {
-            id,
-            properties,
-            geometry,
-            expected,
-        } => {
-            let Some(current) = current(tx, layer, &id, expected).await? else {
-                return Err(StoreError::FeatureNotFound {
-                    layer: layer.name.clone(),
-                    id,
-                });
-            };
-            ctx.check_lock(&id)?;
-            let mut props = current.feature.properties.clone();
-            let changed = match &properties {
-                Some(patch) => merge_patch(&mut props, patch),
-                None => Vec::new(),
-            };
-            let geometry = match geometry {
-                Some(g) => g.map(|(g, _)| g),
-                None => current.feature.geometry.clone(),
-            };
-            update(tx, layer, current, geometry, props, changed, ctx).await
-        }
-        WriteOp::Delete { id, expected } => {
-            let Some(current) = current(tx, layer, &id, expected).await? else {
-                return Err(StoreError::FeatureNotFound {
-                    layer: layer.name.clone(),
-                    id,
-                });
-            };
-            ctx.check_lock(&id)?;
-            delete(tx, layer, current, ctx).await
-        }
-    }
-}
-
-fn exists(layer: &LayerRow, id: String, current: StoredFeature) -> StoreError {
-    StoreError::FeatureExists {
-        layer: layer.name.clone(),
-        id,
-        current: Box::new(current.feature),
-    }
-}
-
-/// The feature an edit applies to, after the version rules (as in the SQLite store).
-async fn current(
-    tx: &Transaction<'_>,
-    layer: &LayerRow,
-    id: &str,
-    expected: Option<u64>,
-) -> Result<Option<StoredFeature>> {
-    if expected.is_none() && !layer.lww {
-        return Err(StoreError::VersionRequired {
-            layer: layer.name.clone(),
-        });
-    }
-    let current = load(tx, layer.id, id).await?;
-    if let Some(expected) = expected {
-        let version = current.as_ref().map(|c| c.feature.version);
-        if version != Some(expected) {
-            return Err(StoreError::Conflict {
-                id: id.to_owned(),
-                expected,
-                current: current.map(|c| Box::new(c.feature)),
-            });
-        }
-    }
-    Ok(current)
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Invalid(format!("cannot encode as JSON: {e}")))
-}
-
-/// The box the store keeps for a geometry, computed here (not trusted from the caller)
-/// after checking every position is finite.
-fn checked_bbox(g: Option<&Geometry>) -> Result<Option<BBox>> {
-    fn finite(v: &geojson::Value) -> bool {
-        use geojson::Value as G;
-        let pos = |p: &Vec<f64>| p.len() >= 2 && p.iter().all(|c| c.is_finite());
-        match v {
-            G::Point(p) => pos(p),
-            G::MultiPoint(ps) | G::LineString(ps) => ps.iter().all(pos),
-            G::MultiLineString(ls) | G::Polygon(ls) => ls.iter().flatten().all(pos),
-            G::MultiPolygon(pss) => pss.iter().flatten().flatten().all(pos),
-            G::GeometryCollection(gs) => gs.iter().all(|g| finite(&g.value)),
-        }
-    }
-    let Some(g) = g else { return Ok(None) };
-    if !finite(&g.value) {
-        return Err(StoreError::Invalid(
-            "geometry: every position needs 2 or 3 finite numbers".into(),
-        ));
-    }
-    Ok(geometry_bbox(g))
-}
-
 fn box_params(b: Option<BBox>) -> [Option<f64>; 4] {
     b.map(|b| b.map(Some)).unwrap_or_default()
-}
-
-async fn insert(
-    tx: &Transaction<'_>,
-    layer: &mut LayerRow,
-    id: String,
-    geometry: Option<Geometry>,
-    properties: Map<String, Value>,
-    ctx: &OpCtx<'_>,
-) -> Result<Change> {
-    let bbox = checked_bbox(geometry.as_ref())?;
-    let geometry_json = geometry.as_ref().map(to_json).transpose()?;
-    let [minx, miny, maxx, maxy] = box_params(bbox);
-    // ON CONFLICT: an existing id is reported, not an error that aborts the transaction.
-    let st = tx
-        .prepare_cached(
-            "INSERT INTO features (layer, fid, version, updated_ms, geometry, geom, properties, minx, miny, maxx, maxy) \
-             VALUES ($1, $2, 1, $3, $4::text, ST_SetSRID(ST_GeomFromGeoJSON($4::text), 4326), $5, $6, $7, $8, $9) \
-             ON CONFLICT (layer, fid) DO NOTHING RETURNING ord",
-        )
-        .await
-        .map_err(db_err)?;
-    let inserted: Option<Row> = tx
-        .query_opt(
-            &st,
-            &[
-                &layer.id,
-                &id,
-                &sql_i64(ctx.now),
-                &geometry_json,
-                &properties_param(&properties),
-                &minx,
-                &miny,
-                &maxx,
-                &maxy,
-            ],
-        )
-        .await
-        .map_err(db_err)?;
-    if inserted.is_none() {
-        let current = load(tx, layer.id, &id)
-            .await?
-            .ok_or_else(|| StoreError::Unavailable("a feature vanished during a write".into()))?;
-        return Err(exists(layer, id, current));
-    }
-    layer.count += 1;
-    layer.seq += 1;
-    let changed = properties.keys().cloned().collect();
-    let feature = Feature {
-        kind: FeatureType::Feature,
-        id: id.clone(),
-        geometry,
-        properties,
-        version: 1,
-        updated: ctx.updated.clone(),
-    };
-    Ok(Change {
-        layer: layer.name.clone(),
-        seq: layer.seq,
-        op: ChangeOp::Insert,
-        id,
-        version: 1,
-        old: None,
-        geometry_changed: feature.geometry.is_some(),
-        new: Some(feature),
-        old_bbox: None,
-        new_bbox: bbox,
-        changed,
-        author: ctx.writer.user.clone(),
-        op_id: ctx.op_id.map(str::to_owned),
-        time_ms: ctx.now,
-    })
-}
-
-async fn update(
-    tx: &Transaction<'_>,
-    layer: &mut LayerRow,
-    current: StoredFeature,
-    geometry: Option<Geometry>,
-    properties: Map<String, Value>,
-    changed: Vec<String>,
-    ctx: &OpCtx<'_>,
-) -> Result<Change> {
-    let geometry_changed = geometry != current.feature.geometry;
-    let version = current.feature.version + 1;
-    let props = properties_param(&properties);
-    let (bbox, n) = if geometry_changed {
-        let bbox = checked_bbox(geometry.as_ref())?;
-        let geometry_json = geometry.as_ref().map(to_json).transpose()?;
-        let [minx, miny, maxx, maxy] = box_params(bbox);
-        let st = tx
-            .prepare_cached(
-                "UPDATE features SET version = $2, updated_ms = $3, geometry = $4::text, \
-                 geom = ST_SetSRID(ST_GeomFromGeoJSON($4::text), 4326), properties = $5, \
-                 minx = $6, miny = $7, maxx = $8, maxy = $9 WHERE ord = $1",
-            )
-            .await
-            .map_err(db_err)?;
-        let n = tx
-            .execute(
-                &st,
-                &[
-                    &current.ord,
-                    &sql_i64(version),
-                    &sql_i64(ctx.now),
-                    &geometry_json,
-                    &props,
-                    &minx,
-                    &miny,
-                    &maxx,
-                    &maxy,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        (bbox, n)
-    } else {
-        let st = tx
-            .prepare_cached(
-                "UPDATE features SET version = $2, updated_ms = $3, properties = $4 WHERE ord = $1",
-            )
-            .await
-            .map_err(db_err)?;
-        let n = tx
-            .execute(
-                &st,
-                &[&current.ord, &sql_i64(version), &sql_i64(ctx.now), &props],
-            )
-            .await
-            .map_err(db_err)?;
-        (current.bbox, n)
-    };
-    if n != 1 {
-        return Err(StoreError::Unavailable(
-            "a feature vanished during a write".into(),
-        ));
-    }
-    layer.seq += 1;
-    let new = Feature {
-        kind: FeatureType::Feature,
-        id: current.feature.id.clone(),
-        geometry,
-        properties,
-        version,
-        updated: ctx.updated.clone(),
-    };
-    Ok(Change {
-        layer: layer.name.clone(),
-        seq: layer.seq,
-        op: ChangeOp::Update,
-        id: new.id.clone(),
-        version,
-        old: Some(current.feature),
-        new: Some(new),
-        old_bbox: current.bbox,
-        new_bbox: bbox,
-        changed,
-        geometry_changed,
-        author: ctx.writer.user.clone(),
-        op_id: ctx.op_id.map(str::to_owned),
-        time_ms: ctx.now,
-    })
-}
-
-async fn delete(
-    tx: &Transaction<'_>,
-    layer: &mut LayerRow,
-    current: StoredFeature,
-    ctx: &OpCtx<'_>,
-) -> Result<Change> {
-    let st = tx
-        .prepare_cached("DELETE FROM features WHERE ord = $1")
-        .await
-        .map_err(db_err)?;
-    tx.execute(&st, &[&current.ord]).await.map_err(db_err)?;
-    layer.count = layer.count.saturating_sub(1);
-    layer.seq += 1;
-    Ok(Change {
-        layer: layer.name.clone(),
-        seq: layer.seq,
-        op: ChangeOp::Delete,
-        id: current.feature.id.clone(),
-        version: current.feature.version + 1,
-        changed: current.feature.properties.keys().cloned().collect(),
-        geometry_changed: current.feature.geometry.is_some(),
-        old: Some(current.feature),
-        new: None,
-        old_bbox: current.bbox,
-        new_bbox: None,
-        author: ctx.writer.user.clone(),
-        op_id: ctx.op_id.map(str::to_owned),
-        time_ms: ctx.now,
-    })
 }
 
 // ----- locks -----
@@ -661,23 +823,17 @@ pub(crate) async fn lock(
         .map(|r| r.get(0))
         .collect();
     let live = live_locks(&tx, row.id, now).await?;
-    for id in &ids {
-        if !existing.contains(id.as_str()) {
-            return Err(StoreError::FeatureNotFound {
-                layer: layer.to_owned(),
-                id: (*id).clone(),
-            });
-        }
-        if let Some((h, until)) = live.get(id.as_str())
-            && h != holder
-        {
-            return Err(StoreError::Locked {
-                id: (*id).clone(),
-                holder: h.clone(),
-                until_ms: *until,
-            });
-        }
-    }
+    plan::plan_lock(
+        layer,
+        ids.iter().map(|id| {
+            (
+                id.as_str(),
+                existing.contains(id.as_str()),
+                live.get(id.as_str()).map(|(h, u)| (h, *u)),
+            )
+        }),
+        holder,
+    )?;
     if !ids.is_empty() {
         tx.execute(
             "INSERT INTO locks (layer, fid, holder_client, holder_user, until_ms) \
@@ -802,14 +958,9 @@ pub(crate) async fn reap_locks(inner: &Inner) -> Result<Vec<Lock>> {
 #[cfg(test)]
 mod tests {
     use super::super::read::decode_change;
-    use super::*;
 
     #[test]
-    fn non_finite_positions_are_refused() {
-        let g = Geometry::new(geojson::Value::Point(vec![f64::NAN, 1.0]));
-        assert!(checked_bbox(Some(&g)).is_err());
-        let g = Geometry::new(geojson::Value::Point(vec![1.0, 2.0]));
-        assert_eq!(checked_bbox(Some(&g)).unwrap(), Some([1.0, 2.0, 1.0, 2.0]));
+    fn corrupt_changes_are_errors() {
         let c = decode_change("{}");
         assert!(c.is_err(), "a corrupt change is an error, not a panic");
     }

@@ -94,17 +94,6 @@ pub(crate) fn decode_change(body: &str) -> Result<Change> {
     serde_json::from_str(body).map_err(|e| corrupt("change", e))
 }
 
-/// Encodes a change log body (also the pieces of a stored op-id outcome).
-pub(crate) fn encode_change(c: &Change) -> Result<String> {
-    serde_json::to_string(c)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode the change: {e}")))
-}
-
-/// Decodes a stored op-id outcome: a JSON array of changes.
-pub(crate) fn decode_outcome(body: &str) -> Result<Vec<Change>> {
-    serde_json::from_str(body).map_err(|e| corrupt("op id outcome", e))
-}
-
 /// Whether two boxes overlap, edges included. Both have `minx <= maxx`.
 pub(crate) fn boxes_intersect(a: &BBox, b: &BBox) -> bool {
     a[0] <= b[2] && a[2] >= b[0] && a[1] <= b[3] && a[3] >= b[1]

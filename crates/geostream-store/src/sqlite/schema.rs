@@ -91,7 +91,22 @@ CREATE TABLE meta (
 INSERT INTO meta (key, value) VALUES ('op_index_upto', 0);
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: uploaded raster tiles ([`crate::TileStore`]), one row per tile holding its
+/// newest bytes and version. A rowid table with a unique index rather than `WITHOUT ROWID`:
+/// tiles are large rows, which SQLite keeps better in a rowid table.
+const V2: &str = "
+CREATE TABLE tiles (
+    layer TEXT NOT NULL,
+    z INTEGER NOT NULL,
+    x INTEGER NOT NULL,
+    y INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (layer, z, x, y)
+);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

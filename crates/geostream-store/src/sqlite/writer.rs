@@ -7,20 +7,18 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use geostream_core::api::validate_name;
-use geostream_core::feature::{
-    BBox, Change, ChangeOp, Feature, FeatureType, Geometry, changed_properties, format_time_ms,
-    geometry_bbox, merge_patch,
-};
+use geostream_core::feature::{BBox, Change, ChangeOp, format_time_ms};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::codec::{FEATURE_COLUMNS, StoredFeature, corrupt, decode_outcome, encode_change};
+use super::codec::{FEATURE_COLUMNS, StoredFeature, corrupt};
 use super::op_index::OpIndex;
 use super::schema::{create_rtree_sql, rtree_table};
 use super::{SqliteOptions, db_err};
+use crate::plan::{self, Planned};
 use crate::{
-    Holder, LayerInfo, LayerSpec, Lock, Result, StoreError, WriteOp, WriteOutcome, WriteRequest,
+    Holder, LayerInfo, LayerSpec, Lock, Result, StoreError, TileAddress, TilePut, WriteOp,
+    WriteOutcome, WriteRequest,
 };
 
 /// A unit of work for the writer: run inside the group's transaction, answered after the
@@ -101,15 +99,6 @@ struct LayerRow {
     count: u64,
     /// Changed in this group, to be written back.
     dirty: bool,
-}
-
-/// Who and when, for every operation of one request.
-struct OpCtx<'a> {
-    writer: &'a Holder,
-    op_id: Option<&'a str>,
-    now: u64,
-    /// `now` as RFC 3339, formatted once per request.
-    updated: String,
 }
 
 /// Where the answers of a committed group go.
@@ -539,37 +528,28 @@ impl Writer {
     // ----- writes -----
 
     pub(crate) fn apply(&mut self, req: WriteRequest, now: u64) -> Result<WriteOutcome> {
-        // Prefixed so that a user and a client that happen to share a name stay apart.
-        let scope = match &req.writer.user {
-            Some(user) => format!("u:{user}"),
-            None => format!("c:{}", req.writer.client),
+        let scope = plan::scope(&req.writer);
+        let seen = match &req.op_id {
+            Some(op_id) => self.ops.lookup(&self.conn, &scope, op_id)?,
+            None => None,
         };
-        if let Some(op_id) = &req.op_id
-            && let Some(body) = self.ops.lookup(&self.conn, &scope, op_id)?
-        {
-            return Ok(WriteOutcome {
-                changes: decode_outcome(&body)?,
-                replayed: true,
-            });
-        }
-        if req.ops.is_empty() {
-            return Err(StoreError::Invalid(
-                "a write needs at least one operation".into(),
-            ));
+        if let Some(replayed) = plan::start(seen.as_deref(), req.ops.len())? {
+            return Ok(replayed);
         }
         let mut layer = self.layer_row(&req.layer)?;
-        let ctx = OpCtx {
-            writer: &req.writer,
+        let updated = format_time_ms(now);
+        let w = plan::Writer {
+            holder: &req.writer,
             op_id: req.op_id.as_deref(),
             now,
-            updated: format_time_ms(now),
+            updated: &updated,
         };
         let mut changes = Vec::with_capacity(req.ops.len());
         // The outcome kept for the op id is the change bodies already encoded for the log.
         let mut outcome = String::from("[");
         for op in req.ops {
-            let change = self.op(&mut layer, op, &ctx)?;
-            let body = encode_change(&change)?;
+            let change = self.op(&mut layer, op, w)?;
+            let body = plan::encode_change(&change)?;
             self.conn
                 .prepare_cached("INSERT INTO changes (layer, seq, body) VALUES (?1, ?2, ?3)")
                 .and_then(|mut s| s.execute(params![layer.id, sql_i64(change.seq), body]))
@@ -595,116 +575,42 @@ impl Writer {
         })
     }
 
-    fn op(&mut self, layer: &mut LayerRow, op: WriteOp, ctx: &OpCtx<'_>) -> Result<Change> {
-        match op {
-            WriteOp::Create { feature } => {
-                let id = match feature.id {
-                    Some(id) if id.is_empty() => {
-                        return Err(StoreError::Invalid("a feature id must not be empty".into()));
-                    }
-                    Some(id) => id,
-                    None => uuid::Uuid::now_v7().to_string(),
-                };
-                if let Some(current) = self.load(layer.id, &id)? {
-                    return Err(StoreError::FeatureExists {
-                        layer: layer.name.clone(),
-                        id,
-                        current: Box::new(current.feature),
-                    });
-                }
-                self.check_lock(layer.id, &id, ctx)?;
-                self.insert(layer, id, feature.geometry, feature.properties, ctx)
+    /// One operation: read what the planner needs, let it decide, write what it decided.
+    fn op(&mut self, layer: &mut LayerRow, op: WriteOp, w: plan::Writer<'_>) -> Result<Change> {
+        let id = plan::target(&op)?;
+        let stored = self.load(layer.id, &id)?;
+        let lock = self.live_lock(layer.id, &id, w.now)?;
+        let current = stored.as_ref().map(|s| (s.feature.clone(), s.bbox));
+        let planned = plan::plan(
+            op,
+            id,
+            current,
+            lock.as_ref().map(|(h, until)| (h, *until)),
+            plan::Layer {
+                name: &layer.name,
+                lww: layer.lww,
+                seq: layer.seq,
+            },
+            w,
+        )?;
+        match planned.change.op {
+            ChangeOp::Insert => self.insert(layer.id, &planned)?,
+            ChangeOp::Update => {
+                let stored = stored.ok_or_else(|| {
+                    StoreError::Unavailable("an update without a stored feature".into())
+                })?;
+                self.update(layer.id, stored, &planned)?
             }
-            WriteOp::Replace {
-                id,
-                feature,
-                expected,
-            } => {
-                let current = self.current(layer, &id, expected)?;
-                match current {
-                    // Only reachable without `expected` on a last-writer-wins layer: upsert.
-                    None => {
-                        self.check_lock(layer.id, &id, ctx)?;
-                        self.insert(layer, id, feature.geometry, feature.properties, ctx)
-                    }
-                    Some(current) => {
-                        self.check_lock(layer.id, &id, ctx)?;
-                        let changed =
-                            changed_properties(&current.feature.properties, &feature.properties);
-                        self.update(
-                            layer,
-                            current,
-                            feature.geometry,
-                            feature.properties,
-                            changed,
-                            ctx,
-                        )
-                    }
-                }
-            }
-            WriteOp::Patch {
-                id,
-                properties,
-                geometry,
-                expected,
-            } => {
-                let Some(current) = self.current(layer, &id, expected)? else {
-                    return Err(StoreError::FeatureNotFound {
-                        layer: layer.name.clone(),
-                        id,
-                    });
-                };
-                self.check_lock(layer.id, &id, ctx)?;
-                let mut props = current.feature.properties.clone();
-                let changed = match &properties {
-                    Some(patch) => merge_patch(&mut props, patch),
-                    None => Vec::new(),
-                };
-                let geometry = match geometry {
-                    Some(g) => g.map(|(g, _)| g),
-                    None => current.feature.geometry.clone(),
-                };
-                self.update(layer, current, geometry, props, changed, ctx)
-            }
-            WriteOp::Delete { id, expected } => {
-                let Some(current) = self.current(layer, &id, expected)? else {
-                    return Err(StoreError::FeatureNotFound {
-                        layer: layer.name.clone(),
-                        id,
-                    });
-                };
-                self.check_lock(layer.id, &id, ctx)?;
-                self.delete(layer, current, ctx)
+            ChangeOp::Delete => {
+                let stored = stored.ok_or_else(|| {
+                    StoreError::Unavailable("a delete without a stored feature".into())
+                })?;
+                self.delete(layer.id, stored)?
             }
         }
-    }
-
-    /// The feature an edit applies to, after the version rules: `VersionRequired` without
-    /// `expected` on a strict layer, `Conflict` when `expected` is not the current version
-    /// (or the feature is missing). `Ok(None)`: missing, and no version was stated.
-    fn current(
-        &mut self,
-        layer: &LayerRow,
-        id: &str,
-        expected: Option<u64>,
-    ) -> Result<Option<StoredFeature>> {
-        if expected.is_none() && !layer.lww {
-            return Err(StoreError::VersionRequired {
-                layer: layer.name.clone(),
-            });
-        }
-        let current = self.load(layer.id, id)?;
-        if let Some(expected) = expected {
-            let version = current.as_ref().map(|c| c.feature.version);
-            if version != Some(expected) {
-                return Err(StoreError::Conflict {
-                    id: id.to_owned(),
-                    expected,
-                    current: current.map(|c| Box::new(c.feature)),
-                });
-            }
-        }
-        Ok(current)
+        layer.seq = planned.change.seq;
+        layer.count = layer.count.saturating_add_signed(planned.count_delta());
+        Ok(planned.change)
     }
 
     /// The feature as stored, from the cache or the database.
@@ -729,105 +635,60 @@ impl Writer {
         Ok(found)
     }
 
-    fn check_lock(&self, layer: i64, id: &str, ctx: &OpCtx<'_>) -> Result<()> {
-        let lock = self
-            .conn
+    /// The live lock on a feature: its holder and expiry.
+    fn live_lock(&self, layer: i64, id: &str, now: u64) -> Result<Option<(Holder, u64)>> {
+        self.conn
             .prepare_cached("SELECT client, user, until_ms FROM locks WHERE layer = ?1 AND fid = ?2 AND until_ms > ?3")
             .and_then(|mut s| {
-                s.query_row(params![layer, id, sql_i64(ctx.now)], |r| {
+                s.query_row(params![layer, id, sql_i64(now)], |r| {
                     Ok((Holder { client: r.get(0)?, user: r.get(1)? }, r.get::<_, u64>(2)?))
                 })
                 .optional()
             })
-            .map_err(db_err)?;
-        match lock {
-            Some((holder, until_ms)) if holder != *ctx.writer => Err(StoreError::Locked {
-                id: id.to_owned(),
-                holder,
-                until_ms,
-            }),
-            _ => Ok(()),
-        }
+            .map_err(db_err)
     }
 
-    fn insert(
-        &mut self,
-        layer: &mut LayerRow,
-        id: String,
-        geometry: Option<Geometry>,
-        properties: Map<String, Value>,
-        ctx: &OpCtx<'_>,
-    ) -> Result<Change> {
-        let bbox = checked_bbox(geometry.as_ref())?;
-        let geometry_json = geometry.as_ref().map(to_json).transpose()?;
-        let properties_json = to_json(&properties)?;
+    fn insert(&mut self, layer: i64, planned: &Planned) -> Result<()> {
+        let c = &planned.change;
+        let feature = c
+            .new
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("an insert without a feature".into()))?;
+        let bbox = c.new_bbox;
+        let properties_json = plan::to_json(&feature.properties)?;
         let [minx, miny, maxx, maxy] = bbox.map(|b| b.map(Some)).unwrap_or_default();
         self.conn
             .prepare_cached(
                 "INSERT INTO features (layer, fid, version, updated_ms, geometry, properties, minx, miny, maxx, maxy) \
                  VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
-            .and_then(|mut s| s.execute(params![layer.id, id, sql_i64(ctx.now), geometry_json, properties_json, minx, miny, maxx, maxy]))
+            .and_then(|mut s| s.execute(params![layer, c.id, sql_i64(c.time_ms), planned.geometry_json, properties_json, minx, miny, maxx, maxy]))
             .map_err(db_err)?;
         let ord = self.conn.last_insert_rowid();
-        self.rtree_set(layer.id, ord, None, bbox)?;
-        layer.count += 1;
-        layer.seq += 1;
-        let changed = properties.keys().cloned().collect();
-        let feature = Feature {
-            kind: FeatureType::Feature,
-            id: id.clone(),
-            geometry,
-            properties,
-            version: 1,
-            updated: ctx.updated.clone(),
-        };
+        self.rtree_set(layer, ord, None, bbox)?;
         let stored = StoredFeature {
             ord,
             feature: feature.clone(),
             bbox,
-            geometry_json,
+            geometry_json: planned.geometry_json.clone(),
         };
-        self.remember(layer.id, stored);
-        Ok(Change {
-            layer: layer.name.clone(),
-            seq: layer.seq,
-            op: ChangeOp::Insert,
-            id,
-            version: 1,
-            old: None,
-            geometry_changed: feature.geometry.is_some(),
-            new: Some(feature),
-            old_bbox: None,
-            new_bbox: bbox,
-            changed,
-            author: ctx.writer.user.clone(),
-            op_id: ctx.op_id.map(str::to_owned),
-            time_ms: ctx.now,
-        })
+        self.remember(layer, stored);
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn update(
-        &mut self,
-        layer: &mut LayerRow,
-        current: StoredFeature,
-        geometry: Option<Geometry>,
-        properties: Map<String, Value>,
-        changed: Vec<String>,
-        ctx: &OpCtx<'_>,
-    ) -> Result<Change> {
-        let geometry_changed = geometry != current.feature.geometry;
-        let (bbox, geometry_json) = if geometry_changed {
-            (
-                checked_bbox(geometry.as_ref())?,
-                geometry.as_ref().map(to_json).transpose()?,
-            )
+    fn update(&mut self, layer: i64, current: StoredFeature, planned: &Planned) -> Result<()> {
+        let c = &planned.change;
+        let new = c
+            .new
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("an update without a feature".into()))?;
+        let bbox = c.new_bbox;
+        let geometry_json = if c.geometry_changed {
+            planned.geometry_json.clone()
         } else {
-            (current.bbox, current.geometry_json.clone())
+            current.geometry_json.clone()
         };
-        let properties_json = to_json(&properties)?;
-        let version = current.feature.version + 1;
+        let properties_json = plan::to_json(&new.properties)?;
         let [minx, miny, maxx, maxy] = bbox.map(|b| b.map(Some)).unwrap_or_default();
         self.conn
             .prepare_cached(
@@ -835,76 +696,30 @@ impl Writer {
                  minx = ?6, miny = ?7, maxx = ?8, maxy = ?9 WHERE ord = ?1",
             )
             .and_then(|mut s| {
-                s.execute(params![current.ord, sql_i64(version), sql_i64(ctx.now), geometry_json, properties_json, minx, miny, maxx, maxy])
+                s.execute(params![current.ord, sql_i64(c.version), sql_i64(c.time_ms), geometry_json, properties_json, minx, miny, maxx, maxy])
             })
             .map_err(db_err)?;
         if bbox != current.bbox {
-            self.rtree_set(layer.id, current.ord, current.bbox, bbox)?;
+            self.rtree_set(layer, current.ord, current.bbox, bbox)?;
         }
-        layer.seq += 1;
-        let new = Feature {
-            kind: FeatureType::Feature,
-            id: current.feature.id.clone(),
-            geometry,
-            properties,
-            version,
-            updated: ctx.updated.clone(),
-        };
         let stored = StoredFeature {
             ord: current.ord,
             feature: new.clone(),
             bbox,
             geometry_json,
         };
-        self.remember(layer.id, stored);
-        Ok(Change {
-            layer: layer.name.clone(),
-            seq: layer.seq,
-            op: ChangeOp::Update,
-            id: new.id.clone(),
-            version,
-            old: Some(current.feature),
-            new: Some(new),
-            old_bbox: current.bbox,
-            new_bbox: bbox,
-            changed,
-            geometry_changed,
-            author: ctx.writer.user.clone(),
-            op_id: ctx.op_id.map(str::to_owned),
-            time_ms: ctx.now,
-        })
+        self.remember(layer, stored);
+        Ok(())
     }
 
-    fn delete(
-        &mut self,
-        layer: &mut LayerRow,
-        current: StoredFeature,
-        ctx: &OpCtx<'_>,
-    ) -> Result<Change> {
+    fn delete(&mut self, layer: i64, current: StoredFeature) -> Result<()> {
         self.conn
             .prepare_cached("DELETE FROM features WHERE ord = ?1")
             .and_then(|mut s| s.execute([current.ord]))
             .map_err(db_err)?;
-        self.rtree_set(layer.id, current.ord, current.bbox, None)?;
-        self.forget(layer.id, &current.feature.id);
-        layer.count = layer.count.saturating_sub(1);
-        layer.seq += 1;
-        Ok(Change {
-            layer: layer.name.clone(),
-            seq: layer.seq,
-            op: ChangeOp::Delete,
-            id: current.feature.id.clone(),
-            version: current.feature.version + 1,
-            changed: current.feature.properties.keys().cloned().collect(),
-            geometry_changed: current.feature.geometry.is_some(),
-            old: Some(current.feature),
-            new: None,
-            old_bbox: current.bbox,
-            new_bbox: None,
-            author: ctx.writer.user.clone(),
-            op_id: ctx.op_id.map(str::to_owned),
-            time_ms: ctx.now,
-        })
+        self.rtree_set(layer, current.ord, current.bbox, None)?;
+        self.forget(layer, &current.feature.id);
+        Ok(())
     }
 
     /// Moves a feature's entry in its layer's R-tree from `old` to `new`.
@@ -932,6 +747,41 @@ impl Writer {
         r.map(drop).map_err(db_err)
     }
 
+    // ----- tiles -----
+
+    pub(crate) fn put_tile(
+        &mut self,
+        layer: &str,
+        tile: TileAddress,
+        data: &[u8],
+        min_version: u64,
+    ) -> Result<TilePut> {
+        let previous: Option<u64> = self
+            .conn
+            .prepare_cached(
+                "SELECT version FROM tiles WHERE layer = ?1 AND z = ?2 AND x = ?3 AND y = ?4",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![layer, tile.z, tile.x, tile.y], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        let version = previous
+            .map_or(1, |p| p.saturating_add(1))
+            .max(min_version)
+            .min(i64::MAX as u64);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tiles (layer, z, x, y, version, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (layer, z, x, y) DO UPDATE SET version = excluded.version, data = excluded.data",
+            )
+            .and_then(|mut s| {
+                s.execute(params![layer, tile.z, tile.x, tile.y, sql_i64(version), data])
+            })
+            .map_err(db_err)?;
+        Ok(TilePut { version, previous })
+    }
+
     // ----- locks -----
 
     pub(crate) fn lock(
@@ -946,26 +796,22 @@ impl Writer {
         let until_ms = now.saturating_add(ttl_ms).min(i64::MAX as u64);
         let mut seen = std::collections::HashSet::new();
         let ids: Vec<&String> = ids.iter().filter(|id| seen.insert(id.as_str())).collect();
-        let ctx = OpCtx {
-            writer: holder,
-            op_id: None,
-            now,
-            updated: String::new(),
-        };
+        let mut found = Vec::with_capacity(ids.len());
         for id in &ids {
             let exists = self
                 .conn
                 .prepare_cached("SELECT 1 FROM features WHERE layer = ?1 AND fid = ?2")
                 .and_then(|mut s| s.exists(params![row.id, id]))
                 .map_err(db_err)?;
-            if !exists {
-                return Err(StoreError::FeatureNotFound {
-                    layer: layer.to_owned(),
-                    id: (*id).clone(),
-                });
-            }
-            self.check_lock(row.id, id, &ctx)?;
+            found.push((id.as_str(), exists, self.live_lock(row.id, id, now)?));
         }
+        plan::plan_lock(
+            layer,
+            found
+                .iter()
+                .map(|(id, exists, l)| (*id, *exists, l.as_ref().map(|(h, u)| (h, *u)))),
+            holder,
+        )?;
         let mut st = self
             .conn
             .prepare_cached(
@@ -1083,33 +929,4 @@ fn feature_by_id_sql() -> &'static str {
     SQL.get_or_init(|| {
         format!("SELECT {FEATURE_COLUMNS} FROM features WHERE layer = ?1 AND fid = ?2")
     })
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Invalid(format!("cannot encode as JSON: {e}")))
-}
-
-/// The box the store keeps for a geometry: computed here (not trusted from the caller),
-/// after checking every position is finite — the R-tree rejects NaN, and JSON would turn it
-/// into a `null` that no longer reads back as a geometry.
-fn checked_bbox(g: Option<&Geometry>) -> Result<Option<BBox>> {
-    fn finite(v: &geojson::Value) -> bool {
-        use geojson::Value as G;
-        let pos = |p: &Vec<f64>| p.len() >= 2 && p.iter().all(|c| c.is_finite());
-        match v {
-            G::Point(p) => pos(p),
-            G::MultiPoint(ps) | G::LineString(ps) => ps.iter().all(pos),
-            G::MultiLineString(ls) | G::Polygon(ls) => ls.iter().flatten().all(pos),
-            G::MultiPolygon(pss) => pss.iter().flatten().flatten().all(pos),
-            G::GeometryCollection(gs) => gs.iter().all(|g| finite(&g.value)),
-        }
-    }
-    let Some(g) = g else { return Ok(None) };
-    if !finite(&g.value) {
-        return Err(StoreError::Invalid(
-            "geometry: every position needs 2 or 3 finite numbers".into(),
-        ));
-    }
-    // `None`: valid GeoJSON without positions (an empty collection): kept, not indexed.
-    Ok(geometry_bbox(g))
 }
