@@ -9,8 +9,10 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
 use geostream_core::api::{
     self, ClientInfo, CursorPush, FeatureKind, FeaturePush, LockPush, MessagePush, PresencePush,
+    TileBytes, TilePush, TilePushKind,
 };
 use geostream_core::codec::{Encoding, PushFrame, encode_push};
 use geostream_core::feature::Change;
@@ -57,6 +59,24 @@ pub enum PushEvent {
         /// The cursor.
         cursor: CursorPush,
     },
+    /// A tile changed: the same push for every subscriber that holds the same base version,
+    /// so its bytes are framed once per encoding and never copied per subscriber.
+    Tile {
+        /// The layer.
+        layer: Arc<str>,
+        /// `"z/x/y"`.
+        tile: Arc<str>,
+        /// The tile's version after this push.
+        version: u64,
+        /// Delta, full tile or notice.
+        kind: TilePushKind,
+        /// The version the delta applies to.
+        base: Option<u64>,
+        /// The version's HTTP ETag.
+        etag: Arc<str>,
+        /// Delta or tile bytes (none for a notice).
+        data: Option<Bytes>,
+    },
 }
 
 impl PushEvent {
@@ -69,6 +89,7 @@ impl PushEvent {
             PushEvent::Presence { join: true, .. } => api::push::JOIN,
             PushEvent::Presence { join: false, .. } => api::push::LEAVE,
             PushEvent::Cursor { .. } => api::push::CURSOR,
+            PushEvent::Tile { .. } => api::push::TILE,
         }
     }
 
@@ -107,6 +128,28 @@ impl PushEvent {
             ),
             PushEvent::Lock { lock } => encode_push(enc, self.method(), lock, None),
             PushEvent::Cursor { cursor } => encode_push(enc, self.method(), cursor, None),
+            PushEvent::Tile {
+                layer,
+                tile,
+                version,
+                kind,
+                base,
+                etag,
+                data,
+            } => encode_push(
+                enc,
+                self.method(),
+                &TilePush {
+                    layer: Cow::Borrowed(layer),
+                    tile: Cow::Borrowed(tile),
+                    version: *version,
+                    kind: *kind,
+                    base: *base,
+                    etag: Cow::Borrowed(etag),
+                    data: data.as_deref().map(|d| TileBytes(Cow::Borrowed(d))),
+                },
+                None,
+            ),
         }
     }
 
@@ -118,6 +161,9 @@ impl PushEvent {
                 160 + cursor.layer.len() + cursor.editing.iter().map(|e| 8 + e.len()).sum::<usize>()
             }
             PushEvent::Lock { lock } => 128 + lock.lock.layer.len() + lock.lock.id.len(),
+            PushEvent::Tile {
+                layer, tile, data, ..
+            } => 128 + layer.len() + tile.len() + data.as_ref().map_or(0, Bytes::len),
             PushEvent::Feature { change, kind, full } => {
                 let carries =
                     matches!(kind, FeatureKind::Enter) || *full || change.geometry_changed;
@@ -196,7 +242,10 @@ impl Prepared {
         match &self.event {
             PushEvent::Feature { change, .. } => change.seq,
             PushEvent::Message { offset, .. } => *offset,
-            PushEvent::Presence { .. } | PushEvent::Lock { .. } | PushEvent::Cursor { .. } => 0,
+            PushEvent::Presence { .. }
+            | PushEvent::Lock { .. }
+            | PushEvent::Cursor { .. }
+            | PushEvent::Tile { .. } => 0,
         }
     }
 

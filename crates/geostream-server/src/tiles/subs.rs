@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use geostream_core::api::{
-    self, TileBytes, TileMode, TilePush, TilePushKind, TileSubscribeParams, TileSubscribeResult,
-    TileUpdateParams, TileUpdateResult, TileViewport, UnsubscribedPush,
+    self, TileMode, TilePushKind, TileSubscribeParams, TileSubscribeResult, TileUpdateParams,
+    TileUpdateResult, TileViewport, UnsubscribedPush,
 };
-use geostream_core::codec::{self, Encoding, Id, PushFrame, encode_push};
+use geostream_core::codec::{self, Id, encode_push};
 use geostream_core::error::ErrorCode;
-use geostream_hub::{Hub, Outgoing, PushOutcome, Session};
+use geostream_hub::{Hub, Outgoing, Prepared, PushEvent, PushOutcome, Session};
 use geostream_tiles::{CachedTile, LonLatBbox, TileError, TileId, delta, tiles_covering};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -450,8 +450,9 @@ async fn flush(tiles: &Tiles) {
     }
 }
 
-/// Frames shared by the subscribers of one tile: per (encoding, kind, base).
-type FrameMemo = HashMap<(Encoding, TilePushKind, Option<u64>), PushFrame>;
+/// Pushes shared by the subscribers of one tile: per (kind, base). Each is framed once per
+/// encoding by the first writer that needs it; subscribers share its bytes.
+type PushMemo = HashMap<(TilePushKind, Option<u64>), Arc<Prepared>>;
 
 fn push_tile(
     tiles: &Tiles,
@@ -460,9 +461,9 @@ fn push_tile(
     current: &CachedTile,
     targets: Vec<Target>,
 ) {
-    let tile_key = key(t);
+    let tile_key: Arc<str> = Arc::from(key(t));
     let mut deltas: HashMap<u64, Option<Bytes>> = HashMap::new();
-    let mut frames: FrameMemo = HashMap::new();
+    let mut pushes: PushMemo = HashMap::new();
     let mut sent: Vec<(SubKey, u64)> = Vec::new();
     let mut retry: Vec<SubKey> = Vec::new();
     for target in targets {
@@ -490,29 +491,22 @@ fn push_tile(
             }
         };
         let base = target.held;
-        let enc = target.session.encoding();
-        let frame = frames.entry((enc, kind, base)).or_insert_with(|| {
-            encode_push(
-                enc,
-                api::push::TILE,
-                &TilePush {
-                    layer: Cow::Borrowed(layer),
-                    tile: Cow::Borrowed(&tile_key),
+        let push = pushes
+            .entry((kind, base))
+            .or_insert_with(|| {
+                Prepared::new(PushEvent::Tile {
+                    layer: layer.clone(),
+                    tile: tile_key.clone(),
                     version: current.version,
                     kind,
                     base,
-                    etag: Cow::Borrowed(&current.etag),
-                    data: data.as_deref().map(|d| TileBytes(Cow::Borrowed(d))),
-                },
-                None,
-            )
-        });
+                    etag: current.etag.clone(),
+                    data: data.clone(),
+                })
+            })
+            .clone();
         let sub = target.key.1;
-        match target
-            .session
-            .outbox
-            .push(Outgoing::Frame(frame.to_bytes(sub)))
-        {
+        match target.session.outbox.push(Outgoing::Push { sub, push }) {
             PushOutcome::Queued => {
                 let s = &tiles.stats;
                 match kind {
