@@ -421,25 +421,33 @@ fn scan_t(frame: &[u8]) -> Option<((), u64)> {
 /// Parameters of the durable-edits scenario.
 pub(crate) struct EditsParams {
     pub(crate) editors: usize,
+    pub(crate) layers: usize,
     pub(crate) duration: f64,
     pub(crate) server_pid: Option<String>,
 }
 
 /// `edits`: each editor patches its own feature with the version it holds, one edit in flight,
-/// and counts the acknowledgements (the server acknowledges only durable edits).
+/// and counts the acknowledgements (the server acknowledges only durable edits). Editor `i`
+/// edits layer `i mod layers`.
 pub(crate) async fn edits(target: Target, p: EditsParams) -> Result<Value, String> {
-    let layer = format!("bench-edits-{}", now_ns());
+    let stamp = now_ns();
+    let layers: Vec<String> = (0..p.layers)
+        .map(|k| format!("bench-edits-{stamp}-{k}"))
+        .collect();
     let (conns, errors) = conn::connect_many(target, p.editors, 0, 64, CALL).await;
     let conns: Vec<Ws> = conns.into_iter().flatten().collect();
     if conns.len() < p.editors {
         return Err(format!("{} editors connected: {errors:?}", conns.len()));
     }
     let mut rpcs: Vec<Rpc> = conns.into_iter().map(|w| Rpc::new(w, target.enc)).collect();
-    rpcs[0]
-        .call("layer.create", &json!({"name": layer}), CALL)
-        .await?;
+    for layer in &layers {
+        rpcs[0]
+            .call("layer.create", &json!({"name": layer}), CALL)
+            .await?;
+    }
     let mut versions = Vec::new();
     for (i, r) in rpcs.iter_mut().enumerate() {
+        let layer = &layers[i % layers.len()];
         let v = r
             .call(
                 "feature.create",
@@ -459,8 +467,12 @@ pub(crate) async fn edits(target: Target, p: EditsParams) -> Result<Value, Strin
     let end = t0 + (p.duration * 1e9) as u64;
     let mut set = tokio::task::JoinSet::new();
     for (i, (mut rpc, mut version)) in rpcs.into_iter().zip(versions).enumerate() {
-        let (hist, done, failed, layer) =
-            (hist.clone(), done.clone(), failed.clone(), layer.clone());
+        let (hist, done, failed, layer) = (
+            hist.clone(),
+            done.clone(),
+            failed.clone(),
+            layers[i % layers.len()].clone(),
+        );
         set.spawn(async move {
             let mut n = 0u64;
             while now_ns() < end {
@@ -489,6 +501,7 @@ pub(crate) async fn edits(target: Target, p: EditsParams) -> Result<Value, Strin
     let n = done.load(Ordering::Relaxed);
     Ok(json!({
         "editors": p.editors,
+        "layers": p.layers,
         "edits": n,
         "failed": failed.load(Ordering::Relaxed),
         "edits_per_s": round(n as f64 / wall, 0),

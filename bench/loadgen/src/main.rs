@@ -30,6 +30,10 @@ struct Common {
     /// The server (loopback only).
     #[arg(long, global = true, default_value = "127.0.0.1:9200")]
     addr: SocketAddr,
+    /// Further nodes of the same cluster (comma-separated, loopback only): connections are
+    /// spread round-robin over `--addr` and these (`spatial` and `edits`).
+    #[arg(long, global = true, value_delimiter = ',')]
+    nodes: Vec<SocketAddr>,
     /// Wire encoding.
     #[arg(long, global = true, value_enum, default_value = "msgpack")]
     enc: Enc,
@@ -146,6 +150,9 @@ enum Scenario {
     Edits {
         #[arg(long, default_value_t = 10)]
         editors: usize,
+        /// Layers the editors are spread over (editor i edits layer i mod n).
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
     },
@@ -187,8 +194,12 @@ fn main() {
 async fn run(cli: Cli, argv: &[String]) -> Result<Value, String> {
     let c = cli.common;
     conn::require_loopback(&c.addr)?;
+    for a in &c.nodes {
+        conn::require_loopback(a)?;
+    }
     let target = conn::Target {
         addr: c.addr,
+        more: Vec::leak(c.nodes.clone()),
         enc: c.enc.into(),
         src_first: c.src_first,
         src_count: c.src_count,
@@ -295,9 +306,14 @@ async fn run(cli: Cli, argv: &[String]) -> Result<Value, String> {
             };
             ("spatial", geo::spatial(target, p).await?)
         }
-        Scenario::Edits { editors, duration } => {
+        Scenario::Edits {
+            editors,
+            layers,
+            duration,
+        } => {
             let p = geo::EditsParams {
                 editors,
+                layers: layers.max(1),
                 duration,
                 server_pid: pid,
             };
@@ -325,6 +341,7 @@ async fn run(cli: Cli, argv: &[String]) -> Result<Value, String> {
         m.insert("scenario".into(), json!(name));
         m.insert("encoding".into(), json!(enc_name(c.enc)));
         m.insert("label".into(), json!(c.label));
+        m.insert("nodes".into(), json!(1 + c.nodes.len()));
         m.insert("args".into(), json!(argv[1..].join(" ")));
     }
     Ok(v)
