@@ -515,8 +515,8 @@ async fn three_processes_from_environment_variables_alone() {
 struct SeenOfKim {
     /// `leave` pushes per presence channel.
     leaves: HashMap<String, usize>,
-    /// `locked` values of lock pushes for Kim's lock, in order.
-    locks: Vec<bool>,
+    /// Lock pushes for the feature (client, locked), in order.
+    locks: Vec<(String, bool)>,
 }
 
 impl SeenOfKim {
@@ -526,8 +526,10 @@ impl SeenOfKim {
                 let ch = p["channel"].as_str().unwrap_or_default().to_string();
                 *self.leaves.entry(ch).or_default() += 1;
             }
-            "lock" if p["client"] == "kim" => {
-                self.locks.push(p["locked"].as_bool().expect("locked"));
+            "lock" => {
+                let client = p["client"].as_str().expect("client").to_string();
+                self.locks
+                    .push((client, p["locked"].as_bool().expect("locked")));
             }
             _ => {}
         }
@@ -634,7 +636,7 @@ async fn a_killed_nodes_lock_and_presence_are_cleaned_up_once_by_the_survivors()
         .expect_err("still locked within the grace");
     assert_eq!(e.code, ErrorCode::Locked, "{e}");
     for (w, s) in watchers.iter_mut().zip(&mut seen) {
-        while s.locks.is_empty() {
+        while !s.locks.iter().any(|(c, locked)| c == "kim" && !locked) {
             let (m, p) = w.push().await;
             s.note(&m, &p);
         }
@@ -649,8 +651,8 @@ async fn a_killed_nodes_lock_and_presence_are_cleaned_up_once_by_the_survivors()
         .ok("feature.lock", json!({ "layer": "plan", "ids": ["f"] }))
         .await;
     assert_eq!(r["locks"][0]["client"], "tom", "{r}");
-    // Nothing more about Kim: several heartbeats and lock sweeps later, still exactly one of
-    // each.
+    // Nothing more about Kim: several heartbeats and lock sweeps later, still exactly one
+    // leave per presence channel and one release, pushed before Tom's lock.
     let until = Instant::now() + Duration::from_secs(3);
     for (w, s) in watchers.iter_mut().zip(&mut seen) {
         while let Some((m, p)) = w
@@ -667,7 +669,12 @@ async fn a_killed_nodes_lock_and_presence_are_cleaned_up_once_by_the_survivors()
             "watcher on node {}",
             i + 1
         );
-        assert_eq!(s.locks, [false], "watcher on node {}", i + 1);
+        assert_eq!(
+            s.locks,
+            [("kim".to_string(), false), ("tom".to_string(), true)],
+            "watcher on node {}: one release, before the new lock",
+            i + 1
+        );
     }
 
     drop((setup, watchers, taker));
