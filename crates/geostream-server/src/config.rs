@@ -767,11 +767,22 @@ impl Config {
         for s in &sources {
             merge(&mut merged, &s.table, true);
         }
-        let cfg: Config = Figment::from(Serialized::defaults(&merged))
-            .extract()
-            .map_err(|e| explain(e, &sources, &merged))?;
-        cfg.validate()?;
-        Ok(cfg)
+        // Values given as text (environment, --set), in the order they apply.
+        let given: Vec<(Vec<String>, String)> = vars
+            .iter()
+            .chain(&set)
+            .map(|(path, v, _)| (path.clone(), v.clone()))
+            .collect();
+        loop {
+            match Figment::from(Serialized::defaults(&merged)).extract::<Config>() {
+                Ok(cfg) => {
+                    cfg.validate()?;
+                    return Ok(cfg);
+                }
+                Err(e) if as_text(&mut merged, &e, &given) => continue,
+                Err(e) => return Err(explain(e, &sources, &merged)),
+            }
+        }
     }
 
     /// Checks values that parse but make no sense.
@@ -862,6 +873,50 @@ fn keys_to_table(vars: &[(Vec<String>, String, String)]) -> Result<toml::Table, 
         table.insert(path[path.len() - 1].clone(), value);
     }
     Ok(root)
+}
+
+/// When `err` is a number or boolean given as text (environment, `--set`) to a key that takes
+/// text (`GEOSTREAM_BROKER__PREFIX=2024`, a numeric secret), puts the text in `merged` as it
+/// was given and says so.
+fn as_text(
+    merged: &mut toml::Table,
+    err: &figment::Error,
+    given: &[(Vec<String>, String)],
+) -> bool {
+    use figment::error::{Actual, Kind};
+    let Kind::InvalidType(actual, _) = &err.kind else {
+        return false;
+    };
+    for (path, text) in given.iter().rev() {
+        if !path.starts_with(&err.path) {
+            continue;
+        }
+        let Some(value) = value_mut(merged, path) else {
+            continue;
+        };
+        let same = match (actual, &*value) {
+            (Actual::Bool(a), toml::Value::Boolean(b)) => a == b,
+            (Actual::Unsigned(a), toml::Value::Integer(b)) => *a as i128 == i128::from(*b),
+            (Actual::Signed(a), toml::Value::Integer(b)) => *a == i128::from(*b),
+            (Actual::Float(a), toml::Value::Float(b)) => a == b,
+            _ => false,
+        };
+        if same {
+            *value = toml::Value::String(text.clone());
+            return true;
+        }
+    }
+    false
+}
+
+/// The value at `path` in `table`.
+fn value_mut<'a>(table: &'a mut toml::Table, path: &[String]) -> Option<&'a mut toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get_mut(p)?.as_table_mut()?;
+    }
+    t.get_mut(last)
 }
 
 /// Merges `from` over `into`: tables key by key, anything else replaced. A typed table
@@ -1260,6 +1315,34 @@ mod tests {
             e.contains("`layers.lock_grace_ms`") && e.contains("(set in the environment)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn text_that_looks_like_a_number_stays_text_where_a_key_takes_text() {
+        let c = load(
+            None,
+            &[
+                ("GEOSTREAM_AUTH__HS256_SECRET", "31415926535"),
+                ("GEOSTREAM_BROKER__TYPE", "nats"),
+                ("GEOSTREAM_BROKER__PREFIX", "2024"),
+                ("GEOSTREAM_BROKER__REPLICAS", "3"),
+            ],
+            &[("store.type", "postgres"), ("store.schema", "true")],
+        )
+        .unwrap();
+        assert_eq!(c.auth.hs256_secret, "31415926535");
+        assert_eq!(nats(&c).1, "2024");
+        assert!(matches!(c.broker, BrokerConfig::Nats { replicas: 3, .. }));
+        assert_eq!(postgres(&c).1, "true");
+        // Numbers where numbers are wanted are still checked.
+        let e = load(
+            None,
+            &[("GEOSTREAM_WEBSOCKET__MAX_FRAME_BYTES", "big")],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`websocket.max_frame_bytes`"), "{e}");
     }
 
     #[test]

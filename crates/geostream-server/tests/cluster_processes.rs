@@ -351,19 +351,20 @@ async fn three_processes_from_the_deploy_toml() {
         ("GEOSTREAM_SHUTDOWN__UNREADY_SECS", "0"),
     ]);
 
-    // --print-config shows the effective PostgreSQL and NATS settings.
-    let out = geostream(
-        &[
-            "serve".into(),
-            "--config".into(),
-            file.clone(),
-            "--print-config".into(),
-        ],
-        &env,
-    )
-    .output()
-    .await
-    .expect("geostream runs");
+    // --print-config shows the effective PostgreSQL and NATS settings (and --set works).
+    let args = [
+        "serve",
+        "--config",
+        &file,
+        "--set",
+        "layers.lock_grace_ms=500",
+    ];
+    let mut args: Vec<String> = args.map(String::from).to_vec();
+    args.push("--print-config".into());
+    let out = geostream(&args, &env)
+        .output()
+        .await
+        .expect("geostream runs");
     let printed = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.status.success(),
@@ -382,6 +383,7 @@ async fn three_processes_from_the_deploy_toml() {
     );
     assert!(printed.contains(&want_store), "{printed}");
     assert!(printed.contains(&want_broker), "{printed}");
+    assert!(printed.contains("\nlock_grace_ms = 500\n"), "{printed}");
 
     // Three nodes started together.
     let starting = (0..3)
