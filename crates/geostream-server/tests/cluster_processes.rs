@@ -540,7 +540,7 @@ impl SeenOfKim {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_nodes_lock_and_presence_are_cleaned_up_once_by_the_survivors() {
-    const GRACE_MS: u64 = 1500;
+    const GRACE_MS: u64 = 3000;
     let be = Backends::new("kill").await;
     let env = [
         be.env_only(&nats_url()),
