@@ -920,3 +920,136 @@ async fn a_node_that_cannot_reach_postgres_or_nats_exits_with_the_reason_before_
 
     be.remove().await;
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to `node`'s process, by its PID.
+async fn signal(node: &Node, signal: &str) {
+    let pid = node.child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_taken_for_dead_that_comes_back_resurrects_nothing_and_kills_nothing() {
+    const GRACE_MS: u64 = 1000;
+    let be = Backends::new("pause").await;
+    let env = [
+        be.env_only(&nats_url()),
+        vars(&[("GEOSTREAM_LAYERS__LOCK_GRACE_MS", &GRACE_MS.to_string())]),
+    ]
+    .concat();
+    let starting = (0..3)
+        .map(|_| Node::spawn(|data| (vec!["--data-dir".into(), data.into()], env.clone())))
+        .collect();
+    let nodes = all_ready(starting).await;
+    let mut setup = Ws::connect(&nodes[0].ws_url(), Encoding::Json).await;
+    setup.ok("layer.create", json!({ "name": "plan" })).await;
+    for id in ["f", "g"] {
+        setup
+            .ok(
+                "feature.create",
+                json!({ "layer": "plan", "feature": point(id, 1.0, 1.0, json!({})) }),
+            )
+            .await;
+    }
+    let mut watcher = Ws::connect(&nodes[0].ws_url(), Encoding::Json).await;
+    watch_layer(&mut watcher, "plan").await;
+    watcher
+        .ok("presence.subscribe", json!({ "layer": "plan" }))
+        .await;
+    // Kim on node 3 locks f; Tom on node 2 locks g.
+    let mut kim = Ws::connect(&nodes[2].ws_url(), Encoding::Json).await;
+    kim.ok(
+        "hello",
+        json!({ "client_id": "kim", "info": { "name": "Kim" } }),
+    )
+    .await;
+    kim.ok("presence.subscribe", json!({ "layer": "plan" }))
+        .await;
+    kim.ok("feature.lock", json!({ "layer": "plan", "ids": ["f"] }))
+        .await;
+    let mut tom = Ws::connect(&nodes[1].ws_url(), Encoding::Json).await;
+    tom.ok("hello", json!({ "client_id": "tom" })).await;
+    tom.ok("feature.lock", json!({ "layer": "plan", "ids": ["g"] }))
+        .await;
+
+    let mut held = 0;
+    while held < 2 {
+        let (m, p) = watcher.push().await;
+        if m == "lock" && p["locked"] == true {
+            held += 1;
+        }
+    }
+    // Node 3 freezes long enough to be taken for dead and for Kim's lock to be released.
+    signal(&nodes[2], "STOP").await;
+    // Lock pushes from now on: (client, feature, locked).
+    let mut locks = Vec::new();
+    let mut note = |m: &str, p: &Value| {
+        if m == "lock" {
+            locks.push((p["client"].clone(), p["id"].clone(), p["locked"].clone()));
+        }
+    };
+    loop {
+        let (m, p) = watcher.push().await;
+        note(&m, &p);
+        if m == "lock" && p["client"] == "kim" && p["locked"] == false {
+            break;
+        }
+    }
+    // Someone else takes f meanwhile.
+    let mut ann = Ws::connect(&nodes[0].ws_url(), Encoding::Json).await;
+    ann.ok("hello", json!({ "client_id": "ann" })).await;
+    ann.ok("feature.lock", json!({ "layer": "plan", "ids": ["f"] }))
+        .await;
+    // Node 3 comes back: Kim is present again, but her lock is not, and the locks of the
+    // living (Tom's on node 2, Ann's on node 1) are left alone.
+    signal(&nodes[2], "CONT").await;
+    loop {
+        let (m, p) = watcher.push().await;
+        note(&m, &p);
+        if m == "join" && p["client"]["info"]["name"] == "Kim" {
+            break;
+        }
+    }
+    let e = kim
+        .call(
+            "feature.patch",
+            json!({ "layer": "plan", "id": "f", "version": 1, "properties": { "by": "kim" } }),
+        )
+        .await
+        .expect_err("f is Ann's now");
+    assert_eq!(e.code, ErrorCode::Locked, "{e}");
+    // Longer than the grace after the comeback: nobody's lock was released.
+    let until = Instant::now() + Duration::from_millis(GRACE_MS * 3);
+    while let Some((m, p)) = watcher
+        .try_push(until.saturating_duration_since(Instant::now()))
+        .await
+    {
+        note(&m, &p);
+    }
+    assert_eq!(
+        locks,
+        [
+            (json!("kim"), json!("f"), json!(false)),
+            (json!("ann"), json!("f"), json!(true))
+        ],
+        "only Kim's lock ended, and it stayed ended"
+    );
+    for (who, ws) in [("tom", &mut tom), ("ann", &mut ann)] {
+        let id = if who == "tom" { "g" } else { "f" };
+        ws.ok(
+            "feature.patch",
+            json!({ "layer": "plan", "id": id, "version": 1, "properties": { "by": who } }),
+        )
+        .await;
+    }
+
+    drop((setup, watcher, kim, tom, ann));
+    for n in nodes {
+        n.kill().await;
+    }
+    be.remove().await;
+}
