@@ -10,6 +10,8 @@
 //! - a node SIGKILLed while its client holds a lock: after `layers.lock_grace_ms` a client on
 //!   another node takes the lock, and a watcher on each survivor receives exactly one
 //!   `locked:false` and one presence `leave` per presence channel;
+//! - a node frozen (SIGSTOP) until it is taken for dead, then resumed: its client's released
+//!   lock stays released, and the locks of clients on the living nodes are left alone;
 //! - feature changes made while one node's NATS connection is cut (through a TCP proxy this
 //!   test owns; the shared NATS is never stopped) arrive once, in order, after it reconnects;
 //! - a node that cannot reach PostgreSQL or NATS exits non-zero with the reason, before it
