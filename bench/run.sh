@@ -4,6 +4,11 @@
 #   bench/run.sh                 everything; writes docs/BENCHMARKS.md
 #   QUICK=1 bench/run.sh         a smoke run (small counts, short phases, ~6 min; writes to $OUT only)
 #   SKIP_PEERS=1 bench/run.sh    geostream's own scenarios only (the report then has no peer figures)
+#   bench/run.sh cluster         the cluster comparison instead (see "cluster mode" below): the
+#                                spatial and edits scenarios against one SQLite node, one
+#                                PostgreSQL node and three PostgreSQL/NATS nodes, edits on one
+#                                layer and on eight; prints a table and writes
+#                                $OUT/cluster/RESULTS.md (about 6 minutes plus the build)
 #
 # 1. builds geostream and the load generator (bench/loadgen) in release, once, and measures
 #    copies of both binaries (other engineers may rebuild target/release meanwhile);
@@ -26,7 +31,17 @@
 #   NO_BUILD=1         use the existing release binaries (target/release, or GS_BIN and
 #                      GS_LOADGEN_BIN)
 #   REPORT_ONLY=1      only rewrite the report from $OUT
+#   cluster mode:      CL_SUBS (viewport subscribers, default 10000), CL_EDITORS (50),
+#                      CL_DURATION (seconds per phase, 8), CL_CONFIGS ("sqlite1 pg1 pg3"),
+#                      PG_URL (postgres://postgres@127.0.0.1:5432, database geostream is
+#                      created if missing), NATS_URL (nats://127.0.0.1:4222)
 set -euo pipefail
+
+MODE="${1:-all}"
+case "$MODE" in
+  all|cluster) ;;
+  *) echo "usage: bench/run.sh [cluster]" >&2; exit 2 ;;
+esac
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -81,6 +96,141 @@ LG="$OUT/bin/gs-loadgen"
 # send more than that on purpose, and none of the peers limits them. Both the harness's
 # geostream servers and the scenarios below get this.
 GS_ENV=(GEOSTREAM_LIMITS__REQUESTS_PER_SEC=100000000 GEOSTREAM_LIMITS__REQUEST_BURST=100000000)
+
+# --- cluster mode ---------------------------------------------------------------------------
+# Each configuration is started afresh for each scenario (a schema of its own on PostgreSQL,
+# a NATS prefix of its own for three nodes), and stopped by PID:
+#   sqlite1  one node, SQLite store, in-process broker (the default deployment);
+#   pg1      one node, PostgreSQL store, in-process broker;
+#   pg3      three nodes on consecutive ports, PostgreSQL store, NATS broker; the load
+#            generator spreads its connections round-robin over them (--nodes), so the
+#            replay of `spatial` runs on node 1 and its viewports on all three.
+# Scenarios: `spatial` (AIS replay as feature.batch of 500 into one layer, CL_SUBS viewport
+# subscribers), `edits-1layer` and `edits-8layers` (CL_EDITORS editors patching their own
+# feature, one edit in flight each, on one layer or spread over eight).
+if [ "$MODE" = cluster ]; then
+  PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
+  NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+  if [ "$QUICK" = 1 ]; then CL_SUBS="${CL_SUBS:-1000}"; CL_DURATION="${CL_DURATION:-2}"; fi
+  CL_SUBS="${CL_SUBS:-10000}"
+  CL_EDITORS="${CL_EDITORS:-50}"
+  CL_DURATION="${CL_DURATION:-8}"
+  CL_CONFIGS="${CL_CONFIGS:-sqlite1 pg1 pg3}"
+  CL_TRACK="$DATA/trajectories/ais_us_coastal_2020-06-30.csv.zst"
+  mkdir -p "$OUT/cluster"
+  cl_psql() { psql "$PG_URL/$1" -X -q -v ON_ERROR_STOP=1 "${@:2}"; }
+  if ! cl_psql postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'geostream'" | grep -q 1; then
+    cl_psql postgres -c "CREATE DATABASE geostream" || die "cannot create the database geostream at $PG_URL"
+  fi
+  CL_PIDS=()
+  CL_SCHEMA=""
+  cl_stop() {
+    local pid
+    for pid in "${CL_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${CL_PIDS[@]}"; do
+      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    done
+    CL_PIDS=()
+    if [ -n "$CL_SCHEMA" ]; then
+      cl_psql geostream -c "DROP SCHEMA IF EXISTS \"$CL_SCHEMA\" CASCADE" >/dev/null 2>&1 || true
+      CL_SCHEMA=""
+    fi
+    rm -rf "$OUT/cluster/data"
+  }
+  trap cl_stop EXIT
+  # cl_start CONFIG: starts the configuration's node(s) and waits until each answers.
+  cl_start() {
+    local config="$1" n=1 i
+    # No demo basemap: nothing here draws it, and each fresh schema would load it again.
+    local env=("${GS_ENV[@]}" GEOSTREAM_WEB__BASEMAP= GEOSTREAM_SHUTDOWN__UNREADY_SECS=0 RUST_LOG=warn)
+    case "$config" in
+      sqlite1) ;;
+      pg1|pg3)
+        CL_SCHEMA="gsbench_$(date +%H%M%S)_$$_$config"
+        env+=(GEOSTREAM_STORE__TYPE=postgres "GEOSTREAM_STORE__URL=$PG_URL/geostream" "GEOSTREAM_STORE__SCHEMA=$CL_SCHEMA")
+        if [ "$config" = pg3 ]; then
+          n=3
+          env+=(GEOSTREAM_BROKER__TYPE=nats "GEOSTREAM_BROKER__URL=$NATS_URL" "GEOSTREAM_BROKER__PREFIX=$CL_SCHEMA")
+        fi ;;
+      *) die "unknown cluster configuration $config (sqlite1, pg1, pg3)" ;;
+    esac
+    for i in $(seq 0 $((n - 1))); do
+      mkdir -p "$OUT/cluster/data/node-$i"
+      env "${env[@]}" "$BIN" serve --listen "127.0.0.1:$((PORT + i))" --data-dir "$OUT/cluster/data/node-$i" \
+        >>"$OUT/cluster/$config-node-$((i + 1)).log" 2>&1 &
+      CL_PIDS+=("$!")
+    done
+    for i in $(seq 0 $((n - 1))); do
+      for _ in $(seq 1 300); do
+        if curl -sf "http://127.0.0.1:$((PORT + i))/healthz" >/dev/null 2>&1; then break; fi
+        kill -0 "${CL_PIDS[$i]}" 2>/dev/null || die "$config node $((i + 1)) exited during start-up (see $OUT/cluster/$config-node-$((i + 1)).log)"
+        sleep 0.1
+      done
+      curl -sf "http://127.0.0.1:$((PORT + i))/healthz" >/dev/null 2>&1 || die "$config node $((i + 1)) did not answer within 30 s"
+    done
+  }
+  # cl_scenario CONFIG KEY LOADGEN-ARGS...: fresh node(s), one loadgen run, its JSON line kept
+  # as $OUT/cluster/CONFIG-KEY.json.
+  cl_scenario() {
+    local config="$1" key="$2" rc=0 nodes=()
+    shift 2
+    cl_start "$config"
+    if [ "${#CL_PIDS[@]}" -gt 1 ]; then
+      nodes=(--nodes "127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))")
+    fi
+    log "$config $key: gs-loadgen ${nodes[*]} $*"
+    timeout -k 5 300 "$LG" --addr "127.0.0.1:$PORT" "${nodes[@]}" --server-pid "${CL_PIDS[0]}" \
+      --label "$config-$key" "$@" >"$OUT/cluster/$config-$key.json.tmp" 2>"$OUT/cluster/$config-$key.err" || rc=$?
+    cl_stop
+    tail -n 1 "$OUT/cluster/$config-$key.json.tmp" >"$OUT/cluster/$config-$key.json"
+    rm -f "$OUT/cluster/$config-$key.json.tmp"
+    [ "$rc" = 0 ] || log "$config $key: loadgen exit $rc: $(head -c 300 "$OUT/cluster/$config-$key.json")"
+  }
+  for config in $CL_CONFIGS; do
+    cl_scenario "$config" spatial --enc msgpack spatial --track "$CL_TRACK" --subs "$CL_SUBS" \
+      --box-deg 0.05 --duration "$CL_DURATION"
+    cl_scenario "$config" edits-1layer --enc msgpack edits --editors "$CL_EDITORS" --layers 1 --duration "$CL_DURATION"
+    cl_scenario "$config" edits-8layers --enc msgpack edits --editors "$CL_EDITORS" --layers 8 --duration "$CL_DURATION"
+  done
+  python3 - "$OUT/cluster" "$CL_CONFIGS" >"$OUT/cluster/RESULTS.md" <<'PY'
+import json, os, sys
+out, configs = sys.argv[1], sys.argv[2].split()
+names = {"sqlite1": "1 node, SQLite", "pg1": "1 node, PostgreSQL", "pg3": "3 nodes, PostgreSQL + NATS"}
+def load(config, key):
+    try:
+        with open(os.path.join(out, f"{config}-{key}.json")) as f:
+            return json.loads(f.read() or "{}")
+    except (OSError, ValueError):
+        return {}
+def ms(v):
+    return "-" if v is None else f"{v:g}"
+def rate(v):
+    return "-" if v is None else f"{v:,.0f}"
+rows = ["| configuration | scenario | updates/s | edits/s | p50 ms | p99 ms | note |", "|---|---|---:|---:|---:|---:|---|"]
+for c in configs:
+    for key in ("spatial", "edits-1layer", "edits-8layers"):
+        r = load(c, key)
+        lat = r.get("latency_ms") or {}
+        note = r.get("error", "")
+        if key == "spatial" and "expected" in r:
+            want = sum(r["expected"].values())
+            got = sum(r["received"][k] for k in ("enter", "update", "exit"))
+            note = note or f"{r['subs']} viewports; pushes {got} of {want} expected"
+        elif "edits" in r:
+            note = note or f"{r['editors']} editors on {r['layers']} layer(s); {r['failed']} failed"
+        rows.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+            names.get(c, c), key,
+            rate(r.get("updates_per_s")) if key == "spatial" else "-",
+            rate(r.get("edits_per_s")) if key != "spatial" else "-",
+            ms(lat.get("p50")), ms(lat.get("p99")), note))
+print("\n".join(rows))
+PY
+  cat "$OUT/cluster/RESULTS.md"
+  log "cluster mode done in $(( $(date +%s) - T_START )) s; raw JSON and node logs: $OUT/cluster"
+  exit 0
+fi
 
 # --- the peer harness ---------------------------------------------------------------------
 if [ "${REPORT_ONLY:-0}" != 1 ] && [ "${SKIP_PEERS:-0}" != 1 ]; then

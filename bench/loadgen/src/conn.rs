@@ -25,6 +25,9 @@ pub(crate) type Ws = WebSocketStream<TcpStream>;
 pub(crate) struct Target {
     /// The server's address (always loopback).
     pub(crate) addr: SocketAddr,
+    /// Further nodes of the same cluster (`--nodes`): connection `i` goes to the `i mod n`-th
+    /// of `addr` and these, so the first connection of a scenario is always on `addr`.
+    pub(crate) more: &'static [SocketAddr],
     /// The wire encoding every connection negotiates.
     pub(crate) enc: Encoding,
     /// First source address is 127.0.0.`src_first`, ...
@@ -41,9 +44,17 @@ impl Target {
         Ipv4Addr::new(127, 0, 0, self.src_first.saturating_add(last))
     }
 
+    /// The node the `i`-th connection goes to.
+    pub(crate) fn node(&self, i: usize) -> SocketAddr {
+        match i % (self.more.len() + 1) {
+            0 => self.addr,
+            k => self.more[k - 1],
+        }
+    }
+
     /// Opens the `i`-th connection, within `timeout`.
     pub(crate) async fn connect(&self, i: usize, timeout: Duration) -> Result<Ws, String> {
-        match tokio::time::timeout(timeout, connect(self.addr, self.src(i), self.enc)).await {
+        match tokio::time::timeout(timeout, connect(self.node(i), self.src(i), self.enc)).await {
             Ok(r) => r,
             Err(_) => Err(format!("connect timed out after {timeout:?}")),
         }

@@ -423,28 +423,36 @@ pub(crate) struct EditsParams {
     pub(crate) editors: usize,
     /// Requests each editor keeps in flight (each on a feature of its own).
     pub(crate) inflight: usize,
+    pub(crate) layers: usize,
     pub(crate) duration: f64,
     pub(crate) server_pid: Option<String>,
 }
 
 /// `edits`: each editor patches its own feature with the version it holds, one edit in flight,
-/// and counts the acknowledgements (the server acknowledges only durable edits).
+/// and counts the acknowledgements (the server acknowledges only durable edits). Editor `i`
+/// edits layer `i mod layers`.
 pub(crate) async fn edits(target: Target, p: EditsParams) -> Result<Value, String> {
-    let layer = format!("bench-edits-{}", now_ns());
+    let stamp = now_ns();
+    let layers: Vec<String> = (0..p.layers)
+        .map(|k| format!("bench-edits-{stamp}-{k}"))
+        .collect();
     let (conns, errors) = conn::connect_many(target, p.editors, 0, 64, CALL).await;
     let conns: Vec<Ws> = conns.into_iter().flatten().collect();
     if conns.len() < p.editors {
         return Err(format!("{} editors connected: {errors:?}", conns.len()));
     }
     let mut rpcs: Vec<Rpc> = conns.into_iter().map(|w| Rpc::new(w, target.enc)).collect();
-    rpcs[0]
-        .call("layer.create", &json!({"name": layer}), CALL)
-        .await?;
+    for layer in &layers {
+        rpcs[0]
+            .call("layer.create", &json!({"name": layer}), CALL)
+            .await?;
+    }
     if p.inflight > 1 {
-        return pipelined_edits(target, p, layer, rpcs).await;
+        return pipelined_edits(target, p, layers, rpcs).await;
     }
     let mut versions = Vec::new();
     for (i, r) in rpcs.iter_mut().enumerate() {
+        let layer = &layers[i % layers.len()];
         let v = r
             .call(
                 "feature.create",
@@ -464,8 +472,12 @@ pub(crate) async fn edits(target: Target, p: EditsParams) -> Result<Value, Strin
     let end = t0 + (p.duration * 1e9) as u64;
     let mut set = tokio::task::JoinSet::new();
     for (i, (mut rpc, mut version)) in rpcs.into_iter().zip(versions).enumerate() {
-        let (hist, done, failed, layer) =
-            (hist.clone(), done.clone(), failed.clone(), layer.clone());
+        let (hist, done, failed, layer) = (
+            hist.clone(),
+            done.clone(),
+            failed.clone(),
+            layers[i % layers.len()].clone(),
+        );
         set.spawn(async move {
             let mut n = 0u64;
             while now_ns() < end {
@@ -494,6 +506,7 @@ pub(crate) async fn edits(target: Target, p: EditsParams) -> Result<Value, Strin
     let n = done.load(Ordering::Relaxed);
     Ok(json!({
         "editors": p.editors,
+        "layers": p.layers,
         "edits": n,
         "failed": failed.load(Ordering::Relaxed),
         "edits_per_s": round(n as f64 / wall, 0),
@@ -509,12 +522,13 @@ pub(crate) async fn edits(target: Target, p: EditsParams) -> Result<Value, Strin
 async fn pipelined_edits(
     target: Target,
     p: EditsParams,
-    layer: String,
+    layers: Vec<String>,
     rpcs: Vec<Rpc>,
 ) -> Result<Value, String> {
     let k = p.inflight;
     let mut editors = Vec::new();
     for (i, mut rpc) in rpcs.into_iter().enumerate() {
+        let layer = &layers[i % layers.len()];
         let creates: Vec<(&str, Value)> = (0..k)
             .map(|s| {
                 (
@@ -540,8 +554,12 @@ async fn pipelined_edits(
     let end = t0 + (p.duration * 1e9) as u64;
     let mut set = tokio::task::JoinSet::new();
     for (i, (rpc, mut versions)) in editors.into_iter().enumerate() {
-        let (hist, done, failed, layer) =
-            (hist.clone(), done.clone(), failed.clone(), layer.clone());
+        let (hist, done, failed, layer) = (
+            hist.clone(),
+            done.clone(),
+            failed.clone(),
+            layers[i % layers.len()].clone(),
+        );
         let enc = target.enc;
         set.spawn(async move {
             let mut ws = rpc.ws;

@@ -30,6 +30,10 @@ struct Common {
     /// The server (loopback only).
     #[arg(long, global = true, default_value = "127.0.0.1:9200")]
     addr: SocketAddr,
+    /// Further nodes of the same cluster (comma-separated, loopback only): connections are
+    /// spread round-robin over `--addr` and these (`spatial` and `edits`).
+    #[arg(long, global = true, value_delimiter = ',')]
+    nodes: Vec<SocketAddr>,
     /// Wire encoding.
     #[arg(long, global = true, value_enum, default_value = "msgpack")]
     enc: Enc,
@@ -149,6 +153,9 @@ enum Scenario {
         editors: usize,
         #[arg(long, default_value_t = 1)]
         inflight: usize,
+        /// Layers the editors are spread over (editor i edits layer i mod n).
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
     },
@@ -190,8 +197,12 @@ fn main() {
 async fn run(cli: Cli, argv: &[String]) -> Result<Value, String> {
     let c = cli.common;
     conn::require_loopback(&c.addr)?;
+    for a in &c.nodes {
+        conn::require_loopback(a)?;
+    }
     let target = conn::Target {
         addr: c.addr,
+        more: Vec::leak(c.nodes.clone()),
         enc: c.enc.into(),
         src_first: c.src_first,
         src_count: c.src_count,
@@ -301,11 +312,13 @@ async fn run(cli: Cli, argv: &[String]) -> Result<Value, String> {
         Scenario::Edits {
             editors,
             inflight,
+            layers,
             duration,
         } => {
             let p = geo::EditsParams {
                 editors,
                 inflight: inflight.max(1),
+                layers: layers.max(1),
                 duration,
                 server_pid: pid,
             };
@@ -333,6 +346,7 @@ async fn run(cli: Cli, argv: &[String]) -> Result<Value, String> {
         m.insert("scenario".into(), json!(name));
         m.insert("encoding".into(), json!(enc_name(c.enc)));
         m.insert("label".into(), json!(c.label));
+        m.insert("nodes".into(), json!(1 + c.nodes.len()));
         m.insert("args".into(), json!(argv[1..].join(" ")));
     }
     Ok(v)

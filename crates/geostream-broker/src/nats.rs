@@ -825,6 +825,7 @@ async fn membership_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Sub
         None => return,
     };
     let mut beat = tokio::time::interval(every);
+    let mut last_beat = Instant::now();
     reconnects.mark_unchanged();
     loop {
         let msg = tokio::select! {
@@ -834,9 +835,23 @@ async fn membership_loop(inner: std::sync::Weak<Inner>, mut sub: async_nats::Sub
             },
             _ = beat.tick() => {
                 let Some(inner) = inner.upgrade() else { return };
+                // A node that was not listening itself (paused past the timeout, or cut off
+                // from NATS) cannot tell who else is dead: it gives every other node a fresh
+                // timeout rather than take the living for dead and expire their clients' locks.
+                let now = Instant::now();
+                let blind = now.duration_since(last_beat) > inner.opts.node_timeout
+                    || inner.client.connection_state() != async_nats::connection::State::Connected;
+                last_beat = now;
                 let (version, lost) = {
                     let mut m = inner.members.lock();
-                    (m.version, take_dead(&mut m, inner.opts.node_timeout))
+                    if blind {
+                        for n in m.remote.values_mut() {
+                            n.seen = now;
+                        }
+                        (m.version, Vec::new())
+                    } else {
+                        (m.version, take_dead(&mut m, inner.opts.node_timeout))
+                    }
                 };
                 let node = inner.node.to_string();
                 inner.send_member_msg(MemberMsg::Beat { node, version }).await;

@@ -160,11 +160,29 @@ impl AnyStore {
                 let s = geostream_store::PostgresStore::connect(opts)
                     .await
                     .with_context(|| {
-                        format!("cannot open the PostgreSQL store (schema {schema})")
+                        format!(
+                            "cannot open the PostgreSQL store at {} (schema {schema})",
+                            without_password(url)
+                        )
                     })?;
                 AnyStore::Postgres(s)
             }
         })
+    }
+}
+
+/// A connection URL as it may be shown in logs and errors: any password replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_start = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..host_start].rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{}", &rest[host_start..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -266,5 +284,23 @@ impl LayerLog for StoreLog {
             changes,
             pages,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            without_password("postgres://geostream:secret@db.internal:5432/geostream"),
+            "postgres://geostream:***@db.internal:5432/geostream"
+        );
+        assert_eq!(
+            without_password("postgres://postgres@127.0.0.1/x?sslmode=disable"),
+            "postgres://postgres@127.0.0.1/x?sslmode=disable"
+        );
+        assert_eq!(without_password("host=db user=u"), "host=db user=u");
     }
 }

@@ -3,7 +3,11 @@
 //! Loaded in layers, later ones winning: built-in defaults, the TOML file (`--config`, or
 //! `GEOSTREAM_CONFIG`), environment variables `GEOSTREAM_<SECTION>__<KEY>` (for example
 //! `GEOSTREAM_WEBSOCKET__PING_INTERVAL_SECS=10`, or `GEOSTREAM_LISTEN` for a top-level key), and
-//! finally command-line flags. Unknown keys are an error, so a typo does not silently fall
+//! finally command-line flags (`--listen`, `--data-dir`, `--log-format`, and `--set KEY=VALUE`
+//! for any key). `[store]` and `[broker]` hold one of several types: a source that sets their
+//! `type` to another type than the sources before it starts the table afresh, so
+//! `GEOSTREAM_STORE__TYPE=postgres` gets PostgreSQL's defaults, not SQLite's `path`. Unknown
+//! keys are an error naming the key and where it was set, so a typo does not silently fall
 //! back to a default. Every field's default is written next to it; `geostream serve
 //! --print-config` prints the effective configuration.
 
@@ -12,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::Serialized;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
@@ -644,23 +648,34 @@ const NOT_CONFIG_VARS: &[&str] = &[
 ];
 
 /// Values from the command line that override the file and the environment.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct CliOverrides {
     /// `--listen`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
     /// `--data-dir`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// `--log-format`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// `--set KEY=VALUE` (repeatable): any key, dotted (`store.url`), typed as environment
+    /// values are.
+    pub set: Vec<(String, String)>,
 }
 
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(String);
+
+/// The tables that hold one of several types, chosen by their `type` key. A source that sets
+/// `type` to another type than the sources below it starts the table afresh: the fields of
+/// the other type (its defaults included) do not carry over.
+const TYPED_TABLES: &[&str] = &["store", "broker"];
+
+/// One source of settings: a TOML table and where errors say it was set ("in the file ...").
+struct Source {
+    name: String,
+    table: toml::Table,
+}
 
 impl Config {
     /// Loads defaults, then `file` (if any), then `env` (pairs such as the process
@@ -670,7 +685,12 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         cli: &CliOverrides,
     ) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let defaults = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError(format!("the defaults: {e}")))?;
+        let mut sources = vec![Source {
+            name: "in the defaults".into(),
+            table: defaults,
+        }];
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError(format!(
@@ -678,33 +698,87 @@ impl Config {
                     path.display()
                 )));
             }
-            fig = fig.merge(Toml::file(path));
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+            let table = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            sources.push(Source {
+                name: format!("in the file {}", path.display()),
+                table,
+            });
         }
         // Read env through a plain iterator (not the process environment directly) so tests
         // can pass their own.
-        let vars: Vec<(String, String)> = env
+        let vars: Vec<(Vec<String>, String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("GEOSTREAM_") && !NOT_CONFIG_VARS.contains(&k.as_str()))
+            .map(|(k, v)| {
+                let path = k["GEOSTREAM_".len()..]
+                    .split("__")
+                    .map(|p| p.to_ascii_lowercase())
+                    .collect();
+                (path, v, k)
+            })
             .collect();
-        let env_toml = env_to_toml(&vars)?;
-        fig = fig.merge(Toml::string(&env_toml));
-        let mut overrides = serde_json::Map::new();
+        sources.push(Source {
+            name: "in the environment".into(),
+            table: keys_to_table(&vars)?,
+        });
+        let set: Vec<(Vec<String>, String, String)> = cli
+            .set
+            .iter()
+            .map(|(k, v)| {
+                let path = k.split('.').map(str::to_string).collect();
+                (path, v.clone(), format!("--set {k}"))
+            })
+            .collect();
+        let mut flags = keys_to_table(&set)?;
         if let Some(l) = cli.listen {
-            overrides.insert("listen".into(), serde_json::Value::String(l.to_string()));
+            flags.insert("listen".into(), toml::Value::String(l.to_string()));
         }
         if let Some(d) = &cli.data_dir {
-            overrides.insert(
+            flags.insert(
                 "data_dir".into(),
-                serde_json::Value::String(d.display().to_string()),
+                toml::Value::String(d.display().to_string()),
             );
         }
         if let Some(f) = cli.log_format {
-            overrides.insert("log".into(), serde_json::json!({ "format": f }));
+            let f = toml::Value::try_from(f).map_err(|e| ConfigError(e.to_string()))?;
+            match flags
+                .entry("log")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                toml::Value::Table(t) => {
+                    t.insert("format".into(), f);
+                }
+                _ => return Err(ConfigError("--log-format conflicts with --set log".into())),
+            }
         }
-        fig = fig.merge(Serialized::defaults(serde_json::Value::Object(overrides)));
-        let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
-        cfg.validate()?;
-        Ok(cfg)
+        sources.push(Source {
+            name: "on the command line".into(),
+            table: flags,
+        });
+        let mut merged = toml::Table::new();
+        for s in &sources {
+            merge(&mut merged, &s.table, true);
+        }
+        // Values given as text (environment, --set), in the order they apply.
+        let given: Vec<(Vec<String>, String)> = vars
+            .iter()
+            .chain(&set)
+            .map(|(path, v, _)| (path.clone(), v.clone()))
+            .collect();
+        loop {
+            match Figment::from(Serialized::defaults(&merged)).extract::<Config>() {
+                Ok(cfg) => {
+                    cfg.validate()?;
+                    return Ok(cfg);
+                }
+                Err(e) if as_text(&mut merged, &e, &given) => continue,
+                Err(e) => return Err(explain(e, &sources, &merged)),
+            }
+        }
     }
 
     /// Checks values that parse but make no sense.
@@ -762,19 +836,14 @@ impl Config {
     }
 }
 
-/// Turns `GEOSTREAM_A__B=v` pairs into TOML `[a] b = v`, keeping values typed: a value that
-/// parses as a TOML scalar (number, boolean) stays one, anything else is a string.
-fn env_to_toml(vars: &[(String, String)]) -> Result<String, ConfigError> {
+/// Turns `(key path, value, what set it)` triples (`GEOSTREAM_A__B=v`, `--set a.b=v`) into
+/// a table `[a] b = v`, keeping values typed: a value that parses as a TOML scalar (number,
+/// boolean, quoted string) stays one, anything else is a string.
+fn keys_to_table(vars: &[(Vec<String>, String, String)]) -> Result<toml::Table, ConfigError> {
     let mut root = toml::Table::new();
-    for (k, v) in vars {
-        let path: Vec<String> = k["GEOSTREAM_".len()..]
-            .split("__")
-            .map(|p| p.to_ascii_lowercase())
-            .collect();
+    for (path, v, k) in vars {
         if path.iter().any(|p| p.is_empty()) {
-            return Err(ConfigError(format!(
-                "environment variable {k} has an empty key part"
-            )));
+            return Err(ConfigError(format!("{k} has an empty key part")));
         }
         let value = match format!("x = {v}").parse::<toml::Table>() {
             Ok(mut t)
@@ -794,16 +863,180 @@ fn env_to_toml(vars: &[(String, String)]) -> Result<String, ConfigError> {
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             table = match entry {
                 toml::Value::Table(t) => t,
-                _ => {
-                    return Err(ConfigError(format!(
-                        "environment variable {k} conflicts with another"
-                    )));
-                }
+                _ => return Err(ConfigError(format!("{k} conflicts with another setting"))),
             };
         }
         table.insert(path[path.len() - 1].clone(), value);
     }
-    toml::to_string(&root).map_err(|e| ConfigError(e.to_string()))
+    Ok(root)
+}
+
+/// When `err` is a number or boolean given as text (environment, `--set`) to a key that takes
+/// text (`GEOSTREAM_BROKER__PREFIX=2024`, a numeric secret), puts the text in `merged` as it
+/// was given and says so.
+fn as_text(
+    merged: &mut toml::Table,
+    err: &figment::Error,
+    given: &[(Vec<String>, String)],
+) -> bool {
+    use figment::error::{Actual, Kind};
+    let Kind::InvalidType(actual, _) = &err.kind else {
+        return false;
+    };
+    for (path, text) in given.iter().rev() {
+        if !path.starts_with(&err.path) {
+            continue;
+        }
+        let Some(value) = value_mut(merged, path) else {
+            continue;
+        };
+        let same = match (actual, &*value) {
+            (Actual::Bool(a), toml::Value::Boolean(b)) => a == b,
+            (Actual::Unsigned(a), toml::Value::Integer(b)) => *a as i128 == i128::from(*b),
+            (Actual::Signed(a), toml::Value::Integer(b)) => *a == i128::from(*b),
+            (Actual::Float(a), toml::Value::Float(b)) => a == b,
+            _ => false,
+        };
+        if same {
+            *value = toml::Value::String(text.clone());
+            return true;
+        }
+    }
+    false
+}
+
+/// The value at `path` in `table`.
+fn value_mut<'a>(table: &'a mut toml::Table, path: &[String]) -> Option<&'a mut toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get_mut(p)?.as_table_mut()?;
+    }
+    t.get_mut(last)
+}
+
+/// Merges `from` over `into`: tables key by key, anything else replaced. A typed table
+/// ([`TYPED_TABLES`]) whose `type` changes is replaced whole.
+fn merge(into: &mut toml::Table, from: &toml::Table, top: bool) {
+    for (k, v) in from {
+        match (into.get_mut(k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => {
+                let retyped = top
+                    && TYPED_TABLES.contains(&k.as_str())
+                    && b.get("type").is_some_and(|t| a.get("type") != Some(t));
+                if retyped {
+                    *a = b.clone();
+                } else {
+                    merge(a, b, false);
+                }
+            }
+            _ => {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Whether `table` holds a value at `path`.
+fn has_path(table: &toml::Table, path: &[String]) -> bool {
+    match path {
+        [] => true,
+        [last] => table.contains_key(last),
+        [first, rest @ ..] => {
+            matches!(table.get(first), Some(toml::Value::Table(t)) if has_path(t, rest))
+        }
+    }
+}
+
+/// The keys a typed table of type `ty` takes (its type's fields, defaults filled in), or
+/// `None` for a type that does not exist.
+fn keys_of_type(table: &str, ty: &str) -> Option<Vec<String>> {
+    let value = toml::Table::from_iter([("type".to_string(), toml::Value::from(ty))]);
+    let value = toml::Value::Table(value);
+    let fields = match table {
+        "store" => toml::Table::try_from(value.try_into::<StoreConfig>().ok()?).ok()?,
+        "broker" => toml::Table::try_from(value.try_into::<BrokerConfig>().ok()?).ok()?,
+        _ => return None,
+    };
+    Some(fields.keys().filter(|k| *k != "type").cloned().collect())
+}
+
+/// The types a typed table may have.
+fn types_of(table: &str) -> Vec<&'static str> {
+    let probe = toml::Table::from_iter([("type".to_string(), toml::Value::from("?"))]);
+    let err = match table {
+        "store" => Figment::from(Serialized::defaults(&probe))
+            .extract::<StoreConfig>()
+            .err(),
+        "broker" => Figment::from(Serialized::defaults(&probe))
+            .extract::<BrokerConfig>()
+            .err(),
+        _ => None,
+    };
+    match err.map(|e| e.kind) {
+        Some(figment::error::Kind::UnknownVariant(_, types)) => types.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// Says what is wrong with which key, and which source set it.
+fn explain(err: figment::Error, sources: &[Source], merged: &toml::Table) -> ConfigError {
+    let from = |path: &[String]| {
+        sources
+            .iter()
+            .rev()
+            .find(|s| has_path(&s.table, path))
+            .map_or_else(String::new, |s| format!(" (set {})", s.name))
+    };
+    let mut lines = Vec::new();
+    for e in err {
+        let mut path = e.path.clone();
+        let line = match &e.kind {
+            figment::error::Kind::UnknownField(field, expected) => {
+                // Figment's path ends at the field for a struct, at the table for a typed
+                // (tagged) table.
+                if path.last() != Some(field) {
+                    path.push(field.clone());
+                }
+                let key = path.join(".");
+                let mut line = format!("unknown key `{key}`{}", from(&path));
+                let typed = match path.as_slice() {
+                    [table, _] if TYPED_TABLES.contains(&table.as_str()) => Some(table.as_str()),
+                    _ => None,
+                };
+                if let Some(table) = typed {
+                    let ty = merged
+                        .get(table)
+                        .and_then(|t| t.get("type"))
+                        .and_then(|t| t.as_str())
+                        .unwrap_or_default();
+                    line.push_str(&format!(
+                        "; {table}.type = {ty:?} takes {}",
+                        figment::error::OneOf(expected)
+                    ));
+                    let others: Vec<String> = types_of(table)
+                        .into_iter()
+                        .filter(|t| *t != ty)
+                        .filter(|t| keys_of_type(table, t).is_some_and(|k| k.contains(field)))
+                        .map(|t| format!("{t:?}"))
+                        .collect();
+                    if !others.is_empty() {
+                        line.push_str(&format!(
+                            " (`{field}` belongs to {table}.type = {})",
+                            others.join(" or ")
+                        ));
+                    }
+                } else {
+                    line.push_str(&format!(", expected {}", figment::error::OneOf(expected)));
+                }
+                line
+            }
+            kind if path.is_empty() => format!("{kind}"),
+            kind => format!("`{}`: {kind}{}", path.join("."), from(&path)),
+        };
+        lines.push(line);
+    }
+    ConfigError(lines.join("; "))
 }
 
 impl AuthConfig {
@@ -885,6 +1118,245 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    fn load(
+        file: Option<&str>,
+        vars: &[(&str, &str)],
+        set: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "gs-config-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let cli = CliOverrides {
+            set: set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let r = Config::load(file.map(|_| path.as_path()), env(vars), &cli);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    fn postgres(c: &Config) -> (&str, &str, usize) {
+        match &c.store {
+            StoreConfig::Postgres {
+                url,
+                schema,
+                pool_size,
+                ..
+            } => (url, schema, *pool_size),
+            other => panic!("expected a postgres store, got {other:?}"),
+        }
+    }
+
+    fn nats(c: &Config) -> (&str, &str) {
+        match &c.broker {
+            BrokerConfig::Nats { url, prefix, .. } => (url, prefix),
+            other => panic!("expected a nats broker, got {other:?}"),
+        }
+    }
+
+    /// The TOML block of docs/DEPLOY.md that every node of a cluster gets.
+    fn deploy_toml() -> String {
+        let doc = include_str!("../../../docs/DEPLOY.md");
+        let start = doc
+            .find("```toml\n# /etc/geostream/node.toml")
+            .expect("DEPLOY.md has the node.toml block");
+        let body = &doc[start + "```toml\n".len()..];
+        body[..body.find("```").expect("the block ends")].to_string()
+    }
+
+    #[test]
+    fn the_deploy_toml_loads_as_written() {
+        let c = load(Some(&deploy_toml()), &[], &[]).unwrap();
+        assert_eq!(
+            postgres(&c),
+            (
+                "postgres://geostream:secret@db.internal:5432/geostream",
+                "geostream",
+                16
+            )
+        );
+        assert_eq!(nats(&c).1, "geostream");
+        assert!(matches!(
+            c.broker,
+            BrokerConfig::Nats {
+                replicas: 3,
+                heartbeat_ms: 2000,
+                ..
+            }
+        ));
+        assert_eq!(c.channels.history_size, 1000);
+    }
+
+    #[test]
+    fn a_store_or_broker_type_from_any_source_gets_a_clean_table() {
+        // The environment alone (what scripts/cluster.sh does).
+        let c = load(
+            None,
+            &[
+                ("GEOSTREAM_STORE__TYPE", "postgres"),
+                ("GEOSTREAM_STORE__URL", "postgres://u@db:5432/geo"),
+                ("GEOSTREAM_BROKER__TYPE", "nats"),
+                ("GEOSTREAM_BROKER__PREFIX", "run_1"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(postgres(&c), ("postgres://u@db:5432/geo", "geostream", 16));
+        assert_eq!(nats(&c), ("nats://127.0.0.1:4222", "run_1"));
+        // Flags alone.
+        let c = load(
+            None,
+            &[],
+            &[
+                ("store.type", "postgres"),
+                ("store.schema", "s1"),
+                ("broker.type", "nats"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(postgres(&c).1, "s1");
+        nats(&c);
+        // The file sets the type; the environment and flags add keys of that type.
+        let c = load(
+            Some("[store]\ntype = \"postgres\"\nurl = \"postgres://a@h/d\"\n"),
+            &[("GEOSTREAM_STORE__SCHEMA", "s2")],
+            &[("store.pool_size", "4")],
+        )
+        .unwrap();
+        assert_eq!(postgres(&c), ("postgres://a@h/d", "s2", 4));
+        // A later source that changes the type starts the table afresh.
+        let c = load(
+            Some("[store]\ntype = \"postgres\"\nurl = \"postgres://a@h/d\"\n"),
+            &[("GEOSTREAM_STORE__TYPE", "sqlite")],
+            &[],
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.store, StoreConfig::Sqlite { path, .. } if path == Path::new("geostream.db")),
+            "{:?}",
+            c.store
+        );
+        // Keys of the default type need no `type`.
+        let c = load(None, &[("GEOSTREAM_STORE__PATH", "other.db")], &[]).unwrap();
+        assert!(
+            matches!(&c.store, StoreConfig::Sqlite { path, .. } if path == Path::new("other.db"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_where_it_was_set() {
+        let e = load(
+            None,
+            &[
+                ("GEOSTREAM_STORE__TYPE", "postgres"),
+                ("GEOSTREAM_STORE__PATH", "x.db"),
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown key `store.path` (set in the environment)"),
+            "{e}"
+        );
+        assert!(e.contains("store.type = \"postgres\" takes"), "{e}");
+        assert!(
+            e.contains("`path` belongs to store.type = \"sqlite\""),
+            "{e}"
+        );
+        // A PostgreSQL key without the type.
+        let e = load(Some("[store]\nurl = \"postgres://h/d\"\n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown key `store.url` (set in the file "),
+            "{e}"
+        );
+        assert!(e.contains("belongs to store.type = \"postgres\""), "{e}");
+        let e = load(
+            None,
+            &[],
+            &[("broker.hearbeat_ms", "10"), ("broker.type", "nats")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown key `broker.hearbeat_ms` (set on the command line)"),
+            "{e}"
+        );
+        let e = load(Some("lisen = \"127.0.0.1:1\"\n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown key `lisen` (set in the file "), "{e}");
+        let e = load(None, &[("GEOSTREAM_STORE__TYPE", "mysql")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mysql") && e.contains("postgres"), "{e}");
+        let e = load(None, &[("GEOSTREAM_LAYERS__LOCK_GRACE_MS", "soon")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`layers.lock_grace_ms`") && e.contains("(set in the environment)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn text_that_looks_like_a_number_stays_text_where_a_key_takes_text() {
+        let c = load(
+            None,
+            &[
+                ("GEOSTREAM_AUTH__HS256_SECRET", "31415926535"),
+                ("GEOSTREAM_BROKER__TYPE", "nats"),
+                ("GEOSTREAM_BROKER__PREFIX", "2024"),
+                ("GEOSTREAM_BROKER__REPLICAS", "3"),
+            ],
+            &[("store.type", "postgres"), ("store.schema", "true")],
+        )
+        .unwrap();
+        assert_eq!(c.auth.hs256_secret, "31415926535");
+        assert_eq!(nats(&c).1, "2024");
+        assert!(matches!(c.broker, BrokerConfig::Nats { replicas: 3, .. }));
+        assert_eq!(postgres(&c).1, "true");
+        // Numbers where numbers are wanted are still checked.
+        let e = load(
+            None,
+            &[("GEOSTREAM_WEBSOCKET__MAX_FRAME_BYTES", "big")],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`websocket.max_frame_bytes`"), "{e}");
+    }
+
+    #[test]
+    fn the_printed_configuration_loads_back_the_same() {
+        let c = load(
+            Some(&deploy_toml()),
+            &[
+                ("GEOSTREAM_STORE__SCHEMA", "s3"),
+                ("GEOSTREAM_BROKER__REPLICAS", "1"),
+            ],
+            &[("layers.lock_grace_ms", "500")],
+        )
+        .unwrap();
+        let printed = c.to_toml();
+        assert!(printed.contains("[store]\ntype = \"postgres\"\nurl = \"postgres://geostream:secret@db.internal:5432/geostream\"\nschema = \"s3\""), "{printed}");
+        assert!(printed.contains("[broker]\ntype = \"nats\""), "{printed}");
+        let back = load(Some(&printed), &[], &[]).unwrap();
+        assert_eq!(back.to_toml(), printed);
     }
 
     #[test]

@@ -53,10 +53,19 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let node = Node::start(config).await?;
-    web::seed_basemap(&node).await;
+    let node = start(config).await?;
     serve(listener, node, shutdown).await;
     Ok(())
+}
+
+/// Starts a node from `config`: opens the store, connects to the broker (either failing is an
+/// error naming the backend and the reason) and loads the demo basemap if no node has (see
+/// [`web::seed_basemap`]). `geostream serve` calls this before it binds its listener, so a
+/// node that cannot reach its backends exits before it says it is listening.
+pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+    let node = Node::start(config).await?;
+    web::seed_basemap(&node).await;
+    Ok(node)
 }
 
 /// Serves an already started node.

@@ -106,18 +106,38 @@ struct ServeArgs {
     /// Log format (overrides `log.format`).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Set any configuration key (overrides the file and the environment), for example
+    /// `--set store.type=postgres --set store.url=postgres://db/geostream`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
+    set: Vec<(String, String)>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Parses `KEY=VALUE` of `--set`.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Import(args) => tool(import(args)),
         Command::Replay(args) => tool(replay(args)),
         Command::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain on one line: what failed and why.
+            eprintln!("geostream: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -255,6 +275,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         log_format: args.log_format,
+        set: args.set,
     };
     let config = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     if args.print_config {
@@ -266,14 +287,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = geostream_server::bind(config.listen)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listen = config.listen;
+        // The store and the broker first: a node that cannot reach them exits with the
+        // reason, before it listens or says it does.
+        let node = geostream_server::start(config).await?;
+        let listener =
+            geostream_server::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         eprintln!(
             "geostream {} listening on http://{addr} (WebSocket ws://{addr}/v1/ws)",
             env!("CARGO_PKG_VERSION")
         );
-        geostream_server::run(listener, config, shutdown_signal()).await
+        geostream_server::serve(listener, node, shutdown_signal()).await;
+        Ok(())
     })
 }
 

@@ -151,7 +151,9 @@ pub fn resolve(p: &Path) -> PathBuf {
 }
 
 /// Loads the basemap file into its layer when the layer does not exist yet. Failures are
-/// logged, not fatal: the server is useful without the demo's basemap.
+/// logged, not fatal: the server is useful without the demo's basemap. Nodes of a cluster
+/// that start together all find the layer missing; the one whose `layer.create` wins loads
+/// it, the others leave it to that one quietly.
 ///
 /// Also restarts the ship replay when its layer exists, that is when the page was opened
 /// before on this data: pages still open reconnect without loading the page again.
@@ -169,8 +171,11 @@ pub async fn seed_basemap(node: &Arc<Node>) {
     }
     let file = resolve(&cfg.basemap);
     match load_basemap(node, &file).await {
-        Ok(n) => {
+        Ok(Some(n)) => {
             tracing::info!(layer = %cfg.basemap_layer, file = %file.display(), features = n, "Loaded the basemap layer.")
+        }
+        Ok(None) => {
+            tracing::debug!(layer = %cfg.basemap_layer, "Another node created the basemap layer first and loads it.")
         }
         Err(e) => {
             tracing::warn!(layer = %cfg.basemap_layer, file = %file.display(), error = %e, "Could not load the basemap layer.")
@@ -178,7 +183,8 @@ pub async fn seed_basemap(node: &Arc<Node>) {
     }
 }
 
-async fn load_basemap(node: &Node, file: &Path) -> anyhow::Result<u64> {
+/// The number of features loaded, or `None` when another node created the layer first.
+async fn load_basemap(node: &Node, file: &Path) -> anyhow::Result<Option<u64>> {
     let path = file.to_path_buf();
     let features =
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<serde_json::Value>> {
@@ -196,16 +202,25 @@ async fn load_basemap(node: &Node, file: &Path) -> anyhow::Result<u64> {
         })
         .await??;
     let layer = node.config.web.basemap_layer.clone();
-    node.layers.create(LayerSpec {
-        name: layer.clone(),
-        title: Some("Countries (Natural Earth 1:110m)".into()),
-        description: Some(
-            "Made with Natural Earth: Admin 0 countries, public domain. Basemap of the demo page."
-                .into(),
-        ),
-        last_writer_wins: false,
-    })
-    .await?;
+    let created = node
+        .layers
+        .create(LayerSpec {
+            name: layer.clone(),
+            title: Some("Countries (Natural Earth 1:110m)".into()),
+            description: Some(
+                "Made with Natural Earth: Admin 0 countries, public domain. Basemap of the demo page."
+                    .into(),
+            ),
+            last_writer_wins: false,
+        })
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(crate::error::ServerError::Store(geostream_store::StoreError::LayerExists(_))) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    }
     let result = crate::import::run(
         node,
         LayerImportParams {
@@ -223,7 +238,7 @@ async fn load_basemap(node: &Node, file: &Path) -> anyhow::Result<u64> {
     if result.rejected > 0 {
         tracing::warn!(rejected = result.rejected, first = ?result.rejections.first().map(|r| &r.reason), "Some basemap features were refused.");
     }
-    Ok(result.imported)
+    Ok(Some(result.imported))
 }
 
 /// Nodes whose ship replay has started (a process may run several nodes, as tests do).
