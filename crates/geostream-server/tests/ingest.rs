@@ -1,13 +1,13 @@
 //! Ingest: `layer.import` with progress and cancellation, the `geostream import` and
 //! `geostream replay` commands run as real processes against a real server, and the layer
-//! methods' answers to bad input. Real-data parts need `../shared/data`.
+//! methods' answers to bad input. Real-data parts read `datasets/`.
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestServer, Ws, shared_data};
+use common::{TestServer, Ws, datasets};
 use geostream_core::codec::Encoding;
 use serde_json::{Value, json};
 
@@ -16,7 +16,7 @@ const AIS: &str = "trajectories/ais_ny_harbor_2020-06-30_first_hour.csv.zst";
 
 #[tokio::test]
 async fn import_reports_progress_and_can_be_cancelled() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let srv = TestServer::start_with(|c| c.import.dir = data.clone()).await;
     let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
 
@@ -103,7 +103,7 @@ fn geostream(args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test]
 async fn command_line_import_and_replay_reach_live_subscribers() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let srv = TestServer::start().await;
     let server = srv.addr.to_string();
 

@@ -3,14 +3,14 @@
 //! brute-force oracle written here from the file: every enter / update / exit, in order,
 //! nothing extra and nothing missing. Also: a viewport move, and a resume mid-stream.
 //!
-//! Needs `../shared/data` (says so and skips when it is absent).
+//! Reads the vendored AIS data in `datasets/`.
 
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::{TestServer, Ws, shared_data};
+use common::{TestServer, Ws, datasets};
 use geostream_core::codec::Encoding;
 use geostream_server::remote::Remote;
 use geostream_server::replay::{TrackPoint, read_track, replay};
@@ -111,7 +111,7 @@ const VIEW_A2: [f64; 4] = [-74.05, 40.60, -73.90, 40.80];
 
 #[tokio::test]
 async fn replayed_ais_track_matches_the_oracle_for_every_subscriber() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let points = read_track(&data.join(TRACK)).unwrap();
     assert_eq!(points.len(), 8689, "row count from the manifest");
 
@@ -226,7 +226,7 @@ async fn replayed_ais_track_matches_the_oracle_for_every_subscriber() {
 
 #[tokio::test]
 async fn resume_mid_stream_misses_nothing_and_repeats_nothing() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let points: Vec<TrackPoint> = read_track(&data.join(TRACK))
         .unwrap()
         .into_iter()

@@ -1,13 +1,13 @@
 //! The OGC API - Features routes over real sockets: landing page, conformance, collections,
 //! items with bbox / datetime / CQL2 / paging checked against brute force over the real data
-//! in `../shared/data`, single items with ETags, and Part 4 writes with `If-Match`.
+//! in `datasets/`, single items with ETags, and Part 4 writes with `If-Match`.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use common::{TestServer, Ws, http, http_json, shared_data};
+use common::{TestServer, Ws, datasets, http, http_json};
 use geostream_core::codec::Encoding;
 use serde_json::{Value, json};
 
@@ -74,7 +74,7 @@ async fn import(ws: &mut Ws, layer: &str, path: &str) -> Value {
 
 #[tokio::test]
 async fn real_data_counts_and_queries_match_brute_force() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let srv = TestServer::start_with(|c| c.import.dir = data.clone()).await;
     let mut ws = Ws::connect(&srv.ws_url(), Encoding::Msgpack).await;
 

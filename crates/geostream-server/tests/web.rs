@@ -95,7 +95,7 @@ async fn the_basemap_layer_is_loaded_once_from_the_shipped_file() {
             serde_json::json!({ "layer": "world", "limit": 1000 }),
         )
         .await;
-    // The count of the shipped Natural Earth file (shared/data/manifest.json: 177).
+    // The count of the shipped Natural Earth file (datasets/manifest.json: 177).
     assert_eq!(r["features"].as_array().unwrap().len(), 177);
     let france = r["features"]
         .as_array()
@@ -192,7 +192,7 @@ async fn ships_replay_from_the_first_page_view_and_move() {
     };
     let (id, from, to) = moved;
     assert_ne!(from, to, "{id}");
-    // The whole hour arrives: every one of its 295 vessels (shared/data manifest) is written.
+    // The whole hour arrives: every one of its 295 vessels (datasets/manifest.json) is written.
     let deadline = tokio::time::Instant::now() + common::WAIT;
     loop {
         let n = ws

@@ -16,9 +16,8 @@
 //! per layer; 1,000 is ideal) so the pruning case finishes quickly; no case needs more than
 //! 1,000 changes retained. Lock cases wait for real time (a few hundred milliseconds).
 //!
-//! The query cases use real data: GeoNames cities (34,006 points) from the shared data
-//! directory, `../shared/data` next to the repository or `GEOSTREAM_SHARED_DATA`. Without
-//! it those cases print `skipping: ../shared/data not found` and the rest still run.
+//! The query cases use real data: GeoNames cities (34,006 points) from the repository's
+//! vendored `datasets/`.
 //!
 //! A failing case panics with the case name and what differed.
 
@@ -1740,12 +1739,15 @@ async fn query_synthetic<S: Store>(s: Arc<S>) {
     );
 }
 
-/// The shared data directory, if present.
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("GEOSTREAM_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    dir.is_dir().then_some(dir)
+/// The repository's vendored real data (`datasets/`).
+fn datasets() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "{} has no manifest.json",
+        dir.display()
+    );
+    dir
 }
 
 /// Reads a zstd-compressed GeoJSON FeatureCollection and validates its features.
@@ -1768,10 +1770,7 @@ fn read_features(path: &Path) -> Vec<ValidFeature> {
 }
 
 async fn query_real_data<S: Store>(s: Arc<S>) {
-    let Some(dir) = shared_data() else {
-        eprintln!("skipping: ../shared/data not found");
-        return;
-    };
+    let dir = datasets();
     let features = read_features(&dir.join("points/geonames_cities15000.geojson.zst"));
     assert_eq!(
         features.len(),
