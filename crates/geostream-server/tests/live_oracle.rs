@@ -287,6 +287,49 @@ async fn resume_mid_stream_misses_nothing_and_repeats_nothing() {
     srv.shutdown().await;
 }
 
+/// `replayed` in the answer to `layer.subscribe` with `since` counts the `feature` pushes that
+/// follow (the missed changes that concern the filter), not every change after `since`.
+#[tokio::test]
+async fn replayed_counts_the_pushes_that_follow() {
+    let points: Vec<TrackPoint> = read_track(&datasets().join(TRACK))
+        .unwrap()
+        .into_iter()
+        .take(3000)
+        .collect();
+    let srv = TestServer::start().await;
+    let remote = Remote::connect(&srv.ws_url(), None).await.unwrap();
+    remote
+        .call(
+            "layer.create",
+            &json!({ "name": "ships", "last_writer_wins": true }),
+        )
+        .await
+        .unwrap();
+    replay(&remote, "ships", &points, 0.0, |_, _| {})
+        .await
+        .unwrap();
+    let since = 1000u64;
+    let pred: Pred = Box::new(|p: &TrackPoint| in_bbox(p, VIEW_A));
+    let expected = oracle(&points, &pred, since);
+    let missed = points.len() as u64 - since;
+    assert!(
+        !expected.is_empty() && (expected.len() as u64) < missed,
+        "the view sees some of the missed changes, not all: {} of {missed}",
+        expected.len()
+    );
+    let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
+    let r = ws
+        .ok(
+            "layer.subscribe",
+            json!({ "layer": "ships", "bbox": VIEW_A, "since": since }),
+        )
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(r["replayed"], expected.len() as u64, "{r}");
+    assert_eq!(collect(&mut ws, expected.len()).await, expected);
+    srv.shutdown().await;
+}
+
 /// Great-circle distance on the sphere used by the server (mean Earth radius), written
 /// out here independently.
 fn haversine_m(a: [f64; 2], b: [f64; 2]) -> f64 {

@@ -314,6 +314,26 @@ async fn writes_with_etags_reach_live_subscribers() {
     .await;
     assert_eq!(s, 412, "{e}");
     assert_eq!(e["error"]["data"]["current"]["version"], 1);
+    // A well-formed entity tag this server never issued matches no version: 412 as well
+    // (RFC 9110 13.1.1), for every write method; a malformed one is a bad request.
+    for (method, body) in [
+        ("PUT", Some(point(2.0, 2.0, json!({ "name": "two" })))),
+        ("PATCH", Some(json!({ "properties": { "name": "two" } }))),
+        ("DELETE", None),
+    ] {
+        let (s, _, e) = send(a, method, &item, &[("if-match", "\"stale-version\"")], body).await;
+        assert_eq!(s, 412, "{method}: {e}");
+        assert_eq!(e["error"]["data"]["current"]["version"], 1, "{method}");
+    }
+    let (s, _, e) = send(
+        a,
+        "PUT",
+        &item,
+        &[("if-match", "stale-version")],
+        Some(point(2.0, 2.0, json!({ "name": "two" }))),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
     let (s, h, f) = send(
         a,
         "PUT",
