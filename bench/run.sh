@@ -48,7 +48,7 @@ die() { log "error: $*"; exit 1; }
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
-DATA="$REPO/../shared/data"
+. "$HERE/data.sh"
 TMP="${TMPDIR:-/tmp}"
 OUT="${OUT:-$TMP/geostream-bench/$(date +%Y%m%d-%H%M%S)}"
 QUICK="${QUICK:-0}"
@@ -58,7 +58,6 @@ PEERS="${PEERS:-geostream geostream-msgpack rust-raw nats ws socketio}"
 mkdir -p "$OUT/gs"
 T_START=$(date +%s)
 
-[ -d "$DATA/trajectories" ] || die "no shared data at $DATA (expected ../shared/data next to the repository)"
 for v in $(compgen -e | grep '^GEOSTREAM_' || true); do
   log "note: $v is set and will configure the servers under test"
 done
@@ -291,8 +290,8 @@ if [ "$QUICK" = 1 ]; then
 else
   D=5; LAT_D=10; SUBS=1000; BIG=5000; IDLE=19000; SP1=10000; SP2=100000; SP_D=8
 fi
-TRACK="$DATA/trajectories/ais_us_coastal_2020-06-30.csv.zst"
-GEOJSON="$DATA/polygons/world_countries_50m.geojson.zst"
+TRACK="$(data_file trajectories/ais_us_coastal_2020-06-30.csv.zst)"
+GEOJSON="$(data_file polygons/world_countries_50m.geojson.zst)"
 
 if [ "${REPORT_ONLY:-0}" != 1 ]; then
   for enc in json msgpack msgpack-zstd; do

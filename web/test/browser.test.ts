@@ -23,9 +23,14 @@ const T = 30_000; // generous: a loaded 2-core machine renders WebGL in software
 /**
  * The server's ship replay, faster than the default so that a few seconds show movement;
  * locks of a client that went away released after 1.5 s instead of 15 (the overwrite
- * scenario needs Alice's lock gone while she is offline).
+ * scenario needs Alice's lock gone while she is offline); the page served from web/dist as
+ * `npm test` has just built it, not the copy built into the binary when it was compiled.
  */
-const ENV = { GEOSTREAM_WEB__SHIPS_SPEED: "60", GEOSTREAM_LAYERS__LOCK_GRACE_MS: "1500" };
+const ENV = {
+  GEOSTREAM_WEB__SHIPS_SPEED: "60",
+  GEOSTREAM_LAYERS__LOCK_GRACE_MS: "1500",
+  GEOSTREAM_WEB__DIR: join(REPO, "web/dist"),
+};
 /** The world view the drawing tests use. */
 const WORLD = "at=10,30,1.6";
 const ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"];

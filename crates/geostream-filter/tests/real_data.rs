@@ -1,5 +1,5 @@
-//! Filters on the shared real data sets, checked against brute-force loops written here
-//! without this crate's code, and the SQLite translation checked against `matches`.
+//! Filters on the vendored real data sets (`datasets/`), checked against brute-force loops
+//! written here without this crate's code, and the SQLite translation checked against `matches`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -29,20 +29,15 @@ impl Feature {
     }
 }
 
-fn data_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("GEOSTREAM_SHARED_DATA") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
-    };
-    if dir.join("manifest.json").is_file() {
-        Some(dir)
-    } else {
-        println!(
-            "skipping: ../shared/data not found (looked in {}; set GEOSTREAM_SHARED_DATA)",
-            dir.display()
-        );
-        None
-    }
+/// The repository's vendored real data (`datasets/`).
+fn data_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "{} has no manifest.json",
+        dir.display()
+    );
+    dir
 }
 
 fn manifest_count(dir: &Path, file: &str) -> usize {
@@ -159,7 +154,7 @@ fn matching(features: &[Feature], f: &Filter) -> BTreeSet<String> {
 
 #[test]
 fn cities_attribute_filters() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     let cities = load(&dir, "points/geonames_cities15000.geojson.zst");
     fn num(f: &Feature, k: &str) -> Option<f64> {
         f.props.get(k).and_then(Value::as_f64)
@@ -216,7 +211,7 @@ fn cities_attribute_filters() {
 
 #[test]
 fn cities_spatial_filters() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     let cities = load(&dir, "points/geonames_cities15000.geojson.zst");
     // Circle: within 100 km of Paris.
     let paris = [2.3522, 48.8566];
@@ -263,7 +258,7 @@ fn cities_spatial_filters() {
 
 #[test]
 fn countries_as_polygon_filters() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     let countries = load(&dir, "polygons/ne_110m_admin_0_countries.geojson.zst");
     let cities = load(&dir, "points/geonames_cities15000.geojson.zst");
     for name in ["France", "Brazil", "Japan", "Italy"] {
@@ -321,7 +316,7 @@ fn countries_as_polygon_filters() {
 
 #[test]
 fn earthquakes_in_time() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     let mut quakes = load(
         &dir,
         "points/usgs_earthquakes_2018-01-31_2018-02-07.geojson.zst",
@@ -382,7 +377,7 @@ fn earthquakes_in_time() {
 /// Loads features into an in-memory SQLite table and runs the same filters both ways.
 #[test]
 fn sqlite_translation_agrees_with_matches() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     let db = rusqlite::Connection::open_in_memory().unwrap();
     db.execute_batch("CREATE TABLE features (layer TEXT, id TEXT, properties TEXT)")
         .unwrap();

@@ -288,12 +288,8 @@ async fn drain(count: &AtomicU64, expected: u64, quiet: Duration) -> Instant {
 
 /// Real AIS positions (New York harbour) to edit with: (object id, lon, lat, speed).
 fn ais_positions() -> Vec<(String, f64, f64, f64)> {
-    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = here
-        .ancestors()
-        .map(|a| a.join("../shared/data/trajectories"))
-        .find(|d| d.is_dir())
-        .expect("../shared/data/trajectories");
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/trajectories");
     let raw =
         std::fs::read(dir.join("ais_ny_harbor_2020-06-30_first_hour.csv.zst")).expect("AIS file");
     let text = String::from_utf8(zstd::decode_all(&raw[..]).expect("zstd")).expect("utf-8");

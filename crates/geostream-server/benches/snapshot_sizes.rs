@@ -1,5 +1,5 @@
 //! Bytes on the wire for layer snapshots in each encoding: JSON, MessagePack and MessagePack
-//! with Zstandard, for real layers from `../shared/data`, in snapshot pages of 500 features
+//! with Zstandard, for real layers from `datasets/`, in snapshot pages of 500 features
 //! (the server's default page). Run: `cargo bench -p geostream-server --bench snapshot_sizes`.
 
 use std::path::PathBuf;
@@ -19,15 +19,16 @@ const FILES: &[(&str, &str)] = &[
         "Helsinki roads",
         "lines/osm_helsinki_highway_railway.geojson.zst",
     ),
-    ("US counties", "polygons/us_counties_10m.geojson.zst"),
+    (
+        "countries, 168 attributes",
+        "polygons/ne_110m_admin_0_countries.geojson.zst",
+    ),
 ];
 const PAGE: usize = 500;
 
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("GEOSTREAM_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    d.join("manifest.json").is_file().then_some(d)
+/// The repository's vendored real data (`datasets/`).
+fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets")
 }
 
 /// The features of a file as the store would hold them (string ids, a version, a time).
@@ -55,10 +56,7 @@ fn features(path: &std::path::Path) -> Vec<Feature> {
 }
 
 fn main() {
-    let Some(dir) = data_dir() else {
-        eprintln!("skipping: ../shared/data not found (set GEOSTREAM_SHARED_DATA)");
-        return;
-    };
+    let dir = data_dir();
     println!("snapshot bytes for whole layers, pages of {PAGE} features");
     println!(
         "{:<18} {:>8} {:>12} {:>12} {:>8} {:>12} {:>8}",

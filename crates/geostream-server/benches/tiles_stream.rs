@@ -9,7 +9,7 @@
 //!    the full tiles they stand for (median saving per edit kind);
 //! 3. tile bytes delivered per second to 100 subscribers (full tiles, MessagePack).
 //!
-//! Needs `../shared/data` (or `GEOSTREAM_SHARED_DATA`); says so and exits when it is absent.
+//! Reads the repository's vendored real data (`datasets/`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,19 +34,9 @@ const EDITS_PER_KIND: usize = 40;
 /// Longer than the flush window, so each edit is pushed on its own (not coalesced).
 const EDIT_GAP: Duration = Duration::from_millis(70);
 
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("GEOSTREAM_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("manifest.json").is_file() {
-        Some(dir)
-    } else {
-        println!(
-            "skipping: {} not found (set GEOSTREAM_SHARED_DATA)",
-            dir.display()
-        );
-        None
-    }
+/// The repository's vendored real data (`datasets/`).
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets")
 }
 
 fn read_features(dir: &Path, rel: &str) -> Vec<Value> {
@@ -283,7 +273,7 @@ async fn drain(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     let tmp = std::env::temp_dir().join(format!("geostream-tiles-bench-{}", std::process::id()));
     let mut cfg = Config {
         data_dir: tmp.clone(),

@@ -12,11 +12,11 @@
 //!
 //! ```sh
 //! cargo bench -p geostream-server --bench viewports
-//! VIEWPORTS=100000 VIEWPORT_TRACK=adsb_paris_2021-10-07.csv.zst cargo bench -p geostream-server --bench viewports
+//! VIEWPORTS=100000 VIEWPORT_TRACK=ais_ny_harbor_2020-06-30_first_hour.csv.zst cargo bench -p geostream-server --bench viewports
 //! ```
 //!
 //! Knobs (environment): `VIEWPORTS` (10,000), `VIEWPORT_TRACK` (a file in
-//! `../shared/data/trajectories`, default `ais_us_coastal_2020-06-30.csv.zst`),
+//! the repository's `datasets/trajectories`, default `ais_us_coastal_2020-06-30.csv.zst`),
 //! `VIEWPORT_BATCH` (changes handed to the hub together, as a `feature.batch` commit brings
 //! them; default 1), `VIEWPORT_UPDATES` (cap on position updates, default all), `VIEWPORT_SECS` (cap on the
 //! replay time of each run, default 20), `VIEWPORT_MODES` (`index,scan`).
@@ -58,18 +58,9 @@ impl Rng {
     }
 }
 
+/// The repository's vendored real data (`datasets/`).
 fn data_dir() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for up in here.ancestors() {
-        let d = up.join("../shared/data");
-        if d.join("trajectories").is_dir() {
-            return d;
-        }
-    }
-    panic!(
-        "../shared/data/trajectories not found above {}",
-        here.display()
-    );
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets")
 }
 
 /// A map viewport of a 1280 x 720 screen at `zoom`, centred on (`lon`, `lat`), clamped to

@@ -536,20 +536,24 @@ impl Default for ShutdownConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
-    /// Directory of the built page (`npm run build` in `web/`, which `scripts/serve.sh` runs).
-    /// A relative path is looked up in the working directory, then in the source tree the
-    /// binary was built from. Default: `web/dist`.
+    /// Directory to serve the page from instead of the copy built into the binary (the
+    /// `web/dist` present when it was compiled; see `build.rs`): set it to `web/dist` while
+    /// developing the page, so a rebuild of the page shows without rebuilding geostream.
+    /// Relative paths are from the working directory. Default: empty (the built-in page).
     pub dir: PathBuf,
     /// GeoJSON FeatureCollection (optionally `.zst`) loaded into the layer `basemap_layer` at
-    /// startup when that layer does not exist; empty to load nothing. Relative paths are
-    /// resolved as `dir`. Default: `web/data/world_countries_110m.geojson` (Natural Earth).
+    /// startup when that layer does not exist; empty to load nothing. A relative path is
+    /// looked up in the working directory, then among the files built into the binary (the
+    /// default is one). Default: `datasets/polygons/world_countries_110m.geojson` (Natural
+    /// Earth).
     pub basemap: PathBuf,
     /// The layer the basemap is loaded into (served as vector tiles). Default: `countries`.
     pub basemap_layer: String,
     /// Trajectory CSV (`timestamp,object_id,lon,lat,...`, optionally `.zst`) replayed in a
     /// loop into the layer `ships_layer`, from the first time the demo page is served; empty
-    /// to replay nothing. Relative paths are resolved as `dir`. Default:
-    /// `web/data/ais_ny_harbor_2020-06-30_first_hour.csv.zst` (AIS, MarineCadastre.gov).
+    /// to replay nothing. Relative paths are resolved as `basemap`'s. Default:
+    /// `datasets/trajectories/ais_ny_harbor_2020-06-30_first_hour.csv.zst` (AIS,
+    /// MarineCadastre.gov; built into the binary).
     pub ships: PathBuf,
     /// The last-writer-wins layer the ships are written to. Default: `ships`.
     pub ships_layer: String,
@@ -561,10 +565,12 @@ pub struct WebConfig {
 impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
-            dir: PathBuf::from("web/dist"),
-            basemap: PathBuf::from("web/data/world_countries_110m.geojson"),
+            dir: PathBuf::new(),
+            basemap: PathBuf::from("datasets/polygons/world_countries_110m.geojson"),
             basemap_layer: "countries".into(),
-            ships: PathBuf::from("web/data/ais_ny_harbor_2020-06-30_first_hour.csv.zst"),
+            ships: PathBuf::from(
+                "datasets/trajectories/ais_ny_harbor_2020-06-30_first_hour.csv.zst",
+            ),
             ships_layer: "ships".into(),
             ships_speed: 20.0,
         }

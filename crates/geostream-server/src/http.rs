@@ -60,7 +60,7 @@ pub fn router(node: Arc<Node>) -> Router {
 /// The landing page: JSON for API clients (OGC API - Features landing page).
 async fn landing(node: State<Arc<Node>>, headers: axum::http::HeaderMap) -> Response {
     if web::wants_html(&headers) {
-        return web::index(node).await;
+        return web::index(node, headers).await;
     }
     Json(ogc::landing_page(&headers)).into_response()
 }

@@ -239,3 +239,340 @@ pub fn read_features(reader: impl Read, name: &str) -> Result<Vec<Value>> {
         ))),
     }
 }
+
+/// Where `geostream import` takes each feature's id from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdSource {
+    /// The file's `id` members (features without one get an id from the server).
+    File,
+    /// This property (a string or number); features without it get an id from the server.
+    Property(String),
+    /// None: the server assigns every feature a new id (UUID v7).
+    Generate,
+}
+
+/// What `geostream import` does when two features of a file have the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DuplicatePolicy {
+    /// Import nothing and list the duplicates.
+    Fail,
+    /// Keep the first feature of each id, leave out the later ones.
+    Skip,
+    /// Keep the last feature of each id (in the place of the first).
+    Replace,
+}
+
+impl DuplicatePolicy {
+    /// The option's value, as typed.
+    pub fn name(self) -> &'static str {
+        match self {
+            DuplicatePolicy::Fail => "fail",
+            DuplicatePolicy::Skip => "skip",
+            DuplicatePolicy::Replace => "replace",
+        }
+    }
+}
+
+/// A feature's place in its file: its position (0-based) and the line it starts on (1-based;
+/// 0 when unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Position among the file's features, from 0.
+    pub index: usize,
+    /// Line of the file where the feature starts, from 1; 0 when not known.
+    pub line: usize,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {} (feature {})", self.line, self.index + 1)
+        } else {
+            write!(f, "feature {}", self.index + 1)
+        }
+    }
+}
+
+/// Two features of a file with the same id, and which of them is imported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuplicateId {
+    /// The id.
+    pub id: String,
+    /// The feature imported (under `fail`: the first, though nothing is imported).
+    pub kept: Place,
+    /// The feature left out.
+    pub dropped: Place,
+}
+
+/// A file's features ready to send: ids set as chosen, duplicates resolved by the policy.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The features to import, in file order.
+    pub features: Vec<Value>,
+    /// Where each of them is in the file.
+    pub places: Vec<Place>,
+    /// Ids found more than once, in file order of the later feature.
+    pub duplicates: Vec<DuplicateId>,
+    /// With [`IdSource::Property`]: features without that property (given server ids).
+    pub without_property: usize,
+}
+
+/// Reads a GeoJSON file as [`read_file`] does, with the line each feature starts on (one
+/// per feature; 0 where the layout does not tell).
+pub fn read_file_with_lines(path: &Path) -> Result<(Vec<Value>, Vec<usize>)> {
+    let raw = std::fs::read(path)
+        .map_err(|e| ServerError::invalid(format!("cannot open {}: {e}", path.display())))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let text = if name.ends_with(".zst") {
+        let mut out = Vec::new();
+        zstd::stream::read::Decoder::new(&raw[..])
+            .and_then(|d| d.take(MAX_FILE_BYTES).read_to_end(&mut out))
+            .map_err(|e| ServerError::invalid(format!("{}: {e}", path.display())))?;
+        out
+    } else {
+        raw
+    };
+    let features = read_features(&text[..], &name)?;
+    let line_delimited = [".ndjson", ".geojsonl", ".geojsonseq", ".jsonl", ".geojsons"]
+        .iter()
+        .any(|ext| name.trim_end_matches(".zst").ends_with(ext));
+    let lines = if line_delimited {
+        text.split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| l.iter().any(|&b| !b.is_ascii_whitespace() && b != 0x1e))
+            .map(|(i, _)| i + 1)
+            .collect()
+    } else {
+        feature_lines(&text)
+    };
+    let lines = if lines.len() == features.len() {
+        lines
+    } else {
+        vec![0; features.len()]
+    };
+    Ok((features, lines))
+}
+
+/// The 1-based line on which each element of the top-level `features` array starts (for a
+/// single Feature, line 1). Assumes valid JSON (it was parsed before).
+fn feature_lines(text: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let (mut line, mut depth) = (1usize, 0usize);
+    let (mut in_str, mut escaped) = (false, false);
+    let mut str_start = 0;
+    let mut last_string: &[u8] = b"";
+    let (mut in_features, mut expect_element) = (false, false);
+    for (i, &b) in text.iter().enumerate() {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+                if depth == 1 {
+                    last_string = &text[str_start..i];
+                }
+            }
+            continue;
+        }
+        if b == b'\n' {
+            line += 1;
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        if in_features && depth == 2 && expect_element && b != b']' {
+            out.push(line);
+            expect_element = false;
+        }
+        match b {
+            b'"' => {
+                in_str = true;
+                str_start = i + 1;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth == 2 && b == b'[' && last_string == b"features" {
+                    in_features = true;
+                    expect_element = true;
+                }
+            }
+            b']' | b'}' => {
+                if depth == 2 {
+                    in_features = false;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            b',' if in_features && depth == 2 => expect_element = true,
+            _ => {}
+        }
+    }
+    if out.is_empty() && text.iter().any(|b| !b.is_ascii_whitespace()) {
+        // A single Feature.
+        return vec![1];
+    }
+    out
+}
+
+/// Sets each feature's id from `ids` and resolves ids found more than once by `policy`.
+/// Under [`DuplicatePolicy::Fail`] the duplicates are listed and the caller imports nothing.
+pub fn prepare_ids(
+    features: Vec<Value>,
+    lines: &[usize],
+    ids: &IdSource,
+    policy: DuplicatePolicy,
+) -> Prepared {
+    let mut out = Prepared {
+        features: Vec::with_capacity(features.len()),
+        places: Vec::with_capacity(features.len()),
+        duplicates: Vec::new(),
+        without_property: 0,
+    };
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for (index, mut f) in features.into_iter().enumerate() {
+        let place = Place {
+            index,
+            line: lines.get(index).copied().unwrap_or(0),
+        };
+        let id = match ids {
+            IdSource::File => f.get("id").filter(|v| !v.is_null()).map(id_text),
+            IdSource::Generate => None,
+            IdSource::Property(name) => {
+                let v = f
+                    .get("properties")
+                    .and_then(|p| p.get(name))
+                    .filter(|v| v.is_string() || v.is_number())
+                    .map(id_text);
+                if v.is_none() {
+                    out.without_property += 1;
+                }
+                v
+            }
+        };
+        if let Value::Object(o) = &mut f {
+            match &id {
+                Some(id) if *ids != IdSource::File => {
+                    o.insert("id".into(), Value::String(id.clone()));
+                }
+                None => {
+                    o.remove("id");
+                }
+                _ => {}
+            }
+        }
+        let Some(id) = id else {
+            out.features.push(f);
+            out.places.push(place);
+            continue;
+        };
+        match seen.get(&id) {
+            None => {
+                seen.insert(id, out.features.len());
+                out.features.push(f);
+                out.places.push(place);
+            }
+            Some(&k) if policy == DuplicatePolicy::Replace => {
+                out.duplicates.push(DuplicateId {
+                    id,
+                    kept: place,
+                    dropped: out.places[k],
+                });
+                out.features[k] = f;
+                out.places[k] = place;
+            }
+            Some(&k) => out.duplicates.push(DuplicateId {
+                id,
+                kept: out.places[k],
+                dropped: place,
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const FC: &str = "{\"type\":\"FeatureCollection\",\"features\":[\n\
+        {\"type\":\"Feature\",\"id\":\"a\",\"properties\":{\"n\":\"x [1]\"},\"geometry\":null},\n\
+        {\"type\":\"Feature\",\"id\":\"b\",\"properties\":{\"n\":\"y\"},\"geometry\":null},\n\
+        \n\
+        {\"type\":\"Feature\",\"id\":\"a\",\"properties\":{\"n\":\"z\"},\"geometry\":null}\n\
+        ]}\n";
+
+    #[test]
+    fn lines_of_features_in_a_collection() {
+        assert_eq!(feature_lines(FC.as_bytes()), vec![2, 3, 5]);
+        let pretty = "{\n  \"features\": [\n    {\n      \"id\": 1\n    },\n    {\"id\": 2}\n  ],\n  \"type\": \"FeatureCollection\"\n}";
+        assert_eq!(feature_lines(pretty.as_bytes()), vec![3, 6]);
+        assert_eq!(feature_lines(b"{\"type\":\"Feature\"}"), vec![1]);
+    }
+
+    fn ids(p: &Prepared) -> Vec<Value> {
+        p.features
+            .iter()
+            .map(|f| f.get("id").cloned().unwrap_or(Value::Null))
+            .collect()
+    }
+
+    #[test]
+    fn duplicates_are_listed_skipped_or_replaced() {
+        let features = read_features(FC.as_bytes(), "x.geojson").unwrap();
+        let lines = feature_lines(FC.as_bytes());
+        let p = prepare_ids(
+            features.clone(),
+            &lines,
+            &IdSource::File,
+            DuplicatePolicy::Fail,
+        );
+        assert_eq!(
+            p.duplicates,
+            vec![DuplicateId {
+                id: "a".into(),
+                kept: Place { index: 0, line: 2 },
+                dropped: Place { index: 2, line: 5 },
+            }]
+        );
+        let p = prepare_ids(
+            features.clone(),
+            &lines,
+            &IdSource::File,
+            DuplicatePolicy::Skip,
+        );
+        assert_eq!(ids(&p), vec![json!("a"), json!("b")]);
+        assert_eq!(p.features[0]["properties"]["n"], "x [1]");
+        let p = prepare_ids(
+            features.clone(),
+            &lines,
+            &IdSource::File,
+            DuplicatePolicy::Replace,
+        );
+        assert_eq!(ids(&p), vec![json!("a"), json!("b")]);
+        assert_eq!(p.features[0]["properties"]["n"], "z", "the last one wins");
+        assert_eq!(p.places[0], Place { index: 2, line: 5 });
+        let p = prepare_ids(
+            features.clone(),
+            &lines,
+            &IdSource::Generate,
+            DuplicatePolicy::Fail,
+        );
+        assert!(p.duplicates.is_empty());
+        assert_eq!(ids(&p), vec![Value::Null; 3]);
+        let p = prepare_ids(
+            features,
+            &lines,
+            &IdSource::Property("n".into()),
+            DuplicatePolicy::Fail,
+        );
+        assert!(p.duplicates.is_empty());
+        assert_eq!(ids(&p), vec![json!("x [1]"), json!("y"), json!("z")]);
+    }
+}

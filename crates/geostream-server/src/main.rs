@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use geostream_server::config::{CliOverrides, Config, LogFormat};
+use geostream_server::import::{DuplicatePolicy, IdSource};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -74,6 +75,17 @@ struct ImportArgs {
     /// Features per transaction.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Take each feature's id from this property instead of the file's `id` (features
+    /// without it get a new id).
+    #[arg(long, value_name = "NAME", conflicts_with = "generate_ids")]
+    id_property: Option<String>,
+    /// Ignore the file's ids: every feature gets a new id from the server.
+    #[arg(long)]
+    generate_ids: bool,
+    /// When features of the file share an id: `fail` imports nothing and lists them,
+    /// `skip` keeps the first of each id, `replace` keeps the last.
+    #[arg(long, value_enum, default_value = "fail")]
+    duplicates: DuplicatePolicy,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -213,19 +225,68 @@ fn progress_line(what: &str, done: u64, total: u64, start: std::time::Instant) {
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let features = geostream_server::import::read_file(&args.file)
+    use geostream_server::import;
+    let (features, lines) = import::read_file_with_lines(&args.file)
         .map_err(|e| anyhow::anyhow!("{}: {}", args.file.display(), e.to_rpc().message))?;
+    let ids = match (&args.id_property, args.generate_ids) {
+        (Some(name), _) => IdSource::Property(name.clone()),
+        (None, true) => IdSource::Generate,
+        (None, false) => IdSource::File,
+    };
+    let prepared = import::prepare_ids(features, &lines, &ids, args.duplicates);
+    let file = args.file.display();
+    if let IdSource::Property(name) = &ids
+        && prepared.without_property > 0
+    {
+        println!(
+            "{} features have no property {name:?} (a string or number): they get new ids",
+            prepared.without_property
+        );
+    }
+    let dup = &prepared.duplicates;
+    if !dup.is_empty() {
+        let what = match args.duplicates {
+            DuplicatePolicy::Fail => "",
+            DuplicatePolicy::Skip => ", keeping the first (--duplicates skip)",
+            DuplicatePolicy::Replace => ", keeping the last (--duplicates replace)",
+        };
+        println!(
+            "{} features of {file} have an id an earlier feature has{what}:",
+            dup.len()
+        );
+        for d in dup.iter().take(20) {
+            let (first, second) = if d.kept.index < d.dropped.index {
+                (d.kept, d.dropped)
+            } else {
+                (d.dropped, d.kept)
+            };
+            println!("  id {:?}: {first} and {second}", d.id);
+        }
+        if dup.len() > 20 {
+            println!("  ... and {} more", dup.len() - 20);
+        }
+        if args.duplicates == DuplicatePolicy::Fail {
+            anyhow::bail!(
+                "nothing imported: ids must be unique in a layer (--duplicates fail). Choose \
+                 --duplicates skip (keep the first of each id), --duplicates replace (keep the \
+                 last), --id-property NAME (ids from a property) or --generate-ids (new ids)"
+            );
+        }
+    }
     let remote = geostream_server::remote::Remote::connect(
         &args.server.server,
         args.server.token.as_deref(),
     )
     .await?;
     let start = std::time::Instant::now();
-    let report =
-        geostream_server::replay::import(&remote, &args.layer, &features, args.batch, |d, t| {
-            progress_line("importing", d, t, start)
-        })
-        .await?;
+    let report = geostream_server::replay::import(
+        &remote,
+        &args.layer,
+        &prepared.features,
+        args.batch,
+        |d, t| progress_line("importing", d, t, start),
+    )
+    .await?;
     println!(
         "imported {} features into {:?} in {:.1} s; rejected {}",
         report.imported,
@@ -234,10 +295,20 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         report.rejected
     );
     for (index, reason) in report.rejections.iter().take(20) {
-        println!("  feature {index}: {reason}");
+        let place = prepared.places.get(*index as usize).copied();
+        match place {
+            Some(p) => println!("  {p}: {reason}"),
+            None => println!("  feature {}: {reason}", index + 1),
+        }
     }
     if report.rejected > 20 {
         println!("  ... and {} more", report.rejected - 20);
+    }
+    if report.rejected > 0 && report.imported > 0 {
+        println!(
+            "the layer holds the {} imported features; the rejected ones are not in it",
+            report.imported
+        );
     }
     Ok(())
 }

@@ -400,8 +400,13 @@ fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header value")
 }
 
-/// The versions an `If-Match` / `If-None-Match` header names; `None` for `*`.
-fn header_versions(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<Vec<u64>>> {
+/// The entity tags an `If-Match` / `If-None-Match` header names, each as the version it
+/// stands for, or `None` for a well-formed tag that is no version this server issued (it can
+/// match nothing); `None` for `*`. A malformed list is a bad request.
+fn header_versions(
+    headers: &HeaderMap,
+    name: header::HeaderName,
+) -> Result<Option<Vec<Option<u64>>>> {
     let Some(v) = headers.get(&name) else {
         return Ok(Some(Vec::new()));
     };
@@ -414,30 +419,44 @@ fn header_versions(headers: &HeaderMap, name: header::HeaderName) -> Result<Opti
     s.split(',')
         .map(|t| {
             let t = t.trim();
-            let t = t.strip_prefix("W/").unwrap_or(t);
-            t.strip_prefix('"')
+            // entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE (RFC 9110 8.8.3)
+            let opaque = t
+                .strip_prefix("W/")
+                .unwrap_or(t)
+                .strip_prefix('"')
                 .and_then(|t| t.strip_suffix('"'))
-                .and_then(|t| t.parse::<u64>().ok())
+                .filter(|o| o.bytes().all(|b| b == 0x21 || (0x23..=0x7e).contains(&b)))
                 .ok_or_else(|| {
                     ServerError::invalid(format!(
-                        "{name}: {t:?} is not an entity tag this server issued (\"<version>\")"
+                        "{name}: {t:?} is not an entity tag (a quoted string such as \"3\")"
                     ))
-                })
+                })?;
+            Ok(opaque.parse::<u64>().ok())
         })
-        .collect::<Result<Vec<u64>>>()
+        .collect::<Result<Vec<Option<u64>>>>()
         .map(Some)
 }
 
-/// The version a write is conditional on: the one `If-Match` names. Several tags cannot
-/// be expressed as one expected version, so they are refused.
+/// The version a write is conditional on: the one `If-Match` names. A tag that names no
+/// version this server issued matches no version (RFC 9110 13.1.1: the write fails with
+/// 412), which version 0 expresses: versions start at 1. Two different versions cannot be
+/// expressed as one expected version, so they are refused.
 fn expected_version(headers: &HeaderMap) -> Result<Option<u64>> {
     match header_versions(headers, header::IF_MATCH)? {
         None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v.len() == 1 => Ok(Some(v[0])),
-        Some(_) => Err(ServerError::invalid(
-            "If-Match: give one entity tag (the version you edited)",
-        )),
+        Some(tags) if tags.is_empty() => Ok(None),
+        Some(tags) => {
+            let mut versions: Vec<u64> = tags.into_iter().flatten().collect();
+            versions.sort_unstable();
+            versions.dedup();
+            match versions[..] {
+                [] => Ok(Some(0)),
+                [v] => Ok(Some(v)),
+                _ => Err(ServerError::invalid(
+                    "If-Match: give one entity tag (the version you edited)",
+                )),
+            }
+        }
     }
 }
 
@@ -539,7 +558,7 @@ async fn item(
     who.read_layer(&layer)?;
     let f = get_feature(&node, &layer, &id).await?;
     if let Some(tags) = header_versions(&headers, header::IF_NONE_MATCH)?
-        && tags.contains(&f.version)
+        && tags.contains(&Some(f.version))
     {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().insert(header::ETAG, etag(f.version));
@@ -797,6 +816,16 @@ mod tests {
         assert!(expected_version(&h).is_err());
         h.insert(header::IF_MATCH, HeaderValue::from_static("abc"));
         assert!(expected_version(&h).is_err());
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"a b\""));
+        assert!(expected_version(&h).is_err());
+        // Well-formed tags this server never issued match no version: 412, not 400.
+        h.insert(
+            header::IF_MATCH,
+            HeaderValue::from_static("\"stale-version\""),
+        );
+        assert_eq!(expected_version(&h).unwrap(), Some(0));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"x\", \"4\""));
+        assert_eq!(expected_version(&h).unwrap(), Some(4));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
         assert_eq!(header_versions(&h, header::IF_NONE_MATCH).unwrap(), None);
     }

@@ -1,24 +1,41 @@
-//! The demo page: its static files (`/web/...`, built into `web.dir` by `npm run build` in
-//! `web/`), the page itself for browsers at `/`, the basemap layer it draws, loaded at
-//! startup from the Natural Earth file shipped in `web/data`, and the live ships, an AIS
-//! trajectory replayed in a loop into a layer from the first time the page is served.
+//! The demo page: its static files (`/web/...`) and the page itself for browsers at `/`,
+//! served from the copy of `web/dist` built into the binary (see `build.rs`) or, when
+//! `web.dir` is set, from that directory (for developing the page); the basemap layer it
+//! draws, loaded at startup; and the live ships, an AIS trajectory replayed in a loop into a
+//! layer from the first time the page is served. The default basemap and ship files are
+//! built into the binary too, so the binary serves the whole demo from any directory.
+//!
+//! Embedded files are answered with a strong `ETag` (conditional requests get 304),
+//! compressed with zstd or gzip when the client accepts it (each compressed copy made once
+//! and kept), `Cache-Control: immutable` for content-hashed names and `no-cache` for the rest
+//! (`index.html`, `sw.js`), and `Service-Worker-Allowed: /` on `sw.js` so the page's service
+//! worker may control the whole origin.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use geostream_core::api::LayerImportParams;
 use geostream_core::error::ErrorCode;
 use geostream_core::feature::validate_feature;
 use geostream_store::{Holder, LayerSpec, Store, WriteOp, WriteRequest};
+use sha1::{Digest, Sha1};
 
 use crate::node::Node;
-use crate::replay::{TrackPoint, read_track};
+use crate::replay::{TrackPoint, parse_track};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+}
 
 /// The static-file routes of the demo page.
 pub fn routes() -> Router<Arc<Node>> {
@@ -46,45 +63,92 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The demo page (`index.html` of the built assets). Without a build, a short page that
-/// says how to make one.
-pub async fn index(State(node): State<Arc<Node>>) -> Response {
+/// Whether this binary carries a built demo page.
+pub fn page_is_embedded() -> bool {
+    ASSETS.contains_key("index.html")
+}
+
+/// The demo page (`index.html` of the built assets). Without a build, a page that says how
+/// to make one (503).
+pub async fn index(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
     start_ships(&node);
-    let dir = resolve(&node.config.web.dir);
+    let dir = &node.config.web.dir;
+    if dir.as_os_str().is_empty() {
+        return match ASSETS.get("index.html") {
+            Some(a) => a.respond(&headers),
+            None => not_built(None),
+        };
+    }
     match tokio::fs::read(dir.join("index.html")).await {
         Ok(body) => (
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                ),
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             ],
             body,
         )
             .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            format!(
-                "<!doctype html><title>geostream</title><h1>The demo page is not built</h1>\
-                 <p>Run <code>scripts/serve.sh</code>, or <code>npm ci &amp;&amp; npm run build</code> \
-                 in <code>web/</code>, so that <code>{}</code> exists (config key \
-                 <code>web.dir</code>).</p><p>The API is at <a href=\"/v1/ws\">/v1/ws</a>; \
-                 ask <code>/</code> for JSON to read the landing document.</p>",
-                html_escape(&dir.join("index.html").display().to_string())
-            ),
-        )
-            .into_response(),
+        Err(_) => not_built(Some(dir.join("index.html").as_path())),
     }
 }
 
-async fn asset(State(node): State<Arc<Node>>, UrlPath(path): UrlPath<String>) -> Response {
+/// The page served at `/` when there is none to serve: what to do to get one.
+fn not_built(missing: Option<&Path>) -> Response {
+    let cause = match missing {
+        Some(p) => format!(
+            "<p>The configured page directory has no <code>{}</code> (config key \
+             <code>web.dir</code>; leave it empty to serve the page built into the binary).</p>",
+            html_escape(&p.display().to_string())
+        ),
+        None => "<p>This <code>geostream</code> binary was built without the page: \
+                 <code>web/dist</code> did not exist when it was compiled.</p>"
+            .to_string(),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        format!(
+            "<!doctype html><meta charset=\"utf-8\"><title>geostream: the demo page is not \
+             built</title><h1>The demo page is not built</h1>{cause}<p>To build it (Node.js 20 \
+             or later): run <code>scripts/serve.sh</code> from the repository, or \
+             <code>scripts/npm-web.sh</code> (that is <code>npm ci &amp;&amp; npm run \
+             build</code> in <code>web/</code>) and then build geostream again \
+             (<code>cargo build --release -p geostream-server</code> or <code>cargo install \
+             --path crates/geostream-server</code>): the page is built into the binary.</p>\
+             <p>The server itself works: the API is at <a href=\"/v1/ws\">/v1/ws</a> \
+             (WebSocket), <a href=\"/collections\">/collections</a> (OGC API - Features); ask \
+             <code>/</code> for JSON to read the landing document.</p>"
+        ),
+    )
+        .into_response()
+}
+
+async fn asset(
+    State(node): State<Arc<Node>>,
+    UrlPath(path): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
     let Some(rel) = safe_relative(&path) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let file = resolve(&node.config.web.dir).join(&rel);
-    match tokio::fs::read(&file).await {
+    let dir = &node.config.web.dir;
+    if dir.as_os_str().is_empty() {
+        let name = rel.to_string_lossy().replace('\\', "/");
+        return match ASSETS.get(name.as_str()) {
+            Some(a) => a.respond(&headers),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
+    match tokio::fs::read(dir.join(&rel)).await {
         Ok(body) => {
-            // Bundles are rebuilt in place under the same names, so every asset is revalidated.
-            (
+            // Developing the page: files change in place, so every one is revalidated.
+            let mut response = (
                 [
                     (
                         header::CONTENT_TYPE,
@@ -94,10 +158,216 @@ async fn asset(State(node): State<Arc<Node>>, UrlPath(path): UrlPath<String>) ->
                 ],
                 body,
             )
-                .into_response()
+                .into_response();
+            if rel == Path::new("sw.js") {
+                response
+                    .headers_mut()
+                    .insert(SERVICE_WORKER_ALLOWED, HeaderValue::from_static("/"));
+            }
+            response
         }
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+const SERVICE_WORKER_ALLOWED: HeaderName = HeaderName::from_static("service-worker-allowed");
+
+/// One file of the embedded page, with its compressed copies made on first use.
+struct Asset {
+    body: &'static [u8],
+    content_type: &'static str,
+    /// The identity representation's entity tag, quoted; compressed ones add `-zstd` / `-gzip`.
+    etag: String,
+    cache_control: &'static str,
+    service_worker: bool,
+    compressible: bool,
+    zstd: OnceLock<Option<Bytes>>,
+    gzip: OnceLock<Option<Bytes>>,
+}
+
+/// The embedded page's files by name (`index.html`, `main-0123456789.js`, ...).
+static ASSETS: LazyLock<HashMap<&'static str, Asset>> = LazyLock::new(|| {
+    embedded::WEB
+        .iter()
+        .map(|&(name, body)| (name, Asset::new(name, body)))
+        .collect()
+});
+
+/// Encodings the server compresses to, best first.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Coding {
+    Zstd,
+    Gzip,
+}
+
+impl Coding {
+    fn token(self) -> &'static str {
+        match self {
+            Coding::Zstd => "zstd",
+            Coding::Gzip => "gzip",
+        }
+    }
+}
+
+impl Asset {
+    fn new(name: &str, body: &'static [u8]) -> Asset {
+        let path = Path::new(name);
+        let digest = Sha1::digest(body);
+        let etag = format!("\"{}\"", hex(&digest[..10]));
+        let content_type = content_type(path);
+        Asset {
+            body,
+            content_type,
+            etag,
+            cache_control: if content_hashed(name) {
+                "public, max-age=31536000, immutable"
+            } else {
+                "no-cache"
+            },
+            service_worker: name == "sw.js",
+            compressible: body.len() >= 512
+                && (content_type.starts_with("text/")
+                    || content_type.starts_with("application/json")
+                    || content_type.starts_with("application/geo+json")
+                    || content_type.starts_with("image/svg")
+                    || content_type.starts_with("application/wasm")),
+            zstd: OnceLock::new(),
+            gzip: OnceLock::new(),
+        }
+    }
+
+    /// The compressed copy in `coding`, or `None` when compressing does not make it smaller.
+    fn compressed(&self, coding: Coding) -> Option<&Bytes> {
+        let cell = match coding {
+            Coding::Zstd => &self.zstd,
+            Coding::Gzip => &self.gzip,
+        };
+        cell.get_or_init(|| {
+            compress(coding, self.body)
+                .ok()
+                .filter(|c| c.len() < self.body.len())
+                .map(Bytes::from)
+        })
+        .as_ref()
+    }
+
+    /// The response to a GET of this file given the request's headers.
+    fn respond(&self, req: &HeaderMap) -> Response {
+        let chosen = if self.compressible {
+            accepted_codings(req)
+                .into_iter()
+                .find_map(|c| self.compressed(c).map(|b| (c, b.clone())))
+        } else {
+            None
+        };
+        let (etag, body, coding) = match chosen {
+            Some((c, b)) => (
+                format!("{}-{}\"", &self.etag[..self.etag.len() - 1], c.token()),
+                b,
+                Some(c),
+            ),
+            None => (self.etag.clone(), Bytes::from_static(self.body), None),
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ETAG,
+            HeaderValue::from_str(&etag).expect("hex etag"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(self.cache_control),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        if self.service_worker {
+            h.insert(SERVICE_WORKER_ALLOWED, HeaderValue::from_static("/"));
+        }
+        if none_match(req, &etag) {
+            return (StatusCode::NOT_MODIFIED, h).into_response();
+        }
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        if let Some(c) = coding {
+            h.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(c.token()),
+            );
+        }
+        (h, body).into_response()
+    }
+}
+
+/// `body` compressed at the best ratio (made once per file and kept).
+fn compress(coding: Coding, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    match coding {
+        Coding::Zstd => zstd::encode_all(body, 19),
+        Coding::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(body)?;
+            e.finish()
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a file name carries a hash of its content (`main-0911e1112e.js`,
+/// `maplibre-gl-worker-73d7a024a4.mjs`), as the page's build names everything but
+/// `index.html` and `sw.js`: such a file never changes, so browsers may keep it.
+fn content_hashed(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let stem = base.split('.').next().unwrap_or(base);
+    stem.rsplit_once('-').is_some_and(|(_, h)| {
+        h.len() >= 10
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && h.bytes().any(|b| b.is_ascii_digit())
+    })
+}
+
+/// The codings of `Accept-Encoding` the server can produce, in the server's order of
+/// preference (zstd, then gzip), leaving out those refused with `q=0`.
+fn accepted_codings(req: &HeaderMap) -> Vec<Coding> {
+    let mut ok = Vec::new();
+    for value in req.get_all(header::ACCEPT_ENCODING) {
+        let Ok(text) = value.to_str() else { continue };
+        for part in text.split(',') {
+            let mut it = part.split(';');
+            let token = it.next().unwrap_or("").trim().to_ascii_lowercase();
+            let refused = it.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            });
+            if refused {
+                continue;
+            }
+            match token.as_str() {
+                "zstd" => ok.push(Coding::Zstd),
+                "gzip" | "x-gzip" => ok.push(Coding::Gzip),
+                _ => {}
+            }
+        }
+    }
+    [Coding::Zstd, Coding::Gzip]
+        .into_iter()
+        .filter(|c| ok.contains(c))
+        .collect()
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, RFC 9110 13.1.2) or is `*`.
+fn none_match(req: &HeaderMap, etag: &str) -> bool {
+    req.get_all(header::IF_NONE_MATCH).iter().any(|v| {
+        v.to_str().is_ok_and(|text| {
+            text.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
+            })
+        })
+    })
 }
 
 /// `path` as a relative path with no `..`, root or prefix components.
@@ -136,18 +406,26 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A configured path: as given when absolute or present in the working directory, otherwise
-/// under the source tree the binary was built from (so `cargo run` works from any folder).
-pub fn resolve(p: &Path) -> PathBuf {
+/// The contents of a data file named in the configuration (`web.basemap`, `web.ships`): the
+/// file itself when the path is absolute or exists from the working directory, else the copy
+/// built into the binary when the path is one of those (the defaults,
+/// `datasets/polygons/world_countries_110m.geojson` and
+/// `datasets/trajectories/ais_ny_harbor_2020-06-30_first_hour.csv.zst`).
+pub fn read_data(p: &Path) -> std::io::Result<Cow<'static, [u8]>> {
     if p.is_absolute() || p.exists() {
-        return p.to_path_buf();
+        return std::fs::read(p).map(Cow::Owned);
     }
-    let in_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(p);
-    if in_tree.exists() {
-        in_tree
-    } else {
-        p.to_path_buf()
-    }
+    let wanted: PathBuf = p.components().filter(|c| *c != Component::CurDir).collect();
+    embedded::DATA
+        .iter()
+        .find(|(rel, _)| Path::new(rel) == wanted)
+        .map(|&(_, body)| Cow::Borrowed(body))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no file {} (from the working directory)", p.display()),
+            )
+        })
 }
 
 /// Loads the basemap file into its layer when the layer does not exist yet. Failures are
@@ -169,7 +447,7 @@ pub async fn seed_basemap(node: &Arc<Node>) {
     if node.store.layer(&cfg.basemap_layer).await.is_ok() {
         return;
     }
-    let file = resolve(&cfg.basemap);
+    let file = cfg.basemap.clone();
     match load_basemap(node, &file).await {
         Ok(Some(n)) => {
             tracing::info!(layer = %cfg.basemap_layer, file = %file.display(), features = n, "Loaded the basemap layer.")
@@ -188,9 +466,9 @@ async fn load_basemap(node: &Node, file: &Path) -> anyhow::Result<Option<u64>> {
     let path = file.to_path_buf();
     let features =
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<serde_json::Value>> {
-            let raw = std::fs::read(&path)?;
+            let raw = read_data(&path)?;
             let bytes = if path.extension().is_some_and(|e| e == "zst") {
-                zstd::decode_all(&raw[..])?
+                Cow::Owned(zstd::decode_all(&raw[..])?)
             } else {
                 raw
             };
@@ -265,11 +543,11 @@ pub fn start_ships(node: &Arc<Node>) {
         started.push(Arc::downgrade(node));
     }
     let weak = Arc::downgrade(node);
-    let file = resolve(&cfg.ships);
+    let file = cfg.ships.clone();
     let (layer, speed) = (cfg.ships_layer.clone(), cfg.ships_speed);
     tokio::spawn(async move {
         let path = file.clone();
-        let points = match tokio::task::spawn_blocking(move || read_track(&path)).await {
+        let points = match tokio::task::spawn_blocking(move || read_ships(&path)).await {
             Ok(Ok(p)) if !p.is_empty() => p,
             Ok(Ok(_)) => {
                 tracing::warn!(file = %file.display(), "The ships file has no positions; no ships.");
@@ -287,6 +565,17 @@ pub fn start_ships(node: &Arc<Node>) {
         tracing::info!(layer = %layer, file = %file.display(), positions = points.len(), speed, "Replaying ships.");
         replay_ships(weak, &points, &layer, speed).await;
     });
+}
+
+/// Reads the ships' trajectory (plain or `.zst`) with [`read_data`].
+fn read_ships(path: &Path) -> anyhow::Result<Vec<TrackPoint>> {
+    let raw = read_data(path)?;
+    let points = if path.extension().is_some_and(|e| e == "zst") {
+        parse_track(zstd::Decoder::new(&raw[..])?)?
+    } else {
+        parse_track(&raw[..])?
+    };
+    Ok(points)
 }
 
 /// At most one write per this interval: at high speeds every position due meanwhile goes
@@ -430,6 +719,65 @@ mod tests {
         assert_eq!(safe_relative("a/../../x"), None);
         assert_eq!(safe_relative("/etc/passwd"), None);
         assert_eq!(safe_relative(""), None);
+    }
+
+    #[test]
+    fn hashed_names_are_immutable_and_the_rest_revalidated() {
+        assert!(content_hashed("main-0911e1112e.js"));
+        assert!(content_hashed("main-0911e1112e.js.LEGAL.txt"));
+        assert!(content_hashed("maplibre-gl-worker-73d7a024a4.mjs"));
+        assert!(!content_hashed("index.html"));
+        assert!(!content_hashed("sw.js"));
+        assert!(!content_hashed("maplibre-gl-worker.mjs"));
+        assert!(
+            !content_hashed("style-abcdefabcd.css"),
+            "a hash has a digit"
+        );
+    }
+
+    fn encodings(v: &'static str) -> Vec<Coding> {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(v));
+        accepted_codings(&h)
+    }
+
+    #[test]
+    fn accept_encoding_picks_zstd_then_gzip() {
+        assert_eq!(
+            encodings("gzip, deflate, br, zstd"),
+            [Coding::Zstd, Coding::Gzip]
+        );
+        assert_eq!(encodings("gzip;q=1.0, zstd;q=0"), [Coding::Gzip]);
+        assert_eq!(encodings("br"), []);
+        assert_eq!(accepted_codings(&HeaderMap::new()), []);
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let mut h = HeaderMap::new();
+        assert!(!none_match(&h, "\"abc\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"abc\""),
+        );
+        assert!(none_match(&h, "\"abc\""));
+        assert!(!none_match(&h, "\"abc-gzip\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(none_match(&h, "\"abc\""));
+    }
+
+    #[test]
+    fn the_demo_data_is_built_in() {
+        let basemap = read_data(Path::new("datasets/polygons/world_countries_110m.geojson"))
+            .expect("the default basemap is built in");
+        assert!(basemap.starts_with(b"{"));
+        assert!(
+            read_data(Path::new(
+                "./datasets/trajectories/ais_ny_harbor_2020-06-30_first_hour.csv.zst"
+            ))
+            .is_ok()
+        );
+        assert!(read_data(Path::new("no/such/file.geojson")).is_err());
     }
 
     #[test]

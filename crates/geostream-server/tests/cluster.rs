@@ -124,9 +124,7 @@ impl Backends {
 
 /// Real positions: the first `n` reports of the AIS file (New York harbour, 2020-06-30).
 fn ais_positions(n: usize) -> Vec<(String, f64, f64, f64)> {
-    let Some(dir) = common::shared_data() else {
-        panic!("the cluster test replays real AIS data from ../shared/data, which is missing");
-    };
+    let dir = common::datasets();
     let raw = std::fs::read(dir.join("trajectories/ais_ny_harbor_2020-06-30_first_hour.csv.zst"))
         .expect("AIS file");
     let text = String::from_utf8(zstd::decode_all(&raw[..]).expect("zstd")).expect("utf-8");

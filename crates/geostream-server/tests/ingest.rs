@@ -1,13 +1,13 @@
 //! Ingest: `layer.import` with progress and cancellation, the `geostream import` and
 //! `geostream replay` commands run as real processes against a real server, and the layer
-//! methods' answers to bad input. Real-data parts need `../shared/data`.
+//! methods' answers to bad input. Real-data parts read `datasets/`.
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestServer, Ws, shared_data};
+use common::{TestServer, Ws, datasets};
 use geostream_core::codec::Encoding;
 use serde_json::{Value, json};
 
@@ -16,7 +16,7 @@ const AIS: &str = "trajectories/ais_ny_harbor_2020-06-30_first_hour.csv.zst";
 
 #[tokio::test]
 async fn import_reports_progress_and_can_be_cancelled() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let srv = TestServer::start_with(|c| c.import.dir = data.clone()).await;
     let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
 
@@ -101,9 +101,115 @@ fn geostream(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+async fn layer_count(ws: &mut Ws, layer: &str) -> Option<u64> {
+    let r = ws.call("layer.get", json!({ "name": layer })).await.ok()?;
+    r["count"].as_u64()
+}
+
+/// Natural Earth 1:50m countries: two features share the id `036` (Australia, line 227, and
+/// Ashmore and Cartier Is., line 231) and five have none. By default nothing is imported and
+/// both lines are named; each option then imports the file.
+#[tokio::test]
+async fn command_line_import_reports_duplicate_ids_and_offers_policies() {
+    let file = datasets().join("polygons/world_countries_50m.geojson.zst");
+    let file = file.to_str().unwrap();
+    let srv = TestServer::start().await;
+    let server = srv.addr.to_string();
+    let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
+
+    let (ok, out, err) =
+        geostream_async(&["import", file, "--layer", "c", "--server", &server]).await;
+    assert!(!ok, "duplicates fail the import by default: {out}");
+    assert!(
+        out.contains("id \"036\": line 227 (feature 226) and line 231 (feature 230)"),
+        "both lines are named: {out}"
+    );
+    assert!(
+        err.contains("nothing imported") && err.contains("--generate-ids"),
+        "{err}"
+    );
+    assert_eq!(
+        layer_count(&mut ws, "c").await,
+        None,
+        "not even the layer was made"
+    );
+
+    let (ok, out, err) = geostream_async(&[
+        "import",
+        file,
+        "--layer",
+        "c",
+        "--duplicates",
+        "skip",
+        "--server",
+        &server,
+    ])
+    .await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("keeping the first (--duplicates skip)"),
+        "{out}"
+    );
+    assert!(out.contains("imported 240 features"), "{out}");
+    assert_eq!(layer_count(&mut ws, "c").await, Some(240));
+    let f = ws
+        .ok("feature.get", json!({ "layer": "c", "id": "036" }))
+        .await;
+    assert_eq!(f["feature"]["properties"]["name"], "Australia", "{f}");
+
+    let (ok, out, _) = geostream_async(&[
+        "import",
+        file,
+        "--layer",
+        "r",
+        "--duplicates",
+        "replace",
+        "--server",
+        &server,
+    ])
+    .await;
+    assert!(ok && out.contains("imported 240 features"), "{out}");
+    let f = ws
+        .ok("feature.get", json!({ "layer": "r", "id": "036" }))
+        .await;
+    assert_eq!(
+        f["feature"]["properties"]["name"], "Ashmore and Cartier Is.",
+        "{f}"
+    );
+
+    let (ok, out, _) = geostream_async(&[
+        "import",
+        file,
+        "--layer",
+        "g",
+        "--generate-ids",
+        "--server",
+        &server,
+    ])
+    .await;
+    assert!(ok && out.contains("imported 241 features"), "{out}");
+    let (ok, out, _) = geostream_async(&[
+        "import",
+        file,
+        "--layer",
+        "n",
+        "--id-property",
+        "name",
+        "--server",
+        &server,
+    ])
+    .await;
+    assert!(ok && out.contains("imported 241 features"), "{out}");
+    let f = ws
+        .ok("feature.get", json!({ "layer": "n", "id": "Australia" }))
+        .await;
+    assert_eq!(f["feature"]["properties"]["iso_n3"], "036", "{f}");
+    srv.shutdown().await;
+}
+
 #[tokio::test]
 async fn command_line_import_and_replay_reach_live_subscribers() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let srv = TestServer::start().await;
     let server = srv.addr.to_string();
 

@@ -3,14 +3,14 @@
 //! brute-force oracle written here from the file: every enter / update / exit, in order,
 //! nothing extra and nothing missing. Also: a viewport move, and a resume mid-stream.
 //!
-//! Needs `../shared/data` (says so and skips when it is absent).
+//! Reads the vendored AIS data in `datasets/`.
 
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::{TestServer, Ws, shared_data};
+use common::{TestServer, Ws, datasets};
 use geostream_core::codec::Encoding;
 use geostream_server::remote::Remote;
 use geostream_server::replay::{TrackPoint, read_track, replay};
@@ -111,7 +111,7 @@ const VIEW_A2: [f64; 4] = [-74.05, 40.60, -73.90, 40.80];
 
 #[tokio::test]
 async fn replayed_ais_track_matches_the_oracle_for_every_subscriber() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let points = read_track(&data.join(TRACK)).unwrap();
     assert_eq!(points.len(), 8689, "row count from the manifest");
 
@@ -226,7 +226,7 @@ async fn replayed_ais_track_matches_the_oracle_for_every_subscriber() {
 
 #[tokio::test]
 async fn resume_mid_stream_misses_nothing_and_repeats_nothing() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let points: Vec<TrackPoint> = read_track(&data.join(TRACK))
         .unwrap()
         .into_iter()
@@ -284,6 +284,49 @@ async fn resume_mid_stream_misses_nothing_and_repeats_nothing() {
         );
     }
     assert_eq!(got, expected);
+    srv.shutdown().await;
+}
+
+/// `replayed` in the answer to `layer.subscribe` with `since` counts the `feature` pushes that
+/// follow (the missed changes that concern the filter), not every change after `since`.
+#[tokio::test]
+async fn replayed_counts_the_pushes_that_follow() {
+    let points: Vec<TrackPoint> = read_track(&datasets().join(TRACK))
+        .unwrap()
+        .into_iter()
+        .take(3000)
+        .collect();
+    let srv = TestServer::start().await;
+    let remote = Remote::connect(&srv.ws_url(), None).await.unwrap();
+    remote
+        .call(
+            "layer.create",
+            &json!({ "name": "ships", "last_writer_wins": true }),
+        )
+        .await
+        .unwrap();
+    replay(&remote, "ships", &points, 0.0, |_, _| {})
+        .await
+        .unwrap();
+    let since = 1000u64;
+    let pred: Pred = Box::new(|p: &TrackPoint| in_bbox(p, VIEW_A));
+    let expected = oracle(&points, &pred, since);
+    let missed = points.len() as u64 - since;
+    assert!(
+        !expected.is_empty() && (expected.len() as u64) < missed,
+        "the view sees some of the missed changes, not all: {} of {missed}",
+        expected.len()
+    );
+    let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
+    let r = ws
+        .ok(
+            "layer.subscribe",
+            json!({ "layer": "ships", "bbox": VIEW_A, "since": since }),
+        )
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(r["replayed"], expected.len() as u64, "{r}");
+    assert_eq!(collect(&mut ws, expected.len()).await, expected);
     srv.shutdown().await;
 }
 

@@ -1,13 +1,13 @@
 //! The OGC API - Features routes over real sockets: landing page, conformance, collections,
 //! items with bbox / datetime / CQL2 / paging checked against brute force over the real data
-//! in `../shared/data`, single items with ETags, and Part 4 writes with `If-Match`.
+//! in `datasets/`, single items with ETags, and Part 4 writes with `If-Match`.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use common::{TestServer, Ws, http, http_json, shared_data};
+use common::{TestServer, Ws, datasets, http, http_json};
 use geostream_core::codec::Encoding;
 use serde_json::{Value, json};
 
@@ -74,7 +74,7 @@ async fn import(ws: &mut Ws, layer: &str, path: &str) -> Value {
 
 #[tokio::test]
 async fn real_data_counts_and_queries_match_brute_force() {
-    let Some(data) = shared_data() else { return };
+    let data = datasets();
     let srv = TestServer::start_with(|c| c.import.dir = data.clone()).await;
     let mut ws = Ws::connect(&srv.ws_url(), Encoding::Msgpack).await;
 
@@ -314,6 +314,26 @@ async fn writes_with_etags_reach_live_subscribers() {
     .await;
     assert_eq!(s, 412, "{e}");
     assert_eq!(e["error"]["data"]["current"]["version"], 1);
+    // A well-formed entity tag this server never issued matches no version: 412 as well
+    // (RFC 9110 13.1.1), for every write method; a malformed one is a bad request.
+    for (method, body) in [
+        ("PUT", Some(point(2.0, 2.0, json!({ "name": "two" })))),
+        ("PATCH", Some(json!({ "properties": { "name": "two" } }))),
+        ("DELETE", None),
+    ] {
+        let (s, _, e) = send(a, method, &item, &[("if-match", "\"stale-version\"")], body).await;
+        assert_eq!(s, 412, "{method}: {e}");
+        assert_eq!(e["error"]["data"]["current"]["version"], 1, "{method}");
+    }
+    let (s, _, e) = send(
+        a,
+        "PUT",
+        &item,
+        &[("if-match", "stale-version")],
+        Some(point(2.0, 2.0, json!({ "name": "two" }))),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
     let (s, h, f) = send(
         a,
         "PUT",

@@ -2,7 +2,7 @@
 //! decoder), ETag / 304, TileJSON, raster archives (compared with an independent read of the
 //! files), uploads, and tile subscriptions (deltas, coalescing, unknown bases, notices).
 //!
-//! Tests that read `../shared/data` print why they skip when it is absent.
+//! Real-data tests read the vendored `datasets/`.
 
 mod common;
 
@@ -23,20 +23,15 @@ use serde_json::{Value, json};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// shared/data, or `None` after printing why the test skips.
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("GEOSTREAM_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("manifest.json").is_file() {
-        Some(dir)
-    } else {
-        println!(
-            "skipping: {} not found (set GEOSTREAM_SHARED_DATA to the shared data folder)",
-            dir.display()
-        );
-        None
-    }
+/// The repository's vendored real data (`datasets/`).
+fn datasets() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "{} has no manifest.json",
+        dir.display()
+    );
+    dir
 }
 
 fn read_geojson(dir: &Path, rel: &str) -> Vec<Value> {
@@ -239,7 +234,7 @@ async fn mvt(addr: SocketAddr, layer: &str, tile: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn vector_tiles_of_real_countries_and_cities_decode_to_the_layer() {
-    let Some(dir) = shared_data() else { return };
+    let dir = datasets();
     let srv = TestServer::start().await;
     let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
     let countries = read_geojson(&dir, "polygons/world_countries_110m.geojson");
@@ -568,7 +563,7 @@ fn with_rasters(dir: &Path) -> impl FnOnce(&mut geostream_server::Config) + use<
 
 #[tokio::test]
 async fn raster_tiles_are_served_byte_identical_to_the_archives() {
-    let Some(dir) = shared_data() else { return };
+    let dir = datasets();
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     let srv = TestServer::start_with(with_rasters(&dir)).await;
@@ -683,7 +678,7 @@ async fn uploads_get_versions_and_survive_a_restart() {
 
 #[tokio::test]
 async fn an_upload_over_an_archive_tile_is_pushed_to_subscribers() {
-    let Some(dir) = shared_data() else { return };
+    let dir = datasets();
     let srv = TestServer::start_with(with_rasters(&dir)).await;
     let mut ws = Ws::connect(&srv.ws_url(), Encoding::Msgpack).await;
     let r = ws

@@ -95,7 +95,7 @@ async fn the_basemap_layer_is_loaded_once_from_the_shipped_file() {
             serde_json::json!({ "layer": "world", "limit": 1000 }),
         )
         .await;
-    // The count of the shipped Natural Earth file (shared/data/manifest.json: 177).
+    // The count of the shipped Natural Earth file (datasets/manifest.json: 177).
     assert_eq!(r["features"].as_array().unwrap().len(), 177);
     let france = r["features"]
         .as_array()
@@ -192,7 +192,7 @@ async fn ships_replay_from_the_first_page_view_and_move() {
     };
     let (id, from, to) = moved;
     assert_ne!(from, to, "{id}");
-    // The whole hour arrives: every one of its 295 vessels (shared/data manifest) is written.
+    // The whole hour arrives: every one of its 295 vessels (datasets/manifest.json) is written.
     let deadline = tokio::time::Instant::now() + common::WAIT;
     loop {
         let n = ws
@@ -262,4 +262,173 @@ async fn ships_resume_after_a_restart_without_a_page_view() {
     let p = ws.push_of("feature").await;
     assert!(p["seq"].as_u64().unwrap() > seq, "{p}");
     srv.shutdown().await;
+}
+
+/// The `geostream` binary, started from an empty directory, serves the demo page built into
+/// it (HTML whose script is the map's bundle), its assets with entity tags, compression and
+/// long caching, the service worker with `Service-Worker-Allowed: /`, and the basemap from
+/// its built-in copy; its log on a pipe carries no colour codes.
+///
+/// Needs the page built before geostream is compiled (`scripts/npm-web.sh`, which
+/// `scripts/test.sh` runs first); a binary built without it fails here, saying so.
+#[tokio::test]
+async fn the_binary_serves_the_built_in_page_from_an_empty_directory() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let cwd = common::tempdir::Dir::new("empty-cwd");
+    let data = common::tempdir::Dir::new("binary-data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_geostream"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .current_dir(cwd.path())
+        .env_remove("RUST_LOG")
+        .env("GEOSTREAM_WEB__SHIPS_SPEED", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start geostream");
+    let stderr = child.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut r = BufReader::new(stderr);
+        let mut all = String::new();
+        let mut line = String::new();
+        let mut sent = false;
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: std::net::SocketAddr =
+                    rest.split_whitespace().next().unwrap().parse().unwrap();
+                let _ = addr_tx.send(addr);
+                sent = true;
+            }
+            all.push_str(&line);
+            line.clear();
+        }
+        let mut rest = String::new();
+        let _ = r.read_to_string(&mut rest);
+        all + &rest
+    });
+    let addr = addr_rx
+        .recv_timeout(common::WAIT)
+        .expect("geostream says where it listens");
+
+    let html = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let (status, headers, body) = http(addr, "GET", "/", &[("accept", html)], None).await;
+    let page = String::from_utf8(body).unwrap();
+    assert_eq!(
+        status, 200,
+        "this binary has no page built in (run scripts/npm-web.sh before compiling): {page}"
+    );
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let script = page
+        .split("src=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+        .find(|s| s.starts_with("/web/main-") && s.ends_with(".js"))
+        .unwrap_or_else(|| panic!("the page loads the map's script: {page}"));
+
+    // The bundle: a content-hashed name, so cached for good; an entity tag; gzip and zstd.
+    let (status, h, plain) = http(addr, "GET", script, &[], None).await;
+    assert_eq!(status, 200);
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        h["cache-control"].to_str().unwrap().contains("immutable"),
+        "{h:?}"
+    );
+    assert!(h.get("content-encoding").is_none());
+    assert!(
+        plain.len() > 100_000 && plain.windows(8).any(|w| w == b"maplibre"),
+        "the bundle holds MapLibre ({} bytes)",
+        plain.len()
+    );
+    let etag = h["etag"].to_str().unwrap().to_string();
+    let (status, h, gz) = http(
+        addr,
+        "GET",
+        script,
+        &[("accept-encoding", "gzip, deflate")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, h["content-encoding"].to_str().unwrap()),
+        (200, "gzip")
+    );
+    assert!(
+        gz.len() < plain.len() / 2,
+        "{} of {}",
+        gz.len(),
+        plain.len()
+    );
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, plain);
+    let gz_etag = h["etag"].to_str().unwrap().to_string();
+    assert_ne!(gz_etag, etag, "each representation has its own tag");
+    assert_eq!(h["vary"], "accept-encoding");
+    let (status, h, zst) = http(
+        addr,
+        "GET",
+        script,
+        &[("accept-encoding", "gzip, zstd, br")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, h["content-encoding"].to_str().unwrap()),
+        (200, "zstd")
+    );
+    assert_eq!(zstd::decode_all(&zst[..]).unwrap(), plain);
+    let (status, h, body) = http(addr, "GET", script, &[("if-none-match", &etag)], None).await;
+    assert_eq!((status, body.len()), (304, 0));
+    assert_eq!(h["etag"].to_str().unwrap(), etag);
+    let (status, _, _) = http(
+        addr,
+        "GET",
+        script,
+        &[("if-none-match", &gz_etag), ("accept-encoding", "gzip")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 304);
+    let (status, _, _) = http(addr, "GET", script, &[("if-none-match", "\"other\"")], None).await;
+    assert_eq!(status, 200);
+
+    // The page itself and the service worker are revalidated; the worker may control `/`.
+    let (_, h, _) = http(addr, "GET", "/", &[("accept", html)], None).await;
+    assert_eq!(h["cache-control"], "no-cache");
+    let (status, h, _) = http(addr, "GET", "/web/sw.js", &[], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["service-worker-allowed"], "/");
+    assert_eq!(h["cache-control"], "no-cache");
+    let (status, _, _) = http(addr, "GET", "/web/no-such-file.js", &[], None).await;
+    assert_eq!(status, 404);
+
+    // The basemap was loaded from the built-in Natural Earth file (177 countries).
+    let (status, body) =
+        http_json(addr, "GET", "/collections/countries/items?limit=1000", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["numberReturned"], 177);
+
+    child.kill().unwrap();
+    let _ = child.wait();
+    let log = log.join().unwrap();
+    assert!(log.contains("Loaded the basemap layer"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no ANSI codes in a log that is not a terminal: {log:?}"
+    );
 }

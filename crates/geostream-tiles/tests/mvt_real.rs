@@ -120,9 +120,7 @@ fn assert_properties(input: &TileFeature, got: &HashMap<String, MValue>) {
 
 #[test]
 fn countries_polygons_decode_with_winding_clipping_and_properties() {
-    let Some(dir) = common::data_dir() else {
-        return;
-    };
+    let dir = common::data_dir();
     let countries = common::load_features(&dir, "polygons/world_countries_110m.geojson");
     let manifest = common::manifest(&dir);
     assert_eq!(
@@ -265,9 +263,7 @@ fn countries_polygons_decode_with_winding_clipping_and_properties() {
 
 #[test]
 fn simplification_reduces_vertices_and_keeps_validity() {
-    let Some(dir) = common::data_dir() else {
-        return;
-    };
+    let dir = common::data_dir();
     let countries = common::load_features(&dir, "polygons/world_countries_110m.geojson");
     let tile = TileId::new(1, 1, 0).unwrap();
     let plain = MvtOptions {
@@ -304,9 +300,7 @@ fn simplification_reduces_vertices_and_keeps_validity() {
 
 #[test]
 fn city_points_land_on_the_expected_pixels() {
-    let Some(dir) = common::data_dir() else {
-        return;
-    };
+    let dir = common::data_dir();
     let cities = common::load_features(&dir, "points/geonames_cities15000.geojson.zst");
     let manifest = common::manifest(&dir);
     assert_eq!(
@@ -386,9 +380,7 @@ fn city_points_land_on_the_expected_pixels() {
 
 #[test]
 fn helsinki_lines_are_clipped_into_runs() {
-    let Some(dir) = common::data_dir() else {
-        return;
-    };
+    let dir = common::data_dir();
     let lines = common::load_features(&dir, "lines/osm_helsinki_highway_railway.geojson.zst");
     let by_key: HashMap<String, &TileFeature> = lines.iter().map(|f| (key_of(f), f)).collect();
     for (lon, lat, z) in [(24.94, 60.17, 15), (24.945, 60.17, 14), (24.95, 60.175, 17)] {
@@ -452,9 +444,7 @@ fn helsinki_lines_are_clipped_into_runs() {
 
 #[test]
 fn layers_concatenate_into_one_tile() {
-    let Some(dir) = common::data_dir() else {
-        return;
-    };
+    let dir = common::data_dir();
     let countries = common::load_features(&dir, "polygons/world_countries_110m.geojson");
     let cities = common::load_features(&dir, "points/geonames_cities15000.geojson.zst");
     let tile = TileId::new(2, 2, 1).unwrap();
@@ -493,9 +483,7 @@ fn covers(poly: &geo::Polygon<f64>, p: (f64, f64)) -> bool {
 /// ±180°.
 #[test]
 fn no_bands_of_land_across_the_north_atlantic() {
-    let Some(dir) = common::data_dir() else {
-        return;
-    };
+    let dir = common::data_dir();
     for file in [
         "polygons/world_countries_110m.geojson",
         "polygons/world_countries_50m.geojson.zst",

@@ -658,20 +658,13 @@ pub fn client_frame(op: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `../shared/data` beside the repository (or `GEOSTREAM_SHARED_DATA`); `None`, after saying
-/// so on stderr, when it is absent, so tests that need it can skip.
-pub fn shared_data() -> Option<std::path::PathBuf> {
-    let dir = match std::env::var_os("GEOSTREAM_SHARED_DATA") {
-        Some(d) => std::path::PathBuf::from(d),
-        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
-    };
-    if dir.join("manifest.json").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: the shared real data is not there (looked in {}; set GEOSTREAM_SHARED_DATA)",
-            dir.display()
-        );
-        None
-    }
+/// The repository's vendored real data (`datasets/`, with `manifest.json`).
+pub fn datasets() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "the vendored data is missing: {} has no manifest.json",
+        dir.display()
+    );
+    dir
 }

@@ -16,9 +16,8 @@
 //! per layer; 1,000 is ideal) so the pruning case finishes quickly; no case needs more than
 //! 1,000 changes retained. Lock cases wait for real time (a few hundred milliseconds).
 //!
-//! The query cases use real data: GeoNames cities (34,006 points) from the shared data
-//! directory, `../shared/data` next to the repository or `GEOSTREAM_SHARED_DATA`. Without
-//! it those cases print `skipping: ../shared/data not found` and the rest still run.
+//! The query cases use real data: GeoNames cities (34,006 points) from the repository's
+//! vendored `datasets/`.
 //!
 //! A failing case panics with the case name and what differed.
 

@@ -268,12 +268,15 @@ pub(super) async fn query_synthetic<S: Store>(s: Arc<S>) {
     );
 }
 
-/// The shared data directory, if present.
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("GEOSTREAM_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    dir.is_dir().then_some(dir)
+/// The repository's vendored real data (`datasets/`).
+fn datasets() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "{} has no manifest.json",
+        dir.display()
+    );
+    dir
 }
 
 /// Reads a zstd-compressed GeoJSON FeatureCollection and validates its features.
@@ -296,10 +299,7 @@ fn read_features(path: &Path) -> Vec<ValidFeature> {
 }
 
 pub(super) async fn query_real_data<S: Store>(s: Arc<S>) {
-    let Some(dir) = shared_data() else {
-        eprintln!("skipping: ../shared/data not found");
-        return;
-    };
+    let dir = datasets();
     let features = read_features(&dir.join("points/geonames_cities15000.geojson.zst"));
     assert_eq!(
         features.len(),

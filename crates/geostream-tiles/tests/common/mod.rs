@@ -1,23 +1,20 @@
 //! Shared helpers for the integration tests and the benchmark: locating
-//! shared/data and loading its GeoJSON into `TileFeature`s.
+//! the vendored datasets/ and loading its GeoJSON into `TileFeature`s.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use geostream_tiles::{FeatureId, TileFeature, TileId};
 
-/// shared/data, from `GEOSTREAM_SHARED_DATA` or next to the repository.
-/// `None` (after printing why) when it is not there, so tests can skip.
-pub(crate) fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("GEOSTREAM_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("manifest.json").is_file() {
-        Some(dir)
-    } else {
-        println!("skipping: ../shared/data not found");
-        None
-    }
+/// The repository's vendored real data (`datasets/`).
+pub(crate) fn data_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "{} has no manifest.json",
+        dir.display()
+    );
+    dir
 }
 
 pub(crate) fn manifest(dir: &Path) -> serde_json::Value {
