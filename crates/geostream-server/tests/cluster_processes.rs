@@ -328,9 +328,9 @@ async fn watch_layer(ws: &mut Ws, layer: &str) {
 
 /// The number of features in the demo basemap file the nodes load.
 fn basemap_features() -> usize {
-    let file = geostream_server::web::resolve(&geostream_server::Config::default().web.basemap);
-    let text = std::fs::read_to_string(&file).expect("the basemap file");
-    let fc: Value = serde_json::from_str(&text).expect("GeoJSON");
+    let bytes = geostream_server::web::read_data(&geostream_server::Config::default().web.basemap)
+        .expect("the basemap file");
+    let fc: Value = serde_json::from_slice(&bytes).expect("GeoJSON");
     fc["features"].as_array().expect("features").len()
 }
 
