@@ -13,8 +13,8 @@
 //! gap before them fills; the caller fills gaps that persist from the store's change log.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use geostream_core::api::FeatureKind;
 use geostream_core::feature::{BBox, Change, Feature};
@@ -177,24 +177,37 @@ fn aabb(b: &BBox) -> AABB<[f64; 2]> {
 
 pub(crate) struct LayerEntry {
     name: Arc<str>,
-    slots: Vec<Option<LayerSub>>,
-    free: Vec<usize>,
-    by_sub: HashMap<(usize, u32), usize>,
-    tree: RTree<Indexed>,
-    unbounded: Vec<usize>,
     /// Last sequence number dispatched. Layers start at 0, and the node sets the store's
     /// current number for existing layers when it starts ([`Hub::init_layer`]), so a gap is
     /// always recognised as one.
     last_seq: u64,
     waiting: BTreeMap<u64, Arc<Change>>,
+    /// Subscriptions over all shards.
+    live: usize,
+    /// The layer's subscriptions, partitioned by session: each shard has its own index, and
+    /// a run of changes is routed through the shards in parallel when it is large.
+    shards: Vec<Shard>,
+    /// Changes released in sequence order, waiting to be routed (reused between runs).
+    run: Vec<Arc<Change>>,
+}
+
+/// A share of one layer's subscriptions with its own index. All of a session's
+/// subscriptions are in one shard, so its pushes keep their order.
+#[derive(Default)]
+struct Shard {
+    slots: Vec<Option<LayerSub>>,
+    free: Vec<usize>,
+    by_sub: HashMap<(usize, u32), usize>,
+    tree: RTree<Indexed>,
+    unbounded: Vec<usize>,
     live: usize,
     scratch: Vec<usize>,
-    /// Pushes found for the changes being dispatched, delivered together per subscription
-    /// (one outbox lock per subscription per batch, not per push).
+    /// Pushes found for the changes being routed, delivered together per subscription (one
+    /// outbox lock per subscription per run, not per push).
     pending: Vec<Pending>,
 }
 
-/// A push found for a subscription, waiting for the rest of its batch.
+/// A push found for a subscription, waiting for the rest of its run.
 struct Pending {
     slot: usize,
     key: Arc<str>,
@@ -202,23 +215,109 @@ struct Pending {
     seq: u64,
 }
 
+/// One change of a run, as every shard needs it: both sides converted for filtering and its
+/// pushes, made by whichever shard needs each kind first (so each is encoded once per
+/// encoding whatever the number of shards).
+struct Routed<'a> {
+    change: &'a Arc<Change>,
+    view: ChangeView<'a>,
+    area: Option<AABB<[f64; 2]>>,
+    key: Arc<str>,
+    pushes: [OnceLock<Arc<Prepared>>; 4],
+}
+
+impl Routed<'_> {
+    fn push(&self, kind: FeatureKind) -> Arc<Prepared> {
+        self.pushes[kind_index(kind)]
+            .get_or_init(|| {
+                Prepared::new(PushEvent::Feature {
+                    change: self.change.clone(),
+                    kind,
+                    full: kind == FeatureKind::Enter,
+                })
+            })
+            .clone()
+    }
+}
+
+/// Below this many (changes x subscriptions), a run is routed through the shards one after
+/// the other: handing work to other threads costs more than it saves. (Unit tests take the
+/// parallel path for every run.)
+const PARALLEL_WORK: usize = if cfg!(test) { 1 } else { 20_000 };
+
 impl LayerEntry {
-    fn new(name: Arc<str>) -> Self {
+    fn new(name: Arc<str>, shards: usize) -> Self {
         LayerEntry {
             name,
-            slots: Vec::new(),
-            free: Vec::new(),
-            by_sub: HashMap::new(),
-            tree: RTree::new(),
-            unbounded: Vec::new(),
             last_seq: 0,
             waiting: BTreeMap::new(),
             live: 0,
-            scratch: Vec::new(),
-            pending: Vec::new(),
+            shards: (0..shards.max(1)).map(|_| Shard::default()).collect(),
+            run: Vec::new(),
         }
     }
 
+    fn shard_of(&self, session: &Session) -> usize {
+        // Session keys are addresses (aligned): mix them before taking the remainder.
+        let h = (session_key(session) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        (h % self.shards.len() as u64) as usize
+    }
+
+    /// Takes `change` in sequence order: appended to the run when it is the next one (with
+    /// the waiting changes it unblocks), held when an earlier one is missing. Returns whether
+    /// it was new.
+    fn sequence(&mut self, change: &Arc<Change>) -> bool {
+        if change.seq <= self.last_seq {
+            return false;
+        }
+        let next = self.last_seq + 1;
+        if change.seq > next {
+            self.waiting.insert(change.seq, change.clone());
+            if self.waiting.len() > REORDER_LIMIT {
+                // Give up on the gap: continue from the oldest held change.
+                let first = *self.waiting.keys().next().unwrap_or(&next);
+                tracing::warn!(layer = %self.name, missing = next, resumed = first, "Changes never arrived; continuing without them.");
+                self.last_seq = first - 1;
+                self.release_waiting();
+            }
+            return true;
+        }
+        self.run.push(change.clone());
+        self.last_seq = change.seq;
+        self.release_waiting();
+        true
+    }
+
+    fn release_waiting(&mut self) {
+        while let Some(entry) = self.waiting.first_entry() {
+            let seq = *entry.key();
+            if seq <= self.last_seq {
+                entry.remove();
+                continue;
+            }
+            if seq != self.last_seq + 1 {
+                break;
+            }
+            let c = entry.remove();
+            self.last_seq = c.seq;
+            self.run.push(c);
+        }
+    }
+
+    fn slot(&self, session: &Session, sub: u32) -> Option<(usize, usize)> {
+        let shard = self.shard_of(session);
+        let slot = *self.shards[shard]
+            .by_sub
+            .get(&(session_key(session), sub))?;
+        Some((shard, slot))
+    }
+
+    fn subs(&self) -> impl Iterator<Item = &LayerSub> {
+        self.shards.iter().flat_map(|s| s.slots.iter().flatten())
+    }
+}
+
+impl Shard {
     fn index(&mut self, slot: usize) {
         let Some(s) = &self.slots[slot] else { return };
         if s.boxes.is_empty() {
@@ -239,6 +338,63 @@ impl LayerEntry {
                 self.tree.remove(&Indexed { env: aabb(b), slot });
             }
         }
+    }
+
+    /// Routes a run of changes to this shard's subscriptions; returns the pushes queued.
+    fn route(&mut self, run: &[Routed<'_>], spatial_index: bool) -> u64 {
+        if self.live == 0 {
+            return 0;
+        }
+        let mut cands = std::mem::take(&mut self.scratch);
+        for r in run {
+            cands.clear();
+            if spatial_index {
+                if let Some(env) = &r.area {
+                    cands.extend(
+                        self.tree
+                            .locate_in_envelope_intersecting(env)
+                            .map(|x| x.slot),
+                    );
+                }
+                cands.extend_from_slice(&self.unbounded);
+                // A subscription indexed under two boxes may be found twice.
+                cands.sort_unstable();
+                cands.dedup();
+            } else {
+                cands.extend((0..self.slots.len()).filter(|i| self.slots[*i].is_some()));
+            }
+            for &slot in &cands {
+                let Some(s) = &self.slots[slot] else { continue };
+                let Some(kind) = r.view.kind(&s.filter) else {
+                    continue;
+                };
+                self.pending.push(Pending {
+                    slot,
+                    key: r.key.clone(),
+                    push: r.push(kind),
+                    seq: r.change.seq,
+                });
+            }
+        }
+        self.scratch = cands;
+        self.flush_pending()
+    }
+
+    /// Delivers what [`Shard::route`] found, grouped by subscription, each group in sequence
+    /// order.
+    fn flush_pending(&mut self) -> u64 {
+        let mut pending = std::mem::take(&mut self.pending);
+        // Stable: a subscription's pushes keep their sequence order.
+        pending.sort_by_key(|p| p.slot);
+        let mut delivered = 0u64;
+        for group in pending.chunk_by(|a, b| a.slot == b.slot) {
+            if let Some(s) = &self.slots[group[0].slot] {
+                delivered += deliver_all(s, group);
+            }
+        }
+        pending.clear();
+        self.pending = pending;
+        delivered
     }
 }
 
@@ -290,10 +446,11 @@ impl Hub {
         if let Some(e) = self.layer_entry(layer) {
             return e;
         }
+        let shards = self.limits.dispatch_shards;
         let mut layers = self.layers.write();
         layers
             .entry(Arc::from(layer))
-            .or_insert_with_key(|k| Arc::new(Mutex::new(LayerEntry::new(k.clone()))))
+            .or_insert_with_key(|k| Arc::new(Mutex::new(LayerEntry::new(k.clone(), shards))))
             .clone()
     }
 
@@ -304,7 +461,8 @@ impl Hub {
         let mut e = entry.lock();
         if seq > e.last_seq {
             e.last_seq = seq;
-            self.drain_waiting(&mut e);
+            e.release_waiting();
+            self.route_run(&mut e);
         }
     }
 
@@ -315,12 +473,7 @@ impl Hub {
             return Vec::new();
         };
         let e = entry.lock();
-        let subs: Vec<(Arc<Session>, u32)> = e
-            .slots
-            .iter()
-            .flatten()
-            .map(|s| (s.session.clone(), s.sub))
-            .collect();
+        let subs: Vec<(Arc<Session>, u32)> = e.subs().map(|s| (s.session.clone(), s.sub)).collect();
         self.stats
             .subscriptions
             .fetch_sub(subs.len() as u64, Ordering::Relaxed);
@@ -356,27 +509,31 @@ impl Hub {
             covered: AtomicU64::new(0),
         });
         let boxes = subscription_boxes(&filter);
-        let slot = e.free.pop().unwrap_or_else(|| {
-            e.slots.push(None);
-            e.slots.len() - 1
+        let first_on_node = e.live == 0;
+        e.live += 1;
+        let last_dispatched = e.last_seq;
+        let shard = e.shard_of(session);
+        let sh = &mut e.shards[shard];
+        let slot = sh.free.pop().unwrap_or_else(|| {
+            sh.slots.push(None);
+            sh.slots.len() - 1
         });
-        e.slots[slot] = Some(LayerSub {
+        sh.slots[slot] = Some(LayerSub {
             session: session.clone(),
             sub,
             filter,
             boxes,
             state: state.clone(),
         });
-        e.index(slot);
-        e.by_sub.insert((session_key(session), sub), slot);
-        let first_on_node = e.live == 0;
-        e.live += 1;
+        sh.index(slot);
+        sh.by_sub.insert((session_key(session), sub), slot);
+        sh.live += 1;
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         Ok(LayerRecovering {
             sub,
             layer: name,
             first_on_node,
-            last_dispatched: e.last_seq,
+            last_dispatched,
             session: session.clone(),
             state,
         })
@@ -399,20 +556,20 @@ impl Hub {
             .layer_entry(&layer)
             .ok_or(HubError::UnknownSubscription(sub))?;
         let mut e = entry.lock();
-        let slot = *e
-            .by_sub
-            .get(&(session_key(session), sub))
+        let (shard, slot) = e
+            .slot(session, sub)
             .ok_or(HubError::UnknownSubscription(sub))?;
-        e.unindex(slot);
         let last = e.last_seq;
-        let s = e.slots[slot]
+        let sh = &mut e.shards[shard];
+        sh.unindex(slot);
+        let s = sh.slots[slot]
             .as_mut()
             .ok_or(HubError::UnknownSubscription(sub))?;
         let old_filter = std::mem::replace(&mut s.filter, filter);
         s.boxes = subscription_boxes(&s.filter);
         s.state.recovering.store(true, Ordering::Release);
         let state = s.state.clone();
-        e.index(slot);
+        sh.index(slot);
         Ok(LayerMove {
             old_filter,
             recovering: LayerRecovering {
@@ -458,12 +615,15 @@ impl Hub {
             return false;
         };
         let mut e = entry.lock();
-        let Some(slot) = e.by_sub.remove(&(session_key(session), sub)) else {
+        let Some((shard, slot)) = e.slot(session, sub) else {
             return false;
         };
-        e.unindex(slot);
-        e.slots[slot] = None;
-        e.free.push(slot);
+        let sh = &mut e.shards[shard];
+        sh.by_sub.remove(&(session_key(session), sub));
+        sh.unindex(slot);
+        sh.slots[slot] = None;
+        sh.free.push(slot);
+        sh.live -= 1;
         e.live -= 1;
         self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
         // The entry stays: it keeps the layer's position for the next subscriber.
@@ -481,7 +641,7 @@ impl Hub {
             return;
         }
         let push = Prepared::new(PushEvent::Lock { lock });
-        for s in e.slots.iter().flatten() {
+        for s in e.subs() {
             s.session.outbox.push(crate::Outgoing::Push {
                 sub: s.sub,
                 push: push.clone(),
@@ -518,27 +678,9 @@ impl Hub {
         let mut e = entry.lock();
         let mut fresh = false;
         for change in changes {
-            if change.seq <= e.last_seq {
-                continue;
-            }
-            fresh = true;
-            let next = e.last_seq + 1;
-            if change.seq > next {
-                e.waiting.insert(change.seq, change.clone());
-                if e.waiting.len() > REORDER_LIMIT {
-                    // Give up on the gap: continue from the oldest held change.
-                    let first = *e.waiting.keys().next().unwrap_or(&next);
-                    tracing::warn!(layer = %e.name, missing = next, resumed = first, "Changes never arrived; continuing without them.");
-                    e.last_seq = first - 1;
-                    self.drain_waiting(&mut e);
-                }
-                continue;
-            }
-            self.dispatch_one(&mut e, change);
-            e.last_seq = change.seq;
-            self.drain_waiting(&mut e);
+            fresh |= e.sequence(change);
         }
-        self.flush_pending(&mut e);
+        self.route_run(&mut e);
         if !fresh {
             Dispatched::Duplicate
         } else if e.waiting.is_empty() {
@@ -550,89 +692,50 @@ impl Hub {
         }
     }
 
-    /// Delivers what [`Hub::dispatch_one`] found, grouped by subscription, each group in
-    /// sequence order.
-    fn flush_pending(&self, e: &mut LayerEntry) {
-        let mut pending = std::mem::take(&mut e.pending);
-        if pending.is_empty() {
-            e.pending = pending;
+    /// Routes the changes released in sequence order to every shard's subscriptions: one
+    /// shard after the other for small runs, the shards in parallel for large ones.
+    fn route_run(&self, e: &mut LayerEntry) {
+        let run = std::mem::take(&mut e.run);
+        if run.is_empty() {
+            e.run = run;
             return;
         }
-        // Stable: a subscription's pushes keep their sequence order.
-        pending.sort_by_key(|p| p.slot);
-        let mut delivered = 0u64;
-        for group in pending.chunk_by(|a, b| a.slot == b.slot) {
-            if let Some(s) = &e.slots[group[0].slot] {
-                delivered += deliver_all(s, group);
-            }
-        }
-        pending.clear();
-        e.pending = pending;
-        self.stats
-            .deliveries
-            .fetch_add(delivered, Ordering::Relaxed);
-    }
-
-    fn drain_waiting(&self, e: &mut LayerEntry) {
-        while let Some(entry) = e.waiting.first_entry() {
-            let seq = *entry.key();
-            if seq <= e.last_seq {
-                entry.remove();
-                continue;
-            }
-            if seq != e.last_seq + 1 {
-                break;
-            }
-            let c = entry.remove();
-            self.dispatch_one(e, &c);
-            e.last_seq = c.seq;
-        }
-    }
-
-    fn dispatch_one(&self, e: &mut LayerEntry, change: &Arc<Change>) {
-        if e.live == 0 {
-            return;
-        }
-        self.stats.events.fetch_add(1, Ordering::Relaxed);
-        let view = ChangeView::new(change);
-        let mut cands = std::mem::take(&mut e.scratch);
-        cands.clear();
-        if self.limits.spatial_index {
-            if let Some(area) = view.area() {
-                let env = aabb(&area);
-                cands.extend(e.tree.locate_in_envelope_intersecting(&env).map(|x| x.slot));
-            }
-            cands.extend_from_slice(&e.unbounded);
-            // A subscription indexed under two boxes may be found twice.
-            cands.sort_unstable();
-            cands.dedup();
-        } else {
-            cands.extend((0..e.slots.len()).filter(|i| e.slots[*i].is_some()));
-        }
-        let key: Arc<str> = Arc::from(change.id.as_str());
-        let mut prepared: [Option<Arc<Prepared>>; 4] = Default::default();
-        for &slot in &cands {
-            let Some(s) = &e.slots[slot] else { continue };
-            let Some(kind) = view.kind(&s.filter) else {
-                continue;
-            };
-            let push = prepared[kind_index(kind)]
-                .get_or_insert_with(|| {
-                    Prepared::new(PushEvent::Feature {
-                        change: change.clone(),
-                        kind,
-                        full: kind == FeatureKind::Enter,
-                    })
+        if e.live > 0 {
+            self.stats
+                .events
+                .fetch_add(run.len() as u64, Ordering::Relaxed);
+            let routed: Vec<Routed<'_>> = run
+                .iter()
+                .map(|change| {
+                    let view = ChangeView::new(change);
+                    let area = view.area().map(|a| aabb(&a));
+                    Routed {
+                        change,
+                        view,
+                        area,
+                        key: Arc::from(change.id.as_str()),
+                        pushes: Default::default(),
+                    }
                 })
-                .clone();
-            e.pending.push(Pending {
-                slot,
-                key: key.clone(),
-                push,
-                seq: change.seq,
-            });
+                .collect();
+            let index = self.limits.spatial_index;
+            let delivered: u64 =
+                if e.shards.len() > 1 && routed.len().saturating_mul(e.live) >= PARALLEL_WORK {
+                    use rayon::prelude::*;
+                    e.shards
+                        .par_iter_mut()
+                        .map(|s| s.route(&routed, index))
+                        .sum()
+                } else {
+                    e.shards.iter_mut().map(|s| s.route(&routed, index)).sum()
+                };
+            self.stats
+                .deliveries
+                .fetch_add(delivered, Ordering::Relaxed);
         }
-        e.scratch = cands;
+        let mut run = run;
+        run.clear();
+        e.run = run;
     }
 }
 
@@ -773,9 +876,10 @@ mod tests {
         s
     }
 
-    fn transitions(index: bool, batched: bool) {
+    fn transitions(index: bool, batched: bool, shards: usize) {
         let hub = Hub::new(HubLimits {
             spatial_index: index,
+            dispatch_shards: shards,
             ..HubLimits::default()
         });
         let west = live_sub(&hub, bbox_filter([-10.0, -10.0, 0.0, 10.0]));
@@ -840,18 +944,21 @@ mod tests {
 
     #[test]
     fn enter_update_exit_delete_with_the_index() {
-        transitions(true, false);
+        transitions(true, false, 1);
+        transitions(true, false, 3);
     }
 
     #[test]
     fn the_same_without_the_index() {
-        transitions(false, false);
+        transitions(false, false, 1);
     }
 
     #[test]
     fn one_batch_gives_each_subscriber_the_same_pushes_as_single_changes() {
-        transitions(true, true);
-        transitions(false, true);
+        transitions(true, true, 1);
+        transitions(true, true, 4);
+        transitions(false, true, 1);
+        transitions(false, true, 2);
     }
 
     #[test]

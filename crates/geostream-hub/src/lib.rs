@@ -64,6 +64,9 @@ pub struct HubLimits {
     /// Find the layer subscriptions a change concerns with an R-tree of their areas (true,
     /// the default) or by testing every subscription of the layer (for comparison).
     pub spatial_index: bool,
+    /// Shards of each layer's subscriptions (at least 1): a large run of changes is routed
+    /// through the shards in parallel, so one hot layer uses several cores.
+    pub dispatch_shards: usize,
 }
 
 impl Default for HubLimits {
@@ -73,6 +76,7 @@ impl Default for HubLimits {
             outbox: OutboxLimits::default(),
             recovery_buffer: 10_000,
             spatial_index: true,
+            dispatch_shards: 1,
         }
     }
 }

@@ -18,7 +18,7 @@
 //! Knobs (environment): `VIEWPORTS` (10,000), `VIEWPORT_TRACK` (a file in
 //! the repository's `datasets/trajectories`, default `ais_us_coastal_2020-06-30.csv.zst`),
 //! `VIEWPORT_BATCH` (changes handed to the hub together, as a `feature.batch` commit brings
-//! them; default 1), `VIEWPORT_UPDATES` (cap on position updates, default all), `VIEWPORT_SECS` (cap on the
+//! them; default 1), `VIEWPORT_SHARDS` (`layers.dispatch_shards`, default 1), `VIEWPORT_UPDATES` (cap on position updates, default all), `VIEWPORT_SECS` (cap on the
 //! replay time of each run, default 20), `VIEWPORT_MODES` (`index,scan`).
 
 use std::collections::{HashMap, VecDeque};
@@ -187,6 +187,7 @@ fn run(
         .expect("runtime");
     let hub = Arc::new(Hub::new(HubLimits {
         spatial_index: index,
+        dispatch_shards: env_num("VIEWPORT_SHARDS", 1).max(1) as usize,
         ..HubLimits::default()
     }));
     hub.init_layer(LAYER, 0);

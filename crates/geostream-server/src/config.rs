@@ -447,6 +447,11 @@ pub struct LayersConfig {
     /// Use an R-tree of subscription areas to find the subscribers of a change (true), or test
     /// every subscription (false; only for comparison). Default: true.
     pub spatial_index: bool,
+    /// Shards of each layer's subscriptions. A large batch of changes (a `feature.batch`
+    /// into a layer with many subscribers) is routed through the shards in parallel, one
+    /// core each: set it to the number of cores to route one hot layer on all of them.
+    /// Default: 1.
+    pub dispatch_shards: usize,
     /// Default lock duration, in milliseconds. Default: 60000.
     pub lock_ttl_ms: u64,
     /// Longest lock duration a client may ask for, in milliseconds. Default: 600000.
@@ -486,6 +491,7 @@ impl Default for LayersConfig {
             snapshot_page: 500,
             max_replay: 10_000,
             spatial_index: true,
+            dispatch_shards: 1,
             lock_ttl_ms: 60_000,
             max_lock_ttl_ms: 600_000,
             lock_grace_ms: 15_000,
@@ -800,6 +806,9 @@ impl Config {
             return bad(
                 "websocket.idle_timeout_secs must be larger than websocket.ping_interval_secs",
             );
+        }
+        if self.layers.dispatch_shards == 0 || self.layers.dispatch_shards > 256 {
+            return bad("layers.dispatch_shards must be between 1 and 256");
         }
         if self.limits.requests_per_sec == 0 || self.limits.request_burst == 0 {
             return bad("limits.requests_per_sec and limits.request_burst must be at least 1");

@@ -69,6 +69,7 @@ impl Node {
             },
             recovery_buffer: 10_000,
             spatial_index: config.layers.spatial_index,
+            dispatch_shards: config.layers.dispatch_shards.max(1),
         }));
         // The hub must know where every layer's change log stands before anything is
         // dispatched, so it recognises a missing change as a gap.

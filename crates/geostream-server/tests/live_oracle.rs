@@ -111,13 +111,28 @@ const VIEW_A2: [f64; 4] = [-74.05, 40.60, -73.90, 40.80];
 
 #[tokio::test]
 async fn replayed_ais_track_matches_the_oracle_for_every_subscriber() {
+    oracle_run(1).await;
+}
+
+/// The same with each layer's subscriptions split over shards (`layers.dispatch_shards`):
+/// every subscriber still gets exactly the oracle's sequence.
+#[tokio::test]
+async fn the_same_with_the_layer_sharded() {
+    oracle_run(3).await;
+}
+
+async fn oracle_run(shards: usize) {
     let data = datasets();
     let points = read_track(&data.join(TRACK)).unwrap();
     assert_eq!(points.len(), 8689, "row count from the manifest");
 
     // A large outbox: this test is about filter semantics, not backpressure (which would
     // rightly coalesce updates for a subscriber that falls behind).
-    let srv = TestServer::start_with(|c| c.limits.outbox_bytes = 256 << 20).await;
+    let srv = TestServer::start_with(|c| {
+        c.limits.outbox_bytes = 256 << 20;
+        c.layers.dispatch_shards = shards;
+    })
+    .await;
     let remote = Remote::connect(&srv.ws_url(), None).await.unwrap();
     remote
         .call(
