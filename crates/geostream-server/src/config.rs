@@ -125,7 +125,7 @@ pub struct WebSocketConfig {
     /// Most long requests (imports) one connection may have running at once; further ones
     /// are refused. Default: 16.
     pub max_concurrent_requests: usize,
-    /// Most pipelined requests (edits, feature reads, publishes, history reads, pings) one
+    /// Most pipelined requests (edits and feature reads) one
     /// connection may have in flight; past it the server reads no further request from the
     /// connection until one finishes. Default: 64.
     pub max_inflight_requests: u32,

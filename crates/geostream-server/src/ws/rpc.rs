@@ -69,7 +69,7 @@ pub(crate) struct Rpc {
     /// Made on the first request that runs as a task: an idle connection holds no map.
     running: std::sync::OnceLock<Running>,
     /// Who this connection writes and locks as (`hello.client_id`, or the session id).
-    holder: Holder,
+    holder: Arc<Holder>,
     /// Whether it ever took a lock (its locks must then expire when it leaves).
     locked: bool,
     /// When this connection last shared a cursor (cursors are rate-limited).
@@ -94,7 +94,7 @@ pub(crate) struct Rpc {
 struct Ctx {
     node: Arc<Node>,
     enc: Encoding,
-    holder: Holder,
+    holder: Arc<Holder>,
 }
 
 /// Shortest interval between two cursor updates of one connection (20 per second).
@@ -191,7 +191,7 @@ impl Ctx {
                     .apply(WriteRequest {
                         layer: p.layer,
                         ops,
-                        writer: self.holder.clone(),
+                        writer: Holder::clone(&self.holder),
                         op_id: p.op_id,
                     })
                     .await?;
@@ -244,7 +244,7 @@ impl Ctx {
             .apply(WriteRequest {
                 layer,
                 ops,
-                writer: self.holder.clone(),
+                writer: Holder::clone(&self.holder),
                 op_id,
             })
             .await?;
@@ -289,7 +289,7 @@ impl Rpc {
             session,
             enc,
             running: std::sync::OnceLock::new(),
-            holder,
+            holder: Arc::new(holder),
             locked: false,
             last_cursor: None,
             principal,
@@ -641,7 +641,7 @@ impl Rpc {
             }
             Request::LayerImport(p) => {
                 let node = self.node.clone();
-                let writer = self.holder.clone();
+                let writer = Holder::clone(&self.holder);
                 let enc = self.enc;
                 let rid = id.clone();
                 self.spawn(
@@ -718,7 +718,7 @@ impl Rpc {
 
     /// Who this connection locked as, if it ever locked anything.
     pub(crate) fn lock_holder(&self) -> Option<&Holder> {
-        self.locked.then_some(&self.holder)
+        self.locked.then_some(&*self.holder)
     }
 
     fn hello(&mut self, p: HelloParams) -> Result<HelloResult> {
@@ -753,7 +753,7 @@ impl Rpc {
             let mut client = self.session.client();
             client.user = fresh.user.clone();
             self.session.set_client(client);
-            self.holder.user = fresh.user.clone();
+            Arc::make_mut(&mut self.holder).user = fresh.user.clone();
             self.principal = fresh;
             self.watch_expiry();
         }
@@ -763,7 +763,7 @@ impl Rpc {
                     "client_id must be 1 to 128 printable characters",
                 ));
             }
-            self.holder.client = cid.clone();
+            Arc::make_mut(&mut self.holder).client = cid.clone();
         }
         let mut client = self.session.client();
         client.info = p.info;
