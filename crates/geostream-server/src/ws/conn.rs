@@ -36,7 +36,7 @@ const READ_CHUNK: usize = 4096;
 
 /// How long to wait for the client's close frame after ours, and for the writer to flush
 /// after the client's.
-const CLOSE_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Serves an upgraded connection until it closes.
 pub(crate) async fn serve(
@@ -96,7 +96,7 @@ enum ReadEnd {
 }
 
 /// Reads (and discards) until the client's close frame, end of stream or [`CLOSE_WAIT`].
-async fn linger(rd: &OwnedReadHalf, max_frame: usize) {
+pub(crate) async fn linger(rd: &OwnedReadHalf, max_frame: usize) {
     let mut dec = Decoder::new(max_frame);
     let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
@@ -107,19 +107,39 @@ async fn linger(rd: &OwnedReadHalf, max_frame: usize) {
         ) {
             return;
         }
-        buf.reserve(READ_CHUNK);
-        match rd.try_read_buf(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => loop {
+        match read_some(rd, &mut buf) {
+            Read::Gone => return,
+            Read::NotYet => {}
+            Read::Data => loop {
                 match dec.decode(&mut buf) {
                     Ok(Some(Message::Close(_))) | Err(_) => return,
                     Ok(Some(_)) => continue,
                     Ok(None) => break,
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
         }
+    }
+}
+
+/// What one read from a socket that reported readiness brought.
+pub(crate) enum Read {
+    /// Bytes were appended to the buffer.
+    Data,
+    /// The readiness was spurious: nothing to read yet.
+    NotYet,
+    /// End of stream or a socket error.
+    Gone,
+}
+
+/// Reads what is available (up to [`READ_CHUNK`] more) into `buf` without waiting; call it
+/// once the socket reported readiness. The buffer grows only when there is something to read.
+pub(crate) fn read_some(rd: &OwnedReadHalf, buf: &mut BytesMut) -> Read {
+    buf.reserve(READ_CHUNK);
+    match rd.try_read_buf(buf) {
+        Ok(0) => Read::Gone,
+        Ok(_) => Read::Data,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Read::NotYet,
+        Err(_) => Read::Gone,
     }
 }
 
@@ -192,12 +212,10 @@ async fn read_loop(
                 if r.is_err() {
                     return ReadEnd::Gone;
                 }
-                buf.reserve(READ_CHUNK);
-                match rd.try_read_buf(&mut buf) {
-                    Ok(0) => return ReadEnd::Gone,
-                    Ok(_) => last_recv = Instant::now(),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return ReadEnd::Gone,
+                match read_some(rd, &mut buf) {
+                    Read::Data => last_recv = Instant::now(),
+                    Read::NotYet => {}
+                    Read::Gone => return ReadEnd::Gone,
                 }
             }
             _ = tick.tick() => {
