@@ -158,6 +158,8 @@ async fn read_loop(
     let mut buf = leftover;
     let mut last_recv = Instant::now();
     let mut last_ping = Instant::now();
+    // When the outbox started closing (slow consumer, shutdown) while the writer still runs.
+    let mut closing_since: Option<Instant> = None;
     let ping_every = cfg.ping_interval();
     let idle_timeout = cfg.idle_timeout();
     let mut tick =
@@ -221,6 +223,16 @@ async fn read_loop(
             _ = tick.tick() => {
                 let now = Instant::now();
                 let quiet = now.duration_since(last_recv);
+                if session.outbox.close_reason().is_some() {
+                    // The close frame is queued but the writer cannot get it out: the client
+                    // reads nothing (its window is full). It does not get to hold the
+                    // connection, whatever else it sends: let it go after the close wait.
+                    let since = *closing_since.get_or_insert(now);
+                    if now.duration_since(since) >= CLOSE_WAIT {
+                        tracing::debug!(session = %session.id(), "Dropping a connection that does not read its close frame.");
+                        return ReadEnd::Gone;
+                    }
+                }
                 if quiet >= idle_timeout {
                     tracing::debug!(session = %session.id(), "Closing an idle connection.");
                     return ReadEnd::Close(CloseCode::IdleTimeout.into());
