@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -71,6 +71,17 @@ struct Args {
     /// Edits per second per editor.
     #[arg(long, default_value_t = 5)]
     edit_rate: u64,
+    /// Chaos: SIGKILL and restart the server every `--kill-min`..`--kill-max` seconds, and
+    /// send malformed frames every 1-3 s; the oracle then allows what a restart loses by
+    /// design (channel history, with the in-process broker) and nothing else.
+    #[arg(long)]
+    chaos: bool,
+    /// Shortest time between kills (chaos).
+    #[arg(long, default_value_t = 20)]
+    kill_min: u64,
+    /// Longest time between kills (chaos).
+    #[arg(long, default_value_t = 40)]
+    kill_max: u64,
     /// Largest accepted RSS slope over the second half of the run, MiB per minute.
     #[arg(long, default_value_t = 1.0)]
     max_rss_slope: f64,
@@ -163,11 +174,28 @@ impl Client {
     }
 }
 
+/// `Remote::call` with a time limit: a call made just after its connection died can wait
+/// forever (the reader task has already failed the waiting calls when this one registers),
+/// so a call that takes longer than [`CALL_WAIT`] counts as interrupted (and is retried on a
+/// new connection: edits with their op_id).
+async fn call(remote: &Remote, method: &str, params: &Value) -> Result<Value, RemoteError> {
+    match tokio::time::timeout(CALL_WAIT, remote.call(method, params)).await {
+        Ok(r) => r,
+        Err(_) => Err(RemoteError::Connection(format!(
+            "no answer to {method} in {CALL_WAIT:?}"
+        ))),
+    }
+}
+
+const CALL_WAIT: Duration = Duration::from_secs(5);
+
 /// What the load saw, for the oracle.
 #[derive(Default)]
 struct Shared {
-    /// Acknowledged offsets per channel.
-    acked: Mutex<HashMap<String, Vec<u64>>>,
+    /// Whether the server is killed and restarted along the way (`--chaos`).
+    chaos: bool,
+    /// Acknowledged (epoch, offset) per channel.
+    acked: Mutex<HashMap<String, Vec<(String, u64)>>>,
     /// Latency samples (µs) since the last sample point.
     latency: Mutex<Vec<u64>>,
     delivered: AtomicU64,
@@ -175,6 +203,10 @@ struct Shared {
     gaps: AtomicU64,
     conflicts: AtomicU64,
     stalls: AtomicU64,
+    kills: AtomicU64,
+    bad_frames: AtomicU64,
+    /// Requests whose connection died before the answer (chaos).
+    interrupted: AtomicU64,
     /// Problems found while running (duplicates, order, failed resumes).
     errors: Mutex<Vec<String>>,
 }
@@ -188,14 +220,18 @@ impl Shared {
     }
 }
 
-/// One channel subscriber's record across its connections.
+/// One channel subscriber's record in one epoch of the channel (the in-process broker starts
+/// a new epoch, with offsets from 1, when the server restarts).
 #[derive(Default)]
-struct SubRecord {
-    /// Offsets after which this subscriber owes every message.
-    start: Option<u64>,
+struct EpochRecord {
+    /// The position at its first subscription in this epoch: it owes every message after.
+    start: u64,
     live: Vec<u64>,
     recovered: BTreeSet<u64>,
 }
+
+/// One channel subscriber's record across its connections, by epoch.
+type SubRecord = HashMap<String, EpochRecord>;
 
 async fn publisher(
     addr: SocketAddr,
@@ -204,29 +240,38 @@ async fn publisher(
     stop: Arc<AtomicBool>,
     sh: Arc<Shared>,
 ) {
-    let Ok(remote) = Remote::connect(&addr.to_string(), None).await else {
-        sh.error(format!("publisher {channel}: cannot connect"));
-        return;
-    };
+    let mut remote: Option<Remote> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1) as u32);
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
+        let Some(r) = remote.as_ref() else {
+            remote = Remote::connect(&addr.to_string(), None).await.ok();
+            continue;
+        };
         i += 1;
         let data = json!({ "i": i, "t": now_us(), "pad": "p".repeat(100) });
-        match remote
-            .call(
-                "channel.publish",
-                &json!({ "channel": channel, "data": data }),
-            )
-            .await
+        match call(
+            r,
+            "channel.publish",
+            &json!({ "channel": channel, "data": data }),
+        )
+        .await
         {
             Ok(r) => {
-                let Some(o) = r["offset"].as_u64() else {
-                    sh.error(format!("publish {channel}: no offset in {r}"));
+                let (Some(o), Some(e)) = (r["offset"].as_u64(), r["epoch"].as_str()) else {
+                    sh.error(format!("publish {channel}: no position in {r}"));
                     continue;
                 };
-                sh.acked.lock().entry(channel.clone()).or_default().push(o);
+                sh.acked
+                    .lock()
+                    .entry(channel.clone())
+                    .or_default()
+                    .push((e.to_string(), o));
+            }
+            Err(RemoteError::Connection(_)) if sh.chaos => {
+                sh.interrupted.fetch_add(1, Ordering::Relaxed);
+                remote = None;
             }
             Err(e) => sh.error(format!("publish {channel}: {e}")),
         }
@@ -240,8 +285,7 @@ async fn channel_subscriber(
     sh: Arc<Shared>,
     rec: Arc<Mutex<SubRecord>>,
 ) {
-    let mut last: Option<(u64, Value)> = None;
-    let mut first = true;
+    let mut last: Option<(u64, String)> = None;
     while !stop.load(Ordering::Relaxed) {
         let mut c = match Client::connect(addr).await {
             Ok(c) => c,
@@ -257,21 +301,35 @@ async fn channel_subscriber(
         let r = match c.call("channel.subscribe", params).await {
             Ok(r) => r,
             Err(e) => {
-                sh.error(format!("subscribe {channel}: {e}"));
+                if !sh.chaos {
+                    sh.error(format!("subscribe {channel}: {e}"));
+                }
                 continue;
             }
         };
-        let epoch = r["position"]["epoch"].clone();
-        if first {
-            rec.lock().start = r["position"]["offset"].as_u64();
-            last = Some((r["position"]["offset"].as_u64().unwrap_or(0), epoch.clone()));
-            first = false;
-        } else {
-            sh.reconnects.fetch_add(1, Ordering::Relaxed);
-            if r["recovered"] != true {
+        let epoch = r["position"]["epoch"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let position = r["position"]["offset"].as_u64().unwrap_or(0);
+        match &last {
+            Some((_, e)) if *e == epoch => {
+                sh.reconnects.fetch_add(1, Ordering::Relaxed);
+                if r["recovered"] != true {
+                    sh.error(format!(
+                        "{channel}: resume from {last:?} not recovered in the same epoch: {r}"
+                    ));
+                }
+            }
+            Some(_) if !sh.chaos => {
                 sh.error(format!(
-                    "{channel}: resume from {last:?} not recovered: {r}"
+                    "{channel}: the epoch changed without a restart: {r}"
                 ));
+            }
+            _ => {
+                // First subscription in this epoch.
+                rec.lock().entry(epoch.clone()).or_default().start = position;
+                last = Some((position, epoch.clone()));
             }
         }
         let session = Duration::from_millis(rand::rng().random_range(10_000..40_000));
@@ -281,7 +339,9 @@ async fn channel_subscriber(
                 Ok(Some(p)) => p,
                 Ok(None) => continue,
                 Err(e) => {
-                    sh.error(format!("{channel} subscriber: {e}"));
+                    if !sh.chaos {
+                        sh.error(format!("{channel} subscriber: {e}"));
+                    }
                     break;
                 }
             };
@@ -294,7 +354,7 @@ async fn channel_subscriber(
                             "{channel}: offset {o} after {prev} (duplicate or out of order)"
                         ));
                     }
-                    rec.lock().live.push(o);
+                    rec.lock().entry(epoch.clone()).or_default().live.push(o);
                     last = Some((o, epoch.clone()));
                     sh.delivered.fetch_add(1, Ordering::Relaxed);
                     if let Some(t) = p.1["data"]["t"].as_u64() {
@@ -304,7 +364,9 @@ async fn channel_subscriber(
                 "gap" => {
                     sh.gaps.fetch_add(1, Ordering::Relaxed);
                     let from = p.1["from"].as_u64().unwrap_or(1);
-                    if let Err(e) = recover(&mut c, &channel, from, &epoch, &rec).await {
+                    if let Err(e) = recover(&mut c, &channel, from, &epoch, &rec).await
+                        && !sh.chaos
+                    {
                         sh.error(format!("{channel}: recovery from {from}: {e}"));
                     }
                 }
@@ -321,7 +383,7 @@ async fn recover(
     c: &mut Client,
     channel: &str,
     from: u64,
-    epoch: &Value,
+    epoch: &str,
     rec: &Mutex<SubRecord>,
 ) -> Result<()> {
     let mut since = from.saturating_sub(1);
@@ -338,8 +400,9 @@ async fn recover(
         let msgs = r["messages"].as_array().cloned().unwrap_or_default();
         {
             let mut rec = rec.lock();
+            let e = rec.entry(epoch.to_string()).or_default();
             for m in &msgs {
-                rec.recovered.insert(m["offset"].as_u64().unwrap_or(0));
+                e.recovered.insert(m["offset"].as_u64().unwrap_or(0));
             }
         }
         match msgs.last() {
@@ -373,13 +436,29 @@ async fn read_snapshot(c: &mut Client, view: &mut View) -> Result<()> {
 }
 
 /// Subscribes to `bbox` and follows it until `stop`, then until the stream is quiet; returns
-/// what it holds.
+/// what it holds. With `--chaos`, a lost connection is replaced by a new subscription (and
+/// its snapshot).
 async fn viewer(
     addr: SocketAddr,
     bbox: [f64; 4],
     stop: Arc<AtomicBool>,
     sh: Arc<Shared>,
 ) -> Result<View> {
+    loop {
+        match follow(addr, bbox, &stop, &sh).await {
+            Ok(v) => return Ok(v),
+            Err(e) if sh.chaos && !stop.load(Ordering::Relaxed) => {
+                let _ = e;
+                sh.reconnects.fetch_add(1, Ordering::Relaxed);
+                let pause = rand::rng().random_range(100..1000);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn follow(addr: SocketAddr, bbox: [f64; 4], stop: &AtomicBool, sh: &Shared) -> Result<View> {
     let mut c = Client::connect(addr).await?;
     c.call("layer.subscribe", json!({ "layer": "ships", "bbox": bbox }))
         .await?;
@@ -435,10 +514,7 @@ async fn editor(
     sh: Arc<Shared>,
     acks: Arc<Mutex<Vec<Ack>>>,
 ) {
-    let Ok(remote) = Remote::connect(&addr.to_string(), None).await else {
-        sh.error(format!("editor {e}: cannot connect"));
-        return;
-    };
+    let mut remote: Option<Remote> = None;
     let mut known = vec![1u64; features];
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1) as u32);
     let mut k = 0u64;
@@ -446,14 +522,39 @@ async fn editor(
         tick.tick().await;
         k += 1;
         let f = rand::rng().random_range(0..features);
-        let r = remote
-            .call(
-                "feature.patch",
-                &json!({ "layer": "edits", "id": format!("f{f}"), "version": known[f],
-                    "properties": { "by": e, "k": k } }),
-            )
-            .await;
-        match r {
+        let params = json!({ "layer": "edits", "id": format!("f{f}"), "version": known[f],
+            "properties": { "by": e, "k": k }, "op_id": format!("e{e}-k{k}") });
+        // Until answered: a retry after a lost answer carries the same op_id, so it is
+        // answered with the original result instead of being applied twice.
+        let answer = loop {
+            let Some(r) = remote.as_ref() else {
+                match Remote::connect(&addr.to_string(), None).await {
+                    Ok(r) => {
+                        // One client id across connections, so op_ids are recognised.
+                        if call(
+                            &r,
+                            "hello",
+                            &json!({ "client_id": format!("soak-editor-{e}") }),
+                        )
+                        .await
+                        .is_ok()
+                        {
+                            remote = Some(r);
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+                continue;
+            };
+            match call(r, "feature.patch", &params).await {
+                Err(RemoteError::Connection(_)) if sh.chaos => {
+                    sh.interrupted.fetch_add(1, Ordering::Relaxed);
+                    remote = None;
+                }
+                other => break other,
+            }
+        };
+        match answer {
             Ok(r) => {
                 let v = r["version"].as_u64().unwrap_or(0);
                 known[f] = v;
@@ -477,6 +578,53 @@ async fn editor(
             Err(err) => sh.error(format!("editor {e}: {err}")),
         }
     }
+}
+
+/// A client that sends one malformed frame and must be closed by the server (close frame or
+/// end of stream) within 10 s.
+async fn bad_frame(addr: SocketAddr, kind: usize) -> Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, s.read(&mut head)).await??;
+    if !head[..n].starts_with(b"HTTP/1.1 101") {
+        bail!("handshake refused");
+    }
+    let mask = [9u8, 8, 7, 6];
+    let masked =
+        |b: &[u8]| -> Vec<u8> { b.iter().enumerate().map(|(i, x)| x ^ mask[i % 4]).collect() };
+    let frame: Vec<u8> = match kind % 6 {
+        // Unmasked.
+        0 => vec![0x81, 0x02, b'h', b'i'],
+        // Reserved bit.
+        1 => [&[0xc1, 0x82][..], &mask, &masked(b"hi")].concat(),
+        // Unknown opcode.
+        2 => [&[0x83, 0x80][..], &mask].concat(),
+        // Invalid UTF-8.
+        3 => [&[0x81, 0x82][..], &mask, &masked(&[0xff, 0xfe])].concat(),
+        // A 1 TiB length.
+        4 => [&[0x82, 0xff][..], &(1u64 << 40).to_be_bytes(), &mask].concat(),
+        // A binary frame on a JSON connection.
+        _ => [&[0x82, 0x82][..], &mask, &masked(b"hi")].concat(),
+    };
+    s.write_all(&frame).await?;
+    // Closed: a close frame then the end of stream (or a reset).
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .context("not closed within 10 s after a malformed frame")?;
+    Ok(())
 }
 
 /// A client that subscribes to `ships` and never reads again, for `hold`.
@@ -586,23 +734,34 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     if den == 0.0 { 0.0 } else { num / den }
 }
 
-async fn start_server(args: &Args) -> Result<(tokio::process::Child, SocketAddr)> {
+/// Starts `geostream serve` on `listen` (port 0: any) on the run's data directory, which
+/// must be empty on the first start.
+async fn start_server(
+    args: &Args,
+    listen: SocketAddr,
+    first: bool,
+) -> Result<(tokio::process::Child, SocketAddr)> {
     let data = args.out.join("data");
-    if std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some()) {
+    if first && std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some()) {
         bail!(
             "{} is not empty: each run starts on fresh data",
             data.display()
         );
     }
     std::fs::create_dir_all(&data)?;
-    let log = std::fs::File::create(args.out.join("server.log"))?;
+    let append = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(args.out.join(name))
+    };
     let mut child = tokio::process::Command::new(&args.bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
         .arg(&data)
         .env("GEOSTREAM_LOG__LEVEL", "warn")
         .env("GEOSTREAM_CHANNELS__HISTORY_SIZE", "5000")
         .env("GEOSTREAM_LIMITS__MAX_CONNECTIONS_PER_IP", "100000")
-        .stdout(log)
+        .stdout(append("server.log")?)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -623,16 +782,31 @@ async fn start_server(args: &Args) -> Result<(tokio::process::Child, SocketAddr)
     })
     .await
     .context("the server did not listen within 60 s")??;
-    let err_log = args.out.join("server.err");
+    let mut err_log = append("server.err").ok().map(tokio::fs::File::from_std);
     tokio::spawn(async move {
-        let mut f = tokio::fs::File::create(err_log).await.ok();
         while let Ok(Some(l)) = lines.next_line().await {
-            if let Some(f) = f.as_mut() {
+            if let Some(f) = err_log.as_mut() {
                 let _ = f.write_all(format!("{l}\n").as_bytes()).await;
             }
         }
     });
     Ok((child, addr))
+}
+
+/// How long a task may take to finish once told to stop.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits up to [`STOP_WAIT`] for a task; records a failure naming it if it does not end.
+async fn join<T>(what: &str, task: tokio::task::JoinHandle<T>, failures: &mut Vec<String>) {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(STOP_WAIT, task).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => failures.push(format!("{what} failed: {e}")),
+        Err(_) => {
+            abort.abort();
+            failures.push(format!("{what} did not stop within {STOP_WAIT:?}"));
+        }
+    }
 }
 
 #[tokio::main]
@@ -644,18 +818,28 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let points = geostream_server::replay::read_track(&args.track)
         .with_context(|| format!("read {}", args.track.display()))?;
-    let (mut child, addr) = start_server(&args).await?;
-    let pid = child.id().context("server pid")?;
+    let (child, addr) = start_server(&args, "127.0.0.1:0".parse()?, true).await?;
+    let pid = Arc::new(AtomicU32::new(child.id().context("server pid")?));
+    let server = Arc::new(tokio::sync::Mutex::new(child));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let conns_start = metric(&metrics(addr).await?, "geostream_connections") as i64;
-    let fds_start = fds(pid);
-    let fd_kinds_start = fd_kinds(pid);
+    let fds_start = fds(pid.load(Ordering::Relaxed));
+    let fd_kinds_start = fd_kinds(pid.load(Ordering::Relaxed));
     println!(
-        "server {addr} (pid {pid}), {fds_start} fds at start; {} s of load",
-        args.duration
+        "server {addr} (pid {}), {fds_start} fds at start; {} s of load{}",
+        pid.load(Ordering::Relaxed),
+        args.duration,
+        if args.chaos {
+            ", with SIGKILL restarts and bad frames"
+        } else {
+            ""
+        }
     );
 
-    let sh = Arc::new(Shared::default());
+    let sh = Arc::new(Shared {
+        chaos: args.chaos,
+        ..Shared::default()
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let stop_subs = Arc::new(AtomicBool::new(false));
     let stop_views = Arc::new(AtomicBool::new(false));
@@ -685,6 +869,7 @@ async fn main() -> Result<()> {
         |_, _| {},
     )
     .await?;
+    drop(admin);
 
     // The extent of the track, for viewports.
     let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
@@ -696,16 +881,18 @@ async fn main() -> Result<()> {
     }
     let mut viewers = Vec::new();
     for _ in 0..args.viewports {
-        let mut r = rand::rng();
-        let (w, h) = (
-            (x1 - x0) * r.random_range(0.1..0.5),
-            (y1 - y0) * r.random_range(0.1..0.5),
-        );
-        let (bx, by) = (
-            r.random_range(x0..(x1 - w).max(x0 + 1e-9)),
-            r.random_range(y0..(y1 - h).max(y0 + 1e-9)),
-        );
-        let bbox = [bx, by, bx + w, by + h];
+        let bbox = {
+            let mut r = rand::rng();
+            let (w, h) = (
+                (x1 - x0) * r.random_range(0.1..0.5),
+                (y1 - y0) * r.random_range(0.1..0.5),
+            );
+            let (bx, by) = (
+                r.random_range(x0..(x1 - w).max(x0 + 1e-9)),
+                r.random_range(y0..(y1 - h).max(y0 + 1e-9)),
+            );
+            [bx, by, bx + w, by + h]
+        };
         viewers.push((
             bbox,
             tokio::spawn(viewer(addr, bbox, stop_views.clone(), sh.clone())),
@@ -760,19 +947,30 @@ async fn main() -> Result<()> {
         let sh = sh.clone();
         let speed = args.replay_speed;
         tokio::spawn(async move {
-            let Ok(remote) = Remote::connect(&addr.to_string(), None).await else {
-                sh.error("replay: cannot connect".into());
-                return;
-            };
             while !stop.load(Ordering::Relaxed) {
+                let Ok(remote) = Remote::connect(&addr.to_string(), None).await else {
+                    if !sh.chaos {
+                        sh.error("replay: cannot connect".into());
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
                 tokio::select! {
                     r = geostream_server::replay::replay(&remote, "ships", &points, speed, |_, _| {}) => {
-                        if let Err(e) = r {
+                        if let Err(e) = r && !sh.chaos {
                             sh.error(format!("replay: {e}"));
                             return;
                         }
                     }
-                    _ = async { while !stop.load(Ordering::Relaxed) { tokio::time::sleep(Duration::from_millis(200)).await } } => return,
+                    // Stop, or (chaos) start over on a new connection after a kill: the
+                    // replay's calls may wait forever on a dead connection.
+                    _ = async {
+                        let kills = sh.kills.load(Ordering::Relaxed);
+                        while !stop.load(Ordering::Relaxed) && sh.kills.load(Ordering::Relaxed) == kills {
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
+                    } => {}
                 }
             }
         })
@@ -786,6 +984,81 @@ async fn main() -> Result<()> {
                 let _ = stalled(addr, Duration::from_secs(30)).await;
             }
         })
+    };
+    // Chaos: SIGKILL and restart the server every kill_min..kill_max seconds; malformed
+    // frames every 1-3 s.
+    let (killer, badder) = if args.chaos {
+        let killer = {
+            let stop = stop.clone();
+            let sh = sh.clone();
+            let server = server.clone();
+            let pid = pid.clone();
+            let args = Args::parse();
+            tokio::spawn(async move {
+                loop {
+                    let wait =
+                        rand::rng().random_range(args.kill_min..=args.kill_max.max(args.kill_min));
+                    let until = Instant::now() + Duration::from_secs(wait);
+                    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let mut child = server.lock().await;
+                    if let Ok(Some(status)) = child.try_wait() {
+                        sh.error(format!("the server exited by itself: {status}"));
+                    }
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    sh.kills.fetch_add(1, Ordering::Relaxed);
+                    // Restart on the same address (the listener sets SO_REUSEADDR).
+                    for attempt in 0.. {
+                        match start_server(&args, addr, false).await {
+                            Ok((c, _)) => {
+                                pid.store(c.id().unwrap_or(0), Ordering::Relaxed);
+                                *child = c;
+                                break;
+                            }
+                            Err(e) if attempt < 50 => {
+                                let _ = e;
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Err(e) => {
+                                sh.error(format!("restart failed: {e}"));
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let badder = {
+            let stop = stop.clone();
+            let sh = sh.clone();
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut kind = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let pause = rand::rng().random_range(1000..3000);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    kind += 1;
+                    let kills = sh.kills.load(Ordering::Relaxed);
+                    if let Err(e) = bad_frame(addr, kind).await {
+                        // A kill in between explains a failure; otherwise it is one.
+                        let restarting = server.try_lock().is_err();
+                        if sh.kills.load(Ordering::Relaxed) == kills && !restarting {
+                            sh.error(format!("bad frame {}: {e}", kind % 6));
+                        }
+                    } else {
+                        sh.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        (Some(killer), Some(badder))
+    } else {
+        (None, None)
     };
 
     // Sample every 10 s.
@@ -802,11 +1075,12 @@ async fn main() -> Result<()> {
         tokio::time::sleep_until(next.min(end).into()).await;
         let m = metrics(addr).await.unwrap_or_default();
         let t = begin.elapsed().as_secs_f64();
-        let r = rss(pid);
+        let p = pid.load(Ordering::Relaxed);
+        let r = rss(p);
         let lat = std::mem::take(&mut *sh.latency.lock());
         let line = format!(
             "{t:.0},{r},{},{},{:.2},{},{}\n",
-            fds(pid),
+            fds(p),
             metric(&m, "geostream_outbox_queued_bytes"),
             p99(lat),
             metric(&m, "geostream_connections"),
@@ -815,53 +1089,67 @@ async fn main() -> Result<()> {
         print!("{line}");
         csv.push_str(&line);
         samples.push((t, r as f64));
-        fd_samples.push((t, fds(pid) - metric(&m, "geostream_connections") as i64));
+        fd_samples.push((t, fds(p) - metric(&m, "geostream_connections") as i64));
         std::fs::write(args.out.join("samples.csv"), &csv)?;
     }
 
-    // Stop the load: writers first, then (once everything is delivered) the readers.
+    // Stop the faults, then the writers, then (once everything is delivered) the readers.
+    // Each task gets STOP_WAIT to finish; one that does not is a failure (and is named).
     stop.store(true, Ordering::Relaxed);
+    let mut failures: Vec<String> = Vec::new();
+    if let Some(k) = killer {
+        join("the killer", k, &mut failures).await;
+    }
+    if let Some(b) = badder {
+        join("the bad-frame client", b, &mut failures).await;
+    }
     for p in pubs {
-        let _ = p.await;
+        join("a publisher", p, &mut failures).await;
     }
     for e in eds {
-        let _ = e.await;
+        join("an editor", e, &mut failures).await;
     }
-    let _ = replayer.await;
+    join("the replay", replayer, &mut failures).await;
     staller.abort();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop_subs.store(true, Ordering::Relaxed);
     stop_views.store(true, Ordering::Relaxed);
 
-    let mut failures: Vec<String> = Vec::new();
-    // Channels: every acknowledged message after the subscriber's start, live or recovered.
+    // Channels: in each epoch, every acknowledged message after the subscriber's start in it
+    // (up to the last one it saw in that epoch, when the server was killed in between), live
+    // or recovered.
     let acked = sh.acked.lock().clone();
     let mut sub_checked = 0;
+    let mut epochs = BTreeSet::new();
     for (name, rec, task) in subs {
-        let _ = task.await;
+        join("a channel subscriber", task, &mut failures).await;
         let rec = rec.lock();
-        let start = rec.start.unwrap_or(0);
-        let got: BTreeSet<u64> = rec
-            .live
-            .iter()
-            .chain(rec.recovered.iter())
-            .copied()
-            .collect();
-        let missing: Vec<u64> = acked
-            .get(&name)
-            .map(|a| {
-                a.iter()
-                    .filter(|o| **o > start && !got.contains(o))
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !missing.is_empty() {
-            failures.push(format!(
-                "{name}: a subscriber lacks {} acknowledged messages (first {:?})",
-                missing.len(),
-                &missing[..missing.len().min(5)]
-            ));
+        for (epoch, er) in rec.iter() {
+            epochs.insert(epoch.clone());
+            let got: BTreeSet<u64> = er.live.iter().chain(er.recovered.iter()).copied().collect();
+            let upto = if args.chaos {
+                got.last().copied().unwrap_or(0)
+            } else {
+                u64::MAX
+            };
+            let missing: Vec<u64> = acked
+                .get(&name)
+                .map(|a| {
+                    a.iter()
+                        .filter(|(e, o)| {
+                            e == epoch && *o > er.start && *o <= upto && !got.contains(o)
+                        })
+                        .map(|(_, o)| *o)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !missing.is_empty() {
+                failures.push(format!(
+                    "{name}: a subscriber lacks {} acknowledged messages of epoch {epoch} (first {:?})",
+                    missing.len(),
+                    &missing[..missing.len().min(5)]
+                ));
+            }
         }
         sub_checked += 1;
     }
@@ -869,26 +1157,31 @@ async fn main() -> Result<()> {
     let mut view_checked = 0;
     let mut view_features = 0;
     for (bbox, task) in viewers {
-        let held = match task.await {
-            Ok(Ok(v)) => v,
+        let held = match tokio::time::timeout(STOP_WAIT, task).await {
+            Ok(Ok(Ok(v))) => v,
+            Ok(Ok(Err(e))) => {
+                failures.push(format!("viewer {bbox:?}: {e}"));
+                continue;
+            }
             Ok(Err(e)) => {
                 failures.push(format!("viewer {bbox:?}: {e}"));
                 continue;
             }
-            Err(e) => {
-                failures.push(format!("viewer {bbox:?}: {e}"));
+            Err(_) => {
+                failures.push(format!("viewer {bbox:?} did not stop within {STOP_WAIT:?}"));
                 continue;
             }
         };
-        let fresh = async {
+        let fresh = tokio::time::timeout(STOP_WAIT, async {
             let mut c = Client::connect(addr).await?;
             c.call("layer.subscribe", json!({ "layer": "ships", "bbox": bbox }))
                 .await?;
             let mut v = View::new();
             read_snapshot(&mut c, &mut v).await?;
             anyhow::Ok(v)
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no snapshot within {STOP_WAIT:?}")));
         match fresh {
             Ok(f) if f == held => view_features += held.len(),
             Ok(f) => {
@@ -910,6 +1203,7 @@ async fn main() -> Result<()> {
         view_checked += 1;
     }
     // Edits: versions count the acknowledged edits; the last one's properties are current.
+    let admin = Remote::connect(&addr.to_string(), None).await?;
     let acks = acks.lock().clone();
     let mut edits_acked = 0;
     for f in 0..FEATURES {
@@ -943,17 +1237,19 @@ async fn main() -> Result<()> {
     }
     failures.extend(sh.errors.lock().iter().cloned());
 
-    // Resources: fds with no client connected, RSS slope over the second half.
+    // Resources (soak only: restarts reset them): fds beyond connections over the second
+    // half, RSS slope over the second half.
     drop(admin);
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let p = pid.load(Ordering::Relaxed);
     // Connections still open count against the fds (the tools' `Remote` client keeps its
     // connection until the process exits); what is left over is a leak.
     let conns_end = metric(
         &metrics(addr).await.unwrap_or_default(),
         "geostream_connections",
     ) as i64;
-    let fds_end = fds(pid);
-    let fd_kinds_end = fd_kinds(pid);
+    let fds_end = fds(p);
+    let fd_kinds_end = fd_kinds(p);
     // Growth from the middle of the run to the end: the reader pool and SQLite's file
     // handles fill during warm-up and then stay; a leak keeps growing.
     let fd_mid = fd_samples
@@ -970,14 +1266,14 @@ async fn main() -> Result<()> {
     let rss_slope = slope(&half);
     // A slope over less than five minutes says more about warm-up (caches, history filling,
     // allocator arenas) than about leaks: it is reported, and checked from 600 s runs on.
-    let slope_checked = args.duration >= 600;
+    let slope_checked = args.duration >= 600 && !args.chaos;
     if slope_checked && rss_slope > args.max_rss_slope {
         failures.push(format!(
             "RSS grows {rss_slope:.2} MiB/min over the second half (bound {})",
             args.max_rss_slope
         ));
     }
-    if fd_growth > args.max_fd_growth {
+    if !args.chaos && fd_growth > args.max_fd_growth {
         failures.push(format!(
             "open fds beyond connections grew by {fd_growth} over the second half (bound +{})",
             args.max_fd_growth
@@ -986,8 +1282,13 @@ async fn main() -> Result<()> {
     let m = metrics(addr).await.unwrap_or_default();
     let verdict = json!({
         "ok": failures.is_empty(),
+        "mode": if args.chaos { "chaos" } else { "soak" },
         "duration_s": args.duration,
         "failures": failures,
+        "server_kills": sh.kills.load(Ordering::Relaxed),
+        "channel_epochs": epochs.len(),
+        "bad_frames_closed": sh.bad_frames.load(Ordering::Relaxed),
+        "requests_interrupted": sh.interrupted.load(Ordering::Relaxed),
         "channel_subscribers_checked": sub_checked,
         "messages_acknowledged": acked.values().map(Vec::len).sum::<usize>(),
         "messages_delivered": sh.delivered.load(Ordering::Relaxed),
@@ -1019,6 +1320,7 @@ async fn main() -> Result<()> {
         serde_json::to_string_pretty(&verdict)?,
     )?;
     println!("{}", serde_json::to_string_pretty(&verdict)?);
+    let mut child = server.lock().await;
     let _ = child.start_kill();
     let _ = child.wait().await;
     if verdict["ok"] != true {
