@@ -3,7 +3,7 @@
 //! For `--duration` seconds: channel publishers (acknowledged publishes; the acknowledged
 //! offsets are the oracle), channel subscribers that drop their connection at random and
 //! resume from their last offset, and recover from history whenever they get a `gap`; an AIS
-//! trajectory replayed into the layer `ships`, watched by `--viewports` viewport subscribers;
+//! trajectory replayed into the layer `soak-ships`, watched by `--viewports` viewport subscribers;
 //! editors patching shared features with versions (conflicts expected); one stalled client at
 //! a time (it subscribes and never reads; replaced every 30 s). Every 10 s: the server's RSS,
 //! open fds, outbox depth, connections and the p99 of publish-to-deliver latency.
@@ -47,13 +47,13 @@ struct Args {
     /// Output directory (samples.csv, verdict.json, the server's data and log).
     #[arg(long)]
     out: PathBuf,
-    /// AIS trajectory CSV (plain or .zst) replayed into the layer `ships`.
+    /// AIS trajectory CSV (plain or .zst) replayed into the layer `soak-ships`.
     #[arg(long)]
     track: PathBuf,
     /// Replay speed (x real time).
     #[arg(long, default_value_t = 30.0)]
     replay_speed: f64,
-    /// Viewport subscribers of `ships`.
+    /// Viewport subscribers of `soak-ships` (not `ships`: the server replays its own demo ships there).
     #[arg(long, default_value_t = 1000)]
     viewports: usize,
     /// Channels, each with one publisher.
@@ -460,10 +460,14 @@ async fn viewer(
 
 async fn follow(addr: SocketAddr, bbox: [f64; 4], stop: &AtomicBool, sh: &Shared) -> Result<View> {
     let mut c = Client::connect(addr).await?;
-    c.call("layer.subscribe", json!({ "layer": "ships", "bbox": bbox }))
-        .await?;
+    c.call(
+        "layer.subscribe",
+        json!({ "layer": "soak-ships", "bbox": bbox }),
+    )
+    .await?;
     let mut view = View::new();
     read_snapshot(&mut c, &mut view).await?;
+    let mut stopped_at: Option<Instant> = None;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let wait = if stopping {
@@ -477,6 +481,12 @@ async fn follow(addr: SocketAddr, bbox: [f64; 4], stop: &AtomicBool, sh: &Shared
             }
             continue;
         };
+        if stopping
+            && stopped_at.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(30)
+        {
+            // Still changing 30 s after the stop: compare what it holds now.
+            return Ok(view);
+        }
         match m.as_str() {
             "feature" => {
                 let id = p["id"].as_str().unwrap_or_default().to_string();
@@ -627,7 +637,7 @@ async fn bad_frame(addr: SocketAddr, kind: usize) -> Result<()> {
     Ok(())
 }
 
-/// A client that subscribes to `ships` and never reads again, for `hold`.
+/// A client that subscribes to `soak-ships` and never reads again, for `hold`.
 async fn stalled(addr: SocketAddr, hold: Duration) -> Result<()> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
@@ -639,7 +649,7 @@ async fn stalled(addr: SocketAddr, hold: Duration) -> Result<()> {
     s.write_all(req.as_bytes()).await?;
     let mut head = [0u8; 256];
     let _ = s.read(&mut head).await?;
-    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "layer.subscribe", "params": { "layer": "ships" } })
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "layer.subscribe", "params": { "layer": "soak-ships" } })
         .to_string();
     let mask = [1u8, 2, 3, 4];
     let mut frame = vec![0x81u8];
@@ -798,6 +808,7 @@ const STOP_WAIT: Duration = Duration::from_secs(60);
 
 /// Waits up to [`STOP_WAIT`] for a task; records a failure naming it if it does not end.
 async fn join<T>(what: &str, task: tokio::task::JoinHandle<T>, failures: &mut Vec<String>) {
+    eprintln!("stopping {what}");
     let abort = task.abort_handle();
     match tokio::time::timeout(STOP_WAIT, task).await {
         Ok(Ok(_)) => {}
@@ -844,7 +855,7 @@ async fn main() -> Result<()> {
     let stop_subs = Arc::new(AtomicBool::new(false));
     let stop_views = Arc::new(AtomicBool::new(false));
 
-    // Layers: `edits` (versions required) with its features; `ships` for the replay.
+    // Layers: `edits` (versions required) with its features; `soak-ships` for the replay.
     let admin = Remote::connect(&addr.to_string(), None).await?;
     admin
         .call("layer.create", &json!({ "name": "edits" }))
@@ -863,7 +874,7 @@ async fn main() -> Result<()> {
     // Replay a first slice so the layer exists before the viewers subscribe.
     geostream_server::replay::replay(
         &admin,
-        "ships",
+        "soak-ships",
         &points[..points.len().min(50)],
         1e9,
         |_, _| {},
@@ -957,7 +968,7 @@ async fn main() -> Result<()> {
                     continue;
                 };
                 tokio::select! {
-                    r = geostream_server::replay::replay(&remote, "ships", &points, speed, |_, _| {}) => {
+                    r = geostream_server::replay::replay(&remote, "soak-ships", &points, speed, |_, _| {}) => {
                         if let Err(e) = r && !sh.chaos {
                             sh.error(format!("replay: {e}"));
                             return;
@@ -1111,7 +1122,39 @@ async fn main() -> Result<()> {
     }
     join("the replay", replayer, &mut failures).await;
     staller.abort();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Writes already sent (the replay keeps up to 16 batches in flight, and a dropped
+    // `Remote` still sends what it queued) land after the writers stop: wait until the
+    // layers' sequence numbers have not moved for 3 s (at most 60 s).
+    eprintln!("waiting for the layers to settle");
+    let settle_deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_seqs = None;
+    let mut stable_since = Instant::now();
+    loop {
+        let seqs = async {
+            let mut c = Client::connect(addr).await?;
+            let a = c.call("layer.get", json!({ "name": "soak-ships" })).await?["seq"].clone();
+            let b = c.call("layer.get", json!({ "name": "edits" })).await?["seq"].clone();
+            anyhow::Ok((a, b))
+        }
+        .await
+        .ok();
+        if seqs.is_some() && seqs == last_seqs {
+            if stable_since.elapsed() >= Duration::from_secs(3) {
+                break;
+            }
+        } else {
+            stable_since = Instant::now();
+            last_seqs = seqs;
+        }
+        if Instant::now() > settle_deadline {
+            failures
+                .push(format!(
+                    "the layers were still changing 60 s after the writers stopped (seq of soak-ships, edits: {last_seqs:?})"
+                ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     stop_subs.store(true, Ordering::Relaxed);
     stop_views.store(true, Ordering::Relaxed);
 
@@ -1154,28 +1197,25 @@ async fn main() -> Result<()> {
         sub_checked += 1;
     }
     // Viewports: what each holds equals a fresh subscription to the same viewport.
-    let mut view_checked = 0;
-    let mut view_features = 0;
-    for (bbox, task) in viewers {
+    eprintln!("checking the viewports");
+    // All at once, each bounded: a viewer that does not end, or a fresh snapshot that does
+    // not come, is a failure naming the viewport.
+    let checks = viewers.into_iter().map(|(bbox, task)| async move {
         let held = match tokio::time::timeout(STOP_WAIT, task).await {
             Ok(Ok(Ok(v))) => v,
-            Ok(Ok(Err(e))) => {
-                failures.push(format!("viewer {bbox:?}: {e}"));
-                continue;
-            }
-            Ok(Err(e)) => {
-                failures.push(format!("viewer {bbox:?}: {e}"));
-                continue;
-            }
+            Ok(Ok(Err(e))) => return Err(format!("viewer {bbox:?}: {e}")),
+            Ok(Err(e)) => return Err(format!("viewer {bbox:?}: {e}")),
             Err(_) => {
-                failures.push(format!("viewer {bbox:?} did not stop within {STOP_WAIT:?}"));
-                continue;
+                return Err(format!("viewer {bbox:?} did not stop within {STOP_WAIT:?}"));
             }
         };
         let fresh = tokio::time::timeout(STOP_WAIT, async {
             let mut c = Client::connect(addr).await?;
-            c.call("layer.subscribe", json!({ "layer": "ships", "bbox": bbox }))
-                .await?;
+            c.call(
+                "layer.subscribe",
+                json!({ "layer": "soak-ships", "bbox": bbox }),
+            )
+            .await?;
             let mut v = View::new();
             read_snapshot(&mut c, &mut v).await?;
             anyhow::Ok(v)
@@ -1183,7 +1223,7 @@ async fn main() -> Result<()> {
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("no snapshot within {STOP_WAIT:?}")));
         match fresh {
-            Ok(f) if f == held => view_features += held.len(),
+            Ok(f) if f == held => Ok(held.len()),
             Ok(f) => {
                 let diff: Vec<_> = f
                     .iter()
@@ -1196,13 +1236,22 @@ async fn main() -> Result<()> {
                     )
                     .take(3)
                     .collect();
-                failures.push(format!("viewer {bbox:?} differs from the server: {diff:?}"));
+                Err(format!("viewer {bbox:?} differs from the server: {diff:?}"))
             }
-            Err(e) => failures.push(format!("viewer {bbox:?}: fresh snapshot: {e}")),
+            Err(e) => Err(format!("viewer {bbox:?}: fresh snapshot: {e}")),
         }
+    });
+    let mut view_checked = 0;
+    let mut view_features = 0;
+    for r in futures_util::future::join_all(checks).await {
         view_checked += 1;
+        match r {
+            Ok(n) => view_features += n,
+            Err(e) => failures.push(e),
+        }
     }
     // Edits: versions count the acknowledged edits; the last one's properties are current.
+    eprintln!("checking the edits");
     let admin = Remote::connect(&addr.to_string(), None).await?;
     let acks = acks.lock().clone();
     let mut edits_acked = 0;
