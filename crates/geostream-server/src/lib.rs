@@ -28,6 +28,10 @@ pub mod tiles;
 pub mod web;
 mod ws;
 
+/// The WebSocket echo endpoint for conformance tests (feature `ws-echo`, off by default).
+#[cfg(feature = "ws-echo")]
+pub use ws::echo as ws_echo;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! Slow consumers over real sockets: a client that stops reading never delays the others
 //! or grows the server's memory; it gets a `gap` for the channel messages it missed and
-//! recovers them from history. (Coalescing and the 4008 disconnect are covered by the
-//! outbox's unit tests in geostream-hub.)
+//! recovers them from history. The same through a throttling proxy, for every outbox policy
+//! (gap, coalescing, the 4008 disconnect, latency and memory beside slow clients), is in
+//! backpressure_proxy.rs.
 
 mod common;
 

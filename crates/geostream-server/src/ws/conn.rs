@@ -36,7 +36,7 @@ const READ_CHUNK: usize = 4096;
 
 /// How long to wait for the client's close frame after ours, and for the writer to flush
 /// after the client's.
-const CLOSE_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Serves an upgraded connection until it closes.
 pub(crate) async fn serve(
@@ -96,7 +96,7 @@ enum ReadEnd {
 }
 
 /// Reads (and discards) until the client's close frame, end of stream or [`CLOSE_WAIT`].
-async fn linger(rd: &OwnedReadHalf, max_frame: usize) {
+pub(crate) async fn linger(rd: &OwnedReadHalf, max_frame: usize) {
     let mut dec = Decoder::new(max_frame);
     let mut buf = BytesMut::new();
     let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
@@ -107,19 +107,39 @@ async fn linger(rd: &OwnedReadHalf, max_frame: usize) {
         ) {
             return;
         }
-        buf.reserve(READ_CHUNK);
-        match rd.try_read_buf(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => loop {
+        match read_some(rd, &mut buf) {
+            Read::Gone => return,
+            Read::NotYet => {}
+            Read::Data => loop {
                 match dec.decode(&mut buf) {
                     Ok(Some(Message::Close(_))) | Err(_) => return,
                     Ok(Some(_)) => continue,
                     Ok(None) => break,
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
         }
+    }
+}
+
+/// What one read from a socket that reported readiness brought.
+pub(crate) enum Read {
+    /// Bytes were appended to the buffer.
+    Data,
+    /// The readiness was spurious: nothing to read yet.
+    NotYet,
+    /// End of stream or a socket error.
+    Gone,
+}
+
+/// Reads what is available (up to [`READ_CHUNK`] more) into `buf` without waiting; call it
+/// once the socket reported readiness. The buffer grows only when there is something to read.
+pub(crate) fn read_some(rd: &OwnedReadHalf, buf: &mut BytesMut) -> Read {
+    buf.reserve(READ_CHUNK);
+    match rd.try_read_buf(buf) {
+        Ok(0) => Read::Gone,
+        Ok(_) => Read::Data,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Read::NotYet,
+        Err(_) => Read::Gone,
     }
 }
 
@@ -138,6 +158,8 @@ async fn read_loop(
     let mut buf = leftover;
     let mut last_recv = Instant::now();
     let mut last_ping = Instant::now();
+    // When the outbox started closing (slow consumer, shutdown) while the writer still runs.
+    let mut closing_since: Option<Instant> = None;
     let ping_every = cfg.ping_interval();
     let idle_timeout = cfg.idle_timeout();
     // A timer in the task's own state (an `Interval` would box one): an idle connection's
@@ -194,18 +216,26 @@ async fn read_loop(
                 if r.is_err() {
                     return ReadEnd::Gone;
                 }
-                buf.reserve(READ_CHUNK);
-                match rd.try_read_buf(&mut buf) {
-                    Ok(0) => return ReadEnd::Gone,
-                    Ok(_) => last_recv = Instant::now(),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return ReadEnd::Gone,
+                match read_some(rd, &mut buf) {
+                    Read::Data => last_recv = Instant::now(),
+                    Read::NotYet => {}
+                    Read::Gone => return ReadEnd::Gone,
                 }
             }
             _ = &mut tick => {
                 tick.as_mut().reset(tokio::time::Instant::now() + half);
                 let now = Instant::now();
                 let quiet = now.duration_since(last_recv);
+                if session.outbox.close_reason().is_some() {
+                    // The close frame is queued but the writer cannot get it out: the client
+                    // reads nothing (its window is full). It does not get to hold the
+                    // connection, whatever else it sends: let it go after the close wait.
+                    let since = *closing_since.get_or_insert(now);
+                    if now.duration_since(since) >= CLOSE_WAIT {
+                        tracing::debug!(session = %session.id(), "Dropping a connection that does not read its close frame.");
+                        return ReadEnd::Gone;
+                    }
+                }
                 if quiet >= idle_timeout {
                     tracing::debug!(session = %session.id(), "Closing an idle connection.");
                     return ReadEnd::Close(CloseCode::IdleTimeout.into());

@@ -60,6 +60,13 @@ pub(crate) struct Decoder {
     max_message: usize,
     /// Opcode and payload of a fragmented message in progress.
     partial: Option<(u8, BytesMut)>,
+    /// The UTF-8 check of the text message in progress: text is checked as it arrives, so a
+    /// message that turns invalid fails at once, not once its last byte is in (RFC 6455
+    /// section 8.1, Autobahn cases 6.4.x).
+    utf8: Utf8Stream,
+    /// Payload bytes of the incomplete text frame at the front of the buffer that are
+    /// already unmasked and checked.
+    seen: usize,
 }
 
 impl Decoder {
@@ -67,6 +74,8 @@ impl Decoder {
         Decoder {
             max_message,
             partial: None,
+            utf8: Utf8Stream::default(),
+            seen: 0,
         }
     }
 
@@ -131,17 +140,51 @@ impl Decoder {
                     reason: "message larger than the server's limit",
                 });
             }
+            // Where the frame stands in a message, known from its header: refused before
+            // its payload is waited for.
+            let text = match (op, self.partial.as_ref()) {
+                (_, _) if is_control => false,
+                (opcode::CONTINUATION, None) => {
+                    return Err(violation(
+                        "continuation frame without a message to continue",
+                    ));
+                }
+                (opcode::CONTINUATION, Some((first, _))) => *first == opcode::TEXT,
+                (_, Some(_)) => {
+                    return Err(violation(
+                        "new message started before the previous one finished",
+                    ));
+                }
+                (op, None) => op == opcode::TEXT,
+            };
             let mask_at = header;
             header += 4;
             let total = header + len as usize;
+            if text && op == opcode::TEXT && self.seen == 0 {
+                self.utf8 = Utf8Stream::default();
+            }
             if buf.len() < total {
+                if text && buf.len() > header + self.seen {
+                    // Check the text that is in, so invalid UTF-8 fails fast.
+                    let mask: [u8; 4] = buf[mask_at..mask_at + 4].try_into().unwrap_or_default();
+                    let part = &mut buf[header + self.seen..];
+                    unmask(part, rotate(mask, self.seen));
+                    if !self.utf8.feed(part) {
+                        return Err(not_utf8());
+                    }
+                    self.seen = buf.len() - header;
+                }
                 buf.reserve(total - buf.len());
                 return Ok(None);
             }
             let mask: [u8; 4] = buf[mask_at..mask_at + 4].try_into().unwrap_or_default();
             buf.advance(header);
             let mut payload = buf.split_to(len as usize);
-            unmask(&mut payload, mask);
+            let seen = std::mem::take(&mut self.seen);
+            unmask(&mut payload[seen..], rotate(mask, seen));
+            if text && (!self.utf8.feed(&payload[seen..]) || (fin && !self.utf8.is_complete())) {
+                return Err(not_utf8());
+            }
 
             if is_control {
                 return match op {
@@ -150,27 +193,18 @@ impl Decoder {
                     _ => parse_close(&payload).map(|c| Some(Message::Close(c))),
                 };
             }
-            match (op, self.partial.as_mut()) {
-                (opcode::CONTINUATION, None) => {
-                    return Err(violation(
-                        "continuation frame without a message to continue",
-                    ));
-                }
-                (opcode::CONTINUATION, Some((_, acc))) => acc.extend_from_slice(&payload),
-                (_, Some(_)) => {
-                    return Err(violation(
-                        "new message started before the previous one finished",
-                    ));
-                }
-                (_, None) if fin => return finish(op, payload).map(Some),
-                (_, None) => self.partial = Some((op, payload)),
+            // The sequence was checked from the header above.
+            match self.partial.as_mut() {
+                Some((_, acc)) => acc.extend_from_slice(&payload),
+                None if fin => return Ok(Some(finish(op, payload))),
+                None => self.partial = Some((op, payload)),
             }
             if fin {
                 let (op, acc) = self
                     .partial
                     .take()
                     .unwrap_or((opcode::BINARY, BytesMut::new()));
-                return finish(op, acc).map(Some);
+                return Ok(Some(finish(op, acc)));
             }
         }
     }
@@ -181,18 +215,71 @@ impl Decoder {
     }
 }
 
-fn finish(op: u8, payload: BytesMut) -> Result<Message, FrameError> {
+/// A complete data message (text was checked for UTF-8 as it arrived).
+fn finish(op: u8, payload: BytesMut) -> Message {
     if op == opcode::TEXT {
-        if std::str::from_utf8(&payload).is_err() {
-            return Err(FrameError {
-                code: CloseCode::InvalidPayload,
-                reason: "text message is not UTF-8",
-            });
-        }
-        Ok(Message::Text(payload.freeze()))
+        Message::Text(payload.freeze())
     } else {
-        Ok(Message::Binary(payload.freeze()))
+        Message::Binary(payload.freeze())
     }
+}
+
+const fn not_utf8() -> FrameError {
+    FrameError {
+        code: CloseCode::InvalidPayload,
+        reason: "text message is not UTF-8",
+    }
+}
+
+/// An incremental UTF-8 check: fed a message in pieces split anywhere (even inside a
+/// character), it fails as soon as the bytes so far cannot begin valid UTF-8.
+#[derive(Default)]
+struct Utf8Stream {
+    /// The start of a character cut by the end of the previous piece.
+    carry: [u8; 4],
+    carried: usize,
+}
+
+impl Utf8Stream {
+    /// Checks the next piece; `false` once the text is invalid.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        while self.carried > 0 && !data.is_empty() {
+            self.carry[self.carried] = data[0];
+            self.carried += 1;
+            data = &data[1..];
+            match std::str::from_utf8(&self.carry[..self.carried]) {
+                Ok(_) => self.carried = 0,
+                Err(e) if e.error_len().is_some() => return false,
+                Err(_) => {}
+            }
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_some() => false,
+            Err(e) => {
+                let tail = &data[e.valid_up_to()..];
+                self.carry[..tail.len()].copy_from_slice(tail);
+                self.carried = tail.len();
+                true
+            }
+        }
+    }
+
+    /// Whether the text so far ends on a character boundary.
+    fn is_complete(&self) -> bool {
+        self.carried == 0
+    }
+}
+
+/// The mask as it applies from payload offset `at` on.
+fn rotate(mask: [u8; 4], at: usize) -> [u8; 4] {
+    let r = at % 4;
+    [
+        mask[r],
+        mask[(r + 1) % 4],
+        mask[(r + 2) % 4],
+        mask[(r + 3) % 4],
+    ]
 }
 
 fn parse_close(p: &[u8]) -> Result<Option<u16>, FrameError> {
@@ -421,6 +508,99 @@ pub(crate) mod tests {
                 "{bytes:02x?}"
             );
         }
+    }
+
+    /// Autobahn 6.4.1/6.4.2: a fragmented text message fails at the fragment that makes it
+    /// invalid UTF-8, before the rest arrives (it used to fail only on the last fragment).
+    #[test]
+    fn invalid_utf8_fails_at_the_fragment_that_makes_it_invalid() {
+        let mut d = Decoder::new(1024);
+        let mut buf = BytesMut::from(&client_frame(false, opcode::TEXT, "κόσμε".as_bytes())[..]);
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&client_frame(
+            false,
+            opcode::CONTINUATION,
+            &[0xf4, 0x90, 0x80, 0x80],
+        ));
+        assert_eq!(
+            d.decode(&mut buf).unwrap_err().code,
+            CloseCode::InvalidPayload
+        );
+        // A cut that is only incomplete (not invalid) waits for the next fragment.
+        let mut d = Decoder::new(1024);
+        let mut buf = BytesMut::from(&client_frame(false, opcode::TEXT, &[b'a', 0xe2, 0x82])[..]);
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&client_frame(true, opcode::CONTINUATION, &[0xac]));
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Message::Text(Bytes::from("a€")))
+        );
+        // A message that ends inside a character is invalid.
+        let f = client_frame(true, opcode::TEXT, &[b'a', 0xe2, 0x82]);
+        assert_eq!(
+            decode_all(&f, 1024).unwrap_err().code,
+            CloseCode::InvalidPayload
+        );
+    }
+
+    /// Autobahn 6.4.3/6.4.4: invalid UTF-8 in the part of a text frame that has arrived fails
+    /// before the rest of the frame is in (it used to wait for the whole frame).
+    #[test]
+    fn invalid_utf8_fails_before_the_frame_is_complete() {
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend_from_slice(&[0xf4, 0x90, 0x80, 0x80]);
+        payload.extend_from_slice(b"edited");
+        let f = client_frame(true, opcode::TEXT, &payload);
+        let cut = f.len() - 6;
+        let mut d = Decoder::new(1024);
+        let mut buf = BytesMut::from(&f[..cut - 3]);
+        assert_eq!(d.decode(&mut buf).unwrap(), None, "valid so far");
+        buf.extend_from_slice(&f[cut - 3..cut]);
+        assert_eq!(
+            d.decode(&mut buf).unwrap_err().code,
+            CloseCode::InvalidPayload
+        );
+    }
+
+    /// Unmasking part of a frame early and the rest later gives the same text, whatever the
+    /// cut, and characters cut by reads or fragments are reassembled.
+    #[test]
+    fn text_checked_in_pieces_decodes_the_same() {
+        let text = "a€b😀c ü".repeat(5);
+        let bytes = text.as_bytes();
+        for split in 0..=bytes.len() {
+            let mut f = client_frame(false, opcode::TEXT, &bytes[..split]);
+            f.extend(client_frame(true, opcode::CONTINUATION, &bytes[split..]));
+            for step in [1usize, 3, 7] {
+                let mut d = Decoder::new(1024);
+                let mut buf = BytesMut::new();
+                let mut got = Vec::new();
+                for chunk in f.chunks(step) {
+                    buf.extend_from_slice(chunk);
+                    while let Some(m) = d.decode(&mut buf).unwrap() {
+                        got.push(m);
+                    }
+                }
+                assert_eq!(got, vec![Message::Text(Bytes::from(text.clone()))]);
+            }
+        }
+    }
+
+    /// A frame that breaks the message sequence is refused from its header, before its
+    /// payload is waited for.
+    #[test]
+    fn sequence_errors_are_refused_from_the_header() {
+        let mut f = client_frame(false, opcode::TEXT, b"a");
+        f.extend_from_slice(&client_frame(true, opcode::BINARY, &[0; 500])[..8]);
+        assert_eq!(
+            decode_all(&f, 1024).unwrap_err().code,
+            CloseCode::ProtocolError
+        );
+        let f = &client_frame(true, opcode::CONTINUATION, &[0; 500])[..8];
+        assert_eq!(
+            decode_all(f, 1024).unwrap_err().code,
+            CloseCode::ProtocolError
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! [`conn`]: one reader task and one writer task per connection.
 
 pub(crate) mod conn;
+#[cfg(feature = "ws-echo")]
+pub mod echo;
 pub(crate) mod frame;
 pub(crate) mod pipeline;
 pub(crate) mod rpc;
@@ -29,6 +31,14 @@ use crate::node::Node;
 
 /// The GUID of RFC 6455 section 1.3, appended to the client's key.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The `Sec-WebSocket-Accept` answer to a client's `Sec-WebSocket-Key`.
+pub(crate) fn accept_key(key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
@@ -155,12 +165,7 @@ pub(crate) async fn upgrade(
             "this connection cannot be upgraded (HTTP/2 WebSocket is not supported)",
         );
     };
-    let accept = {
-        let mut h = Sha1::new();
-        h.update(key.as_bytes());
-        h.update(WS_GUID.as_bytes());
-        base64::engine::general_purpose::STANDARD.encode(h.finalize())
-    };
+    let accept = accept_key(key.as_bytes());
     let encoding = selected.unwrap_or(Encoding::Json);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
