@@ -28,7 +28,15 @@ pub enum RemoteError {
     Connection(String),
 }
 
-type Waiters = Arc<Mutex<HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>>>;
+/// Requests waiting for their answers, and whether the connection is gone (then no request
+/// may start waiting: nothing would ever answer it).
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>,
+    closed: bool,
+}
+
+type Waiters = Arc<Mutex<Pending>>;
 
 /// A connection using MessagePack.
 pub struct Remote {
@@ -72,14 +80,18 @@ impl Remote {
             let _ = sink.close().await;
         });
         let w = waiters.clone();
-        let pong = out.clone();
+        // Weak: dropping the `Remote` must end the writer (which closes the connection),
+        // whatever the reader still holds.
+        let pong = out.downgrade();
         tokio::spawn(async move {
             while let Some(Ok(m)) = stream.next().await {
                 let data = match m {
                     Message::Binary(b) => b,
                     Message::Text(t) => t.as_bytes().to_vec().into(),
                     Message::Ping(p) => {
-                        let _ = pong.try_send(Message::Pong(p));
+                        if let Some(out) = pong.upgrade() {
+                            let _ = out.try_send(Message::Pong(p));
+                        }
                         continue;
                     }
                     Message::Close(_) => break,
@@ -90,7 +102,7 @@ impl Remote {
                         id: Id::Int(id),
                         result,
                     }) => {
-                        if let Some(tx) = w.lock().remove(&id) {
+                        if let Some(tx) = w.lock().waiting.remove(&id) {
                             let _ = tx.send(Ok(result));
                         }
                     }
@@ -98,7 +110,7 @@ impl Remote {
                         id: Some(Id::Int(id)),
                         error,
                     }) => {
-                        if let Some(tx) = w.lock().remove(&id) {
+                        if let Some(tx) = w.lock().waiting.remove(&id) {
                             let _ = tx.send(Err(error));
                         }
                     }
@@ -106,8 +118,10 @@ impl Remote {
                     _ => {}
                 }
             }
-            // Fail whatever is still waiting.
-            w.lock().clear();
+            // Fail whatever is still waiting, and whatever would start to.
+            let mut p = w.lock();
+            p.closed = true;
+            p.waiting.clear();
         });
         Ok(Remote {
             out,
@@ -125,7 +139,13 @@ impl Remote {
     ) -> Result<oneshot::Receiver<Result<Value, RpcError>>, RemoteError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().insert(id, tx);
+        {
+            let mut p = self.waiters.lock();
+            if p.closed {
+                return Err(RemoteError::Connection("the connection closed".into()));
+            }
+            p.waiting.insert(id, tx);
+        }
         let frame = codec::encode_request(self.enc, Some(&Id::Int(id)), method, params);
         self.out
             .send(Message::Binary(frame))

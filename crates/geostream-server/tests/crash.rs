@@ -185,3 +185,21 @@ async fn sigkill_mid_stream_loses_no_acknowledged_edit() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+/// A request made after the server went away fails at once (it once waited forever, which
+/// hung the SIGKILL test above now and then).
+#[tokio::test]
+async fn a_call_after_the_connection_died_fails_instead_of_waiting() {
+    let srv = common::TestServer::start().await;
+    let remote = Remote::connect(&srv.ws_url(), None).await.unwrap();
+    remote.call("ping", &json!({})).await.unwrap();
+    srv.shutdown().await;
+    // Let the client see the connection end before calling again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..20 {
+        let r = tokio::time::timeout(Duration::from_secs(5), remote.call("ping", &json!({})))
+            .await
+            .expect("a call on a dead connection must not wait forever");
+        assert!(matches!(r, Err(RemoteError::Connection(_))), "{r:?}");
+    }
+}
