@@ -87,7 +87,7 @@ async fn many_edits_in_flight_keep_per_feature_order() {
 /// exactly once, including errors, and the connection stays usable.
 #[tokio::test]
 async fn pipelined_errors_are_answered_by_id() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_with(|c| c.websocket.max_inflight_requests = 64).await;
     let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
     ws.ok("layer.create", json!({ "name": "q" })).await;
     let ok = ws

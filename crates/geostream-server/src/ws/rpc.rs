@@ -468,15 +468,23 @@ impl Rpc {
         let ctx = self.ctx();
         let limit = self.request_timeout();
         let rid = id.clone();
-        let spawned = self.spawn_task(id.clone(), method, start, false, move |_| async move {
-            pipeline::wait_for(after).await;
-            let outcome = match tokio::time::timeout(limit, ctx.run(&rid, req)).await {
-                Ok(o) => o,
-                Err(_) => Err(timed_out(limit)),
-            };
-            drop((done, place));
-            outcome
-        });
+        // The place and the "done" signal are let go once the response is queued, so the
+        // responses to requests on one feature go out in the order the requests came.
+        let guard = (done, place);
+        let spawned = self.spawn_task(
+            id.clone(),
+            method,
+            start,
+            false,
+            guard,
+            move |_| async move {
+                pipeline::wait_for(after).await;
+                match tokio::time::timeout(limit, ctx.run(&rid, req)).await {
+                    Ok(o) => o,
+                    Err(_) => Err(timed_out(limit)),
+                }
+            },
+        );
         if let Err(e) = spawned {
             self.node.metrics.request(method, false);
             self.send_error(Some(&id), &e.to_rpc());
@@ -823,7 +831,7 @@ impl Rpc {
         F: FnOnce(Progress) -> Fut,
         Fut: Future<Output = Result<Bytes>> + Send + 'static,
     {
-        self.spawn_task(id, method, Instant::now(), true, move |p| {
+        self.spawn_task(id, method, Instant::now(), true, (), move |p| {
             let fut = work(p);
             async move { fut.await.map(Some) }
         })
@@ -832,17 +840,19 @@ impl Rpc {
     /// Runs a request as a task registered by id (so it can be cancelled) that answers it.
     /// `limited`: counted against `websocket.max_concurrent_requests` (long requests;
     /// pipelined ones have their own places).
-    fn spawn_task<F, Fut>(
+    fn spawn_task<F, Fut, G>(
         &self,
         id: Id,
         method: &'static str,
         start: Instant,
         limited: bool,
+        guard: G,
         work: F,
     ) -> Result<()>
     where
         F: FnOnce(Progress) -> Fut,
         Fut: Future<Output = Result<Option<Bytes>>> + Send + 'static,
+        G: Send + 'static,
     {
         let registry = self.running.get_or_init(Running::default).clone();
         let mut running = registry.lock();
@@ -885,6 +895,8 @@ impl Rpc {
             if let Some(f) = frame {
                 session.outbox.push_always(Outgoing::Frame(f));
             }
+            // Held until the response is queued (see `pipeline`).
+            drop(guard);
             node.metrics.request(method, outcome.is_ok());
             node.metrics.request_latency.observe(start.elapsed());
         });
