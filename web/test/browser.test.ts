@@ -380,7 +380,20 @@ describe("the demo page in Chromium", { timeout: 900_000 }, () => {
     const moved = (await byName(a, "line 1 by Alice"))!.coords as [number, number][];
     // Drag the midpoint handle of the first segment: a new vertex.
     const mid: [number, number] = [(moved[0]![0] + moved[1]![0]) / 2, (moved[0]![1] + moved[1]![1]) / 2];
-    await waitFor("A's handles", () => a.evaluate(() => (window as unknown as { geostreamDemo: { map: { querySourceFeatures(s: string): unknown[] } } }).geostreamDemo.map.querySourceFeatures("vertices").length), (c) => c >= 5);
+    // The handles are redrawn from the moved line by MapLibre's worker, a moment after the
+    // page holds it: wait for a midpoint handle where the drag will start, or it pans the map.
+    await waitFor(
+      "A's midpoint handle at the moved line",
+      () =>
+        a.evaluate(
+          ([x, y]) =>
+            (window as unknown as { geostreamDemo: { map: { querySourceFeatures(s: string): { properties: { mid?: unknown }; geometry: { coordinates: number[] } }[] } } }).geostreamDemo.map
+              .querySourceFeatures("vertices")
+              .some((h) => String(h.properties.mid) === "true" && Math.abs(h.geometry.coordinates[0]! - x) < 0.5 && Math.abs(h.geometry.coordinates[1]! - y) < 0.5),
+          mid,
+        ),
+      (found) => found,
+    );
     await dragFrom(a, mid, 0, -40);
     await waitFor("B to see 4 vertices", n, (c) => c === 4);
     // Double-click a vertex: removed.
