@@ -361,8 +361,11 @@ impl Rpc {
                     return self.send_error(Some(&id), &e.to_rpc());
                 }
                 match pipeline::lane(&req, &self.node.config.layers.feature_limits()) {
-                    Lane::Pipelined(keys) => self.pipeline(id, req, keys, start).await,
-                    Lane::Serial => {
+                    // With one place, a task per request would only add a hop: run it here.
+                    Lane::Pipelined(keys) if self.max_inflight > 1 => {
+                        self.pipeline(id, req, keys, start).await
+                    }
+                    Lane::Pipelined(_) | Lane::Serial => {
                         // Alone: after every pipelined request in flight.
                         let all = match &self.inflight {
                             Some(places) => places
