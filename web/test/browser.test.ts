@@ -382,22 +382,20 @@ describe("the demo page in Chromium", { timeout: 900_000 }, () => {
     const mid: [number, number] = [(moved[0]![0] + moved[1]![0]) / 2, (moved[0]![1] + moved[1]![1]) / 2];
     // The handles are redrawn from the moved line by MapLibre's worker, a moment after the
     // page holds it: wait for a midpoint handle where the drag will start, or it pans the map.
-    await waitFor(
-      "A's midpoint handle at the moved line",
-      () =>
-        a.evaluate(
-          ([x, y]) =>
-            (window as unknown as { geostreamDemo: { map: { querySourceFeatures(s: string): { properties: { mid?: unknown }; geometry: { coordinates: number[] } }[] } } }).geostreamDemo.map
-              .querySourceFeatures("vertices")
-              .some((h) => String(h.properties.mid) === "true" && Math.abs(h.geometry.coordinates[0]! - x) < 0.5 && Math.abs(h.geometry.coordinates[1]! - y) < 0.5),
-          mid,
-        ),
-      (found) => found,
-    );
+    const handleAt = (at: [number, number], isMid: boolean): Promise<boolean> =>
+      a.evaluate(
+        ([x, y, m]) =>
+          (window as unknown as { geostreamDemo: { map: { querySourceFeatures(s: string): { properties: { mid?: unknown }; geometry: { coordinates: number[] } }[] } } }).geostreamDemo.map
+            .querySourceFeatures("vertices")
+            .some((h) => String(h.properties.mid) === String(m) && Math.abs(h.geometry.coordinates[0]! - (x as number)) < 0.5 && Math.abs(h.geometry.coordinates[1]! - (y as number)) < 0.5),
+        [at[0], at[1], isMid] as const,
+      );
+    await waitFor("A's midpoint handle at the moved line", () => handleAt(mid, true), (found) => found);
     await dragFrom(a, mid, 0, -40);
     await waitFor("B to see 4 vertices", n, (c) => c === 4);
     // Double-click a vertex: removed.
     const now = (await byName(a, "line 1 by Alice"))!.coords as [number, number][];
+    await waitFor("A's vertex handle at the new line", () => handleAt(now[1]!, false), (found) => found);
     const v = await pixel(a, now[1]!);
     await a.mouse.dblclick(v.x, v.y);
     await waitFor("B to see 3 vertices", n, (c) => c === 3);
