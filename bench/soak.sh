@@ -21,9 +21,9 @@ if ! [[ "$DURATION" =~ ^[0-9]+$ ]] || [ "$DURATION" -gt 14400 ] || [ "$DURATION"
 fi
 PROFILE="${PROFILE:-release}"
 OUT="${OUT:-${TMPDIR:-/tmp}/geostream-soak/$(date +%Y%m%d-%H%M%S)}"
-DATA="${GEOSTREAM_DATA:-$PWD/../shared/data}"
-TRACK="$DATA/trajectories/ais_ny_harbor_2020-06-30_first_hour.csv.zst"
-[ -f "$TRACK" ] || { echo "error: $TRACK not found (set GEOSTREAM_DATA to the shared data directory)" >&2; exit 2; }
+# The vendored AIS track (datasets/, see bench/data.sh).
+. "$PWD/bench/data.sh"
+TRACK="$(data_file trajectories/ais_ny_harbor_2020-06-30_first_hour.csv.zst)" || exit 2
 ulimit -n "$(ulimit -Hn)"
 if [ "$PROFILE" = release ]; then
   cargo build --locked --release -p geostream-server --bin geostream
