@@ -18,29 +18,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::backends::{Nothing, nats_url, pg_url};
 use common::{TestServer, Ws, http_json, http_publish};
-use geostream_broker::{BrokerHandler, HistoryLimits, NatsBroker, NatsOptions, Publication};
+use geostream_broker::{HistoryLimits, NatsBroker, NatsOptions};
 use geostream_core::codec::Encoding;
 use geostream_core::error::ErrorCode;
 use geostream_server::config::{BrokerConfig, StoreConfig};
 use geostream_store::{PostgresOptions, PostgresStore};
 use serde_json::{Value, json};
-
-fn pg_url() -> String {
-    std::env::var("GEOSTREAM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn nats_url() -> String {
-    std::env::var("GEOSTREAM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-struct Nothing;
-
-impl BrokerHandler for Nothing {
-    fn on_publication(&self, _: &str, _: &Publication, _: &Arc<str>) {}
-    fn on_event(&self, _: &str, _: &std::sync::Arc<geostream_broker::BusEvent>) {}
-}
 
 /// The shared backends of one test run: a fresh schema and subject prefix, checked to be
 /// reachable before any node starts, and removed at the end.

@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::backends::{Nothing, nats_url, pg_url};
 use common::{TestServer, Ws};
-use geostream_broker::{BrokerHandler, HistoryLimits, NatsBroker, NatsOptions, Publication};
+use geostream_broker::{HistoryLimits, NatsBroker, NatsOptions};
 use geostream_core::codec::Encoding;
 use geostream_core::error::ErrorCode;
 use geostream_server::config::{BrokerConfig, RasterLayerConfig, StoreConfig};
@@ -28,22 +29,6 @@ use serde_json::{Value, json};
 
 const WRITERS: usize = 8;
 const EDITS: usize = 15;
-
-fn pg_url() -> String {
-    std::env::var("GEOSTREAM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn nats_url() -> String {
-    std::env::var("GEOSTREAM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-struct Nothing;
-
-impl BrokerHandler for Nothing {
-    fn on_publication(&self, _: &str, _: &Publication, _: &Arc<str>) {}
-    fn on_event(&self, _: &str, _: &Arc<geostream_broker::BusEvent>) {}
-}
 
 /// A fresh schema and subject prefix, checked reachable before any node starts.
 struct Backends {

@@ -668,3 +668,30 @@ pub fn datasets() -> std::path::PathBuf {
     );
     dir
 }
+
+/// The shared PostgreSQL and NATS the cluster tests use (overridable for other machines).
+pub mod backends {
+    use std::sync::Arc;
+
+    use geostream_broker::{BrokerHandler, Publication};
+
+    /// PostgreSQL for the cluster tests.
+    pub fn pg_url() -> String {
+        std::env::var("GEOSTREAM_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    /// NATS for the cluster tests.
+    pub fn nats_url() -> String {
+        std::env::var("GEOSTREAM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    }
+
+    /// A broker handler that ignores everything (a test's own broker connection, used only
+    /// to publish or to check NATS is reachable).
+    pub struct Nothing;
+
+    impl BrokerHandler for Nothing {
+        fn on_publication(&self, _: &str, _: &Publication, _: &Arc<str>) {}
+        fn on_event(&self, _: &str, _: &Arc<geostream_broker::BusEvent>) {}
+    }
+}
