@@ -23,6 +23,8 @@ export const ERROR_NAMES: Record<number, string> = {
   3006: "locked",
   3007: "layer_exists",
   4001: "tile_not_found",
+  5001: "fence_not_found",
+  5002: "fence_exists",
 };
 
 /** Codes after which the same request may succeed later (the server or link was the cause). */

@@ -60,11 +60,15 @@ pub enum ErrorCode {
     LayerExists,
     /// The tile does not exist.
     TileNotFound,
+    /// The geofence does not exist.
+    FenceNotFound,
+    /// A geofence of that name exists.
+    FenceExists,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -86,6 +90,8 @@ impl ErrorCode {
         ErrorCode::Locked,
         ErrorCode::LayerExists,
         ErrorCode::TileNotFound,
+        ErrorCode::FenceNotFound,
+        ErrorCode::FenceExists,
     ];
 
     /// The number on the wire.
@@ -112,6 +118,8 @@ impl ErrorCode {
             ErrorCode::Locked => 3006,
             ErrorCode::LayerExists => 3007,
             ErrorCode::TileNotFound => 4001,
+            ErrorCode::FenceNotFound => 5001,
+            ErrorCode::FenceExists => 5002,
         }
     }
 
@@ -139,6 +147,8 @@ impl ErrorCode {
             ErrorCode::Locked => "locked",
             ErrorCode::LayerExists => "layer_exists",
             ErrorCode::TileNotFound => "tile_not_found",
+            ErrorCode::FenceNotFound => "fence_not_found",
+            ErrorCode::FenceExists => "fence_exists",
         }
     }
 

@@ -204,9 +204,18 @@ impl Principal {
     }
 
     /// Checks the right to publish to a channel. Publishing to a user channel needs an
-    /// explicit grant (a notification service's token), not anonymous access.
+    /// explicit grant (a notification service's token), not anonymous access. Geofence
+    /// channels (`fence:*`) are written by the server only.
     pub fn publish_channel(&self, name: &str) -> Result<()> {
         self.check_live()?;
+        if name.starts_with(geostream_fence::CHANNEL_PREFIX) {
+            return Err(ServerError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "channel {name:?} carries geofence events and only the server publishes to it"
+                ),
+            ));
+        }
         let everything = if Self::channel_owner(name).is_some() {
             0
         } else {
@@ -214,6 +223,19 @@ impl Principal {
         };
         if Self::rights(&self.channels, everything, name) & WRITE == 0 {
             return Err(self.deny(format!("publishing to channel {name:?}")));
+        }
+        Ok(())
+    }
+}
+
+impl Principal {
+    /// Checks the right to create or delete geofence `name`: write access to its channel
+    /// `fence:NAME` (a grant such as `"fence:*": "rw"`), which clients cannot publish to.
+    pub fn manage_fence(&self, name: &str) -> Result<()> {
+        self.check_live()?;
+        let channel = geostream_fence::channel_of(name);
+        if Self::rights(&self.channels, self.everything, &channel) & WRITE == 0 {
+            return Err(self.deny(format!("managing geofence {name:?}")));
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use geostream_broker::{BrokerSettings, HistoryLimits};
 use geostream_core::feature::Feature;
 use geostream_hub::{ChangeRun, LayerLog, SnapshotPages, SnapshotQuery};
 use geostream_store::{
-    ChangePage, FeatureQuery, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Snapshot,
+    ChangePage, FeatureQuery, FenceStore, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Snapshot,
     SnapshotRequest, SqliteOptions, SqliteStore, Store, StoreError, TileAddress, TilePut,
     TileStore, WriteOutcome, WriteRequest,
 };
@@ -98,6 +98,30 @@ impl Store for AnyStore {
     }
     async fn locks(&self, layer: &str) -> geostream_store::Result<Vec<Lock>> {
         store_call!(self, s => s.locks(layer).await)
+    }
+}
+
+impl FenceStore for AnyStore {
+    async fn create_fence(&self, name: &str, body: String) -> geostream_store::Result<()> {
+        store_call!(self, s => s.create_fence(name, body).await)
+    }
+    async fn delete_fence(&self, name: &str) -> geostream_store::Result<bool> {
+        store_call!(self, s => s.delete_fence(name).await)
+    }
+    async fn fences(&self) -> geostream_store::Result<Vec<(String, String)>> {
+        store_call!(self, s => s.fences().await)
+    }
+    async fn fence_cursors(&self) -> geostream_store::Result<Vec<(String, u64)>> {
+        store_call!(self, s => s.fence_cursors().await)
+    }
+    async fn save_fence_cursors(&self, cursors: Vec<(String, u64)>) -> geostream_store::Result<()> {
+        store_call!(self, s => s.save_fence_cursors(cursors).await)
+    }
+    async fn fence_lease(&self, holder: &str, ttl_ms: u64) -> geostream_store::Result<bool> {
+        store_call!(self, s => s.fence_lease(holder, ttl_ms).await)
+    }
+    async fn release_fence_lease(&self, holder: &str) -> geostream_store::Result<()> {
+        store_call!(self, s => s.release_fence_lease(holder).await)
     }
 }
 

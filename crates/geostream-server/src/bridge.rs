@@ -21,6 +21,8 @@ pub struct Bridge {
     tiles: Arc<Tiles>,
     store: AnyStore,
     lock_grace_ms: u64,
+    /// Told of every layer change, for the geofence evaluator.
+    fence_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Bridge {
@@ -32,6 +34,7 @@ impl Bridge {
         tiles: Arc<Tiles>,
         store: AnyStore,
         lock_grace_ms: u64,
+        fence_wake: Arc<tokio::sync::Notify>,
     ) -> Self {
         Bridge {
             hub,
@@ -39,6 +42,7 @@ impl Bridge {
             tiles,
             store,
             lock_grace_ms,
+            fence_wake,
         }
     }
 }
@@ -57,8 +61,14 @@ impl BrokerHandler for Bridge {
 
     fn on_event(&self, topic: &str, event: &Arc<BusEvent>) {
         match &**event {
-            BusEvent::Change(c) => self.tiles.on_change(c),
-            BusEvent::Changes(cs) => cs.iter().for_each(|c| self.tiles.on_change(c)),
+            BusEvent::Change(c) => {
+                self.tiles.on_change(c);
+                self.fence_wake.notify_one();
+            }
+            BusEvent::Changes(cs) => {
+                cs.iter().for_each(|c| self.tiles.on_change(c));
+                self.fence_wake.notify_one();
+            }
             BusEvent::TileUploaded(t) => {
                 if let Some(layer) = topic_layer(topic) {
                     self.tiles.on_upload(layer, t);

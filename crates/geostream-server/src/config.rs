@@ -55,6 +55,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Browser origins and CORS.
     pub http: HttpConfig,
+    /// Geofences: their evaluation and deliveries.
+    pub geofences: GeofencesConfig,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             web: WebConfig::default(),
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
+            geofences: GeofencesConfig::default(),
         }
     }
 }
@@ -425,6 +428,35 @@ impl Default for StoreConfig {
         StoreConfig::Sqlite {
             path: default_sqlite_path(),
             change_retention: default_retention(),
+        }
+    }
+}
+
+/// Geofences ([`crate::geofences`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeofencesConfig {
+    /// Whether this node may evaluate geofences. One node of a deployment evaluates them at a
+    /// time (it holds a lease in the store); the others take over when it dies. Default:
+    /// true.
+    pub evaluate: bool,
+    /// Most geofences in the deployment. Default: 1000000.
+    pub max_fences: usize,
+    /// How long the evaluator's lease lasts without renewal, in milliseconds: a dead
+    /// evaluator is replaced within this time. Default: 10000.
+    pub lease_ms: u64,
+    /// The NATS server for fences with a `nats` delivery (`nats://host:port`). Default: the
+    /// broker's URL when the broker is NATS, and none otherwise (such fences are refused).
+    pub nats_url: Option<String>,
+}
+
+impl Default for GeofencesConfig {
+    fn default() -> Self {
+        GeofencesConfig {
+            evaluate: true,
+            max_fences: 1_000_000,
+            lease_ms: 10_000,
+            nats_url: None,
         }
     }
 }
@@ -808,6 +840,9 @@ impl Config {
             return bad(
                 "websocket.idle_timeout_secs must be larger than websocket.ping_interval_secs",
             );
+        }
+        if self.geofences.lease_ms < 1000 {
+            return bad("geofences.lease_ms must be at least 1000");
         }
         if self.layers.dispatch_shards == 0 || self.layers.dispatch_shards > 256 {
             return bad("layers.dispatch_shards must be between 1 and 256");

@@ -101,6 +101,7 @@ fn store_error(e: &StoreError) -> RpcError {
     match e {
         StoreError::LayerNotFound(_) => RpcError::new(ErrorCode::LayerNotFound, msg),
         StoreError::LayerExists(_) => RpcError::new(ErrorCode::LayerExists, msg),
+        StoreError::FenceExists(_) => RpcError::new(ErrorCode::FenceExists, msg),
         StoreError::FeatureNotFound { .. } => RpcError::new(ErrorCode::FeatureNotFound, msg),
         StoreError::FeatureExists { current, .. } => RpcError::new(ErrorCode::Conflict, msg)
             .with_data(json!({ "current": current, "exists": true })),
@@ -149,6 +150,7 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         | ErrorCode::LayerNotFound
         | ErrorCode::FeatureNotFound
         | ErrorCode::TileNotFound
+        | ErrorCode::FenceNotFound
         | ErrorCode::UnknownSubscription => StatusCode::NOT_FOUND,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
@@ -156,7 +158,9 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::LimitExceeded => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Conflict | ErrorCode::LayerExists => StatusCode::CONFLICT,
+        ErrorCode::Conflict | ErrorCode::LayerExists | ErrorCode::FenceExists => {
+            StatusCode::CONFLICT
+        }
         ErrorCode::Locked => StatusCode::LOCKED,
         ErrorCode::RequestCancelled => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

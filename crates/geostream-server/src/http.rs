@@ -36,6 +36,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sse", get(sse::stream))
         .route("/v1/channels/{name}/messages", post(publish).get(history))
         .route("/v1/channels/{name}/presence", get(presence))
+        .route("/v1/geofences", post(fence_create).get(fence_list))
+        .route("/v1/geofences/{name}", get(fence_get).delete(fence_delete))
         .merge(tile_routes::routes())
         .merge(ogc::routes())
         .merge(web::routes())
@@ -83,7 +85,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let sessions = node.sessions.count() as f64;
-    let text = node.metrics.render(
+    let mut text = node.metrics.render(
         node.hub.stats(),
         &[(
             "geostream_node_sessions",
@@ -91,6 +93,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
             sessions,
         )],
     );
+    node.geofences.render_metrics(&mut text);
     (
         [(
             header::CONTENT_TYPE,
@@ -233,6 +236,88 @@ async fn presence(
     }
     .await;
     node.metrics.request("http.presence", r.is_ok());
+    r.unwrap_or_else(|e| e)
+}
+
+async fn fence_create(
+    State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let r = async {
+        crate::guard::require_media_type(&headers, crate::guard::JSON_TYPES)
+            .map_err(IntoResponse::into_response)?;
+        let body = body.map_err(body_error)?;
+        let spec: geostream_fence::FenceSpec = serde_json::from_slice(&body).map_err(|e| {
+            http_error(
+                ErrorCode::InvalidParams,
+                format!("not a geofence definition: {e}"),
+            )
+        })?;
+        let record = node
+            .geofences
+            .create(&who, spec)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok::<_, Response>(
+            (
+                StatusCode::CREATED,
+                Json(node.geofences.created_view(&record)),
+            )
+                .into_response(),
+        )
+    }
+    .await;
+    node.metrics.request("http.geofence.create", r.is_ok());
+    r.unwrap_or_else(|e| e)
+}
+
+async fn fence_list(
+    State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
+) -> Response {
+    let r = node.geofences.list(&who).await;
+    node.metrics.request("http.geofence.list", r.is_ok());
+    match r {
+        Ok(fences) => Json(json!({ "fences": fences })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn fence_get(
+    State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let r = async {
+        let Path(name) = name.map_err(path_error)?;
+        node.geofences
+            .get(&who, &name)
+            .await
+            .map(|v| Json(v).into_response())
+            .map_err(IntoResponse::into_response)
+    }
+    .await;
+    node.metrics.request("http.geofence.get", r.is_ok());
+    r.unwrap_or_else(|e| e)
+}
+
+async fn fence_delete(
+    State(node): State<Arc<Node>>,
+    Extension(who): Extension<Principal>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let r = async {
+        let Path(name) = name.map_err(path_error)?;
+        node.geofences
+            .delete(&who, &name)
+            .await
+            .map(|()| StatusCode::NO_CONTENT.into_response())
+            .map_err(IntoResponse::into_response)
+    }
+    .await;
+    node.metrics.request("http.geofence.delete", r.is_ok());
     r.unwrap_or_else(|e| e)
 }
 

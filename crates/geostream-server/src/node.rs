@@ -21,6 +21,7 @@ use crate::backends::{AnyStore, NodeStreams, StoreLog, broker_settings};
 use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::error::Result;
+use crate::geofences::Geofences;
 use crate::layers::Layers;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
@@ -40,6 +41,8 @@ pub struct Node {
     pub store: AnyStore,
     /// Vector and raster tiles, and tile subscriptions.
     pub tiles: Arc<Tiles>,
+    /// Geofences and their evaluator.
+    pub geofences: Arc<Geofences>,
     /// Verifies tokens and says what anonymous clients may do.
     pub auth: crate::auth::Authenticator,
     /// Open connections, in total and per IP address.
@@ -78,12 +81,14 @@ impl Node {
         }
         let tiles = Arc::new(Tiles::open(&config, store.clone())?);
         let (bus, gaps) = BusHandler::new(hub.clone());
+        let fence_wake = Arc::new(tokio::sync::Notify::new());
         let bridge = Arc::new(Bridge::new(
             hub.clone(),
             bus,
             tiles.clone(),
             store.clone(),
             config.layers.lock_grace_ms,
+            fence_wake.clone(),
         ));
         let (settings, limits) = broker_settings(&config);
         let broker = AnyBroker::connect(&settings, limits, bridge)
@@ -108,6 +113,8 @@ impl Node {
             config.layers.clone(),
         );
         tiles.start();
+        let geofences = Geofences::new(store.clone(), streams.clone(), config.clone(), fence_wake);
+        geofences.start();
         Ok(Arc::new(Node {
             config,
             hub,
@@ -115,6 +122,7 @@ impl Node {
             layers,
             store,
             tiles,
+            geofences,
             auth,
             connections,
             metrics: Arc::new(Metrics::default()),

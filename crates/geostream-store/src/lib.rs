@@ -262,6 +262,31 @@ pub trait TileStore: Send + Sync + 'static {
     fn tile_zooms(&self, layer: &str) -> impl Future<Output = Result<Option<(u8, u8)>>> + Send;
 }
 
+/// Where geofences live: their definitions (JSON, as the fence crate writes them), how far
+/// each watched layer's change log has been evaluated, and which node evaluates (a lease).
+/// Kept in the store so that every node of a cluster sees the same fences and a node that
+/// takes over resumes where the last one stopped.
+pub trait FenceStore: Send + Sync + 'static {
+    /// Stores a new fence; fails with [`StoreError::FenceExists`] when the name is taken.
+    fn create_fence(&self, name: &str, body: String) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes a fence; returns whether it existed.
+    fn delete_fence(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Every fence: `(name, body)` in name order.
+    fn fences(&self) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+    /// How far each layer's changes have been evaluated: `(layer, seq)`.
+    fn fence_cursors(&self) -> impl Future<Output = Result<Vec<(String, u64)>>> + Send;
+    /// Records how far layers' changes have been evaluated.
+    fn save_fence_cursors(
+        &self,
+        cursors: Vec<(String, u64)>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Takes or renews the evaluator's lease for `holder` until `now + ttl_ms` if it is free,
+    /// expired or already `holder`'s; returns whether `holder` has it.
+    fn fence_lease(&self, holder: &str, ttl_ms: u64) -> impl Future<Output = Result<bool>> + Send;
+    /// Gives the lease up (a node shutting down), if `holder` has it.
+    fn release_fence_lease(&self, holder: &str) -> impl Future<Output = Result<()>> + Send;
+}
+
 /// Errors of a store.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -272,6 +297,9 @@ pub enum StoreError {
     /// The layer name is taken.
     #[error("layer {0:?} already exists")]
     LayerExists(String),
+    /// The fence name is taken.
+    #[error("fence {0:?} already exists")]
+    FenceExists(String),
     /// No such feature.
     #[error("feature {id:?} does not exist in layer {layer:?}")]
     FeatureNotFound {

@@ -90,8 +90,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::{
-    ChangePage, FeatureQuery, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result, Snapshot,
-    SnapshotRequest, Store, StoreError, TileAddress, TilePut, TileStore, WriteOutcome,
+    ChangePage, FeatureQuery, FenceStore, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result,
+    Snapshot, SnapshotRequest, Store, StoreError, TileAddress, TilePut, TileStore, WriteOutcome,
     WriteRequest,
 };
 use geostream_core::api::validate_name;
@@ -519,6 +519,65 @@ impl Store for SqliteStore {
         self.inner
             .readers
             .run(move |c| read::locks(c, &layer, now_ms()))
+            .await
+    }
+}
+
+impl FenceStore for SqliteStore {
+    async fn create_fence(&self, name: &str, body: String) -> Result<()> {
+        validate_name("fence", name).map_err(StoreError::Invalid)?;
+        let name = name.to_owned();
+        self.write(false, move |w, _| w.create_fence(&name, &body))
+            .await
+    }
+
+    async fn delete_fence(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(false, move |w, _| w.delete_fence(&name)).await
+    }
+
+    async fn fences(&self) -> Result<Vec<(String, String)>> {
+        self.inner
+            .readers
+            .run(|c| {
+                c.prepare_cached("SELECT name, body FROM fences ORDER BY name")
+                    .and_then(|mut st| {
+                        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn fence_cursors(&self) -> Result<Vec<(String, u64)>> {
+        self.inner
+            .readers
+            .run(|c| {
+                c.prepare_cached("SELECT layer, seq FROM fence_cursors ORDER BY layer")
+                    .and_then(|mut st| {
+                        st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn save_fence_cursors(&self, cursors: Vec<(String, u64)>) -> Result<()> {
+        self.write(false, move |w, _| w.save_fence_cursors(&cursors))
+            .await
+    }
+
+    async fn fence_lease(&self, holder: &str, ttl_ms: u64) -> Result<bool> {
+        let holder = holder.to_owned();
+        self.write(false, move |w, now| w.fence_lease(&holder, now, ttl_ms))
+            .await
+    }
+
+    async fn release_fence_lease(&self, holder: &str) -> Result<()> {
+        let holder = holder.to_owned();
+        self.write(false, move |w, _| w.release_fence_lease(&holder))
             .await
     }
 }

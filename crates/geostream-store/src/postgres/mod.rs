@@ -83,8 +83,8 @@ use geostream_core::feature::Feature;
 use tokio_postgres::NoTls;
 
 use crate::{
-    ChangePage, FeatureQuery, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result, Snapshot,
-    SnapshotRequest, Store, StoreError, TileAddress, TilePut, TileStore, WriteOutcome,
+    ChangePage, FeatureQuery, FenceStore, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result,
+    Snapshot, SnapshotRequest, Store, StoreError, TileAddress, TilePut, TileStore, WriteOutcome,
     WriteRequest,
 };
 
@@ -402,6 +402,99 @@ impl Store for PostgresStore {
 
     async fn locks(&self, layer: &str) -> Result<Vec<Lock>> {
         read::locks(&self.inner, layer).await
+    }
+}
+
+impl FenceStore for PostgresStore {
+    async fn create_fence(&self, name: &str, body: String) -> Result<()> {
+        geostream_core::api::validate_name("fence", name).map_err(StoreError::Invalid)?;
+        let c = self.inner.client().await?;
+        let n = c
+            .execute(
+                "INSERT INTO fences (name, body) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, &body],
+            )
+            .await
+            .map_err(db_err)?;
+        if n == 0 {
+            return Err(StoreError::FenceExists(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn delete_fence(&self, name: &str) -> Result<bool> {
+        let c = self.inner.client().await?;
+        let n = c
+            .execute("DELETE FROM fences WHERE name = $1", &[&name])
+            .await
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    async fn fences(&self) -> Result<Vec<(String, String)>> {
+        let c = self.inner.client().await?;
+        let rows = c
+            .query("SELECT name, body FROM fences ORDER BY name", &[])
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn fence_cursors(&self) -> Result<Vec<(String, u64)>> {
+        let c = self.inner.client().await?;
+        let rows = c
+            .query("SELECT layer, seq FROM fence_cursors ORDER BY layer", &[])
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+            .collect())
+    }
+
+    async fn save_fence_cursors(&self, cursors: Vec<(String, u64)>) -> Result<()> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let c = self.inner.client().await?;
+        let layers: Vec<&str> = cursors.iter().map(|(l, _)| l.as_str()).collect();
+        let seqs: Vec<i64> = cursors
+            .iter()
+            .map(|(_, s)| (*s).min(i64::MAX as u64) as i64)
+            .collect();
+        c.execute(
+            "INSERT INTO fence_cursors (layer, seq) SELECT * FROM unnest($1::text[], $2::bigint[]) \
+             ON CONFLICT (layer) DO UPDATE SET seq = excluded.seq",
+            &[&layers, &seqs],
+        )
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn fence_lease(&self, holder: &str, ttl_ms: u64) -> Result<bool> {
+        let c = self.inner.client().await?;
+        // The database's clock decides expiry, so nodes with skewed clocks agree.
+        let n = c
+            .execute(
+                "INSERT INTO fence_lease AS l (id, holder, until_ms) \
+                 VALUES (1, $1, (extract(epoch from clock_timestamp()) * 1000)::bigint + $2) \
+                 ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
+                 WHERE l.holder = excluded.holder \
+                    OR l.until_ms < (extract(epoch from clock_timestamp()) * 1000)::bigint",
+                &[&holder, &(ttl_ms.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    async fn release_fence_lease(&self, holder: &str) -> Result<()> {
+        let c = self.inner.client().await?;
+        c.execute("DELETE FROM fence_lease WHERE holder = $1", &[&holder])
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 }
 

@@ -87,7 +87,26 @@ CREATE TABLE tiles (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+/// Version 3: geofences ([`crate::FenceStore`]): definitions as JSON, how far each watched
+/// layer's changes were evaluated, and the evaluator's lease (one row) that decides which
+/// node of a cluster evaluates.
+const V3: &str = "
+CREATE TABLE fences (
+    name text PRIMARY KEY,
+    body text NOT NULL
+);
+CREATE TABLE fence_cursors (
+    layer text PRIMARY KEY,
+    seq bigint NOT NULL
+);
+CREATE TABLE fence_lease (
+    id integer PRIMARY KEY CHECK (id = 1),
+    holder text NOT NULL,
+    until_ms bigint NOT NULL
+);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

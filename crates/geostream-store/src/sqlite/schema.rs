@@ -106,7 +106,25 @@ CREATE TABLE tiles (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+/// Version 3: geofences ([`crate::FenceStore`]): definitions as JSON, how far each watched
+/// layer's changes were evaluated, and the evaluator's lease (one row).
+const V3: &str = "
+CREATE TABLE fences (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE fence_cursors (
+    layer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE fence_lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

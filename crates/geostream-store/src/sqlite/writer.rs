@@ -782,6 +782,64 @@ impl Writer {
         Ok(TilePut { version, previous })
     }
 
+    // ----- geofences -----
+
+    pub(crate) fn create_fence(&mut self, name: &str, body: &str) -> Result<()> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO fences (name, body) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![name, body]))
+            .map_err(db_err)?;
+        if n == 0 {
+            return Err(StoreError::FenceExists(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete_fence(&mut self, name: &str) -> Result<bool> {
+        self.conn
+            .prepare_cached("DELETE FROM fences WHERE name = ?1")
+            .and_then(|mut s| s.execute([name]))
+            .map(|n| n > 0)
+            .map_err(db_err)
+    }
+
+    pub(crate) fn save_fence_cursors(&mut self, cursors: &[(String, u64)]) -> Result<()> {
+        for (layer, seq) in cursors {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO fence_cursors (layer, seq) VALUES (?1, ?2) \
+                     ON CONFLICT (layer) DO UPDATE SET seq = excluded.seq",
+                )
+                .and_then(|mut s| s.execute(params![layer, sql_i64(*seq)]))
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn fence_lease(&mut self, holder: &str, now: u64, ttl_ms: u64) -> Result<bool> {
+        let until = sql_i64(now.saturating_add(ttl_ms));
+        self.conn
+            .prepare_cached(
+                "INSERT INTO fence_lease (id, holder, until_ms) VALUES (1, ?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
+                 WHERE fence_lease.holder = excluded.holder OR fence_lease.until_ms < ?3",
+            )
+            .and_then(|mut s| s.execute(params![holder, until, sql_i64(now)]))
+            .map(|n| n > 0)
+            .map_err(db_err)
+    }
+
+    pub(crate) fn release_fence_lease(&mut self, holder: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM fence_lease WHERE holder = ?1")
+            .and_then(|mut s| s.execute([holder]))
+            .map(drop)
+            .map_err(db_err)
+    }
+
     // ----- locks -----
 
     pub(crate) fn lock(
