@@ -411,6 +411,31 @@ export type FeatureUnlockResult = {
   released: Array<LockInfo>;
 };
 
+/**
+ * `fence.create` params: a geofence definition, the same JSON object as the body of
+ * `POST /v1/geofences` (docs/GEOFENCES.md). The server checks it with the fence crate.
+ */
+export type FenceDefinition = Record<string, unknown>;
+
+/**
+ * A geofence as the server shows it: the definition (webhook secret hidden except in the
+ * answer to `fence.create`), `channel`, `created`, `start_seq`, `expires` and, on the
+ * evaluating node, `status`.
+ */
+export type FenceInfo = Record<string, unknown>;
+
+/** `fence.list` result: the geofences the caller may read, by name. */
+export type FenceListResult = {
+  /** The fences. */
+  fences: Array<FenceInfo>;
+};
+
+/** Params naming one geofence (`fence.get`, `fence.delete`). */
+export type FenceNameParams = {
+  /** The fence. */
+  name: string;
+};
+
 /** A subscription or query filter as a client states it. Every part given must match. */
 export type FilterSpec = {
   /** `[min_lon, min_lat, max_lon, max_lat]`. */
@@ -945,6 +970,10 @@ export interface Methods {
   "presence.cursor": { params: CursorParams; result: Empty };
   "tile.subscribe": { params: TileSubscribeParams; result: TileSubscribeResult };
   "tile.update": { params: TileUpdateParams; result: TileUpdateResult };
+  "fence.create": { params: FenceDefinition; result: FenceInfo };
+  "fence.list": { params: Empty; result: FenceListResult };
+  "fence.get": { params: FenceNameParams; result: FenceInfo };
+  "fence.delete": { params: FenceNameParams; result: Empty };
 }
 
 /** Every notification and push from the server, by method: its params. Pushes of a

@@ -71,6 +71,14 @@ pub mod method {
     pub const TILE_SUBSCRIBE: &str = "tile.subscribe";
     /// Moves a tile subscription to another viewport or tile list.
     pub const TILE_UPDATE: &str = "tile.update";
+    /// Creates a geofence (docs/GEOFENCES.md).
+    pub const FENCE_CREATE: &str = "fence.create";
+    /// Lists the geofences the caller may read.
+    pub const FENCE_LIST: &str = "fence.list";
+    /// One geofence.
+    pub const FENCE_GET: &str = "fence.get";
+    /// Deletes a geofence (features inside get `exit` with reason `fence_closed`).
+    pub const FENCE_DELETE: &str = "fence.delete";
 }
 
 /// Notification and push names (server to client).
@@ -158,6 +166,10 @@ macro_rules! protocol_table {
                 (PRESENCE_CURSOR, CursorParams, Empty),
                 (TILE_SUBSCRIBE, TileSubscribeParams, TileSubscribeResult),
                 (TILE_UPDATE, TileUpdateParams, TileUpdateResult),
+                (FENCE_CREATE, FenceDefinition, FenceInfo),
+                (FENCE_LIST, Empty, FenceListResult),
+                (FENCE_GET, FenceNameParams, FenceInfo),
+                (FENCE_DELETE, FenceNameParams, Empty),
             ]
             pushes: [
                 (PROGRESS, ProgressParams),
@@ -810,6 +822,45 @@ pub struct LayerInfo {
 pub struct LayerListResult {
     /// The layers.
     pub layers: Vec<LayerInfo>,
+}
+
+/// `fence.create` params: a geofence definition, the same JSON object as the body of
+/// `POST /v1/geofences` (docs/GEOFENCES.md). The server checks it with the fence crate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(transparent)]
+pub struct FenceDefinition(
+    /// The definition's members (`name`, `layer`, `area`, `detect`, ...).
+    #[cfg_attr(feature = "ts", ts(type = "Record<string, unknown>"))]
+    pub serde_json::Map<String, serde_json::Value>,
+);
+
+/// A geofence as the server shows it: the definition (webhook secret hidden except in the
+/// answer to `fence.create`), `channel`, `created`, `start_seq`, `expires` and, on the
+/// evaluating node, `status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(transparent)]
+pub struct FenceInfo(
+    /// The members.
+    #[cfg_attr(feature = "ts", ts(type = "Record<string, unknown>"))]
+    pub serde_json::Map<String, serde_json::Value>,
+);
+
+/// `fence.list` result: the geofences the caller may read, by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct FenceListResult {
+    /// The fences.
+    pub fences: Vec<FenceInfo>,
+}
+
+/// Params naming one geofence (`fence.get`, `fence.delete`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct FenceNameParams {
+    /// The fence.
+    pub name: String,
 }
 
 /// Params naming one layer (`layer.get`, `layer.delete`).

@@ -7,9 +7,9 @@ use crate::api::{
     self, CancelParams, ChannelHistoryParams, ChannelPresenceParams, ChannelSubscribeParams,
     CursorParams, FeatureBatchParams, FeatureCreateParams, FeatureDeleteParams, FeatureGetParams,
     FeatureLockParams, FeaturePatchParams, FeatureQueryParams, FeatureReplaceParams,
-    FeatureUnlockParams, HelloParams, LayerCreateParams, LayerImportParams, LayerNameParams,
-    LayerSubscribeParams, PresenceSubscribeParams, SubscriptionUpdateParams, TileSubscribeParams,
-    TileUpdateParams, UnsubscribeParams,
+    FeatureUnlockParams, FenceDefinition, FenceNameParams, HelloParams, LayerCreateParams,
+    LayerImportParams, LayerNameParams, LayerSubscribeParams, PresenceSubscribeParams,
+    SubscriptionUpdateParams, TileSubscribeParams, TileUpdateParams, UnsubscribeParams,
 };
 use crate::codec::Params;
 use crate::error::{ErrorCode, RpcError};
@@ -72,6 +72,14 @@ pub enum Method {
     TileSubscribe,
     /// `tile.update`
     TileUpdate,
+    /// `fence.create`.
+    FenceCreate,
+    /// `fence.list`.
+    FenceList,
+    /// `fence.get`.
+    FenceGet,
+    /// `fence.delete`.
+    FenceDelete,
 }
 
 /// What a method touches, which decides the right it needs.
@@ -89,11 +97,18 @@ pub enum Scope {
     ChannelPublish,
     /// Every layer, each filtered by read rights in the answer (`layer.list`).
     LayerCatalog,
+    /// A geofence, created or deleted: write access to its channel `fence:NAME` (the name
+    /// is the fence's; the server also checks read access to the layers it watches).
+    FenceManage,
+    /// A geofence, read: read access to its channel `fence:NAME`.
+    FenceRead,
+    /// Every geofence, each filtered by read rights in the answer (`fence.list`).
+    FenceCatalog,
 }
 
 impl Method {
     /// Every method, in documentation order.
-    pub const ALL: [Method; 27] = [
+    pub const ALL: [Method; 31] = [
         Method::Hello,
         Method::Ping,
         Method::Unsubscribe,
@@ -121,6 +136,10 @@ impl Method {
         Method::PresenceCursor,
         Method::TileSubscribe,
         Method::TileUpdate,
+        Method::FenceCreate,
+        Method::FenceList,
+        Method::FenceGet,
+        Method::FenceDelete,
     ];
 
     /// The method's name on the wire.
@@ -154,6 +173,10 @@ impl Method {
             Method::PresenceCursor => m::PRESENCE_CURSOR,
             Method::TileSubscribe => m::TILE_SUBSCRIBE,
             Method::TileUpdate => m::TILE_UPDATE,
+            Method::FenceCreate => m::FENCE_CREATE,
+            Method::FenceList => m::FENCE_LIST,
+            Method::FenceGet => m::FENCE_GET,
+            Method::FenceDelete => m::FENCE_DELETE,
         }
     }
 
@@ -192,6 +215,9 @@ impl Method {
             | Method::FeatureBatch
             | Method::FeatureLock
             | Method::FeatureUnlock => Scope::LayerWrite,
+            Method::FenceCreate | Method::FenceDelete => Scope::FenceManage,
+            Method::FenceGet => Scope::FenceRead,
+            Method::FenceList => Scope::FenceCatalog,
         }
     }
 
@@ -228,6 +254,11 @@ impl Method {
             Method::PresenceCursor => json!({"layer": target, "position": [1.0, 2.0]}),
             Method::TileSubscribe => json!({"layer": target, "tiles": ["0/0/0"]}),
             Method::TileUpdate => json!({"sub": 1, "tiles": ["0/0/0"]}),
+            Method::FenceCreate => {
+                json!({"name": target, "layer": target, "area": {"bbox": [0, 0, 1, 1]}})
+            }
+            Method::FenceList => json!({}),
+            Method::FenceGet | Method::FenceDelete => json!({"name": target}),
         }
     }
 }
@@ -270,6 +301,10 @@ pub enum Request {
     PresenceCursor(CursorParams),
     TileSubscribe(TileSubscribeParams),
     TileUpdate(TileUpdateParams),
+    FenceCreate(FenceDefinition),
+    FenceList,
+    FenceGet(FenceNameParams),
+    FenceDelete(FenceNameParams),
 }
 
 /// The right a parsed request needs: its [`Scope`] and the layer or channel it names.
@@ -333,6 +368,10 @@ impl Request {
             Method::PresenceCursor => Request::PresenceCursor(params.parse()?),
             Method::TileSubscribe => Request::TileSubscribe(params.parse()?),
             Method::TileUpdate => Request::TileUpdate(params.parse()?),
+            Method::FenceCreate => Request::FenceCreate(params.parse()?),
+            Method::FenceList => Request::FenceList,
+            Method::FenceGet => Request::FenceGet(params.parse()?),
+            Method::FenceDelete => Request::FenceDelete(params.parse()?),
         })
     }
 
@@ -366,6 +405,10 @@ impl Request {
             Request::PresenceCursor(_) => Method::PresenceCursor,
             Request::TileSubscribe(_) => Method::TileSubscribe,
             Request::TileUpdate(_) => Method::TileUpdate,
+            Request::FenceCreate(_) => Method::FenceCreate,
+            Request::FenceList => Method::FenceList,
+            Request::FenceGet(_) => Method::FenceGet,
+            Request::FenceDelete(_) => Method::FenceDelete,
         }
     }
 
@@ -378,7 +421,10 @@ impl Request {
             | Request::Unsubscribe(_)
             | Request::SubscriptionUpdate(_)
             | Request::TileUpdate(_)
-            | Request::LayerList => "",
+            | Request::LayerList
+            | Request::FenceList => "",
+            Request::FenceCreate(p) => p.0.get("name").and_then(|v| v.as_str()).unwrap_or(""),
+            Request::FenceGet(p) | Request::FenceDelete(p) => &p.name,
             Request::ChannelSubscribe(p) => &p.channel,
             Request::ChannelPublish { channel, .. } => channel,
             Request::ChannelHistory(p) => &p.channel,
@@ -461,7 +507,10 @@ mod tests {
             assert_eq!(r.method(), m);
             let a = r.access();
             assert_eq!(a.scope, m.scope());
-            let named = !matches!(a.scope, Scope::Connection | Scope::LayerCatalog);
+            let named = !matches!(
+                a.scope,
+                Scope::Connection | Scope::LayerCatalog | Scope::FenceCatalog
+            );
             assert_eq!(a.name == "x", named, "{}: names its target", m.name());
         }
         assert_eq!(

@@ -74,6 +74,8 @@ struct Counters {
     changes: u64,
     events: u64,
     publish_errors: u64,
+    /// Events not published again because the channel already had them.
+    skipped: u64,
     /// Per fence: events published since this node became the evaluator.
     per_fence: HashMap<String, u64>,
     /// Per layer: evaluated sequence number.
@@ -335,6 +337,12 @@ impl Geofences {
             "counter",
             "Geofence events published to their channels.",
             c.events as f64,
+        );
+        line(
+            "geostream_fence_events_skipped_total",
+            "counter",
+            "Events evaluated again after a takeover and not published again (the channel had them).",
+            c.skipped as f64,
         );
         line(
             "geostream_fence_publish_errors_total",
@@ -743,6 +751,7 @@ impl Evaluator {
                 if let Some(done) = self.published.get(&e.fence) {
                     let (src, seq, n) = e.source();
                     if done.get(src).is_some_and(|d| (seq, n) <= *d) {
+                        g.counters.lock().skipped += 1;
                         continue;
                     }
                 }

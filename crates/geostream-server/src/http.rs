@@ -269,7 +269,7 @@ async fn fence_create(
         )
     }
     .await;
-    node.metrics.request("http.geofence.create", r.is_ok());
+    node.metrics.request("fence.create", r.is_ok());
     r.unwrap_or_else(|e| e)
 }
 
@@ -278,7 +278,7 @@ async fn fence_list(
     Extension(who): Extension<Principal>,
 ) -> Response {
     let r = node.geofences.list(&who).await;
-    node.metrics.request("http.geofence.list", r.is_ok());
+    node.metrics.request("fence.list", r.is_ok());
     match r {
         Ok(fences) => Json(json!({ "fences": fences })).into_response(),
         Err(e) => e.into_response(),
@@ -299,7 +299,7 @@ async fn fence_get(
             .map_err(IntoResponse::into_response)
     }
     .await;
-    node.metrics.request("http.geofence.get", r.is_ok());
+    node.metrics.request("fence.get", r.is_ok());
     r.unwrap_or_else(|e| e)
 }
 
@@ -317,7 +317,7 @@ async fn fence_delete(
             .map_err(IntoResponse::into_response)
     }
     .await;
-    node.metrics.request("http.geofence.delete", r.is_ok());
+    node.metrics.request("fence.delete", r.is_ok());
     r.unwrap_or_else(|e| e)
 }
 

@@ -32,6 +32,38 @@ enum Command {
     Replay(ReplayArgs),
     /// Mint an HS256 token (development and tests), signed with auth.hs256_secret.
     Token(TokenArgs),
+    /// Manage the geofences of a running server (docs/GEOFENCES.md).
+    Fence(FenceArgs),
+}
+
+#[derive(clap::Args)]
+struct FenceArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(subcommand)]
+    command: FenceCommand,
+}
+
+#[derive(Subcommand)]
+enum FenceCommand {
+    /// Create a geofence from its JSON definition (a file, or - for standard input). Prints
+    /// the fence, with its webhook secret (shown only here).
+    Create {
+        /// The definition's file.
+        file: PathBuf,
+    },
+    /// List the geofences, one JSON object per line.
+    List,
+    /// Show one geofence.
+    Get {
+        /// The fence.
+        name: String,
+    },
+    /// Delete a geofence (features inside get `exit` with reason `fence_closed`).
+    Delete {
+        /// The fence.
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -58,10 +90,15 @@ struct TokenArgs {
 #[derive(clap::Args)]
 struct ServerArgs {
     /// The server: host:port, http(s)://host:port or ws(s)://host:port/v1/ws.
-    #[arg(long, env = "GEOSTREAM_SERVER", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "GEOSTREAM_SERVER",
+        default_value = "127.0.0.1:8080"
+    )]
     server: String,
     /// A bearer token, when the server requires one.
-    #[arg(long, env = "GEOSTREAM_TOKEN")]
+    #[arg(long, global = true, env = "GEOSTREAM_TOKEN")]
     token: Option<String>,
 }
 
@@ -142,6 +179,7 @@ fn main() -> std::process::ExitCode {
         Command::Import(args) => tool(import(args)),
         Command::Replay(args) => tool(replay(args)),
         Command::Token(args) => token(args),
+        Command::Fence(args) => tool(fence(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -190,6 +228,52 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a command-line tool on a small runtime.
+async fn fence(args: FenceArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use geostream_core::api::method;
+    let remote = geostream_server::remote::Remote::connect(
+        &args.server.server,
+        args.server.token.as_deref(),
+    )
+    .await?;
+    let out = match args.command {
+        FenceCommand::Create { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let def: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            remote.call(method::FENCE_CREATE, &def).await?
+        }
+        FenceCommand::List => {
+            let list = remote
+                .call(method::FENCE_LIST, &serde_json::json!({}))
+                .await?;
+            for f in list["fences"].as_array().into_iter().flatten() {
+                println!("{f}");
+            }
+            return Ok(());
+        }
+        FenceCommand::Get { name } => {
+            remote
+                .call(method::FENCE_GET, &serde_json::json!({ "name": name }))
+                .await?
+        }
+        FenceCommand::Delete { name } => {
+            remote
+                .call(method::FENCE_DELETE, &serde_json::json!({ "name": name }))
+                .await?;
+            println!("deleted geofence {name:?}");
+            return Ok(());
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
 fn tool(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -128,6 +128,15 @@ pub struct Traffic {
     pub bytes_out: AtomicU64,
 }
 
+/// Requests per series, `[ok, failed]` (an array longer than `Default` is derived for).
+struct RequestCounters([[AtomicU64; 2]; SERIES]);
+
+impl Default for RequestCounters {
+    fn default() -> Self {
+        RequestCounters(std::array::from_fn(|_| Default::default()))
+    }
+}
+
 /// All of the server's metrics.
 #[derive(Default)]
 pub struct Metrics {
@@ -141,7 +150,7 @@ pub struct Metrics {
     pub refused: AtomicU64,
     /// Traffic by encoding (index: [`Encoding::index`]).
     pub traffic: [Traffic; 3],
-    requests: [[AtomicU64; 2]; SERIES],
+    requests: RequestCounters,
     /// Requests aborted by `$/cancelRequest` (or by the connection closing).
     pub cancelled: AtomicU64,
     /// Connections closed for protocol violations.
@@ -156,7 +165,7 @@ impl Metrics {
     /// Counts a finished request.
     pub fn request(&self, method: &str, ok: bool) {
         let i = series_of(method).unwrap_or(SERIES - 1);
-        self.requests[i][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        self.requests.0[i][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Traffic counters of an encoding.
@@ -167,7 +176,7 @@ impl Metrics {
     /// Requests counted for `method` with the given outcome (for tests).
     pub fn requests(&self, method: &str, ok: bool) -> u64 {
         series_of(method).map_or(0, |i| {
-            self.requests[i][usize::from(!ok)].load(Ordering::Relaxed)
+            self.requests.0[i][usize::from(!ok)].load(Ordering::Relaxed)
         })
     }
 
@@ -231,7 +240,7 @@ impl Metrics {
             for (j, outcome) in ["ok", "error"].iter().enumerate() {
                 lines.push((
                     format!("method=\"{m}\",outcome=\"{outcome}\""),
-                    self.requests[i][j].load(r) as f64,
+                    self.requests.0[i][j].load(r) as f64,
                 ));
             }
         }

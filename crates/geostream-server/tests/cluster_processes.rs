@@ -1040,3 +1040,226 @@ async fn a_node_taken_for_dead_that_comes_back_resurrects_nothing_and_kills_noth
     }
     be.remove().await;
 }
+
+/// Which node evaluates the geofences, from each node's `/metrics`.
+async fn evaluators(nodes: &[&Node]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (_, _, body) = common::http(n.addr, "GET", "/metrics", &[], None).await;
+        if String::from_utf8_lossy(&body)
+            .lines()
+            .any(|l| l == "geostream_fence_evaluator 1")
+        {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Waits until exactly one of `nodes` evaluates and has evaluated `layer_seq` changes of
+/// the fence's layer; returns its index.
+async fn fence_caught_up(nodes: &[&Node], fence: &str, layer_seq: u64) -> usize {
+    let start = Instant::now();
+    loop {
+        let ev = evaluators(nodes).await;
+        if let [i] = ev[..] {
+            let (status, v) = http_json(
+                nodes[i].addr,
+                "GET",
+                &format!("/v1/geofences/{fence}"),
+                None,
+            )
+            .await;
+            if status == 200
+                && v["status"]["loaded"] == true
+                && v["status"]["evaluated_seq"].as_u64() >= Some(layer_seq)
+            {
+                return i;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no node evaluated fence {fence} up to {layer_seq} (evaluators: {ev:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn geofence_events_are_produced_once_across_nodes_and_a_killed_evaluator() {
+    let be = Backends::new("fence").await;
+    let env = [
+        be.env_only(&nats_url()),
+        vars(&[("GEOSTREAM_GEOFENCES__LEASE_MS", "2000")]),
+    ]
+    .concat();
+    let starting = (0..3)
+        .map(|_| {
+            Node::spawn(|data| {
+                let env = [env.clone(), vars(&[("GEOSTREAM_DATA_DIR", data)])].concat();
+                (Vec::new(), env)
+            })
+        })
+        .collect();
+    let mut nodes = all_ready(starting).await;
+    let mut admin = Ws::connect(&nodes[0].ws_url(), Encoding::Json).await;
+    admin
+        .ok(
+            "layer.create",
+            json!({"name": "boats", "last_writer_wins": true}),
+        )
+        .await;
+
+    // The fence is created with the CLI through node 2, from a file, as an operator would.
+    let dir = tempdir::Dir::new("fence-def");
+    let file = dir.path().join("harbor.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "harbor", "layer": "boats", "area": {"bbox": [0, 0, 1, 1]},
+            "detect": ["enter", "exit", "inside"]}"#,
+    )
+    .unwrap();
+    let cli = |args: Vec<String>| geostream(&args, &[]).output();
+    let out = cli(vec![
+        "fence".into(),
+        "--server".into(),
+        nodes[1].addr.to_string(),
+        "create".into(),
+        file.to_str().unwrap().into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["channel"], "fence:harbor");
+    let out = cli(vec![
+        "fence".into(),
+        "list".into(),
+        "--server".into(),
+        nodes[2].addr.to_string(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("\"name\":\"harbor\""), "{listed}");
+
+    let all: Vec<&Node> = nodes.iter().collect();
+    let evaluator = fence_caught_up(&all, "harbor", 0).await;
+    // Boats write through the other two nodes, each boat its own steps in order, all boats
+    // at once; midway the evaluating node is killed.
+    const BOATS: usize = 12;
+    const STEPS: u64 = 40;
+    let writers: Vec<String> = (0..3)
+        .filter(|i| *i != evaluator)
+        .map(|i| nodes[i].ws_url())
+        .collect();
+    let half = Arc::new(tokio::sync::Barrier::new(BOATS + 1));
+    let mut tasks = Vec::new();
+    for b in 0..BOATS {
+        let url = writers[b % writers.len()].clone();
+        let half = half.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = Ws::connect(&url, Encoding::Json).await;
+            for k in 0..STEPS {
+                if k == STEPS / 2 {
+                    half.wait().await;
+                }
+                let x = -0.5 + k as f64 * 0.05;
+                let id = format!("b{b:02}");
+                ws.ok(
+                    "feature.replace",
+                    json!({"layer": "boats", "id": id,
+                        "feature": point(&id, x, 0.1 + b as f64 * 0.05, json!({}))}),
+                )
+                .await;
+            }
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(60), half.wait())
+        .await
+        .expect("the boats wrote half their steps");
+    // Half the steps are acknowledged; kill the evaluator while the rest stream in.
+    let killed = nodes.remove(evaluator);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    killed.kill().await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let survivors: Vec<&Node> = nodes.iter().collect();
+    let total = BOATS as u64 * STEPS;
+    let now = fence_caught_up(&survivors, "harbor", total).await;
+
+    // The channel (JetStream history, read on a survivor) against the oracle: per boat,
+    // enter at x = 0, inside up to x = 1, exit after; every key once.
+    let (status, page) = http_json(
+        survivors[now].addr,
+        "GET",
+        "/v1/channels/fence:harbor/messages?limit=1000",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let events: Vec<Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    let mut keys = std::collections::HashSet::new();
+    for e in &events {
+        assert!(
+            keys.insert(e["key"].as_str().unwrap().to_owned()),
+            "twice: {e}"
+        );
+    }
+    for b in 0..BOATS {
+        let id = format!("b{b:02}");
+        let got: Vec<(String, u64)> = events
+            .iter()
+            .filter(|e| e["id"] == id.as_str())
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap().into(),
+                    e["version"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let mut want = Vec::new();
+        let mut was = false;
+        for k in 0..STEPS {
+            let x = -0.5 + k as f64 * 0.05;
+            let is = (0.0..=1.0).contains(&x);
+            let kind = match (was, is) {
+                (false, true) => "enter",
+                (true, true) => "inside",
+                (true, false) => "exit",
+                (false, false) => {
+                    was = is;
+                    continue;
+                }
+            };
+            want.push((kind.to_string(), k + 1));
+            was = is;
+        }
+        assert_eq!(got, want, "boat {id}");
+    }
+    assert_eq!(events.len(), BOATS * 22);
+    let (_, _, metrics) = common::http(survivors[now].addr, "GET", "/metrics", &[], None).await;
+    let skipped = String::from_utf8_lossy(&metrics)
+        .lines()
+        .find(|l| l.starts_with("geostream_fence_events_skipped_total "))
+        .map(str::to_owned);
+    eprintln!("after the takeover: {skipped:?}");
+    drop(nodes);
+    be.remove().await;
+}

@@ -441,6 +441,10 @@ impl Rpc {
             Scope::LayerWrite => p.write_layer(a.name),
             Scope::ChannelRead => p.read_channel(a.name),
             Scope::ChannelPublish => p.publish_channel(a.name),
+            Scope::FenceManage => p.manage_fence(a.name),
+            Scope::FenceRead => p.read_channel(&geostream_fence::channel_of(a.name)),
+            // `fence.list` filters its answer by read rights.
+            Scope::FenceCatalog => Ok(()),
         }
     }
 
@@ -553,6 +557,24 @@ impl Rpc {
             Request::LayerGet(p) => {
                 let info = self.node.store.layer(&p.name).await?;
                 self.respond(id, &info)
+            }
+            Request::FenceCreate(p) => {
+                let spec = serde_json::from_value(serde_json::Value::Object(p.0))
+                    .map_err(|e| ServerError::invalid(format!("not a geofence definition: {e}")))?;
+                let record = self.node.geofences.create(&self.principal, spec).await?;
+                self.respond(id, &self.node.geofences.created_view(&record))
+            }
+            Request::FenceList => {
+                let fences = self.node.geofences.list(&self.principal).await?;
+                self.respond(id, &serde_json::json!({ "fences": fences }))
+            }
+            Request::FenceGet(p) => {
+                let view = self.node.geofences.get(&self.principal, &p.name).await?;
+                self.respond(id, &view)
+            }
+            Request::FenceDelete(p) => {
+                self.node.geofences.delete(&self.principal, &p.name).await?;
+                self.respond(id, &Empty {})
             }
             Request::LayerDelete(p) => {
                 self.node.layers.delete(&p.name).await?;
