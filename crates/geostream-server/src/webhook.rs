@@ -484,7 +484,14 @@ impl Webhooks {
             .map(|(name, s)| (label_value(name), s.snapshot()))
             .collect();
         fences.sort_by(|a, b| a.0.cmp(&b.0));
-        let families: [(&str, &str, &str, fn(&DeliveryState) -> u64); 5] = [
+        // Name, type, help, value.
+        type Family = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&DeliveryState) -> u64,
+        );
+        let families: [Family; 5] = [
             (
                 "geostream_webhook_delivered_total",
                 "counter",
@@ -683,10 +690,7 @@ async fn deliver(
 /// come back together.
 fn backoff(retry: u32, initial_ms: u64, max_ms: u64, rng: &mut impl Rng) -> Duration {
     let doublings = retry.saturating_sub(1).min(63);
-    let bound = initial_ms
-        .checked_mul(1u64 << doublings)
-        .unwrap_or(u64::MAX)
-        .min(max_ms);
+    let bound = initial_ms.saturating_mul(1u64 << doublings).min(max_ms);
     Duration::from_millis(rng.random_range(0..=bound))
 }
 

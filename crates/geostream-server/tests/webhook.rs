@@ -385,7 +385,7 @@ async fn every_event_arrives_through_errors_and_an_outage_while_other_endpoints_
     assert!(s.last_delivered_ms.is_some());
     let hits_a = flaky.hits();
     println!(
-        "flaky endpoint: {} requests for 40 events, {} failed attempts, delivered {:?} after it came back",
+        "flaky endpoint: {} requests for 40 events, {} failed attempts, all delivered {:?} after the 2 s outage began",
         hits_a.len(),
         s.failed_attempts,
         outage.elapsed()
