@@ -27,6 +27,7 @@ pub mod telemetry;
 pub mod tile_routes;
 pub mod tiles;
 pub mod web;
+pub mod webhook;
 mod ws;
 
 /// The WebSocket echo endpoint for conformance tests (feature `ws-echo`, off by default).
