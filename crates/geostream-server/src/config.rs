@@ -448,6 +448,8 @@ pub struct GeofencesConfig {
     /// The NATS server for fences with a `nats` delivery (`nats://host:port`). Default: the
     /// broker's URL when the broker is NATS, and none otherwise (such fences are refused).
     pub nats_url: Option<String>,
+    /// Webhook deliveries.
+    pub webhooks: crate::webhook::WebhookConfig,
 }
 
 impl Default for GeofencesConfig {
@@ -457,6 +459,7 @@ impl Default for GeofencesConfig {
             max_fences: 1_000_000,
             lease_ms: 10_000,
             nats_url: None,
+            webhooks: Default::default(),
         }
     }
 }
@@ -843,6 +846,9 @@ impl Config {
         }
         if self.geofences.lease_ms < 1000 {
             return bad("geofences.lease_ms must be at least 1000");
+        }
+        if let Err(e) = self.geofences.webhooks.validate() {
+            return Err(ConfigError(e));
         }
         if self.layers.dispatch_shards == 0 || self.layers.dispatch_shards > 256 {
             return bad("layers.dispatch_shards must be between 1 and 256");

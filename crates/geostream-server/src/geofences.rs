@@ -34,6 +34,7 @@ use crate::auth::Principal;
 use crate::backends::{AnyStore, NodeStreams};
 use crate::config::{BrokerConfig, Config};
 use crate::error::{Result, ServerError};
+use crate::webhook::{DeliveryState, WebhookTarget, Webhooks};
 
 /// A fence as the API shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -53,6 +54,9 @@ pub struct FenceView {
     /// What the evaluator reports of it, when this node evaluates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<FenceStatus>,
+    /// The webhook's delivery state, when this node evaluates and the fence has a webhook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryState>,
 }
 
 /// The evaluator's view of one fence.
@@ -94,6 +98,7 @@ pub struct Geofences {
     wake: Arc<Notify>,
     counters: Mutex<Counters>,
     nats: tokio::sync::OnceCell<Option<async_nats::Client>>,
+    webhooks: Webhooks,
 }
 
 fn now_ms() -> u64 {
@@ -117,6 +122,7 @@ impl Geofences {
         config: Arc<Config>,
         wake: Arc<Notify>,
     ) -> Arc<Self> {
+        let webhooks = Webhooks::new(config.geofences.webhooks.clone());
         Arc::new(Geofences {
             store,
             streams,
@@ -125,6 +131,7 @@ impl Geofences {
             wake,
             counters: Mutex::new(Counters::default()),
             nats: tokio::sync::OnceCell::new(),
+            webhooks,
         })
     }
 
@@ -156,7 +163,9 @@ impl Geofences {
             .map_err(|e| ServerError::new(ErrorCode::InvalidParams, e.to_string()))?;
         self.check_rights(who, &spec)?;
         if let Some(w) = &mut spec.webhook {
-            check_webhook_url(&w.url)?;
+            self.webhooks
+                .check_url(&w.url)
+                .map_err(|e| ServerError::invalid(format!("webhook.url: {e}")))?;
             if w.secret.is_none() {
                 w.secret = Some(random_secret());
             }
@@ -241,7 +250,10 @@ impl Geofences {
             evaluated_seq: c.cursors.get(&r.spec.layer).copied().unwrap_or(0),
             events: c.per_fence.get(&r.spec.name).copied().unwrap_or(0),
         });
+        let delivery =
+            (c.leader && r.spec.webhook.is_some()).then(|| self.webhooks.state(&r.spec.name));
         FenceView {
+            delivery,
             spec: r.public_spec(),
             channel: r.channel(),
             created: format_time_ms(r.created_ms),
@@ -304,9 +316,10 @@ impl Geofences {
         Ok(())
     }
 
-    /// Appends the geofence metrics.
+    /// Appends the geofence and webhook metrics.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
+        self.webhooks.render_metrics(out);
         let c = self.counters.lock();
         let mut line = |name: &str, kind: &str, help: &str, v: f64| {
             let _ = writeln!(
@@ -406,25 +419,6 @@ impl Geofences {
             .await
             .as_ref()
     }
-}
-
-/// Checks a webhook URL: `http://` with a host (TLS is terminated by a proxy in front of
-/// the receiver).
-fn check_webhook_url(url: &str) -> Result<()> {
-    let u: http::Uri = url
-        .parse()
-        .map_err(|_| ServerError::invalid(format!("webhook.url {url:?} is not a URL")))?;
-    if u.scheme_str() != Some("http") || u.host().is_none_or(str::is_empty) {
-        return Err(ServerError::invalid(
-            "webhook.url must be an http:// URL with a host",
-        ));
-    }
-    if u.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(ServerError::invalid(
-            "webhook.url must not contain credentials",
-        ));
-    }
-    Ok(())
 }
 
 /// The evaluator's state while this node holds the lease.
@@ -596,6 +590,8 @@ impl Evaluator {
         // Deliveries need the fence's targets: publish before removing it.
         self.flush(g).await;
         self.engine.remove(name);
+        // Queued deliveries (the closing exits among them) still go out.
+        g.webhooks.remove(name);
         self.loaded.remove(name);
         self.published.remove(name);
         g.counters.lock().per_fence.remove(name);
@@ -822,6 +818,13 @@ async fn publish_fence(
             return (name, left, sent);
         }
         sent += 1;
+        if let Some(w) = fence.as_ref().and_then(|f| f.record.spec.webhook.as_ref()) {
+            let target = WebhookTarget {
+                url: w.url.clone(),
+                secret: w.secret.clone().unwrap_or_default(),
+            };
+            g.webhooks.send(&name, &target, &e.key, body.clone());
+        }
         if let (Some(f), Some(client)) = (&fence, nats)
             && let Some(n) = &f.record.spec.nats
             && let Err(err) = client.publish(n.subject.clone(), body.clone()).await

@@ -769,3 +769,133 @@ async fn an_expiring_fence_closes_itself_and_bad_definitions_are_refused() {
     );
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_get_every_event_through_failures_and_an_outage_without_slowing_other_fences() {
+    let srv = TestServer::start_with(|c| {
+        c.geofences.webhooks.retry_initial_ms = 20;
+        c.geofences.webhooks.retry_max_ms = 300;
+    })
+    .await;
+    let addr = srv.addr;
+    // The first 5 requests fail with 500; later the receiver goes down for a while.
+    let mut receiver = common::receiver::Receiver::start(
+        |n, _| if n < 5 { (500, None) } else { (200, None) },
+        None,
+    )
+    .await;
+    let remote = Remote::connect(&srv.ws_url(), None).await.unwrap();
+    remote
+        .call(
+            "layer.create",
+            &json!({"name": "cars", "last_writer_wins": true}),
+        )
+        .await
+        .unwrap();
+    const SECRET: &str = "a-secret-of-at-least-16-bytes";
+    for (name, hook) in [
+        ("hooked", json!({"url": receiver.url(), "secret": SECRET})),
+        ("plain", Value::Null),
+    ] {
+        let mut spec = json!({"name": name, "layer": "cars", "area": {"bbox": [0, 0, 1, 1]},
+            "detect": ["enter", "exit"]});
+        if !hook.is_null() {
+            spec["webhook"] = hook;
+        }
+        let (s, b) = http_json(addr, "POST", "/v1/geofences", Some(spec)).await;
+        assert_eq!(s, 201, "{b}");
+        if name == "hooked" {
+            // The secret is shown when the fence is created, and hidden afterwards.
+            assert_eq!(b["webhook"]["secret"], SECRET);
+        }
+        wait_evaluated(addr, name, 0).await;
+    }
+    let (_, b) = http_json(addr, "GET", "/v1/geofences/hooked", None).await;
+    assert_eq!(b["webhook"]["secret"], "***");
+
+    let moves = |round: usize, inside: bool| -> Vec<Value> {
+        (0..10)
+            .map(|i| {
+                let p = if inside {
+                    [0.5, 0.01 + i as f64 * 0.05]
+                } else {
+                    [2.0, 2.0]
+                };
+                json!({"op": "replace", "id": format!("car{round}-{i}"), "feature": {
+                    "type": "Feature", "geometry": {"type": "Point", "coordinates": p},
+                    "properties": {}}})
+            })
+            .collect()
+    };
+    let write = |ops: Vec<Value>| {
+        let remote = &remote;
+        async move {
+            remote
+                .call("feature.batch", &json!({"layer": "cars", "ops": ops}))
+                .await
+                .unwrap();
+        }
+    };
+    write(moves(0, true)).await;
+    write(moves(0, false)).await;
+    // The receiver is down: events of the plain fence still arrive at once.
+    receiver.down().await;
+    let before = channel(addr, "plain").await.1.len();
+    let t = Instant::now();
+    write(moves(1, true)).await;
+    write(moves(1, false)).await;
+    loop {
+        if channel(addr, "plain").await.1.len() == before + 20 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the other fence was slowed down by the webhook's outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    receiver.up().await;
+
+    // Every event is delivered, signed, and deduplicates by key to the channel's events.
+    let (_, events) = channel(addr, "hooked").await;
+    assert_eq!(events.len(), 40);
+    let start = Instant::now();
+    let view = loop {
+        let (_, v) = http_json(addr, "GET", "/v1/geofences/hooked", None).await;
+        if v["delivery"]["delivered"] == 40 && v["delivery"]["queued"] == 0 {
+            break v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not delivered: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        view["delivery"]["failed_attempts"].as_u64() >= Some(5),
+        "{view}"
+    );
+    let hits = receiver.hits();
+    let mut by_key: BTreeMap<String, Value> = BTreeMap::new();
+    for h in hits.iter().filter(|h| h.status == 200) {
+        common::receiver::assert_signed(h, SECRET);
+        let body: Value = serde_json::from_slice(&h.body).unwrap();
+        assert_eq!(body["key"], h.key.as_str());
+        by_key.insert(h.key.clone(), body);
+    }
+    let want: BTreeMap<String, Value> = events
+        .iter()
+        .map(|(_, v)| (v["key"].as_str().unwrap().to_owned(), v.clone()))
+        .collect();
+    assert_eq!(by_key, want);
+    // The metrics say so too.
+    let (_, _, m) = common::http(addr, "GET", "/metrics", &[], None).await;
+    let m = String::from_utf8_lossy(&m);
+    assert!(
+        m.lines()
+            .any(|l| l == "geostream_webhook_delivered_total{fence=\"hooked\"} 40"),
+        "{m}"
+    );
+    srv.shutdown().await;
+}

@@ -4,198 +4,19 @@
 //! meanwhile; a full queue dropping and counting; 4xx not retried; `Retry-After`; giving up;
 //! URL checks.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::receiver::{Hit, Receiver, assert_signed};
 use geostream_server::webhook::{DeliveryState, WebhookConfig, WebhookTarget, Webhooks};
-use hmac::{KeyInit, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// How long a test waits for a condition before failing.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// One request a receiver got.
-#[derive(Clone, Debug)]
-struct Hit {
-    key: String,
-    signature: String,
-    content_type: String,
-    body: Bytes,
-    at: Instant,
-    /// The status it was answered with.
-    status: u16,
-}
-
-/// What a receiver answers to its `n`th request (from 0) carrying `key`: a status and an
-/// optional `Retry-After` value.
-type Answer = dyn Fn(usize, &str) -> (u16, Option<&'static str>) + Send + Sync;
-
-/// An HTTP receiver that records every request. `down` closes its port (and every open
-/// connection), `up` listens on the same port again.
-struct Receiver {
-    addr: SocketAddr,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    answer: Arc<Answer>,
-    /// When set, each request waits for a permit before it is answered.
-    gate: Option<Arc<Semaphore>>,
-    /// Serves https with the test certificate when set.
-    tls: Option<TlsAcceptor>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Receiver {
-    async fn start(
-        answer: impl Fn(usize, &str) -> (u16, Option<&'static str>) + Send + Sync + 'static,
-        gate: Option<Arc<Semaphore>>,
-    ) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut r = Receiver {
-            addr: listener.local_addr().unwrap(),
-            hits: Arc::default(),
-            answer: Arc::new(answer),
-            gate,
-            tls: None,
-            task: None,
-        };
-        r.serve(listener);
-        r
-    }
-
-    /// The same receiver over https, with a certificate for `localhost` signed by
-    /// [`TEST_CA`].
-    async fn start_tls(
-        answer: impl Fn(usize, &str) -> (u16, Option<&'static str>) + Send + Sync + 'static,
-    ) -> Receiver {
-        let mut r = Receiver::start(answer, None).await;
-        r.down().await;
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from_pem_slice(LOCALHOST_CERT.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(LOCALHOST_KEY.as_bytes()).unwrap(),
-        )
-        .unwrap();
-        r.tls = Some(TlsAcceptor::from(Arc::new(config)));
-        r.up().await;
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hooks/geo?src=test", self.addr)
-    }
-
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().clone()
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let (hits, answer, gate) = (self.hits.clone(), self.answer.clone(), self.gate.clone());
-        let tls = self.tls.clone();
-        self.task = Some(tokio::spawn(async move {
-            // Dropped with this task when the receiver goes down, which aborts (and closes)
-            // every connection, kept-alive ones included.
-            let mut conns = JoinSet::new();
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (hits, answer, gate) = (hits.clone(), answer.clone(), gate.clone());
-                let tls = tls.clone();
-                conns.spawn(async move {
-                    match tls {
-                        // A client that refuses the certificate ends the handshake.
-                        Some(tls) => {
-                            if let Ok(stream) = tls.accept(stream).await {
-                                serve_connection(stream, hits, answer, gate).await;
-                            }
-                        }
-                        None => serve_connection(stream, hits, answer, gate).await,
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Closes the port: connections are refused until `up`.
-    async fn down(&mut self) {
-        let task = self.task.take().unwrap();
-        task.abort();
-        let _ = task.await;
-    }
-
-    async fn up(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
-}
-
-async fn serve_connection<T>(
-    io: T,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    answer: Arc<Answer>,
-    gate: Option<Arc<Semaphore>>,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (hits, answer, gate) = (hits.clone(), answer.clone(), gate.clone());
-        async move {
-            let header = |name: &str| {
-                req.headers()
-                    .get(name)
-                    .map(|v| v.to_str().unwrap().to_owned())
-                    .unwrap_or_default()
-            };
-            let (key, signature, content_type) = (
-                header("idempotency-key"),
-                header("x-geostream-signature"),
-                header("content-type"),
-            );
-            assert_eq!(req.method(), hyper::Method::POST);
-            assert_eq!(req.uri().path(), "/hooks/geo");
-            assert_eq!(req.uri().query(), Some("src=test"));
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            if let Some(gate) = gate {
-                gate.acquire().await.unwrap().forget();
-            }
-            let n = hits.lock().len();
-            let (status, retry_after) = answer(n, &key);
-            hits.lock().push(Hit {
-                key,
-                signature,
-                content_type,
-                body,
-                at: Instant::now(),
-                status,
-            });
-            let mut resp = Response::builder().status(status);
-            if let Some(r) = retry_after {
-                resp = resp.header("retry-after", r);
-            }
-            let text = if status == 400 { "no such fence" } else { "" };
-            Ok::<_, Infallible>(resp.body(Full::new(Bytes::from(text))).unwrap())
-        }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .await;
-}
 
 /// A certificate authority made for this test (EC P-256, valid until 2126), and a
 /// certificate it signed for `localhost` and 127.0.0.1, with its key.
@@ -255,34 +76,6 @@ fn body(fence: &str, seq: usize) -> Bytes {
     Bytes::from(format!(
         r#"{{"fence":"{fence}","kind":"enter","feature":"v{seq}","seq":{seq}}}"#
     ))
-}
-
-/// Recomputes the signature of `hit` with `secret` independently of the server's code, and
-/// checks its timestamp is recent.
-fn assert_signed(hit: &Hit, secret: &str) {
-    let (t, v1) = hit
-        .signature
-        .strip_prefix("t=")
-        .and_then(|s| s.split_once(",v1="))
-        .unwrap_or_else(|| panic!("bad signature header {:?}", hit.signature));
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(t.as_bytes());
-    mac.update(b".");
-    mac.update(&hit.body);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(v1, expected, "signature of {}", hit.key);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let t: i64 = t.parse().unwrap();
-    assert!((now - t).abs() < 60_000, "timestamp {t} vs now {now}");
-    assert_eq!(hit.content_type, "application/json");
 }
 
 /// Waits until `done(state of fence)`, failing after [`WAIT`].
@@ -619,7 +412,7 @@ async fn urls_are_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_receivers_are_checked_against_trusted_authorities() {
-    let receiver = Receiver::start_tls(|_, _| (200, None)).await;
+    let receiver = Receiver::start_tls(|_, _| (200, None), LOCALHOST_CERT, LOCALHOST_KEY).await;
     let url = format!(
         "https://localhost:{}/hooks/geo?src=test",
         receiver.addr.port()
