@@ -899,3 +899,71 @@ async fn webhooks_get_every_event_through_failures_and_an_outage_without_slowing
     );
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_published_to_a_fences_nats_subject() {
+    let nats = common::backends::nats_url();
+    let srv = TestServer::start_with(|c| c.geofences.nats_url = Some(nats.clone())).await;
+    let addr = srv.addr;
+    let client = async_nats::connect(&nats)
+        .await
+        .unwrap_or_else(|e| panic!("NATS is needed at {nats} (scripts/test.sh starts it): {e}"));
+    let subject = format!(
+        "fences.test.{}",
+        geostream_broker::new_epoch().to_ascii_lowercase()
+    );
+    let mut sub = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let remote = Remote::connect(&srv.ws_url(), None).await.unwrap();
+    remote
+        .call(
+            "layer.create",
+            &json!({"name": "buoys", "last_writer_wins": true}),
+        )
+        .await
+        .unwrap();
+    let (s, b) = http_json(
+        addr,
+        "POST",
+        "/v1/geofences",
+        Some(json!({"name": "bay", "layer": "buoys",
+            "area": {"circle": {"center": [10, 50], "radius_m": 1000}},
+            "nats": {"subject": subject}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    wait_evaluated(addr, "bay", 0).await;
+    for p in [[10.001, 50.0], [10.1, 50.0]] {
+        remote
+            .call(
+                "feature.replace",
+                &json!({"layer": "buoys", "id": "b1", "feature": {"type": "Feature",
+                    "geometry": {"type": "Point", "coordinates": p}, "properties": {}}}),
+            )
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut sub),
+        )
+        .await
+        .expect("an event on the NATS subject")
+        .unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        got.push((
+            v["kind"].as_str().unwrap().to_owned(),
+            v["key"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("enter".to_owned(), "bay:buoys:1:0".to_owned()),
+            ("exit".to_owned(), "bay:buoys:2:0".to_owned())
+        ]
+    );
+    srv.shutdown().await;
+}

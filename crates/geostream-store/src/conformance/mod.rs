@@ -42,6 +42,7 @@ use crate::{
 };
 
 mod edits;
+mod fences;
 mod layers;
 mod locks;
 mod op_ids;
@@ -51,6 +52,7 @@ mod tiles;
 mod versions;
 
 use edits::{batches_are_atomic, crud_with_versions, last_writer_wins, patch_semantics};
+use fences::geofences;
 use layers::{delete_layer_removes_everything, layers, missing_layer};
 use locks::{lock_expiry, locks};
 use op_ids::{concurrent_op_ids, idempotent_op_ids};
@@ -60,7 +62,7 @@ use tiles::uploaded_tiles;
 use versions::{concurrent_writers, lost_updates};
 
 /// Runs every case, each on a fresh store from `make`.
-pub async fn run<S: Store + crate::TileStore, F, Fut>(make: F)
+pub async fn run<S: Store + crate::TileStore + crate::FenceStore, F, Fut>(make: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = S>,
@@ -78,6 +80,7 @@ where
         }};
     }
     case!(layers);
+    case!(geofences);
     case!(missing_layer);
     case!(crud_with_versions);
     case!(last_writer_wins);
