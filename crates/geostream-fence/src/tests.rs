@@ -331,3 +331,38 @@ fn rewinding_and_replaying_gives_the_same_events() {
     let expected: Vec<&FenceEvent> = all.iter().filter(|e| e.seq > 80).collect();
     assert_eq!(tail.iter().collect::<Vec<_>>(), expected);
 }
+
+/// Every fence definition and event in docs/GEOFENCES.md is one the code accepts.
+#[test]
+fn the_guides_definitions_and_events_are_valid() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/GEOFENCES.md"
+    ))
+    .unwrap();
+    let mut blocks: Vec<&str> = doc
+        .split("```json\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .collect();
+    // The definition sent with curl in the walkthrough.
+    for b in doc.split("<<'EOF'\n").skip(1) {
+        blocks.push(&b[..b.find("\nEOF").unwrap()]);
+    }
+    let (mut fences, mut events) = (0, 0);
+    for b in blocks {
+        let v: Value = serde_json::from_str(b).unwrap_or_else(|e| panic!("{e}: {b}"));
+        if v.get("kind").is_some() {
+            serde_json::from_value::<FenceEvent>(v).unwrap_or_else(|e| panic!("{e}: {b}"));
+            events += 1;
+        } else {
+            let s: FenceSpec = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}: {b}"));
+            s.check().unwrap_or_else(|e| panic!("{e}: {b}"));
+            fences += 1;
+        }
+    }
+    assert!(
+        fences >= 4 && events >= 1,
+        "{fences} fences, {events} events"
+    );
+}

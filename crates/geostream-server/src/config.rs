@@ -445,9 +445,10 @@ pub struct GeofencesConfig {
     /// How long the evaluator's lease lasts without renewal, in milliseconds: a dead
     /// evaluator is replaced within this time. Default: 10000.
     pub lease_ms: u64,
-    /// The NATS server for fences with a `nats` delivery (`nats://host:port`). Default: the
+    /// The NATS server for fences with a `nats` delivery (`nats://host:port`). Empty: the
     /// broker's URL when the broker is NATS, and none otherwise (such fences are refused).
-    pub nats_url: Option<String>,
+    /// Default: empty.
+    pub nats_url: String,
     /// Webhook deliveries.
     pub webhooks: crate::webhook::WebhookConfig,
 }
@@ -458,7 +459,7 @@ impl Default for GeofencesConfig {
             evaluate: true,
             max_fences: 1_000_000,
             lease_ms: 10_000,
-            nats_url: None,
+            nats_url: String::new(),
             webhooks: Default::default(),
         }
     }

@@ -51,8 +51,7 @@ pub struct FenceView {
     /// When it ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
-    /// What the evaluator reports of it, when this node evaluates.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the evaluator reports of it, when this node evaluates (`null` on other nodes).
     pub status: Option<FenceStatus>,
     /// The webhook's delivery state, when this node evaluates and the fence has a webhook.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,14 +143,14 @@ impl Geofences {
     }
 
     fn nats_url(&self) -> Option<String> {
-        self.config
-            .geofences
-            .nats_url
-            .clone()
-            .or_else(|| match &self.config.broker {
-                BrokerConfig::Nats { url, .. } => Some(url.clone()),
-                BrokerConfig::Memory => None,
-            })
+        let own = &self.config.geofences.nats_url;
+        if !own.is_empty() {
+            return Some(own.clone());
+        }
+        match &self.config.broker {
+            BrokerConfig::Nats { url, .. } => Some(url.clone()),
+            BrokerConfig::Memory => None,
+        }
     }
 
     // ----- the API -----

@@ -13,7 +13,12 @@ use geostream_core::error::{CloseCode, ErrorCode};
 use geostream_server::Config;
 use regex::Regex;
 
-const DOCS: &[&str] = &["README.md", "docs/PROTOCOL.md", "docs/DEPLOY.md"];
+const DOCS: &[&str] = &[
+    "README.md",
+    "docs/PROTOCOL.md",
+    "docs/DEPLOY.md",
+    "docs/GEOFENCES.md",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -903,7 +903,7 @@ async fn webhooks_get_every_event_through_failures_and_an_outage_without_slowing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_published_to_a_fences_nats_subject() {
     let nats = common::backends::nats_url();
-    let srv = TestServer::start_with(|c| c.geofences.nats_url = Some(nats.clone())).await;
+    let srv = TestServer::start_with(|c| c.geofences.nats_url = nats.clone()).await;
     let addr = srv.addr;
     let client = async_nats::connect(&nats)
         .await
