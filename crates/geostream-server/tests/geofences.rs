@@ -330,7 +330,7 @@ async fn fences_on_the_ais_day_match_the_oracle_event_for_event() {
         .unwrap();
 
     // 10,000 zones around positions of the track.
-    let mut rng = Rng(0x5eed_0f_fe1ce5);
+    let mut rng = Rng(0x5eed_0ffe_1ce5);
     let mut zones: Vec<(String, Area)> = Vec::new();
     for i in 0..ZONES {
         let p = &points[(rng.f() * points.len() as f64) as usize];
