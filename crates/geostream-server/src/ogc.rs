@@ -11,7 +11,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, FromRequest, FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -48,6 +50,40 @@ const GEOJSON: &str = "application/geo+json";
 /// Default and largest page size of `items`.
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 10_000;
+
+/// `Path`, refused with the server's JSON error body. axum's own `Path` refuses a segment
+/// that does not decode to UTF-8 (`/collections/%FF/items`) with a plain-text 400, and every
+/// HTTP error is documented as `{"error": {...}}` (found by tests/http_fuzz.rs).
+struct OgcPath<T>(T);
+
+impl<T, S> FromRequestParts<S> for OgcPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ServerError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(OgcPath(v)),
+            Err(e) => Err(ServerError::invalid(format!("invalid path: {e}"))),
+        }
+    }
+}
+
+/// The body of a write, refused with the server's JSON error body: axum's `Bytes` answers a
+/// body over the limit (`DefaultBodyLimit`) with a plain-text 413 (found by
+/// tests/http_fuzz.rs). The refusal waits for the handler, so the checks before reading
+/// the body (rights, media type) keep their order.
+struct OgcBody(std::result::Result<Bytes, BytesRejection>);
+
+impl<S: Send + Sync> FromRequest<S> for OgcBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Self::Rejection> {
+        Ok(OgcBody(Bytes::from_request(req, state).await))
+    }
+}
 
 /// The routes of the feature API.
 pub fn routes() -> Router<Arc<Node>> {
@@ -159,7 +195,7 @@ async fn collections(
 async fn collection(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path(layer): Path<String>,
+    OgcPath(layer): OgcPath<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
     who.read_layer(&layer)?;
@@ -172,7 +208,7 @@ async fn collection(
 async fn queryables(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path(layer): Path<String>,
+    OgcPath(layer): OgcPath<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
     who.read_layer(&layer)?;
@@ -328,7 +364,7 @@ fn geojson_response(status: StatusCode, body: &Value) -> Response {
 async fn items(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path(layer): Path<String>,
+    OgcPath(layer): OgcPath<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
@@ -496,7 +532,15 @@ fn op_id(headers: &HeaderMap) -> Result<Option<String>> {
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Value> {
+fn parse_body(body: &std::result::Result<Bytes, BytesRejection>) -> Result<Value> {
+    let body = body.as_ref().map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::LimitExceeded
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        ServerError::new(code, e.body_text())
+    })?;
     serde_json::from_slice(body).map_err(|e| {
         ServerError::new(
             ErrorCode::InvalidFeature,
@@ -552,7 +596,7 @@ fn enc(id: &str) -> String {
 async fn item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path((layer, id)): Path<(String, String)>,
+    OgcPath((layer, id)): OgcPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
     who.read_layer(&layer)?;
@@ -646,13 +690,13 @@ fn precondition(e: ServerError, conditional: bool) -> ServerError {
 async fn create_item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path(layer): Path<String>,
+    OgcPath(layer): OgcPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: OgcBody,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
     crate::guard::require_media_type(&headers, crate::guard::FEATURE_TYPES)?;
-    let v = parse_body(&body)?;
+    let v = parse_body(&body.0)?;
     let op = features::create_op(&v, &node.config.layers.feature_limits())?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, false).await?;
     let f = change
@@ -671,13 +715,13 @@ async fn create_item(
 async fn replace_item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path((layer, id)): Path<(String, String)>,
+    OgcPath((layer, id)): OgcPath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: OgcBody,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
     crate::guard::require_media_type(&headers, crate::guard::FEATURE_TYPES)?;
-    let v = parse_body(&body)?;
+    let v = parse_body(&body.0)?;
     let expected = expected_version(&headers)?;
     let op = features::replace_op(
         &Value::String(id),
@@ -707,13 +751,13 @@ async fn replace_item(
 async fn patch_item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path((layer, id)): Path<(String, String)>,
+    OgcPath((layer, id)): OgcPath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: OgcBody,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
     crate::guard::require_media_type(&headers, crate::guard::PATCH_TYPES)?;
-    let v = parse_body(&body)?;
+    let v = parse_body(&body.0)?;
     let Value::Object(mut obj) = v else {
         return Err(ServerError::new(
             ErrorCode::InvalidFeature,
@@ -764,7 +808,7 @@ async fn patch_item(
 async fn delete_item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path((layer, id)): Path<(String, String)>,
+    OgcPath((layer, id)): OgcPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
