@@ -663,6 +663,32 @@ async fn write(
     Ok((change, replayed))
 }
 
+/// The answer to a request that repeats the `Idempotency-Key` of an earlier write: that
+/// write's own answer (201 with the feature it created, 200 with the feature it changed, 204
+/// when it deleted), marked `Idempotent-Replayed: true`, whatever this request's method. A
+/// repeated key is not applied again, so the answer must not say this request was: a DELETE
+/// repeating the key of a PUT answered 204 without the mark and deleted nothing, and a POST
+/// repeating the key of a DELETE was a 500 (no feature to answer with). Found by
+/// tests/http_fuzz.rs.
+fn replayed_answer(base: &str, layer: &str, change: &Change) -> Response {
+    match &change.new {
+        Some(f) => {
+            let status = if change.old.is_none() {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            feature_response(status, base, layer, f, true)
+        }
+        None => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            r.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            r
+        }
+    }
+}
+
 /// A version conflict on a request with `If-Match` is a failed precondition (412); without
 /// one, the layer required a version (428).
 fn precondition(e: ServerError, conditional: bool) -> ServerError {
@@ -699,6 +725,9 @@ async fn create_item(
     let v = parse_body(&body.0)?;
     let op = features::create_op(&v, &node.config.layers.feature_limits())?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, false).await?;
+    if replayed {
+        return Ok(replayed_answer(&base_url(&headers), &layer, &change));
+    }
     let f = change
         .new
         .ok_or_else(|| ServerError::Internal("an insert without a feature".into()))?;
@@ -730,6 +759,9 @@ async fn replace_item(
         &node.config.layers.feature_limits(),
     )?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
+    if replayed {
+        return Ok(replayed_answer(&base_url(&headers), &layer, &change));
+    }
     let created = change.old.is_none();
     let f = change
         .new
@@ -793,6 +825,9 @@ async fn patch_item(
         &node.config.layers.feature_limits(),
     )?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
+    if replayed {
+        return Ok(replayed_answer(&base_url(&headers), &layer, &change));
+    }
     let f = change
         .new
         .ok_or_else(|| ServerError::Internal("a patch without a feature".into()))?;
@@ -818,7 +853,10 @@ async fn delete_item(
         expected,
         &node.config.layers.feature_limits(),
     )?;
-    write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
+    let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
+    if replayed {
+        return Ok(replayed_answer(&base_url(&headers), &layer, &change));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
