@@ -12,6 +12,7 @@
 //!   uploads);
 //! - SSE query strings (channels, `since`, `Last-Event-ID`, presence);
 //! - channel publish / history / presence;
+//! - geofence create / list / get / delete with generated definitions;
 //! - any method on any route (so every route's refusals are seen).
 //!
 //! For every response: no 5xx, the status is one the route documents (docs/PROTOCOL.md; the
@@ -411,6 +412,8 @@ fn statuses_of_code(name: &str) -> &'static [u16] {
         "conflict" => &[409, 412, 428],
         "layer_exists" => &[409],
         "locked" => &[423],
+        "fence_not_found" => &[404],
+        "fence_exists" => &[409],
         _ => &[],
     }
 }
@@ -1832,6 +1835,8 @@ fn any_method_on_any_route() {
         "/v1/channels/c/presence",
         "/v1/channels/%FF/messages",
         "/v1/sse?channel=c",
+        "/v1/geofences",
+        "/v1/geofences/nope",
         "/v1/nope",
         "/web/nope.js",
         "//",
@@ -1927,6 +1932,171 @@ fn refusals_made_before_the_handlers_are_json_errors() {
             );
             assert!(resp.headers.contains_key("allow"), "{method} {target}");
         }
+    });
+    fuzz.finish();
+}
+
+/// A geofence definition: the documented fields with hostile values, unknown fields, other
+/// JSON. Webhooks only ever point at a closed loopback port: the server must not be made to
+/// call anything else.
+fn fence_body() -> impl Strategy<Value = Vec<u8>> {
+    let area = prop_oneof![
+        2 => geometry(),
+        1 => prop::collection::vec(any::<f64>(), 0..6).prop_map(|b| json!({ "bbox": b })),
+        1 => (-200.0f64..200.0, -100.0f64..100.0, any::<f64>())
+            .prop_map(|(x, y, r)| json!({ "circle": { "center": [x, y], "radius_m": r } })),
+        1 => any_json(),
+    ];
+    let spec = (
+        prop_oneof![3 => "[a-z]{1,6}", 1 => channel_name()],
+        prop::sample::select(vec![LAYER, LWW, "nope", "", RASTER]),
+        prop::option::of(area),
+        prop::option::of(prop::sample::select(vec![LAYER, "nope"])),
+        prop::option::of((prop::option::of(Just(LWW)), any::<f64>())),
+        prop::option::of(prop_oneof![cql_text().prop_map(Value::String), any_json()]),
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "enter", "exit", "inside", "cross", "nearby", "faraway", "ENTER", "",
+            ]),
+            0..4,
+        ),
+        (
+            prop::option::of(instant()),
+            prop::option::of(instant()),
+            prop::option::of(prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()]),
+        ),
+        prop::option::of(prop::sample::select(vec![
+            "http://127.0.0.1:1/hook",
+            "ftp://127.0.0.1:1/",
+            "",
+            "not a url",
+        ])),
+        prop::option::of(prop::sample::select(vec![
+            "fence.events",
+            "",
+            "a b",
+            ">",
+            "*",
+        ])),
+        prop::option::of(prop::sample::select(vec!["unknown", "sub", "id"])),
+    )
+        .prop_map(
+            |(
+                name,
+                layer,
+                area,
+                zones,
+                roam,
+                filter,
+                detect,
+                (from, until, ttl),
+                hook,
+                nats,
+                extra,
+            )| {
+                let mut f = json!({ "name": name, "layer": layer });
+                if let Some(a) = area {
+                    f["area"] = a;
+                }
+                if let Some(z) = zones {
+                    f["zones"] = json!({ "layer": z });
+                }
+                if let Some((l, d)) = roam {
+                    f["roam"] = json!({ "layer": l, "distance_m": d });
+                }
+                if let Some(v) = filter {
+                    f["filter"] = v;
+                }
+                if !detect.is_empty() {
+                    f["detect"] = json!(detect);
+                }
+                if let Some(t) = from {
+                    f["active_from"] = json!(t);
+                }
+                if let Some(t) = until {
+                    f["active_until"] = json!(t);
+                }
+                if let Some(t) = ttl {
+                    f["ttl_secs"] = json!(t);
+                }
+                if let Some(u) = hook {
+                    f["webhook"] = json!({ "url": u });
+                }
+                if let Some(n) = nats {
+                    f["nats"] = json!({ "subject": n });
+                }
+                if let Some(k) = extra {
+                    f[k] = json!(1);
+                }
+                serde_json::to_vec(&f).unwrap()
+            },
+        );
+    // Valid ones too, so that creating, reading and deleting fences is exercised.
+    let valid = ("[a-z]{1,6}", -170.0f64..170.0, -80.0f64..80.0).prop_map(|(name, x, y)| {
+        let f = json!({ "name": name, "layer": LAYER, "area": { "bbox": [x, y, x + 5.0, y + 5.0] },
+            "detect": ["enter", "exit"] });
+        serde_json::to_vec(&f).unwrap()
+    });
+    prop_oneof![
+        2 => valid,
+        6 => spec,
+        1 => any_json().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+        1 => prop::collection::vec(any::<u8>(), 0..40),
+    ]
+}
+
+/// `/v1/geofences` (create, list) and `/v1/geofences/{name}` (get, delete). PROTOCOL.md has
+/// only their error codes (`fence_not_found`, `fence_exists`), so the allowed sets are this
+/// test's, from http.rs and the codes: POST 201 / 400 / 404 (no such layer) / 409 (a fence of
+/// that name) / 413 / 415; GET 200 / 400 / 404; DELETE 204 / 400 / 404; and 401 / 403 on all
+/// of them, because a fence's events are the channel `fence:NAME`, with the channel rights
+/// (`...#USER` names need that user's token).
+#[test]
+fn geofence_routes() {
+    let fuzz = Fuzz::start();
+    let ct = prop_oneof![
+        4 => Just(Some(b"application/json".to_vec())),
+        1 => content_type(),
+    ];
+    let strategy = (
+        0u8..4,
+        prop_oneof![3 => "[a-z]{1,6}", 1 => channel_name()].prop_map(|n| enc(&n)),
+        fence_body(),
+        ct,
+    );
+    fuzz.run("geofences", 300, strategy, |(route, name, body, ct)| {
+        let fuzz = &fuzz;
+        async move {
+            let (mut r, allowed): (Req, &[u16]) = match route {
+                0 | 1 => (
+                    Req::new("POST", "/v1/geofences").body(body),
+                    &[201, 400, 401, 403, 404, 409, 413, 415],
+                ),
+                2 => (
+                    Req::new("GET", format!("/v1/geofences/{name}")),
+                    &[200, 400, 401, 403, 404],
+                ),
+                _ => (
+                    Req::new("DELETE", format!("/v1/geofences/{name}")),
+                    &[204, 400, 401, 403, 404],
+                ),
+            };
+            if route <= 1
+                && let Some(ct) = ct
+            {
+                r = r.header("content-type", ct);
+            }
+            fuzz.exchange(&r, allowed).await?;
+            Ok(())
+        }
+    });
+    // The fences that were created are listed, and the server still answers the list.
+    fuzz.rt.block_on(async {
+        let resp = send(fuzz.addr(), &Req::new("GET", "/v1/geofences"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        assert!(resp.json().unwrap()["fences"].is_array());
     });
     fuzz.finish();
 }
