@@ -42,6 +42,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(ogc::routes())
         .merge(web::routes())
         .fallback(not_found)
+        // After every route is merged: it applies to the routes registered before it.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             authenticate,
@@ -106,6 +108,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 
 async fn not_found() -> Response {
     http_error(ErrorCode::MethodNotFound, "no such endpoint")
+}
+
+/// A route that exists, asked with a method it does not have. axum's own answer is a 405
+/// with an empty body; every HTTP error is documented as the JSON error body (found by
+/// tests/http_fuzz.rs). axum still adds the `Allow` header.
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    let mut r = http_error(
+        ErrorCode::MethodNotFound,
+        format!("this endpoint does not answer {method}"),
+    );
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
 }
 
 fn path_error(e: PathRejection) -> Response {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, FromRequest, FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -48,6 +50,40 @@ const GEOJSON: &str = "application/geo+json";
 /// Default and largest page size of `items`.
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 10_000;
+
+/// `Path`, refused with the server's JSON error body. axum's own `Path` refuses a segment
+/// that does not decode to UTF-8 (`/collections/%FF/items`) with a plain-text 400, and every
+/// HTTP error is documented as `{"error": {...}}` (found by tests/http_fuzz.rs).
+struct OgcPath<T>(T);
+
+impl<T, S> FromRequestParts<S> for OgcPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ServerError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(OgcPath(v)),
+            Err(e) => Err(ServerError::invalid(format!("invalid path: {e}"))),
+        }
+    }
+}
+
+/// The body of a write, refused with the server's JSON error body: axum's `Bytes` answers a
+/// body over the limit (`DefaultBodyLimit`) with a plain-text 413 (found by
+/// tests/http_fuzz.rs). The refusal waits for the handler, so the checks before reading
+/// the body (rights, media type) keep their order.
+struct OgcBody(std::result::Result<Bytes, BytesRejection>);
+
+impl<S: Send + Sync> FromRequest<S> for OgcBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Self::Rejection> {
+        Ok(OgcBody(Bytes::from_request(req, state).await))
+    }
+}
 
 /// The routes of the feature API.
 pub fn routes() -> Router<Arc<Node>> {
@@ -159,7 +195,7 @@ async fn collections(
 async fn collection(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path(layer): Path<String>,
+    OgcPath(layer): OgcPath<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
     who.read_layer(&layer)?;
@@ -172,7 +208,7 @@ async fn collection(
 async fn queryables(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path(layer): Path<String>,
+    OgcPath(layer): OgcPath<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
     who.read_layer(&layer)?;
@@ -328,7 +364,7 @@ fn geojson_response(status: StatusCode, body: &Value) -> Response {
 async fn items(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path(layer): Path<String>,
+    OgcPath(layer): OgcPath<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
@@ -496,7 +532,15 @@ fn op_id(headers: &HeaderMap) -> Result<Option<String>> {
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Value> {
+fn parse_body(body: &std::result::Result<Bytes, BytesRejection>) -> Result<Value> {
+    let body = body.as_ref().map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::LimitExceeded
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        ServerError::new(code, e.body_text())
+    })?;
     serde_json::from_slice(body).map_err(|e| {
         ServerError::new(
             ErrorCode::InvalidFeature,
@@ -552,7 +596,7 @@ fn enc(id: &str) -> String {
 async fn item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path((layer, id)): Path<(String, String)>,
+    OgcPath((layer, id)): OgcPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
     who.read_layer(&layer)?;
@@ -619,6 +663,32 @@ async fn write(
     Ok((change, replayed))
 }
 
+/// The answer to a request that repeats the `Idempotency-Key` of an earlier write: that
+/// write's own answer (201 with the feature it created, 200 with the feature it changed, 204
+/// when it deleted), marked `Idempotent-Replayed: true`, whatever this request's method. A
+/// repeated key is not applied again, so the answer must not say this request was: a DELETE
+/// repeating the key of a PUT answered 204 without the mark and deleted nothing, and a POST
+/// repeating the key of a DELETE was a 500 (no feature to answer with). Found by
+/// tests/http_fuzz.rs.
+fn replayed_answer(base: &str, layer: &str, change: &Change) -> Response {
+    match &change.new {
+        Some(f) => {
+            let status = if change.old.is_none() {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            feature_response(status, base, layer, f, true)
+        }
+        None => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            r.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            r
+        }
+    }
+}
+
 /// A version conflict on a request with `If-Match` is a failed precondition (412); without
 /// one, the layer required a version (428).
 fn precondition(e: ServerError, conditional: bool) -> ServerError {
@@ -646,15 +716,18 @@ fn precondition(e: ServerError, conditional: bool) -> ServerError {
 async fn create_item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path(layer): Path<String>,
+    OgcPath(layer): OgcPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: OgcBody,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
     crate::guard::require_media_type(&headers, crate::guard::FEATURE_TYPES)?;
-    let v = parse_body(&body)?;
+    let v = parse_body(&body.0)?;
     let op = features::create_op(&v, &node.config.layers.feature_limits())?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, false).await?;
+    if replayed {
+        return Ok(replayed_answer(&base_url(&headers), &layer, &change));
+    }
     let f = change
         .new
         .ok_or_else(|| ServerError::Internal("an insert without a feature".into()))?;
@@ -671,13 +744,13 @@ async fn create_item(
 async fn replace_item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path((layer, id)): Path<(String, String)>,
+    OgcPath((layer, id)): OgcPath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: OgcBody,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
     crate::guard::require_media_type(&headers, crate::guard::FEATURE_TYPES)?;
-    let v = parse_body(&body)?;
+    let v = parse_body(&body.0)?;
     let expected = expected_version(&headers)?;
     let op = features::replace_op(
         &Value::String(id),
@@ -686,6 +759,9 @@ async fn replace_item(
         &node.config.layers.feature_limits(),
     )?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
+    if replayed {
+        return Ok(replayed_answer(&base_url(&headers), &layer, &change));
+    }
     let created = change.old.is_none();
     let f = change
         .new
@@ -707,13 +783,13 @@ async fn replace_item(
 async fn patch_item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path((layer, id)): Path<(String, String)>,
+    OgcPath((layer, id)): OgcPath<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: OgcBody,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
     crate::guard::require_media_type(&headers, crate::guard::PATCH_TYPES)?;
-    let v = parse_body(&body)?;
+    let v = parse_body(&body.0)?;
     let Value::Object(mut obj) = v else {
         return Err(ServerError::new(
             ErrorCode::InvalidFeature,
@@ -749,6 +825,9 @@ async fn patch_item(
         &node.config.layers.feature_limits(),
     )?;
     let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
+    if replayed {
+        return Ok(replayed_answer(&base_url(&headers), &layer, &change));
+    }
     let f = change
         .new
         .ok_or_else(|| ServerError::Internal("a patch without a feature".into()))?;
@@ -764,7 +843,7 @@ async fn patch_item(
 async fn delete_item(
     State(node): State<Arc<Node>>,
     Extension(who): Extension<Principal>,
-    Path((layer, id)): Path<(String, String)>,
+    OgcPath((layer, id)): OgcPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
     who.write_layer(&layer)?;
@@ -774,7 +853,10 @@ async fn delete_item(
         expected,
         &node.config.layers.feature_limits(),
     )?;
-    write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
+    let (change, replayed) = write(&node, &who, &layer, op, &headers, expected.is_some()).await?;
+    if replayed {
+        return Ok(replayed_answer(&base_url(&headers), &layer, &change));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
