@@ -893,6 +893,24 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+
+    /// The configuration as it may be shown (`--print-config`, logs): the HS256 secret and
+    /// passwords in the PostgreSQL and NATS URLs replaced by `***`.
+    pub fn redacted(&self) -> Config {
+        use crate::backends::without_password;
+        let mut c = self.clone();
+        if !c.auth.hs256_secret.is_empty() {
+            c.auth.hs256_secret = "***".into();
+        }
+        if let StoreConfig::Postgres { url, .. } = &mut c.store {
+            *url = without_password(url);
+        }
+        if let BrokerConfig::Nats { url, .. } = &mut c.broker {
+            *url = url.split(',').map(without_password).collect::<Vec<_>>().join(",");
+        }
+        c.geofences.nats_url = without_password(&c.geofences.nats_url);
+        c
+    }
 }
 
 /// Turns `(key path, value, what set it)` triples (`GEOSTREAM_A__B=v`, `--set a.b=v`) into
@@ -1423,5 +1441,30 @@ mod tests {
         let text = Config::default().to_toml();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn printed_configurations_hide_secrets() {
+        let mut c = Config::default();
+        c.auth.hs256_secret = "hunter2-hunter2".into();
+        c.store = StoreConfig::Postgres {
+            url: "postgres://gs:pgpass@db:5432/gs".into(),
+            schema: "geostream".into(),
+            pool_size: 4,
+            change_retention: 100_000,
+        };
+        c.broker = BrokerConfig::Nats {
+            url: "nats://a:natspass@n1:4222,nats://n2:4222".into(),
+            prefix: "geostream".into(),
+            replicas: 1,
+            heartbeat_ms: 2000,
+        };
+        let text = c.redacted().to_toml();
+        for secret in ["hunter2", "pgpass", "natspass"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("postgres://gs:***@db:5432/gs"), "{text}");
+        assert!(text.contains("nats://a:***@n1:4222,nats://n2:4222"), "{text}");
+        assert!(text.contains("hs256_secret = \"***\""), "{text}");
     }
 }

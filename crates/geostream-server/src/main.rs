@@ -434,7 +434,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     if args.print_config {
-        print!("{}", config.to_toml());
+        // Secrets stay out of terminals and support tickets.
+        print!("{}", config.redacted().to_toml());
         return Ok(());
     }
     geostream_server::telemetry::init(&config.log);

@@ -894,6 +894,10 @@ async fn a_node_that_cannot_reach_postgres_or_nats_exits_with_the_reason_before_
         "{out}"
     );
     assert!(!out.contains("secret"), "the password is not shown: {out}");
+    assert!(
+        out.to_lowercase().contains("connection refused"),
+        "the reason is given: {out}"
+    );
     assert!(!out.contains("listening"), "{out}");
 
     let nats = format!("nats://127.0.0.1:{}", closed_port().await);

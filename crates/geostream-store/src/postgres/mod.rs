@@ -196,7 +196,18 @@ pub(crate) fn db_err_ref(e: &tokio_postgres::Error) -> StoreError {
         Some(db) => {
             StoreError::Unavailable(format!("postgres: {}: {}", db.code().code(), db.message()))
         }
-        None => StoreError::Unavailable(format!("postgres: {e}")),
+        None => {
+            // tokio-postgres says "error connecting to server" and keeps why (connection
+            // refused, no such host, ...) in the source: show the whole chain.
+            let mut msg = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                msg.push_str(": ");
+                msg.push_str(&c.to_string());
+                cause = c.source();
+            }
+            StoreError::Unavailable(format!("postgres: {msg}"))
+        }
     }
 }
 
@@ -240,12 +251,15 @@ impl PostgresStore {
         let timeout = Duration::from_millis(opts.connect_timeout_ms.max(1));
         cfg.connect_timeout(timeout);
         cfg.application_name("geostream");
+        // "schema already exists, skipping" and other NOTICEs are not worth a log line
+        // each time a node starts; warnings and errors still reach the log.
+        cfg.options("-c client_min_messages=warning");
         let postgis_schema = schema::migrate(&cfg, &opts.schema).await?;
         // Every pooled connection resolves unqualified names in our schema first, then where
         // PostGIS lives (its functions and the `geometry` type). Both names were checked or
         // read from the catalog, and are quoted.
         cfg.options(format!(
-            "-c search_path={},{}",
+            "-c client_min_messages=warning -c search_path={},{}",
             schema::quote_ident(&opts.schema),
             schema::quote_ident(&postgis_schema)
         ));
