@@ -12,7 +12,7 @@ use std::io::Read;
 use std::time::Instant;
 
 use geostream_core::feature::{Change, ChangeOp, Feature, FeatureType, Geometry};
-use geostream_fence::{Engine, Fence, FenceSpec};
+use geostream_fence::{Detect, Engine, Fence, FenceSpec};
 use serde_json::{Map, json};
 
 fn track() -> Vec<(String, f64, f64, u64)> {
@@ -134,15 +134,45 @@ fn main() {
     }
     let mut out = Vec::new();
     let mut events = 0usize;
-    let start = Instant::now();
+    let mut all: Vec<(u32, u32, Detect)> = Vec::new();
+    let mut names: HashMap<String, u32> = HashMap::new();
+    // Only the engine's time is counted, not the bookkeeping for the order check.
+    let mut busy = std::time::Duration::ZERO;
     for c in &changes {
+        let t = Instant::now();
         engine.apply(c, &mut out);
+        busy += t.elapsed();
         events += out.len();
-        out.clear();
+        // Kept compactly (fence, feature, kind) for the order check after timing.
+        for e in out.drain(..) {
+            let n = names.len() as u32;
+            let f = *names.entry(e.fence).or_insert(n);
+            let n = names.len() as u32;
+            let id = *names.entry(e.id).or_insert(n);
+            all.push((f, id, e.kind));
+        }
     }
-    let secs = start.elapsed().as_secs_f64();
+    let secs = busy.as_secs_f64();
+    // Each feature's events per fence form a logical sequence: enter, inside..., exit, and
+    // cross only while outside.
+    let mut inside: HashMap<(u32, u32), bool> = HashMap::new();
+    for (f, id, kind) in &all {
+        let was = inside.entry((*f, *id)).or_insert(false);
+        let ok = match kind {
+            Detect::Enter => !*was,
+            Detect::Inside | Detect::Exit => *was,
+            Detect::Cross => !*was,
+            Detect::Nearby | Detect::Faraway => true,
+        };
+        assert!(ok, "{kind:?} out of order");
+        match kind {
+            Detect::Enter => *was = true,
+            Detect::Exit => *was = false,
+            _ => {}
+        }
+    }
     println!(
-        "fences: {n_fences}{} (indexed in {:.2} s)\nchanges: {} in {:.2} s = {:.0} changes/s\nevents: {} ({:.3} per change, {:.0} events/s)",
+        "fences: {n_fences}{} (indexed in {:.2} s)\nchanges: {} in {:.2} s = {:.0} changes/s\nevents: {} ({:.3} per change, {:.0} events/s); every feature's events in logical order",
         if roam { " + 1 roaming (500 m)" } else { "" },
         build.as_secs_f64(),
         changes.len(),

@@ -20,7 +20,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A receiver that answers 200 to everything and counts the requests.

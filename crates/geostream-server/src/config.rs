@@ -906,7 +906,11 @@ impl Config {
             *url = without_password(url);
         }
         if let BrokerConfig::Nats { url, .. } = &mut c.broker {
-            *url = url.split(',').map(without_password).collect::<Vec<_>>().join(",");
+            *url = url
+                .split(',')
+                .map(without_password)
+                .collect::<Vec<_>>()
+                .join(",");
         }
         c.geofences.nats_url = without_password(&c.geofences.nats_url);
         c
@@ -1464,7 +1468,10 @@ mod tests {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert!(text.contains("postgres://gs:***@db:5432/gs"), "{text}");
-        assert!(text.contains("nats://a:***@n1:4222,nats://n2:4222"), "{text}");
+        assert!(
+            text.contains("nats://a:***@n1:4222,nats://n2:4222"),
+            "{text}"
+        );
         assert!(text.contains("hs256_secret = \"***\""), "{text}");
     }
 }
