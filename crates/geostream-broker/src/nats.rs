@@ -524,7 +524,13 @@ impl Broker for NatsBroker {
                         });
                     }
                     // Expired between the info and the read: history starts later.
-                    Err(e) => tracing::debug!(topic, seq, error = %e, "History message gone."),
+                    Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
+                        tracing::debug!(topic, seq, error = %e, "History message gone.");
+                    }
+                    // Anything else (a timeout, the connection lost) is no answer: skipping
+                    // the message would hand a resuming subscriber a `recovered` replay with
+                    // a hole (found by bench/chaos-cluster.sh, cutting a node's NATS).
+                    Err(e) => return Err(unavailable("history", e)),
                 }
             }
         }
