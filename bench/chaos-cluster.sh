@@ -49,13 +49,13 @@ read -r nats_host nats_port <<<"$(host_port "$NATS")"
 (exec 3<>"/dev/tcp/$nats_host/$nats_port") 2>/dev/null || { echo "error: NATS is not reachable at $nats_host:$nats_port" >&2; exit 1; }
 
 ulimit -n "$(ulimit -Hn)"
+# Both binaries in one cargo run: built separately, gs-soak's tokio features (process)
+# differ from the server's, and every crate that depends on tokio is compiled twice.
 if [ "$PROFILE" = release ]; then
-  cargo build --locked --release -p geostream-server --bin geostream
-  cargo build --locked --release -p geostream-soak
+  cargo build --locked --release -p geostream-server -p geostream-soak --bin geostream --bin gs-soak
   DIR=target/release
 else
-  cargo build --locked -p geostream-server --bin geostream
-  cargo build --locked -p geostream-soak
+  cargo build --locked -p geostream-server -p geostream-soak --bin geostream --bin gs-soak
   DIR=target/debug
 fi
 mkdir -p "$OUT" docs/reliability

@@ -649,7 +649,6 @@ type Ack = (usize, u64, usize, u64);
 
 async fn editor(
     nodes: Addrs,
-    mut at: usize,
     e: usize,
     features: usize,
     rate: u64,
@@ -658,6 +657,8 @@ async fn editor(
     acks: Arc<Mutex<Vec<Ack>>>,
 ) {
     let mut remote: Option<Remote> = None;
+    // Editor e starts on node e mod n.
+    let mut at = e;
     let mut known = vec![1u64; features];
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1) as u32);
     let mut k = 0u64;
@@ -1258,7 +1259,6 @@ async fn main() -> Result<()> {
     for e in 0..args.editors {
         eds.push(tokio::spawn(editor(
             addrs.clone(),
-            e,
             e,
             FEATURES,
             args.edit_rate,
