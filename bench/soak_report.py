@@ -4,7 +4,7 @@
     soak_report.py RUN_DIR OUT.svg OUT.md [TITLE]
 
 Reads RUN_DIR/samples.csv (t_s, rss_bytes, fds, outbox_queued_bytes, p99_ms, connections,
-delivered) and RUN_DIR/verdict.json, written by gs-soak; writes one SVG with a panel per
+delivered; with several nodes, their sums) and RUN_DIR/verdict.json, written by gs-soak; writes one SVG with a panel per
 series (no plotting library needed) and a Markdown page with the verdict and the chart.
 """
 
@@ -84,6 +84,15 @@ def main() -> int:
         "",
         f"![{title} series]({os.path.basename(svg_path)})",
         "",
+    ]
+    nodes = verdict.get("nodes", 1)
+    if nodes > 1:
+        lines += [
+            f"{nodes} nodes: each series is the nodes added up (RSS, fds, outbox, connections); "
+            "a killed node's RSS and fds start afresh when it restarts.",
+            "",
+        ]
+    lines += [
         "| check | value |",
         "|---|---|",
     ]

@@ -15,6 +15,15 @@
 //! properties are those of the last one. The RSS slope over the second half of the run and
 //! the fd count after all clients left are checked against bounds. Writes samples.csv and
 //! verdict.json into `--out`; exits 1 on any failure.
+//!
+//! `--chaos` (bench/chaos.sh) kills and restarts the server along the way. `--cluster N`
+//! (bench/chaos-cluster.sh) runs N nodes from `--config` (PostgreSQL store, NATS broker)
+//! with the clients spread over them, each moving to the next node whenever it connects
+//! again; with `--chaos` a random node is killed and restarted each time, and the last
+//! node's NATS connection goes through a proxy of this process that is cut for a few
+//! seconds now and then. Channel history is then JetStream's and outlives any node: the
+//! oracle wants one epoch per channel and every acknowledged message, every node's answer
+//! equal for edits, and every viewport equal to a fresh snapshot taken on another node.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -82,6 +91,29 @@ struct Args {
     /// Longest time between kills (chaos).
     #[arg(long, default_value_t = 40)]
     kill_max: u64,
+    /// Cluster: run this many `geostream serve` nodes (2 or more) from `--config`, sharing
+    /// PostgreSQL and NATS, with the clients spread over them and moving to another node on
+    /// every reconnection. Channel history is then in JetStream and survives a node kill:
+    /// the oracle requires one epoch per channel and every acknowledged message delivered.
+    /// With `--chaos`, a random node is killed each time, and one node's NATS connection
+    /// goes through a proxy of this process that is cut now and then.
+    #[arg(long, default_value_t = 1)]
+    cluster: usize,
+    /// The nodes' configuration file (cluster; PostgreSQL store, NATS broker).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The NATS server the cut proxy forwards to (cluster with `--chaos`; host:port).
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    nats: String,
+    /// Shortest time between two NATS cuts (cluster chaos), seconds.
+    #[arg(long, default_value_t = 20)]
+    cut_min: u64,
+    /// Longest time between two NATS cuts (cluster chaos), seconds.
+    #[arg(long, default_value_t = 40)]
+    cut_max: u64,
+    /// Longest NATS cut (cluster chaos; each lasts 2 s to this), seconds.
+    #[arg(long, default_value_t = 10)]
+    cut_for_max: u64,
     /// Largest accepted RSS slope over the second half of the run, MiB per minute.
     #[arg(long, default_value_t = 1.0)]
     max_rss_slope: f64,
@@ -174,6 +206,48 @@ impl Client {
     }
 }
 
+/// The node addresses (one without `--cluster`).
+type Addrs = Arc<Vec<SocketAddr>>;
+
+/// The node a client uses for its `k`-th connection: client `i` starts on node `i mod n`
+/// and moves on to the next node whenever it connects again, so a client whose node died
+/// finds a live one and every resume may cross nodes.
+fn node(nodes: &[SocketAddr], k: usize) -> SocketAddr {
+    nodes[k % nodes.len()]
+}
+
+/// A client connected to the first node, from `k` on, that accepts the connection.
+async fn connect_any(nodes: &[SocketAddr], k: usize) -> Result<Client> {
+    let mut last = None;
+    for i in 0..nodes.len() {
+        match Client::connect(node(nodes, k + i)).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no node")))
+}
+
+/// A `Remote` connected to the first node, from `k` on, that accepts the connection.
+async fn remote_any(nodes: &[SocketAddr], k: usize) -> Result<Remote> {
+    let mut last = None;
+    for i in 0..nodes.len() {
+        match Remote::connect(&node(nodes, k + i).to_string(), None).await {
+            Ok(r) => return Ok(r),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!("no node accepts a connection: {last:?}"))
+}
+
+/// Whether an error answer is one a node may give while it is cut from NATS (cluster
+/// chaos): the request was refused, not wrongly answered.
+fn refused(sh: &Shared, e: &RemoteError) -> bool {
+    sh.chaos
+        && sh.history_survives
+        && matches!(e, RemoteError::Rpc(r) if matches!(r.code.name(), "unavailable" | "timeout"))
+}
+
 /// `Remote::call` with a time limit: a call made just after its connection died can wait
 /// forever (the reader task has already failed the waiting calls when this one registers),
 /// so a call that takes longer than [`CALL_WAIT`] counts as interrupted (and is retried on a
@@ -194,6 +268,15 @@ const CALL_WAIT: Duration = Duration::from_secs(5);
 struct Shared {
     /// Whether the server is killed and restarted along the way (`--chaos`).
     chaos: bool,
+    /// Whether channel history outlives a node (a cluster: JetStream keeps it), so a
+    /// channel's epoch must never change and every acknowledged message is owed.
+    history_survives: bool,
+    /// NATS cuts made, and their total length in milliseconds (cluster chaos).
+    cuts: AtomicU64,
+    cut_ms: AtomicU64,
+    /// Requests answered `unavailable` or `timeout` (cluster chaos: a node cut from NATS
+    /// cannot publish; an edit so answered is retried with its op_id).
+    refused: AtomicU64,
     /// Acknowledged (epoch, offset) per channel.
     acked: Mutex<HashMap<String, Vec<(String, u64)>>>,
     /// Latency samples (µs) since the last sample point.
@@ -234,7 +317,8 @@ struct EpochRecord {
 type SubRecord = HashMap<String, EpochRecord>;
 
 async fn publisher(
-    addr: SocketAddr,
+    nodes: Addrs,
+    mut k: usize,
     channel: String,
     rate: u64,
     stop: Arc<AtomicBool>,
@@ -246,7 +330,12 @@ async fn publisher(
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let Some(r) = remote.as_ref() else {
-            remote = Remote::connect(&addr.to_string(), None).await.ok();
+            remote = Remote::connect(&node(&nodes, k).to_string(), None)
+                .await
+                .ok();
+            if remote.is_none() {
+                k += 1;
+            }
             continue;
         };
         i += 1;
@@ -272,6 +361,10 @@ async fn publisher(
             Err(RemoteError::Connection(_)) if sh.chaos => {
                 sh.interrupted.fetch_add(1, Ordering::Relaxed);
                 remote = None;
+                k += 1;
+            }
+            Err(e) if refused(&sh, &e) => {
+                sh.refused.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => sh.error(format!("publish {channel}: {e}")),
         }
@@ -279,15 +372,34 @@ async fn publisher(
 }
 
 async fn channel_subscriber(
-    addr: SocketAddr,
+    nodes: Addrs,
+    mut k: usize,
     channel: String,
     stop: Arc<AtomicBool>,
     sh: Arc<Shared>,
     rec: Arc<Mutex<SubRecord>>,
 ) {
     let mut last: Option<(u64, String)> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let mut c = match Client::connect(addr).await {
+    // When history outlives a node, everything acknowledged is owed to the end: after the
+    // stop, one last resume (the way any client catches up) reads until the channel is
+    // quiet, so a subscriber caught between two connections at the stop is not counted
+    // short. Attempts at it are bounded; `done` once it has read to the end.
+    let mut final_attempts = 0;
+    let mut done = false;
+    // The offset each publish attempt (`data.i`, one publisher per channel) arrived with: a
+    // publish answered once must not be stored twice (as two offsets).
+    let mut offset_of: HashMap<(String, u64), u64> = HashMap::new();
+    loop {
+        let finishing = stop.load(Ordering::Relaxed);
+        if finishing {
+            if done || !sh.history_survives || final_attempts >= 10 {
+                break;
+            }
+            final_attempts += 1;
+        }
+        let at = node(&nodes, k);
+        k += 1;
+        let mut c = match Client::connect(at).await {
             Ok(c) => c,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -312,31 +424,41 @@ async fn channel_subscriber(
             .unwrap_or_default()
             .to_string();
         let position = r["position"]["offset"].as_u64().unwrap_or(0);
-        match &last {
-            Some((_, e)) if *e == epoch => {
-                sh.reconnects.fetch_add(1, Ordering::Relaxed);
-                if r["recovered"] != true {
-                    sh.error(format!(
-                        "{channel}: resume from {last:?} not recovered in the same epoch: {r}"
-                    ));
-                }
-            }
-            Some(_) if !sh.chaos => {
+        if matches!(&last, Some((_, e)) if *e == epoch) {
+            sh.reconnects.fetch_add(1, Ordering::Relaxed);
+            if r["recovered"] != true {
                 sh.error(format!(
-                    "{channel}: the epoch changed without a restart: {r}"
+                    "{channel}: resume from {last:?} on {at} not recovered in the same epoch: {r}"
                 ));
             }
-            _ => {
-                // First subscription in this epoch.
-                rec.lock().entry(epoch.clone()).or_default().start = position;
-                last = Some((position, epoch.clone()));
+        } else {
+            if last.is_some() && (!sh.chaos || sh.history_survives) {
+                sh.error(format!(
+                    "{channel}: the epoch changed (from {last:?}, on {at}) without the history being reset: {r}"
+                ));
             }
+            // First subscription in this epoch.
+            rec.lock().entry(epoch.clone()).or_default().start = position;
+            last = Some((position, epoch.clone()));
         }
-        let session = Duration::from_millis(rand::rng().random_range(10_000..40_000));
+        let session = if finishing {
+            STOP_WAIT
+        } else {
+            Duration::from_millis(rand::rng().random_range(10_000..40_000))
+        };
+        let quiet = if finishing {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_millis(500)
+        };
         let until = Instant::now() + session;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            let p = match c.push(Duration::from_millis(500)).await {
+        while Instant::now() < until && (finishing || !stop.load(Ordering::Relaxed)) {
+            let p = match c.push(quiet).await {
                 Ok(Some(p)) => p,
+                Ok(None) if finishing => {
+                    done = true;
+                    break;
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     if !sh.chaos {
@@ -351,7 +473,15 @@ async fn channel_subscriber(
                     let prev = last.as_ref().map_or(0, |l| l.0);
                     if o <= prev {
                         sh.error(format!(
-                            "{channel}: offset {o} after {prev} (duplicate or out of order)"
+                            "{channel}: offset {o} after {prev} on {at} (duplicate or out of order)"
+                        ));
+                    }
+                    if let Some(i) = p.1["data"]["i"].as_u64()
+                        && let Some(first) = offset_of.insert((epoch.clone(), i), o)
+                        && first != o
+                    {
+                        sh.error(format!(
+                            "{channel}: publish {i} stored twice, at offsets {first} and {o}"
                         ));
                     }
                     rec.lock().entry(epoch.clone()).or_default().live.push(o);
@@ -439,16 +569,18 @@ async fn read_snapshot(c: &mut Client, view: &mut View) -> Result<()> {
 /// what it holds. With `--chaos`, a lost connection is replaced by a new subscription (and
 /// its snapshot).
 async fn viewer(
-    addr: SocketAddr,
+    nodes: Addrs,
+    mut k: usize,
     bbox: [f64; 4],
     stop: Arc<AtomicBool>,
     sh: Arc<Shared>,
 ) -> Result<View> {
     loop {
-        match follow(addr, bbox, &stop, &sh).await {
+        match follow(node(&nodes, k), bbox, &stop, &sh).await {
             Ok(v) => return Ok(v),
             Err(e) if sh.chaos && !stop.load(Ordering::Relaxed) => {
                 let _ = e;
+                k += 1;
                 sh.reconnects.fetch_add(1, Ordering::Relaxed);
                 let pause = rand::rng().random_range(100..1000);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -516,7 +648,7 @@ async fn follow(addr: SocketAddr, bbox: [f64; 4], stop: &AtomicBool, sh: &Shared
 type Ack = (usize, u64, usize, u64);
 
 async fn editor(
-    addr: SocketAddr,
+    nodes: Addrs,
     e: usize,
     features: usize,
     rate: u64,
@@ -525,6 +657,8 @@ async fn editor(
     acks: Arc<Mutex<Vec<Ack>>>,
 ) {
     let mut remote: Option<Remote> = None;
+    // Editor e starts on node e mod n.
+    let mut at = e;
     let mut known = vec![1u64; features];
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1) as u32);
     let mut k = 0u64;
@@ -538,7 +672,7 @@ async fn editor(
         // answered with the original result instead of being applied twice.
         let answer = loop {
             let Some(r) = remote.as_ref() else {
-                match Remote::connect(&addr.to_string(), None).await {
+                match Remote::connect(&node(&nodes, at).to_string(), None).await {
                     Ok(r) => {
                         // One client id across connections, so op_ids are recognised.
                         if call(
@@ -552,7 +686,10 @@ async fn editor(
                             remote = Some(r);
                         }
                     }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(_) => {
+                        at += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
                 continue;
             };
@@ -560,6 +697,15 @@ async fn editor(
                 Err(RemoteError::Connection(_)) if sh.chaos => {
                     sh.interrupted.fetch_add(1, Ordering::Relaxed);
                     remote = None;
+                    at += 1;
+                }
+                // Refused by a node (cut from NATS, or its store busy): the same op_id again,
+                // on another node; it must not be applied twice.
+                Err(e) if refused(&sh, &e) => {
+                    sh.refused.fetch_add(1, Ordering::Relaxed);
+                    remote = None;
+                    at += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 other => break other,
             }
@@ -744,14 +890,21 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     if den == 0.0 { 0.0 } else { num / den }
 }
 
-/// Starts `geostream serve` on `listen` (port 0: any) on the run's data directory, which
-/// must be empty on the first start.
+/// Starts `geostream serve` on `listen` (port 0: any): the single server, or node `i` of a
+/// cluster (from `--config`, as an operator starts one, with `env` on top), on its data
+/// directory, which must be empty on the first start. Its log is `server.*` or `node-N.*`.
 async fn start_server(
     args: &Args,
+    i: Option<usize>,
     listen: SocketAddr,
     first: bool,
+    env: &[(String, String)],
 ) -> Result<(tokio::process::Child, SocketAddr)> {
-    let data = args.out.join("data");
+    let name = i.map_or_else(|| "server".to_string(), |i| format!("node-{}", i + 1));
+    let data = match i {
+        None => args.out.join("data"),
+        Some(_) => args.out.join(&name),
+    };
     if first && std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some()) {
         bail!(
             "{} is not empty: each run starts on fresh data",
@@ -765,17 +918,33 @@ async fn start_server(
             .append(true)
             .open(args.out.join(name))
     };
-    let mut child = tokio::process::Command::new(&args.bin)
-        .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
+    let mut cmd = tokio::process::Command::new(&args.bin);
+    cmd.arg("serve");
+    match i {
+        // The cluster's settings (store, broker, history size) are in its file.
+        Some(_) => {
+            cmd.arg("--config")
+                .arg(args.config.as_ref().context("--cluster needs --config")?);
+        }
+        None => {
+            cmd.env("GEOSTREAM_CHANNELS__HISTORY_SIZE", "5000");
+        }
+    }
+    let mut child = cmd
+        .args(["--listen", &listen.to_string(), "--data-dir"])
         .arg(&data)
         .env("GEOSTREAM_LOG__LEVEL", "warn")
-        .env("GEOSTREAM_CHANNELS__HISTORY_SIZE", "5000")
         .env("GEOSTREAM_LIMITS__MAX_CONNECTIONS_PER_IP", "100000")
-        .stdout(append("server.log")?)
+        .envs(env.iter().cloned())
+        .stdout(append(&format!("{name}.log"))?)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("start {}", args.bin.display()))?;
+    // Its PID, for the script to stop it should this process be interrupted.
+    if let Some(pid) = child.id() {
+        std::fs::write(args.out.join(format!("{name}.pid")), pid.to_string())?;
+    }
     let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
     let addr = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await? {
@@ -792,7 +961,9 @@ async fn start_server(
     })
     .await
     .context("the server did not listen within 60 s")??;
-    let mut err_log = append("server.err").ok().map(tokio::fs::File::from_std);
+    let mut err_log = append(&format!("{name}.err"))
+        .ok()
+        .map(tokio::fs::File::from_std);
     tokio::spawn(async move {
         while let Ok(Some(l)) = lines.next_line().await {
             if let Some(f) = err_log.as_mut() {
@@ -801,6 +972,88 @@ async fn start_server(
         }
     });
     Ok((child, addr))
+}
+
+/// A TCP proxy between one node and NATS (cluster chaos), cut now and then: a cut closes
+/// every connection through it and refuses new ones until it is restored.
+struct Proxy {
+    addr: SocketAddr,
+    cut: AtomicBool,
+    conns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Result<Arc<Proxy>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let proxy = Arc::new(Proxy {
+            addr: listener.local_addr()?,
+            cut: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+        });
+        // The accept loop holds only a weak reference: it ends with the run.
+        let weak = Arc::downgrade(&proxy);
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let Some(p) = weak.upgrade() else { return };
+                if p.cut.load(Ordering::SeqCst) {
+                    // Refused: closed at once.
+                    drop(down);
+                    continue;
+                }
+                let mut conns = p.conns.lock();
+                conns.retain(|c| !c.is_finished());
+                conns.push(tokio::spawn(async move {
+                    if let Ok(mut up) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                }));
+            }
+        });
+        Ok(proxy)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The sum of each running node's RSS (bytes).
+fn rss_all(pids: &[AtomicU32]) -> u64 {
+    pids.iter().map(|p| rss(p.load(Ordering::Relaxed))).sum()
+}
+
+/// The sum of each running node's open fds.
+fn fds_all(pids: &[AtomicU32]) -> i64 {
+    pids.iter().map(|p| fds(p.load(Ordering::Relaxed))).sum()
+}
+
+/// Every node's open fds by kind, added up.
+fn fd_kinds_all(pids: &[AtomicU32]) -> std::collections::BTreeMap<String, u64> {
+    let mut all = std::collections::BTreeMap::new();
+    for p in pids {
+        for (k, v) in fd_kinds(p.load(Ordering::Relaxed)) {
+            *all.entry(k).or_insert(0) += v;
+        }
+    }
+    all
+}
+
+/// Every reachable node's metrics text, one after the other ([`metric`] adds the nodes up).
+async fn metrics_all(nodes: &[SocketAddr]) -> String {
+    let mut all = String::new();
+    for a in nodes {
+        if let Ok(m) = metrics(*a).await {
+            all.push_str(&m);
+        }
+    }
+    all
 }
 
 /// How long a task may take to finish once told to stop.
@@ -826,29 +1079,80 @@ async fn main() -> Result<()> {
     if args.duration > 14_400 {
         bail!("--duration is at most 14400 s");
     }
+    let n = args.cluster.max(1);
+    let cluster = n > 1;
+    if cluster && args.config.is_none() {
+        bail!("--cluster needs --config (the nodes' configuration file)");
+    }
     std::fs::create_dir_all(&args.out)?;
     let points = geostream_server::replay::read_track(&args.track)
         .with_context(|| format!("read {}", args.track.display()))?;
-    let (child, addr) = start_server(&args, "127.0.0.1:0".parse()?, true).await?;
-    let pid = Arc::new(AtomicU32::new(child.id().context("server pid")?));
-    let server = Arc::new(tokio::sync::Mutex::new(child));
+    // Cluster chaos: the last node reaches NATS through a proxy of ours that the cutter
+    // cuts now and then (the shared NATS itself is never touched).
+    let proxy = if cluster && args.chaos {
+        let upstream = tokio::net::lookup_host(args.nats.trim_start_matches("nats://"))
+            .await?
+            .next()
+            .context("the NATS address")?;
+        Some(Proxy::start(upstream).await?)
+    } else {
+        None
+    };
+    let envs: Arc<Vec<Vec<(String, String)>>> = Arc::new(
+        (0..n)
+            .map(|i| match &proxy {
+                Some(p) if i == n - 1 => vec![(
+                    "GEOSTREAM_BROKER__URL".to_string(),
+                    format!("nats://{}", p.addr),
+                )],
+                _ => Vec::new(),
+            })
+            .collect(),
+    );
+    // All nodes at once, as an operator may start them (the order does not matter).
+    let any_port: SocketAddr = "127.0.0.1:0".parse()?;
+    let started = futures_util::future::try_join_all(
+        (0..n).map(|i| start_server(&args, cluster.then_some(i), any_port, true, &envs[i])),
+    )
+    .await?;
+    let addrs: Addrs = Arc::new(started.iter().map(|s| s.1).collect());
+    let pids: Arc<Vec<AtomicU32>> = Arc::new(
+        started
+            .iter()
+            .map(|s| s.0.id().map(AtomicU32::new).context("server pid"))
+            .collect::<Result<_>>()?,
+    );
+    let servers: Arc<Vec<tokio::sync::Mutex<tokio::process::Child>>> = Arc::new(
+        started
+            .into_iter()
+            .map(|s| tokio::sync::Mutex::new(s.0))
+            .collect(),
+    );
+    let addr = addrs[0];
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let conns_start = metric(&metrics(addr).await?, "geostream_connections") as i64;
-    let fds_start = fds(pid.load(Ordering::Relaxed));
-    let fd_kinds_start = fd_kinds(pid.load(Ordering::Relaxed));
+    let conns_start = metric(&metrics_all(&addrs).await, "geostream_connections") as i64;
+    let fds_start = fds_all(&pids);
+    let fd_kinds_start = fd_kinds_all(&pids);
     println!(
-        "server {addr} (pid {}), {fds_start} fds at start; {} s of load{}",
-        pid.load(Ordering::Relaxed),
+        "{} {addrs:?} (pids {:?}), {fds_start} fds at start; {} s of load{}",
+        if cluster { "nodes" } else { "server" },
+        pids.iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .collect::<Vec<_>>(),
         args.duration,
-        if args.chaos {
-            ", with SIGKILL restarts and bad frames"
-        } else {
-            ""
+        match (args.chaos, &proxy) {
+            (true, Some(p)) => format!(
+                ", with SIGKILL restarts of a random node, bad frames, and node {}'s NATS link cut now and then (proxy {})",
+                n, p.addr
+            ),
+            (true, None) => ", with SIGKILL restarts and bad frames".to_string(),
+            _ => String::new(),
         }
     );
 
     let sh = Arc::new(Shared {
         chaos: args.chaos,
+        history_survives: cluster,
         ..Shared::default()
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -891,7 +1195,7 @@ async fn main() -> Result<()> {
         y1 = y1.max(p.lat);
     }
     let mut viewers = Vec::new();
-    for _ in 0..args.viewports {
+    for v in 0..args.viewports {
         let bbox = {
             let mut r = rand::rng();
             let (w, h) = (
@@ -906,21 +1210,30 @@ async fn main() -> Result<()> {
         };
         viewers.push((
             bbox,
-            tokio::spawn(viewer(addr, bbox, stop_views.clone(), sh.clone())),
+            tokio::spawn(viewer(
+                addrs.clone(),
+                v,
+                bbox,
+                stop_views.clone(),
+                sh.clone(),
+            )),
         ));
     }
 
     let mut subs = Vec::new();
     let mut pubs = Vec::new();
+    let mut client = 0;
     for ch in 0..args.channels {
         let name = format!("soak-{ch}");
         for _ in 0..args.channel_subscribers {
             let rec = Arc::new(Mutex::new(SubRecord::default()));
+            client += 1;
             subs.push((
                 name.clone(),
                 rec.clone(),
                 tokio::spawn(channel_subscriber(
-                    addr,
+                    addrs.clone(),
+                    client,
                     name.clone(),
                     stop_subs.clone(),
                     sh.clone(),
@@ -933,7 +1246,8 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for ch in 0..args.channels {
         pubs.push(tokio::spawn(publisher(
-            addr,
+            addrs.clone(),
+            ch,
             format!("soak-{ch}"),
             args.publish_rate,
             stop.clone(),
@@ -944,7 +1258,7 @@ async fn main() -> Result<()> {
     let mut eds = Vec::new();
     for e in 0..args.editors {
         eds.push(tokio::spawn(editor(
-            addr,
+            addrs.clone(),
             e,
             FEATURES,
             args.edit_rate,
@@ -957,9 +1271,11 @@ async fn main() -> Result<()> {
         let stop = stop.clone();
         let sh = sh.clone();
         let speed = args.replay_speed;
+        let addrs = addrs.clone();
         tokio::spawn(async move {
+            let mut k = 0;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(remote) = Remote::connect(&addr.to_string(), None).await else {
+                let Ok(remote) = remote_any(&addrs, k).await else {
                     if !sh.chaos {
                         sh.error("replay: cannot connect".into());
                         return;
@@ -967,6 +1283,7 @@ async fn main() -> Result<()> {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 };
+                k += 1;
                 tokio::select! {
                     r = geostream_server::replay::replay(&remote, "soak-ships", &points, speed, |_, _| {}) => {
                         if let Err(e) = r && !sh.chaos {
@@ -989,21 +1306,29 @@ async fn main() -> Result<()> {
     let staller = {
         let stop = stop.clone();
         let sh = sh.clone();
+        let addrs = addrs.clone();
         tokio::spawn(async move {
+            let mut k = 0;
             while !stop.load(Ordering::Relaxed) {
                 sh.stalls.fetch_add(1, Ordering::Relaxed);
-                let _ = stalled(addr, Duration::from_secs(30)).await;
+                let _ = stalled(node(&addrs, k), Duration::from_secs(30)).await;
+                k += 1;
             }
         })
     };
-    // Chaos: SIGKILL and restart the server every kill_min..kill_max seconds; malformed
-    // frames every 1-3 s.
+    // Chaos: SIGKILL a random node (the only one without --cluster) and restart it on the
+    // same port every kill_min..kill_max seconds; malformed frames every 1-3 s; in a cluster,
+    // the proxied node's NATS link cut now and then.
+    let kills_per_node: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let (killer, badder) = if args.chaos {
         let killer = {
             let stop = stop.clone();
             let sh = sh.clone();
-            let server = server.clone();
-            let pid = pid.clone();
+            let servers = servers.clone();
+            let pids = pids.clone();
+            let addrs = addrs.clone();
+            let envs = envs.clone();
+            let kills_per_node = kills_per_node.clone();
             let args = Args::parse();
             tokio::spawn(async move {
                 loop {
@@ -1016,27 +1341,34 @@ async fn main() -> Result<()> {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let mut child = server.lock().await;
+                    let i = rand::rng().random_range(0..n);
+                    let mut child = servers[i].lock().await;
                     if let Ok(Some(status)) = child.try_wait() {
-                        sh.error(format!("the server exited by itself: {status}"));
+                        sh.error(format!("node {} exited by itself: {status}", i + 1));
                     }
                     let _ = child.start_kill();
                     let _ = child.wait().await;
                     sh.kills.fetch_add(1, Ordering::Relaxed);
-                    // Restart on the same address (the listener sets SO_REUSEADDR).
-                    for attempt in 0.. {
-                        match start_server(&args, addr, false).await {
+                    kills_per_node[i].fetch_add(1, Ordering::Relaxed);
+                    // Restart on the same address (the listener sets SO_REUSEADDR). A node
+                    // restarted while its NATS link is cut exits (it cannot reach the
+                    // broker), so attempts go on for up to two minutes.
+                    let give_up = Instant::now() + Duration::from_secs(120);
+                    loop {
+                        match start_server(&args, cluster.then_some(i), addrs[i], false, &envs[i])
+                            .await
+                        {
                             Ok((c, _)) => {
-                                pid.store(c.id().unwrap_or(0), Ordering::Relaxed);
+                                pids[i].store(c.id().unwrap_or(0), Ordering::Relaxed);
                                 *child = c;
                                 break;
                             }
-                            Err(e) if attempt < 50 => {
+                            Err(e) if Instant::now() < give_up => {
                                 let _ = e;
-                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                tokio::time::sleep(Duration::from_millis(300)).await;
                             }
                             Err(e) => {
-                                sh.error(format!("restart failed: {e}"));
+                                sh.error(format!("restart of node {} failed: {e}", i + 1));
                                 return;
                             }
                         }
@@ -1047,7 +1379,8 @@ async fn main() -> Result<()> {
         let badder = {
             let stop = stop.clone();
             let sh = sh.clone();
-            let server = server.clone();
+            let servers = servers.clone();
+            let addrs = addrs.clone();
             tokio::spawn(async move {
                 let mut kind = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -1055,9 +1388,9 @@ async fn main() -> Result<()> {
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     kind += 1;
                     let kills = sh.kills.load(Ordering::Relaxed);
-                    if let Err(e) = bad_frame(addr, kind).await {
+                    if let Err(e) = bad_frame(node(&addrs, kind), kind).await {
                         // A kill in between explains a failure; otherwise it is one.
-                        let restarting = server.try_lock().is_err();
+                        let restarting = servers.iter().any(|s| s.try_lock().is_err());
                         if sh.kills.load(Ordering::Relaxed) == kills && !restarting {
                             sh.error(format!("bad frame {}: {e}", kind % 6));
                         }
@@ -1071,8 +1404,36 @@ async fn main() -> Result<()> {
     } else {
         (None, None)
     };
+    let cutter = proxy.clone().map(|proxy| {
+        let stop = stop.clone();
+        let sh = sh.clone();
+        let (lo, hi, longest) = (
+            args.cut_min,
+            args.cut_max.max(args.cut_min),
+            args.cut_for_max.max(2),
+        );
+        tokio::spawn(async move {
+            loop {
+                let wait = rand::rng().random_range(lo..=hi);
+                let until = Instant::now() + Duration::from_secs(wait);
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let ms = rand::rng().random_range(2000..=longest * 1000);
+                proxy.cut();
+                sh.cuts.fetch_add(1, Ordering::Relaxed);
+                // Always restored, even when the run stops meanwhile.
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                proxy.restore();
+                sh.cut_ms.fetch_add(ms, Ordering::Relaxed);
+            }
+        })
+    });
 
-    // Sample every 10 s.
+    // Sample every 10 s (the nodes added up).
     let mut csv =
         String::from("t_s,rss_bytes,fds,outbox_queued_bytes,p99_ms,connections,delivered\n");
     let mut samples: Vec<(f64, f64)> = Vec::new();
@@ -1084,14 +1445,13 @@ async fn main() -> Result<()> {
     while Instant::now() < end {
         next += Duration::from_secs(10);
         tokio::time::sleep_until(next.min(end).into()).await;
-        let m = metrics(addr).await.unwrap_or_default();
+        let m = metrics_all(&addrs).await;
         let t = begin.elapsed().as_secs_f64();
-        let p = pid.load(Ordering::Relaxed);
-        let r = rss(p);
+        let r = rss_all(&pids);
         let lat = std::mem::take(&mut *sh.latency.lock());
         let line = format!(
             "{t:.0},{r},{},{},{:.2},{},{}\n",
-            fds(p),
+            fds_all(&pids),
             metric(&m, "geostream_outbox_queued_bytes"),
             p99(lat),
             metric(&m, "geostream_connections"),
@@ -1100,7 +1460,10 @@ async fn main() -> Result<()> {
         print!("{line}");
         csv.push_str(&line);
         samples.push((t, r as f64));
-        fd_samples.push((t, fds(p) - metric(&m, "geostream_connections") as i64));
+        fd_samples.push((
+            t,
+            fds_all(&pids) - metric(&m, "geostream_connections") as i64,
+        ));
         std::fs::write(args.out.join("samples.csv"), &csv)?;
     }
 
@@ -1114,6 +1477,9 @@ async fn main() -> Result<()> {
     if let Some(b) = badder {
         join("the bad-frame client", b, &mut failures).await;
     }
+    if let Some(c) = cutter {
+        join("the NATS cutter", c, &mut failures).await;
+    }
     for p in pubs {
         join("a publisher", p, &mut failures).await;
     }
@@ -1124,20 +1490,25 @@ async fn main() -> Result<()> {
     staller.abort();
     // Writes already sent (the replay keeps up to 16 batches in flight, and a dropped
     // `Remote` still sends what it queued) land after the writers stop: wait until the
-    // layers' sequence numbers have not moved for 3 s (at most 60 s).
+    // layers' sequence numbers have not moved for 3 s (at most 60 s), on every node alike.
     eprintln!("waiting for the layers to settle");
     let settle_deadline = Instant::now() + Duration::from_secs(60);
     let mut last_seqs = None;
     let mut stable_since = Instant::now();
     loop {
         let seqs = async {
-            let mut c = Client::connect(addr).await?;
-            let a = c.call("layer.get", json!({ "name": "soak-ships" })).await?["seq"].clone();
-            let b = c.call("layer.get", json!({ "name": "edits" })).await?["seq"].clone();
-            anyhow::Ok((a, b))
+            let mut all = Vec::new();
+            for a in addrs.iter() {
+                let mut c = Client::connect(*a).await?;
+                let s = c.call("layer.get", json!({ "name": "soak-ships" })).await?["seq"].clone();
+                let e = c.call("layer.get", json!({ "name": "edits" })).await?["seq"].clone();
+                all.push((s, e));
+            }
+            anyhow::Ok(all)
         }
         .await
-        .ok();
+        .ok()
+        .filter(|all| all.windows(2).all(|w| w[0] == w[1]));
         if seqs.is_some() && seqs == last_seqs {
             if stable_since.elapsed() >= Duration::from_secs(3) {
                 break;
@@ -1149,7 +1520,7 @@ async fn main() -> Result<()> {
         if Instant::now() > settle_deadline {
             failures
                 .push(format!(
-                    "the layers were still changing 60 s after the writers stopped (seq of soak-ships, edits: {last_seqs:?})"
+                    "the layers were still changing (or the nodes disagreed) 60 s after the writers stopped (seq of soak-ships, edits, by node: {last_seqs:?})"
                 ));
             break;
         }
@@ -1159,9 +1530,21 @@ async fn main() -> Result<()> {
     stop_views.store(true, Ordering::Relaxed);
 
     // Channels: in each epoch, every acknowledged message after the subscriber's start in it
-    // (up to the last one it saw in that epoch, when the server was killed in between), live
-    // or recovered.
+    // (up to the last one it saw in that epoch, when the in-process broker's history died
+    // with the server in between), live or recovered. In a cluster the history is
+    // JetStream's: one epoch per channel from start to end, whatever was killed or cut.
     let acked = sh.acked.lock().clone();
+    if sh.history_survives {
+        for (name, a) in &acked {
+            let seen: BTreeSet<&String> = a.iter().map(|(e, _)| e).collect();
+            if seen.len() != 1 {
+                failures.push(format!(
+                    "{name}: publishes were acknowledged in {} epochs ({seen:?}); JetStream history should survive node kills",
+                    seen.len()
+                ));
+            }
+        }
+    }
     let mut sub_checked = 0;
     let mut epochs = BTreeSet::new();
     for (name, rec, task) in subs {
@@ -1170,7 +1553,7 @@ async fn main() -> Result<()> {
         for (epoch, er) in rec.iter() {
             epochs.insert(epoch.clone());
             let got: BTreeSet<u64> = er.live.iter().chain(er.recovered.iter()).copied().collect();
-            let upto = if args.chaos {
+            let upto = if args.chaos && !sh.history_survives {
                 got.last().copied().unwrap_or(0)
             } else {
                 u64::MAX
@@ -1200,45 +1583,50 @@ async fn main() -> Result<()> {
     eprintln!("checking the viewports");
     // All at once, each bounded: a viewer that does not end, or a fresh snapshot that does
     // not come, is a failure naming the viewport.
-    let checks = viewers.into_iter().map(|(bbox, task)| async move {
-        let held = match tokio::time::timeout(STOP_WAIT, task).await {
-            Ok(Ok(Ok(v))) => v,
-            Ok(Ok(Err(e))) => return Err(format!("viewer {bbox:?}: {e}")),
-            Ok(Err(e)) => return Err(format!("viewer {bbox:?}: {e}")),
-            Err(_) => {
-                return Err(format!("viewer {bbox:?} did not stop within {STOP_WAIT:?}"));
+    let checks = viewers.into_iter().enumerate().map(|(v, (bbox, task))| {
+        let addrs = addrs.clone();
+        async move {
+            let held = match tokio::time::timeout(STOP_WAIT, task).await {
+                Ok(Ok(Ok(v))) => v,
+                Ok(Ok(Err(e))) => return Err(format!("viewer {bbox:?}: {e}")),
+                Ok(Err(e)) => return Err(format!("viewer {bbox:?}: {e}")),
+                Err(_) => {
+                    return Err(format!("viewer {bbox:?} did not stop within {STOP_WAIT:?}"));
+                }
+            };
+            // From another node than the one the viewer started on (the same one without
+            // --cluster): every node must hold the same state.
+            let fresh = tokio::time::timeout(STOP_WAIT, async {
+                let mut c = connect_any(&addrs, v + 1).await?;
+                c.call(
+                    "layer.subscribe",
+                    json!({ "layer": "soak-ships", "bbox": bbox }),
+                )
+                .await?;
+                let mut v = View::new();
+                read_snapshot(&mut c, &mut v).await?;
+                anyhow::Ok(v)
+            })
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no snapshot within {STOP_WAIT:?}")));
+            match fresh {
+                Ok(f) if f == held => Ok(held.len()),
+                Ok(f) => {
+                    let diff: Vec<_> = f
+                        .iter()
+                        .filter(|(k, v)| held.get(*k) != Some(v))
+                        .map(|(k, v)| format!("{k}: server {v}, held {:?}", held.get(k)))
+                        .chain(
+                            held.keys()
+                                .filter(|k| !f.contains_key(*k))
+                                .map(|k| format!("{k}: held, not in view")),
+                        )
+                        .take(3)
+                        .collect();
+                    Err(format!("viewer {bbox:?} differs from the server: {diff:?}"))
+                }
+                Err(e) => Err(format!("viewer {bbox:?}: fresh snapshot: {e}")),
             }
-        };
-        let fresh = tokio::time::timeout(STOP_WAIT, async {
-            let mut c = Client::connect(addr).await?;
-            c.call(
-                "layer.subscribe",
-                json!({ "layer": "soak-ships", "bbox": bbox }),
-            )
-            .await?;
-            let mut v = View::new();
-            read_snapshot(&mut c, &mut v).await?;
-            anyhow::Ok(v)
-        })
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("no snapshot within {STOP_WAIT:?}")));
-        match fresh {
-            Ok(f) if f == held => Ok(held.len()),
-            Ok(f) => {
-                let diff: Vec<_> = f
-                    .iter()
-                    .filter(|(k, v)| held.get(*k) != Some(v))
-                    .map(|(k, v)| format!("{k}: server {v}, held {:?}", held.get(k)))
-                    .chain(
-                        held.keys()
-                            .filter(|k| !f.contains_key(*k))
-                            .map(|k| format!("{k}: held, not in view")),
-                    )
-                    .take(3)
-                    .collect();
-                Err(format!("viewer {bbox:?} differs from the server: {diff:?}"))
-            }
-            Err(e) => Err(format!("viewer {bbox:?}: fresh snapshot: {e}")),
         }
     });
     let mut view_checked = 0;
@@ -1251,8 +1639,13 @@ async fn main() -> Result<()> {
         }
     }
     // Edits: versions count the acknowledged edits; the last one's properties are current.
+    // Read through every node (each reads the shared store): they must agree.
     eprintln!("checking the edits");
-    let admin = Remote::connect(&addr.to_string(), None).await?;
+    let mut admins = Vec::new();
+    for a in addrs.iter() {
+        admins.push(Remote::connect(&a.to_string(), None).await?);
+    }
+    let admin = &admins[0];
     let acks = acks.lock().clone();
     let mut edits_acked = 0;
     for f in 0..FEATURES {
@@ -1265,6 +1658,22 @@ async fn main() -> Result<()> {
                 &json!({ "layer": "edits", "id": format!("f{f}") }),
             )
             .await?;
+        for (i, other) in admins.iter().enumerate().skip(1) {
+            let o = other
+                .call(
+                    "feature.get",
+                    &json!({ "layer": "edits", "id": format!("f{f}") }),
+                )
+                .await?;
+            if o["feature"] != cur["feature"] {
+                failures.push(format!(
+                    "f{f}: node {} holds {}, node 1 {}",
+                    i + 1,
+                    o["feature"],
+                    cur["feature"]
+                ));
+            }
+        }
         let version = cur["feature"]["version"].as_u64().unwrap_or(0);
         if version != 1 + mine.len() as u64 {
             failures.push(format!(
@@ -1288,17 +1697,13 @@ async fn main() -> Result<()> {
 
     // Resources (soak only: restarts reset them): fds beyond connections over the second
     // half, RSS slope over the second half.
-    drop(admin);
+    drop(admins);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let p = pid.load(Ordering::Relaxed);
     // Connections still open count against the fds (the tools' `Remote` client keeps its
     // connection until the process exits); what is left over is a leak.
-    let conns_end = metric(
-        &metrics(addr).await.unwrap_or_default(),
-        "geostream_connections",
-    ) as i64;
-    let fds_end = fds(p);
-    let fd_kinds_end = fd_kinds(p);
+    let conns_end = metric(&metrics_all(&addrs).await, "geostream_connections") as i64;
+    let fds_end = fds_all(&pids);
+    let fd_kinds_end = fd_kinds_all(&pids);
     // Growth from the middle of the run to the end: the reader pool and SQLite's file
     // handles fill during warm-up and then stay; a leak keeps growing.
     let fd_mid = fd_samples
@@ -1328,13 +1733,51 @@ async fn main() -> Result<()> {
             args.max_fd_growth
         ));
     }
-    let m = metrics(addr).await.unwrap_or_default();
+    // Every node must still run: one that exited by itself between kills is a failure.
+    for (i, s) in servers.iter().enumerate() {
+        if let Ok(Some(status)) = s.lock().await.try_wait() {
+            failures.push(format!("node {} exited by itself: {status}", i + 1));
+        }
+    }
+    // The cuts were real: the proxied node logged losing NATS (unless every cut fell while
+    // it was down).
+    let nats_losses: usize = if proxy.is_some() {
+        ["log", "err"]
+            .iter()
+            .map(|ext| {
+                std::fs::read_to_string(args.out.join(format!("node-{n}.{ext}")))
+                    .unwrap_or_default()
+                    .matches("Lost the connection to NATS")
+                    .count()
+            })
+            .sum()
+    } else {
+        0
+    };
+    let cuts = sh.cuts.load(Ordering::Relaxed);
+    if cuts > 1 && nats_losses == 0 {
+        failures.push(format!(
+            "{cuts} NATS cuts but node {n} never logged losing NATS: the cut did not reach it"
+        ));
+    }
+    let m = metrics_all(&addrs).await;
     let verdict = json!({
         "ok": failures.is_empty(),
-        "mode": if args.chaos { "chaos" } else { "soak" },
+        "mode": match (args.chaos, cluster) {
+            (true, true) => "chaos-cluster",
+            (true, false) => "chaos",
+            (false, true) => "soak-cluster",
+            (false, false) => "soak",
+        },
+        "nodes": n,
         "duration_s": args.duration,
         "failures": failures,
         "server_kills": sh.kills.load(Ordering::Relaxed),
+        "kills_by_node": kills_per_node.iter().map(|k| k.load(Ordering::Relaxed)).collect::<Vec<_>>(),
+        "nats_cuts": cuts,
+        "nats_cut_s": sh.cut_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        "nats_losses_logged": nats_losses,
+        "requests_refused": sh.refused.load(Ordering::Relaxed),
         "channel_epochs": epochs.len(),
         "bad_frames_closed": sh.bad_frames.load(Ordering::Relaxed),
         "requests_interrupted": sh.interrupted.load(Ordering::Relaxed),
@@ -1369,9 +1812,11 @@ async fn main() -> Result<()> {
         serde_json::to_string_pretty(&verdict)?,
     )?;
     println!("{}", serde_json::to_string_pretty(&verdict)?);
-    let mut child = server.lock().await;
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    for s in servers.iter() {
+        let mut child = s.lock().await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
     if verdict["ok"] != true {
         std::process::exit(1);
     }

@@ -46,6 +46,10 @@ use crate::{
     Publication, Result, StreamPosition, new_epoch,
 };
 
+/// How long JetStream remembers a message id: a publish sent again within it (after a lost
+/// acknowledgement) is stored once. JetStream's own default.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 /// Settings of a [`NatsBroker`]. Every field has a default (see [`Default`]).
 #[derive(Clone, Debug)]
 pub struct NatsOptions {
@@ -101,6 +105,8 @@ struct Inner {
     members: Mutex<Members>,
     reconnects: tokio::sync::watch::Sender<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Publishes made by this node, for their message ids (see [`Broker::publish`]).
+    published: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -240,6 +246,7 @@ impl NatsBroker {
             members: Mutex::new(Members::default()),
             reconnects,
             tasks: Mutex::new(Vec::new()),
+            published: std::sync::atomic::AtomicU64::new(0),
             opts,
         });
         let eph = inner
@@ -363,8 +370,15 @@ impl Inner {
             storage: stream::StorageType::File,
             num_replicas: self.opts.replicas.max(1),
             discard: stream::DiscardPolicy::Old,
-            // Offsets must not skip: no de-duplication window tricks, every publish counts.
-            duplicate_window: Duration::from_secs(0),
+            // Each publish carries a message id (see `publish`): within this window a
+            // publish sent again (after its acknowledgement was lost) is stored once and
+            // acknowledged with its first offset. Offsets do not skip: a duplicate takes
+            // none. At most the history's age, as JetStream requires.
+            duplicate_window: if self.limits.ttl.is_zero() {
+                DUPLICATE_WINDOW
+            } else {
+                DUPLICATE_WINDOW.min(self.limits.ttl)
+            },
             ..Default::default()
         };
         let mut s = self
@@ -408,13 +422,30 @@ impl Broker for NatsBroker {
         payload.put_u8(kind);
         payload.extend_from_slice(&data);
         let payload = payload.freeze();
+        // One id for every attempt of this publish. When the connection drops between
+        // JetStream storing a message and its acknowledgement arriving, the attempt below
+        // fails and is made again (and the client may send it again on reconnecting): with
+        // the id, JetStream stores it once. Without it, one acknowledged publish was stored
+        // twice, at two offsets (found by bench/chaos-cluster.sh, cutting a node's NATS).
+        let id = format!(
+            "{}-{}",
+            self.inner.node,
+            self.inner
+                .published
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         // Twice at most: a stream deleted behind our back is created again.
         for attempt in 0..2 {
             let (_, epoch) = self.inner.stream(topic).await?;
             let sent = self
                 .inner
                 .js
-                .publish(self.inner.history_subject(topic), payload.clone())
+                .send_publish(
+                    self.inner.history_subject(topic),
+                    jetstream::message::PublishMessage::build()
+                        .payload(payload.clone())
+                        .message_id(&id),
+                )
                 .await;
             let ack = match sent {
                 Ok(ack) => ack.await,
@@ -493,7 +524,13 @@ impl Broker for NatsBroker {
                         });
                     }
                     // Expired between the info and the read: history starts later.
-                    Err(e) => tracing::debug!(topic, seq, error = %e, "History message gone."),
+                    Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
+                        tracing::debug!(topic, seq, error = %e, "History message gone.");
+                    }
+                    // Anything else (a timeout, the connection lost) is no answer: skipping
+                    // the message would hand a resuming subscriber a `recovered` replay with
+                    // a hole (found by bench/chaos-cluster.sh, cutting a node's NATS).
+                    Err(e) => return Err(unavailable("history", e)),
                 }
             }
         }

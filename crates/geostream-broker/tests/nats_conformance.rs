@@ -215,3 +215,107 @@ async fn nodes_share_messages_history_and_members() {
     b.delete_streams().await.expect("delete streams");
     drop((c, d));
 }
+
+/// A TCP proxy to NATS whose NATS-to-client direction can be held back: bytes NATS sends
+/// while `hold` is set (an acknowledgement, say) reach the client only once it is cleared.
+async fn holding_proxy(
+    upstream: std::net::SocketAddr,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (mut down_r, mut down_w) = down.into_split();
+            let (mut up_r, mut up_w) = up.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut down_r, &mut up_w).await;
+            });
+            let hold = hold.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match up_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    while hold.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    if down_w.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A publish whose acknowledgement comes too late is sent again by the broker; JetStream
+/// must store it once (found by bench/chaos-cluster.sh: with a node's NATS link cut, one
+/// acknowledged channel publish was stored at two offsets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_publish_sent_again_after_a_lost_acknowledgement_is_stored_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let prefix = unique_prefix("dup");
+    let upstream = tokio::net::lookup_host(url().trim_start_matches("nats://").to_string())
+        .await
+        .expect("NATS address")
+        .next()
+        .expect("NATS address");
+    let hold = Arc::new(AtomicBool::new(false));
+    let proxy = holding_proxy(upstream, hold.clone()).await;
+    let timeout = Duration::from_secs(1);
+    let b = NatsBroker::connect(
+        NatsOptions {
+            url: format!("nats://{proxy}"),
+            prefix: prefix.clone(),
+            timeout,
+            ..Default::default()
+        },
+        limits(),
+        Arc::new(Recorder::default()),
+    )
+    .await
+    .expect("connect through the proxy");
+    let first = b
+        .publish("t", 1, Bytes::from_static(b"a"))
+        .await
+        .expect("publish");
+    assert_eq!(first.offset, 1);
+    // Hold NATS's answers back past the first attempt's timeout: the broker sends the
+    // message again (after looking the stream up again, which must be answered in time).
+    hold.store(true, Ordering::SeqCst);
+    let publishing = tokio::spawn({
+        let b = b.clone();
+        async move { b.publish("t", 1, Bytes::from_static(b"b")).await }
+    });
+    tokio::time::sleep(timeout + timeout / 2).await;
+    hold.store(false, Ordering::SeqCst);
+    let second = publishing
+        .await
+        .expect("join")
+        .expect("the second attempt is acknowledged");
+    let h = b.history("t", Some(0), 10).await.expect("history");
+    let stored: Vec<(u64, Bytes)> = h
+        .publications
+        .iter()
+        .map(|p| (p.offset, p.data.clone()))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![(1, Bytes::from_static(b"a")), (2, Bytes::from_static(b"b"))],
+        "each publish stored once"
+    );
+    assert_eq!(
+        second.offset, 2,
+        "acknowledged with the offset it was stored at"
+    );
+    b.delete_streams().await.expect("delete streams");
+}

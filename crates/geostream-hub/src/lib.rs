@@ -110,6 +110,24 @@ struct Pending {
 pub struct SubState {
     recovering: AtomicBool,
     pending: Mutex<Pending>,
+    /// The epoch of the subscription's stream (set when it goes live) and the highest offset
+    /// of it queued so far (from its start position on). A message at or below it is one
+    /// the subscriber already has: with NATS, a node whose delivery lags behind JetStream
+    /// (catching up after losing its connection) hands over messages older than the
+    /// position a subscription made meanwhile started from, which would reach the client
+    /// twice and out of order (found by bench/chaos-cluster.sh).
+    epoch: std::sync::OnceLock<Arc<str>>,
+    upto: AtomicU64,
+}
+
+impl SubState {
+    /// Whether the subscriber already has `offset` of `epoch`; if not, it is the new high.
+    fn already_has(&self, offset: u64, epoch: &Arc<str>) -> bool {
+        match self.epoch.get() {
+            Some(e) if **e == **epoch => self.upto.fetch_max(offset, Ordering::AcqRel) >= offset,
+            _ => false,
+        }
+    }
 }
 
 struct ChannelSub {
@@ -230,6 +248,8 @@ impl Hub {
                 items: Vec::new(),
                 overflow_from: None,
             }),
+            epoch: std::sync::OnceLock::new(),
+            upto: AtomicU64::new(0),
         });
         let entry = shard.entry(name.clone()).or_insert_with(|| ChannelEntry {
             name: name.clone(),
@@ -253,14 +273,17 @@ impl Hub {
     }
 
     /// Ends the catch-up of a subscription: queues the live messages held back with an offset
-    /// above `after`, then lets new ones through directly. Returns how many were queued.
-    pub fn finish_recovery(&self, r: Recovering, after: u64) -> usize {
+    /// above `after`, then lets new ones through directly (those of `epoch` only above the
+    /// highest offset queued). Returns how many were queued.
+    pub fn finish_recovery(&self, r: Recovering, after: u64, epoch: &Arc<str>) -> usize {
         let mut p = r.state.pending.lock();
+        let _ = r.state.epoch.set(epoch.clone());
+        r.state.upto.store(after, Ordering::Release);
         let items = std::mem::take(&mut p.items);
         let mut n = 0;
         let mut gap_from = p.overflow_from.take();
         for (offset, push, epoch) in items {
-            if offset <= after {
+            if offset <= after || r.state.already_has(offset, &epoch) {
                 continue;
             }
             if let Some(from) = gap_from.take() {
@@ -383,6 +406,9 @@ impl Hub {
                     continue;
                 }
             }
+            if s.state.already_has(offset, epoch) {
+                continue;
+            }
             if s.session
                 .outbox
                 .push_stream(s.sub, push.clone(), &entry.name, offset, epoch)
@@ -503,7 +529,7 @@ mod tests {
             .collect();
         for s in &sessions {
             let r = hub.add_channel_sub(s, "c", false).unwrap();
-            hub.finish_recovery(r, 0);
+            hub.finish_recovery(r, 0, &epoch);
         }
         hub.dispatch_message("c", 1, &epoch, data(1));
         hub.dispatch_message("other", 1, &epoch, data(1));
@@ -537,9 +563,31 @@ mod tests {
             drain(&s).is_empty(),
             "nothing is delivered before the subscription is live"
         );
-        assert_eq!(hub.finish_recovery(r, 6), 2);
+        assert_eq!(hub.finish_recovery(r, 6, &epoch), 2);
         hub.dispatch_message("c", 9, &epoch, data(9));
         assert_eq!(offsets(&drain(&s)), vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn a_lagging_delivery_does_not_repeat_what_a_subscription_started_after() {
+        // A node catching up after losing NATS delivers 4..=9 while a subscription made
+        // meanwhile started at 6 (read from JetStream) and replayed up to it: only 7..=9 are
+        // new to it. An older one delivered later still is not repeated either.
+        let hub = Hub::new(HubLimits::default());
+        let epoch: Arc<str> = "e".into();
+        let s = hub.new_session(Encoding::Json, None);
+        let r = hub.add_channel_sub(&s, "c", false).unwrap();
+        assert_eq!(hub.finish_recovery(r, 6, &epoch), 0);
+        for i in 4..=9 {
+            hub.dispatch_message("c", i, &epoch, data(i));
+        }
+        hub.dispatch_message("c", 8, &epoch, data(8));
+        hub.dispatch_message("c", 10, &epoch, data(10));
+        assert_eq!(offsets(&drain(&s)), vec![7, 8, 9, 10]);
+        // Another epoch (the history was reset) starts afresh.
+        let other: Arc<str> = "f".into();
+        hub.dispatch_message("c", 1, &other, data(1));
+        assert_eq!(offsets(&drain(&s)), vec![1]);
     }
 
     #[test]
@@ -578,7 +626,7 @@ mod tests {
         let quiet = hub.new_session(Encoding::Json, None);
         for (s, p) in [(&watcher, true), (&quiet, false)] {
             let r = hub.add_channel_sub(s, "room", p).unwrap();
-            hub.finish_recovery(r, 0);
+            hub.finish_recovery(r, 0, &"e".into());
         }
         assert_eq!(hub.presence("room").len(), 2);
         hub.dispatch_presence(

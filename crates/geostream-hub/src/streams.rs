@@ -327,7 +327,8 @@ where
                     .push_stream(sub, push, &channel, p.offset, &pending.epoch);
             }
         }
-        self.hub.finish_recovery(pending.recovering, pending.after);
+        self.hub
+            .finish_recovery(pending.recovering, pending.after, &pending.epoch);
         let client = session.client();
         self.broker
             .set_member(&channel, &member_key(&client, sub), Some(&client))
