@@ -14,7 +14,7 @@
 #   PROFILE=dev bench/chaos.sh 120     debug build, a quick check (docs/ untouched)
 #
 # Loopback only; the run starts and stops every process it uses. The three-node variant
-# (PostgreSQL, NATS, a cut NATS link) is not built yet: docs/RELIABILITY.md.
+# (PostgreSQL, NATS, a node's NATS link cut) is bench/chaos-cluster.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-600}"
