@@ -163,6 +163,27 @@ gsj = PEER.get("geostream", {})
 gsm = PEER.get("geostream-msgpack", {})
 
 
+def text_of(name):
+    try:
+        with open(os.path.join(OUT, "gs", name)) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def grab(text, pattern):
+    m = re.search(pattern, text)
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+FENCE_TXT, HOOK_TXT = text_of("geofences.txt"), text_of("webhooks.txt")
+FENCES_N = grab(FENCE_TXT, r"fences: (\d+)")
+FENCE_CPS = grab(FENCE_TXT, r"= (\d+) changes/s")
+FENCE_EPC = grab(FENCE_TXT, r"\(([\d.]+) per change")
+HOOK_DPS = grab(HOOK_TXT, r"= (\d+) deliveries/s")
+HOOK_PER = grab(HOOK_TXT, r"\((\d+) per endpoint")
+
+
 def met(ok):
     return "**met**" if ok else "**missed**"
 
@@ -220,6 +241,9 @@ w(f"| ≥ 1 GB/s of tiles on loopback; one-feature delta ≥ 90% smaller | {num(
   f"{met((g(tl, 'delta_saving_pct') or 0) >= 90) if g(tl, 'delta_saving_pct') is not None else '-'} (delta) |")
 ed = {n: g(GS.get(f"edits-{n}"), "edits_per_s") for n in (1, 10, 50)}
 beste = max([x for x in ed.values() if x is not None], default=None)
+w(f"| geofences: ≥ 50,000 changes/s with 100,000 fences on one layer, ≤ 5 hits per change (issue 20) | "
+  f"{num(FENCE_CPS)} changes/s with {num(FENCES_N)} fences, {num(FENCE_EPC, 2)} events per change | 50,000/s | "
+  f"{met((FENCE_CPS or 0) >= 50000 and (FENCES_N or 0) >= 100000 and (FENCE_EPC or 9) <= 5) if FENCE_CPS else '-'} |")
 w(f"| ≥ 20,000 acknowledged, fsync'd edits/s (SQLite) | " + ", ".join(f"{n} editors {num(x)}/s" for n, x in ed.items()) +
   f" | 20,000/s; Tile38 22,000/s with a once-a-second sync (DESIGN.md) | {met(beste is not None and beste >= 20000) if beste else '-'} |")
 w("")
@@ -384,6 +408,33 @@ if d:
       "in the CPU table).")
 else:
     w("- (no result; see Checks)")
+w("")
+
+w("### Geofences (in-process benchmarks)")
+w("")
+if FENCE_CPS:
+    w("`cargo bench -p geostream-fence --bench fences`: the fence engine replays the US coastal AIS day "
+      "(235,967 positions of 1,185 vessels) as changes of one layer against "
+      f"{num(FENCES_N)} fences (boxes, circles and polygons of 100 m to 2 km around the track, a quarter "
+      f"also reporting `cross`): **{num(FENCE_CPS)} changes/s** on one core, {num(FENCE_EPC, 2)} events per change "
+      "(fences hit); every vessel's events checked to be in logical order (enter, inside..., exit).")
+    w("")
+    w("```")
+    w(FENCE_TXT.strip())
+    w("```")
+else:
+    w("- (no geofence result; see Checks)")
+w("")
+if HOOK_DPS:
+    w("`cargo bench -p geostream-server --bench webhooks`: signed webhook POSTs to 4 local receivers "
+      f"(in the same process), one request at a time per endpoint over a kept-alive connection: **{num(HOOK_DPS)} "
+      f"deliveries/s** in all, {num(HOOK_PER)} per endpoint.")
+    w("")
+    w("```")
+    w(HOOK_TXT.strip())
+    w("```")
+else:
+    w("- (no webhook result; see Checks)")
 w("")
 
 # --- CPU ------------------------------------------------------------------------------------------

@@ -75,7 +75,9 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
     # Two builds, not one: built together, cargo would unify the two packages' dependency
     # features and produce a server binary that differs from the one everybody else builds.
     (cd "$REPO" && env -u CARGO_TARGET_DIR cargo build --release -p geostream-server --bin geostream &&
-      env -u CARGO_TARGET_DIR cargo build --release -p geostream-loadgen) ||
+      env -u CARGO_TARGET_DIR cargo build --release -p geostream-loadgen &&
+      env -u CARGO_TARGET_DIR cargo bench --no-run -p geostream-fence --bench fences &&
+      env -u CARGO_TARGET_DIR cargo bench --no-run -p geostream-server --bench webhooks) ||
       die "release build failed"
   fi
   mkdir -p "$OUT/bin"
@@ -314,6 +316,17 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
   GEOSTREAM_WEBSOCKET__MAX_INFLIGHT_REQUESTS=64 \
     scenario "edits-pipelined" --enc msgpack edits --editors 1 --inflight 64 --duration "$D"
   scenario "tiles" --enc msgpack tiles --geojson "$GEOJSON" --clients 32 --zoom 3 --duration "$D"
+  # Geofences: the engine replaying the AIS day against 100,000 fences on one layer, and
+  # webhook deliveries to local receivers (in-process benchmarks, built in step 1).
+  if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" geofences "* ]]; then
+    if [ "$QUICK" = 1 ]; then NF=10000; NE=2000; else NF=100000; NE=20000; fi
+    log "geofences: $NF fences"
+    (cd "$REPO" && FENCES=$NF env -u CARGO_TARGET_DIR cargo bench -q -p geostream-fence --bench fences) \
+      >"$OUT/gs/geofences.txt" 2>"$OUT/gs/geofences.err" || log "geofences: failed"
+    log "webhooks: $NE events to 4 endpoints"
+    (cd "$REPO" && EVENTS=$NE env -u CARGO_TARGET_DIR cargo bench -q -p geostream-server --bench webhooks) \
+      >"$OUT/gs/webhooks.txt" 2>"$OUT/gs/webhooks.err" || log "webhooks: failed"
+  fi
 fi
 
 # --- report ---------------------------------------------------------------------------------

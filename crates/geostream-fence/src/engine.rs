@@ -129,8 +129,18 @@ impl Mirror {
     }
 
     fn put(&mut self, f: Feature) {
-        self.remove(&f.id);
         let pos = f.geometry.as_ref().and_then(position);
+        // A known feature keeps its slot (and its key in `by_id`): most changes are moves.
+        if let Some(&slot) = self.by_id.get(&f.id) {
+            if let Some((_, Some(p))) = &self.slots[slot] {
+                self.tree.remove(&PointEntry::new(*p, slot));
+            }
+            if let Some(p) = pos {
+                self.tree.insert(PointEntry::new(p, slot));
+            }
+            self.slots[slot] = Some((f, pos));
+            return;
+        }
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -210,14 +220,14 @@ impl Zones {
         self.slots[slot] = Some((f.id.clone(), area));
     }
 
-    /// Zones whose box meets the box `b`, each once, by slot.
-    fn candidates(&self, b: [f64; 4], out: &mut BTreeSet<usize>) {
-        for e in self
-            .tree
-            .locate_in_envelope_intersecting(&AABB::from_corners([b[0], b[1]], [b[2], b[3]]))
-        {
-            out.insert(e.data);
-        }
+    /// Zones whose box meets the box `b`, by slot (a zone crossing the antimeridian may
+    /// come twice: callers sort and dedup).
+    fn candidates(&self, b: [f64; 4], out: &mut Vec<usize>) {
+        out.extend(
+            self.tree
+                .locate_in_envelope_intersecting(&AABB::from_corners([b[0], b[1]], [b[2], b[3]]))
+                .map(|e| e.data),
+        );
     }
 
     fn get(&self, slot: usize) -> Option<(&str, &SpatialFilter)> {
@@ -453,8 +463,10 @@ impl Engine {
                 if !matches(fence, f) {
                     continue;
                 }
-                let mut c = BTreeSet::new();
+                let mut c = Vec::new();
                 zones.candidates([p[0], p[1], p[0], p[1]], &mut c);
+                c.sort_unstable();
+                c.dedup();
                 for slot in c {
                     if let Some((zid, area)) = zones.get(slot)
                         && point_in(area, p)
@@ -580,14 +592,17 @@ impl Engine {
             c.seq > f.record.start_seq && f.active_from_ms.is_none_or(|t| c.time_ms >= t)
         };
         // Area fences near either position (or the segment between them).
-        let mut slots = BTreeSet::new();
+        // A few candidates per change: a Vec sorted and deduplicated costs less than a set.
+        let mut slots: Vec<usize> = Vec::new();
         let mut search = |b: [f64; 4]| {
-            for e in w
-                .tree
-                .locate_in_envelope_intersecting(&AABB::from_corners([b[0], b[1]], [b[2], b[3]]))
-            {
-                slots.insert(e.data);
-            }
+            slots.extend(
+                w.tree
+                    .locate_in_envelope_intersecting(&AABB::from_corners(
+                        [b[0], b[1]],
+                        [b[2], b[3]],
+                    ))
+                    .map(|e| e.data),
+            );
         };
         match (old_pos, new_pos) {
             (Some(a), Some(b)) if w.cross > 0 => search(seg_box(a, b)),
@@ -597,6 +612,8 @@ impl Engine {
                 }
             }
         }
+        slots.sort_unstable();
+        slots.dedup();
         for slot in slots {
             let Some(f) = &w.slots[slot] else { continue };
             let Some(area) = &f.area else { continue };
@@ -618,7 +635,7 @@ impl Engine {
             else {
                 continue;
             };
-            let mut cand = BTreeSet::new();
+            let mut cand = Vec::new();
             match (old_pos, new_pos) {
                 (Some(a), Some(b)) if f.detect.has(Detect::Cross) => {
                     zones.candidates(seg_box(a, b), &mut cand)
@@ -629,6 +646,8 @@ impl Engine {
                     }
                 }
             }
+            cand.sort_unstable();
+            cand.dedup();
             let mut found: Vec<(&str, &SpatialFilter)> =
                 cand.into_iter().filter_map(|s| zones.get(s)).collect();
             found.sort_by(|a, b| a.0.cmp(b.0));
