@@ -98,6 +98,9 @@ pub struct Geofences {
     counters: Mutex<Counters>,
     nats: tokio::sync::OnceCell<Option<async_nats::Client>>,
     webhooks: Webhooks,
+    /// Set when a fence is created or deleted through this node: the evaluator re-reads the
+    /// fences at its next wake-up instead of at its next periodic look.
+    changed: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -131,6 +134,7 @@ impl Geofences {
             counters: Mutex::new(Counters::default()),
             nats: tokio::sync::OnceCell::new(),
             webhooks,
+            changed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -208,6 +212,8 @@ impl Geofences {
                 ),
                 e => e.into(),
             })?;
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.wake.notify_one();
         Ok(record)
     }
@@ -311,6 +317,8 @@ impl Geofences {
                 format!("geofence {name:?} does not exist"),
             ));
         }
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.wake.notify_one();
         Ok(())
     }
@@ -628,7 +636,11 @@ impl Evaluator {
                     }
                 }
             }
-            if synced.elapsed() >= Duration::from_millis(500) || self.loaded.is_empty() {
+            // Every layer change wakes this loop: the store is asked for the fences only
+            // every 500 ms (fences created on other nodes), or at once after a change made
+            // through this node, never per change.
+            let changed = g.changed.swap(false, std::sync::atomic::Ordering::Relaxed);
+            if changed || synced.elapsed() >= Duration::from_millis(500) {
                 // Fences created or deleted through any node.
                 if let Err(e) = self.sync_fences(g).await {
                     warn!(error = %e, "cannot read the geofences");
