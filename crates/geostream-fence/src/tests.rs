@@ -366,3 +366,48 @@ fn the_guides_definitions_and_events_are_valid() {
         "{fences} fences, {events} events"
     );
 }
+
+#[test]
+fn roaming_between_two_layers_reports_pairs_from_either_side() {
+    let mut e = engine(
+        vec![
+            json!({"name": "escort", "layer": "tugs", "roam": {"layer": "tankers", "distance_m": 500},
+            "detect": ["nearby", "faraway"], "filter": "busy = false"}),
+        ],
+        &["tugs", "tankers"],
+    );
+    let (mut tugs, mut tankers) = (Log::new("tugs"), Log::new("tankers"));
+    let mut out = Vec::new();
+    e.apply(&tankers.at("t1", 0.0, 0.0), &mut out);
+    e.apply(
+        &tugs.put("g1", Some(point(0.01, 0.0)), json!({"busy": false})),
+        &mut out,
+    );
+    // The tug comes near the tanker: an event about the tug.
+    e.apply(&tugs.at("g1", 0.003, 0.0), &mut out);
+    // The tanker moves away: an event about the tanker, the tug as the other.
+    e.apply(&tankers.at("t1", -0.01, 0.0), &mut out);
+    // A busy tug (the filter is on the fence's layer) never pairs.
+    e.apply(
+        &tugs.put("g2", Some(point(-0.01, 0.001)), json!({"busy": true})),
+        &mut out,
+    );
+    let got: Vec<(Detect, &str, &str, &str)> = out
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.layer.as_str(),
+                e.id.as_str(),
+                e.other.as_deref().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Detect::Nearby, "tugs", "g1", "t1"),
+            (Detect::Faraway, "tankers", "t1", "g1"),
+        ]
+    );
+}
