@@ -384,10 +384,15 @@ describe("the demo page in Chromium", { timeout: 900_000 }, () => {
     // page holds it: wait for a midpoint handle where the drag will start, or it pans the map.
     const handleAt = (at: [number, number], isMid: boolean): Promise<boolean> =>
       a.evaluate(
-        ([x, y, m]) =>
-          (window as unknown as { geostreamDemo: { map: { querySourceFeatures(s: string): { properties: { mid?: unknown }; geometry: { coordinates: number[] } }[] } } }).geostreamDemo.map
+        ([x, y, m]) => {
+          const map = (window as unknown as { geostreamDemo: { map: { triggerRepaint(): void; querySourceFeatures(s: string): { properties: { mid?: unknown }; geometry: { coordinates: number[] } }[] } } }).geostreamDemo.map;
+          // Source tiles are reloaded on render frames, which a headless page under load may
+          // not schedule: ask for one on every look.
+          map.triggerRepaint();
+          return map
             .querySourceFeatures("vertices")
-            .some((h) => String(h.properties.mid) === String(m) && Math.abs(h.geometry.coordinates[0]! - (x as number)) < 0.5 && Math.abs(h.geometry.coordinates[1]! - (y as number)) < 0.5),
+            .some((h) => String(h.properties.mid) === String(m) && Math.abs(h.geometry.coordinates[0]! - (x as number)) < 0.5 && Math.abs(h.geometry.coordinates[1]! - (y as number)) < 0.5);
+        },
         [at[0], at[1], isMid] as const,
       );
     await waitFor("A's midpoint handle at the moved line", () => handleAt(mid, true), (found) => found);
