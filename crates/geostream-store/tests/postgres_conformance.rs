@@ -208,6 +208,30 @@ async fn two_nodes_share_one_schema() {
         .expect("again");
     assert!(!first.replayed && again.replayed);
     assert_eq!(first.changes, again.changes);
+
+    // One op id sent through both nodes at once, 20 times: each node's group reads the key
+    // before the other records it, so the later one must notice, roll back and replay.
+    for round in 0..20 {
+        let op_id = format!("both-{round}");
+        let id = format!("both-{round}");
+        let (ra, rb) = tokio::join!(
+            a.apply(req(vec![create(&id, 1.0)], "racer", Some(&op_id))),
+            b.apply(req(vec![create(&id, 1.0)], "racer", Some(&op_id))),
+        );
+        let (ra, rb) = (ra.expect("through a"), rb.expect("through b"));
+        assert_eq!(
+            [ra.replayed, rb.replayed].iter().filter(|r| !**r).count(),
+            1,
+            "round {round}: exactly one applies"
+        );
+        assert_eq!(ra.changes, rb.changes, "round {round}: the same answer");
+    }
+    let page = a.changes("shared", 0, 10_000).await.expect("changes");
+    assert_eq!(
+        page.changes.len(),
+        103 + 20,
+        "each raced create applied once"
+    );
     a.drop_schema().await.expect("drop schema");
 }
 

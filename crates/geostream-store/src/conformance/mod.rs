@@ -55,7 +55,7 @@ use edits::{batches_are_atomic, crud_with_versions, last_writer_wins, patch_sema
 use fences::geofences;
 use layers::{delete_layer_removes_everything, layers, missing_layer};
 use locks::{lock_expiry, locks};
-use op_ids::{concurrent_op_ids, idempotent_op_ids};
+use op_ids::{concurrent_op_ids, idempotent_op_ids, op_ids_raced_across_layers};
 use queries::{query_real_data, query_synthetic};
 use snapshots::{pruning, snapshot_basics, snapshot_races_writes};
 use tiles::uploaded_tiles;
@@ -90,6 +90,7 @@ where
     case!(lost_updates);
     case!(idempotent_op_ids);
     case!(concurrent_op_ids);
+    case!(op_ids_raced_across_layers);
     case!(locks);
     case!(lock_expiry);
     case!(query_synthetic);

@@ -165,3 +165,47 @@ pub(super) async fn concurrent_op_ids<S: Store>(s: Arc<S>) {
     }
     assert_eq!(s.layer("ci").await.expect("layer").count, 5);
 }
+
+/// One operation id sent at once to two layers (a client retrying on another layer by
+/// mistake, or two nodes each taking a copy): the writes of different layers do not wait for
+/// each other, yet exactly one of them applies and every other gets its recorded answer.
+pub(super) async fn op_ids_raced_across_layers<S: Store>(s: Arc<S>) {
+    new_layer(&*s, "race-a", false).await;
+    new_layer(&*s, "race-b", false).await;
+    for round in 0..10 {
+        let mut tasks = Vec::new();
+        for k in 0..8 {
+            let s = s.clone();
+            let layer = if k % 2 == 0 { "race-a" } else { "race-b" };
+            tasks.push(tokio::spawn(async move {
+                let op = WriteOp::Create {
+                    feature: feature(None, Some(point(2.0, 2.0)), json!({"round": round})),
+                };
+                s.apply(request(
+                    layer,
+                    vec![op],
+                    &alice(),
+                    Some(&format!("two-layers-{round}")),
+                ))
+                .await
+                .expect("apply")
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.expect("task"));
+        }
+        let applied: Vec<&WriteOutcome> = outcomes.iter().filter(|o| !o.replayed).collect();
+        assert_eq!(applied.len(), 1, "round {round}: exactly one applies");
+        assert!(
+            outcomes.iter().all(|o| o.changes == applied[0].changes),
+            "round {round}: every repeat gets the same answer"
+        );
+    }
+    let (a, b) = (
+        s.layer("race-a").await.expect("layer"),
+        s.layer("race-b").await.expect("layer"),
+    );
+    assert_eq!(a.count + b.count, 10, "one feature per round in all");
+    assert_eq!(a.seq + b.seq, 10, "one change per round in all");
+}

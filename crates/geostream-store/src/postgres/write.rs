@@ -10,6 +10,7 @@ use futures_util::FutureExt;
 use geostream_core::api::validate_name;
 use geostream_core::feature::{BBox, Change, ChangeOp, Feature, format_time_ms};
 use tokio::sync::oneshot;
+use tokio_postgres::error::SqlState;
 
 use super::read::{FEATURE_COLUMNS, StoredFeature, corrupt, properties_param};
 use super::{Inner, db_err, db_err_ref, now_ms, sql_i64, sql_u64};
@@ -76,17 +77,16 @@ struct LayerRow {
 }
 
 async fn lock_layer(tx: &Transaction<'_>, name: &str) -> Result<LayerRow> {
-    let st = tx
-        .prepare_cached(
-            "SELECT id, last_writer_wins, seq, count FROM layers WHERE name = $1 FOR UPDATE",
-        )
-        .await
-        .map_err(db_err)?;
+    let st = tx.prepare_cached(LOCK_LAYER).await.map_err(db_err)?;
     let row = tx
         .query_opt(&st, &[&name])
         .await
         .map_err(db_err)?
         .ok_or_else(|| StoreError::LayerNotFound(name.to_owned()))?;
+    layer_from_row(&row, name)
+}
+
+fn layer_from_row(row: &tokio_postgres::Row, name: &str) -> Result<LayerRow> {
     let f = |e| corrupt("layer row", e);
     Ok(LayerRow {
         id: row.try_get(0).map_err(f)?,
@@ -234,37 +234,213 @@ struct Slot {
 /// A request's idempotency key: (scope, op id).
 type Key = (String, String);
 
+/// A connection inside a write group's transaction. Closed with [`OpenTx::close`]; dropped
+/// before that (a panic while the group runs), the connection is closed rather than returned
+/// to the pool in the middle of a transaction.
+struct OpenTx {
+    object: Option<deadpool_postgres::Object>,
+    /// The transaction is over: its COMMIT, sent with the writes, came back (a transaction
+    /// in which a statement failed is rolled back by its COMMIT).
+    ended: bool,
+}
+
+impl OpenTx {
+    fn db(&self) -> &Db {
+        self.object
+            .as_deref()
+            .expect("the transaction's connection is held until close")
+    }
+
+    /// Rolls back what is still open and returns the connection to the pool, or closes it
+    /// when even the rollback failed.
+    async fn close(mut self) {
+        if !self.ended && self.db().batch_execute("ROLLBACK").await.is_ok() {
+            self.ended = true;
+        }
+        if self.ended {
+            drop(self.object.take());
+        }
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(object) = self.object.take() {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+type Db = deadpool_postgres::ClientWrapper;
+
+/// The group's first round trip, in this order: the layer row is locked (every write of the
+/// layer, on every node, passes here one at a time); then, each statement seeing what was
+/// committed before the lock was granted, the outcomes recorded for the group's idempotency
+/// keys and the touched features (row-locked) with their live locks.
+///
+/// Each key is looked up by its own index probe (a `LATERAL` subquery with `LIMIT`, which the
+/// planner cannot flatten into a join): these statements are prepared once per connection,
+/// and a generic plan made while a table was small (a hash join over a sequential scan) would
+/// otherwise be kept while the table grows to millions of rows.
+const LOCK_LAYER: &str =
+    "SELECT id, last_writer_wins, seq, count FROM layers WHERE name = $1 FOR UPDATE";
+const RECORDED_OUTCOMES: &str = "SELECT t.s, t.i, o.outcome \
+     FROM unnest($1::text[], $2::text[]) AS t(s, i) \
+     CROSS JOIN LATERAL (SELECT outcome FROM op_ids WHERE scope = t.s AND op_id = t.i LIMIT 1) o";
+const TOUCHED_LOCKS: &str = "SELECT l.fid, l.holder_client, l.holder_user, l.until_ms \
+     FROM unnest($2::text[]) AS t(f) \
+     CROSS JOIN LATERAL (SELECT * FROM locks WHERE layer = (SELECT id FROM layers WHERE name = $1) \
+     AND fid = t.f AND until_ms > $3 LIMIT 1) l";
+
+fn touched_features_sql() -> String {
+    format!(
+        "SELECT {FEATURE_COLUMNS} FROM unnest($2::text[]) AS t(f) \
+         CROSS JOIN LATERAL (SELECT * FROM features WHERE layer = (SELECT id FROM layers WHERE name = $1) \
+         AND fid = t.f LIMIT 1 FOR UPDATE) r"
+    )
+}
+
+/// Generic plans only, inside the group's transaction: the statements are prepared once per
+/// connection and written to need no custom plan, and PostgreSQL would otherwise plan some of
+/// them again on every execution (measured: most of its CPU time with small groups on many
+/// layers).
+const BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
+
+/// How a group's statements ended.
+enum GroupEnd {
+    /// One outcome per request, each error its request's own.
+    Done(Vec<Result<WriteOutcome>>),
+    /// Another transaction (another layer's group, or another node) recorded one of the
+    /// group's idempotency keys after this group read them: the group was rolled back, and
+    /// its next run finds that outcome and replays it.
+    Raced,
+}
+
+/// Times a group runs again after losing a race for an idempotency key.
+const MAX_KEY_RACES: usize = 3;
+
 /// Runs a group's transaction. `Err`: the transaction failed as a whole (nothing of it is
 /// in the database); `Ok`: one outcome per request, each error its request's own.
+///
+/// Two round trips: BEGIN with the layer lock and the reads (see [`LOCK_LAYER`]), then every
+/// write with the COMMIT. The layer's row lock is held across both, so on a busy machine,
+/// where a round trip costs a few hundred microseconds of scheduling, their number bounds a
+/// hot layer's rate of groups.
 async fn run_group(inner: &Inner, reqs: &[WriteRequest]) -> Result<Vec<Result<WriteOutcome>>> {
+    for _ in 0..MAX_KEY_RACES {
+        let mut tx = OpenTx {
+            object: Some(inner.client().await?),
+            ended: false,
+        };
+        let end = group_statements(inner, &mut tx, reqs).await;
+        tx.close().await;
+        match end? {
+            GroupEnd::Done(outcomes) => return Ok(outcomes),
+            GroupEnd::Raced => {
+                tracing::debug!(
+                    layer = reqs[0].layer,
+                    "A write group lost the race for an operation id; it runs again."
+                );
+                continue;
+            }
+        }
+    }
+    Err(StoreError::Unavailable(
+        "the operation ids of this write were being recorded by other writes; retry".into(),
+    ))
+}
+
+/// The group's statements, its COMMIT included when it writes anything.
+async fn group_statements(
+    inner: &Inner,
+    tx: &mut OpenTx,
+    reqs: &[WriteRequest],
+) -> Result<GroupEnd> {
+    let db = tx.db();
     let now = now_ms();
     let updated = format_time_ms(now);
     let keys: Vec<Option<Key>> = reqs
         .iter()
         .map(|r| r.op_id.clone().map(|o| (plan::scope(&r.writer), o)))
         .collect();
-    let mut client = inner.client().await?;
-    // Dropping `tx` without commit rolls everything back, whatever failed.
-    let tx = client.transaction().await.map_err(db_err)?;
-    let (claimed, seen) = claim_keys(&tx, &keys, now).await?;
     let layer_name = &reqs[0].layer;
-    let layer = lock_layer(&tx, layer_name).await;
+    // Every feature any request names is read and row-locked, including those of requests
+    // that turn out to be replays (a few rows locked for nothing, no extra round trip).
+    let targets: Vec<Vec<Result<String>>> = reqs
+        .iter()
+        .map(|r| r.ops.iter().map(plan::target).collect())
+        .collect();
+    let mut ids: Vec<&str> = targets
+        .iter()
+        .flatten()
+        .filter_map(|t| t.as_deref().ok())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let distinct: BTreeSet<&Key> = keys.iter().flatten().collect();
+    let scopes: Vec<&str> = distinct.iter().map(|k| k.0.as_str()).collect();
+    let op_ids: Vec<&str> = distinct.iter().map(|k| k.1.as_str()).collect();
+
+    // Prepared first (from the cache after a connection's first group), so the statements
+    // below leave in the order written.
+    let features_sql = touched_features_sql();
+    let (layer_st, keys_st, features_st, locks_st) = tokio::try_join!(
+        db.prepare_cached(LOCK_LAYER),
+        db.prepare_cached(RECORDED_OUTCOMES),
+        db.prepare_cached(&features_sql),
+        db.prepare_cached(TOUCHED_LOCKS),
+    )
+    .map_err(db_err)?;
+    let stamp = sql_i64(now);
+    let (begun, layer_row, key_rows, feature_rows, lock_rows_) = tokio::join!(
+        biased;
+        db.batch_execute(BEGIN),
+        async { db.query_opt(&layer_st, &[layer_name]).await },
+        async {
+            if scopes.is_empty() {
+                return Ok(Vec::new());
+            }
+            db.query(&keys_st, &[&scopes, &op_ids]).await
+        },
+        async {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            db.query(&features_st, &[layer_name, &ids]).await
+        },
+        async {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            db.query(&locks_st, &[layer_name, &ids, &stamp]).await
+        },
+    );
+    begun.map_err(db_err)?;
+    let layer = match layer_row.map_err(db_err)? {
+        Some(row) => layer_from_row(&row, layer_name),
+        None => Err(StoreError::LayerNotFound(layer_name.clone())),
+    };
+    // A key's outcome, or `None` for a key an older node claimed and has not answered yet.
+    let recorded: HashMap<Key, Option<String>> = key_rows
+        .map_err(db_err)?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let (feature_rows, lock_rows_) = (feature_rows.map_err(db_err)?, lock_rows_.map_err(db_err)?);
     let mut outcomes: Vec<Option<Result<WriteOutcome>>> = vec![None; reqs.len()];
 
     // Replays of outcomes committed before this group, and requests that are invalid as
     // they stand, are answered whatever the layer's state.
     for (i, req) in reqs.iter().enumerate() {
-        let before = match &keys[i] {
-            Some(k) if !claimed.contains(k) => match seen.get(k) {
-                Some(body) => Some(body.as_str()),
-                None => {
-                    outcomes[i] = Some(Err(StoreError::Unavailable(
-                        "the operation id was being forgotten; retry".into(),
-                    )));
-                    continue;
-                }
-            },
-            _ => None,
+        let before = match keys[i].as_ref().and_then(|k| recorded.get(k)) {
+            Some(Some(body)) => Some(body.as_str()),
+            Some(None) => {
+                outcomes[i] = Some(Err(StoreError::Unavailable(
+                    "the operation id is being used by another write; retry".into(),
+                )));
+                continue;
+            }
+            None => None,
         };
         match plan::start(before, req.ops.len()) {
             Ok(None) => {}
@@ -275,30 +451,15 @@ async fn run_group(inner: &Inner, reqs: &[WriteRequest]) -> Result<Vec<Result<Wr
     let mut layer = match layer {
         Ok(l) => l,
         Err(e) => {
-            return Ok(outcomes
+            let outcomes = outcomes
                 .into_iter()
                 .map(|o| o.unwrap_or_else(|| Err(e.clone())))
-                .collect());
+                .collect();
+            return Ok(GroupEnd::Done(outcomes));
         }
     };
 
-    // Every feature the group touches, and its live lock, read (and row-locked) at once.
-    let targets: Vec<Vec<Result<String>>> = reqs
-        .iter()
-        .zip(&outcomes)
-        .map(|(r, o)| match o {
-            Some(_) => Vec::new(),
-            None => r.ops.iter().map(plan::target).collect(),
-        })
-        .collect();
-    let mut ids: Vec<&str> = targets
-        .iter()
-        .flatten()
-        .filter_map(|t| t.as_deref().ok())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let (mut slots, locks) = load_touched(&tx, layer.id, &ids, now).await?;
+    let (mut slots, locks) = touched(&feature_rows, &lock_rows_)?;
 
     // Plan the requests in order, each against the group's state so far.
     let mut in_group: HashMap<Key, String> = HashMap::new();
@@ -369,101 +530,32 @@ async fn run_group(inner: &Inner, reqs: &[WriteRequest]) -> Result<Vec<Result<Wr
         .map(|o| o.unwrap_or_else(|| Err(lost())))
         .collect();
     if seqs.is_empty() {
-        // Nothing to write: the rollback also releases the keys this group claimed.
-        return Ok(outcomes);
+        return Ok(GroupEnd::Done(outcomes));
     }
-    write_group(
+    let (ended, written) = write_group(
         inner,
-        &tx,
+        db,
         &layer,
         &slots,
         (&seqs, &bodies),
         &outcome_keys,
-        &claimed,
-        &in_group,
         now,
     )
-    .await?;
-    tx.commit().await.map_err(db_err)?;
-    Ok(outcomes)
+    .await;
+    tx.ended = ended;
+    Ok(match written? {
+        Written::Committed => GroupEnd::Done(outcomes),
+        Written::Raced => GroupEnd::Raced,
+    })
 }
 
-/// Claims the group's idempotency keys, in one order for every transaction (so two groups
-/// claiming the same keys wait for each other instead of deadlocking). Returns the keys
-/// claimed, and the recorded outcome of each key another transaction had committed: a
-/// concurrent claim of the same key (on any node) blocks until that transaction ends.
-async fn claim_keys(
-    tx: &Transaction<'_>,
-    keys: &[Option<Key>],
-    now: u64,
-) -> Result<(HashSet<Key>, HashMap<Key, String>)> {
-    let distinct: BTreeSet<&Key> = keys.iter().flatten().collect();
-    if distinct.is_empty() {
-        return Ok(Default::default());
-    }
-    let scopes: Vec<&str> = distinct.iter().map(|k| k.0.as_str()).collect();
-    let op_ids: Vec<&str> = distinct.iter().map(|k| k.1.as_str()).collect();
-    let rows = tx
-        .query(
-            "INSERT INTO op_ids (scope, op_id, time_ms) \
-             SELECT s, o, $3 FROM unnest($1::text[], $2::text[]) AS t(s, o) ORDER BY s, o \
-             ON CONFLICT DO NOTHING RETURNING scope, op_id",
-            &[&scopes, &op_ids, &sql_i64(now)],
-        )
-        .await
-        .map_err(db_err)?;
-    let claimed: HashSet<Key> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut seen = HashMap::new();
-    if claimed.len() < distinct.len() {
-        let rows = tx
-            .query(
-                "SELECT o.scope, o.op_id, o.outcome FROM op_ids o \
-                 JOIN unnest($1::text[], $2::text[]) AS t(s, i) ON o.scope = t.s AND o.op_id = t.i",
-                &[&scopes, &op_ids],
-            )
-            .await
-            .map_err(db_err)?;
-        for r in &rows {
-            let key: Key = (r.get(0), r.get(1));
-            let outcome: Option<String> = r.get(2);
-            if let (false, Some(body)) = (claimed.contains(&key), outcome) {
-                seen.insert(key, body);
-            }
-        }
-    }
-    Ok((claimed, seen))
-}
-
-/// The touched features (row-locked) and their live locks.
-async fn load_touched(
-    tx: &Transaction<'_>,
-    layer: i64,
-    ids: &[&str],
-    now: u64,
+/// The touched features (row-locked) as the group's slots, and their live locks.
+fn touched(
+    features: &[tokio_postgres::Row],
+    locks: &[tokio_postgres::Row],
 ) -> Result<(HashMap<String, Slot>, LiveLocks)> {
-    if ids.is_empty() {
-        return Ok(Default::default());
-    }
-    let features = async {
-        let st = tx
-            .prepare_cached(&format!(
-                "SELECT {FEATURE_COLUMNS} FROM features WHERE layer = $1 AND fid = ANY($2) FOR UPDATE"
-            ))
-            .await?;
-        tx.query(&st, &[&layer, &ids]).await
-    };
-    let locks = async {
-        let st = tx
-            .prepare_cached(
-                "SELECT fid, holder_client, holder_user, until_ms FROM locks \
-                 WHERE layer = $1 AND fid = ANY($2) AND until_ms > $3",
-            )
-            .await?;
-        tx.query(&st, &[&layer, &ids, &sql_i64(now)]).await
-    };
-    let (features, locks) = tokio::try_join!(features, locks).map_err(db_err)?;
     let mut slots = HashMap::with_capacity(features.len());
-    for r in &features {
+    for r in features {
         let s = StoredFeature::from_row(r, 0)?;
         slots.insert(
             s.feature.id.clone(),
@@ -481,7 +573,7 @@ async fn load_touched(
             },
         );
     }
-    Ok((slots, lock_rows(&locks)?))
+    Ok((slots, lock_rows(locks)?))
 }
 
 /// Plans one request against the group's state: its changes, the rows it leaves (by id) and
@@ -553,19 +645,48 @@ fn plan_request(
     Ok((changes, rows, count))
 }
 
-/// Writes what the group decided: each statement carries every row of its kind.
-#[allow(clippy::too_many_arguments)]
+// The group's writes, one statement per kind of row.
+const DELETE_FEATURES: &str = "DELETE FROM features WHERE ord = ANY($1)";
+const UPDATE_FEATURES: &str = "UPDATE features f SET version = t.v, updated_ms = $1, properties = t.p, \
+             geometry = CASE WHEN t.w THEN t.g ELSE f.geometry END, \
+             geom = CASE WHEN t.w THEN ST_SetSRID(ST_GeomFromGeoJSON(t.g), 4326) ELSE f.geom END, \
+             minx = t.x0, miny = t.y0, maxx = t.x1, maxy = t.y1 \
+             FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bool[], $6::jsonb[], \
+             $7::float8[], $8::float8[], $9::float8[], $10::float8[]) AS t(o, v, g, w, p, x0, y0, x1, y1) \
+             WHERE f.ord = t.o";
+const INSERT_FEATURES: &str = "INSERT INTO features (layer, fid, version, updated_ms, geometry, geom, properties, minx, miny, maxx, maxy) \
+             SELECT $1, t.f, t.v, $2, t.g, ST_SetSRID(ST_GeomFromGeoJSON(t.g), 4326), t.p, t.x0, t.y0, t.x1, t.y1 \
+             FROM unnest($3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::float8[], $8::float8[], \
+             $9::float8[], $10::float8[]) WITH ORDINALITY AS t(f, v, g, p, x0, y0, x1, y1, n) ORDER BY t.n";
+const APPEND_CHANGES: &str = "INSERT INTO changes (layer, seq, body) SELECT $1, s, b FROM unnest($2::bigint[], $3::text[]) AS t(s, b)";
+const SET_HEAD: &str = "UPDATE layers SET seq = $2, count = $3 WHERE id = $1";
+const PRUNE_CHANGES: &str = "DELETE FROM changes WHERE layer = $1 AND seq <= $2";
+/// No `ON CONFLICT`: a key recorded by another transaction since this group read the keys
+/// fails the group (see [`GroupEnd::Raced`]). Sorted, so that two groups inserting the same
+/// keys wait for each other instead of deadlocking.
+const RECORD_OUTCOMES: &str = "INSERT INTO op_ids (scope, op_id, time_ms, outcome) \
+             SELECT s, i, $4, b FROM unnest($1::text[], $2::text[], $3::text[]) AS t(s, i, b) ORDER BY s, i";
+
+/// What became of a group's writes.
+enum Written {
+    Committed,
+    /// See [`GroupEnd::Raced`].
+    Raced,
+}
+
+/// Writes what the group decided, each statement carrying every row of its kind, and
+/// commits, all in one round trip. Returns whether the transaction is over (its COMMIT came
+/// back: committed, or rolled back because a statement before it failed), and what became
+/// of the writes.
 async fn write_group(
     inner: &Inner,
-    tx: &Transaction<'_>,
+    db: &Db,
     layer: &LayerRow,
     slots: &HashMap<String, Slot>,
     (seqs, bodies): (&[i64], &[String]),
     outcome_keys: &(Vec<String>, Vec<String>, Vec<String>),
-    claimed: &HashSet<Key>,
-    in_group: &HashMap<Key, String>,
     now: u64,
-) -> Result<()> {
+) -> (bool, Result<Written>) {
     let mut deleted: Vec<i64> = Vec::new();
     let mut updates: Vec<&Row> = Vec::new();
     let mut inserts: Vec<&Row> = Vec::new();
@@ -583,12 +704,28 @@ async fn write_group(
         }
     }
     inserts.sort_by_key(|r| r.created);
-    if !deleted.is_empty() {
-        // Before the inserts: a feature deleted and created again in one group keeps its id.
-        tx.execute("DELETE FROM features WHERE ord = ANY($1)", &[&deleted])
-            .await
-            .map_err(db_err)?;
-    }
+    // Prepared first (from the cache after a connection's first group), so the statements
+    // below leave in the order written: the delete before the inserts, so that a feature
+    // deleted and created again in one group keeps its id.
+    let prepared = tokio::try_join!(
+        db.prepare_cached(DELETE_FEATURES),
+        db.prepare_cached(UPDATE_FEATURES),
+        db.prepare_cached(INSERT_FEATURES),
+        db.prepare_cached(APPEND_CHANGES),
+        db.prepare_cached(SET_HEAD),
+        db.prepare_cached(PRUNE_CHANGES),
+        db.prepare_cached(RECORD_OUTCOMES),
+    );
+    let (delete_st, update_st, insert_st, log_st, head_st, prune_st, record_st) = match prepared {
+        Ok(p) => p,
+        Err(e) => return (false, Err(db_err(e))),
+    };
+    let delete = async {
+        if deleted.is_empty() {
+            return Ok(0);
+        }
+        db.execute(&delete_st, &[&deleted]).await
+    };
     let update = async {
         if updates.is_empty() {
             return Ok(0);
@@ -596,14 +733,8 @@ async fn write_group(
         let ords: Vec<i64> = updates.iter().filter_map(|r| r.ord).collect();
         let cols = Columns::of(&updates);
         let written: Vec<bool> = updates.iter().map(|r| r.geometry_written).collect();
-        tx.execute(
-            "UPDATE features f SET version = t.v, updated_ms = $1, properties = t.p, \
-             geometry = CASE WHEN t.w THEN t.g ELSE f.geometry END, \
-             geom = CASE WHEN t.w THEN ST_SetSRID(ST_GeomFromGeoJSON(t.g), 4326) ELSE f.geom END, \
-             minx = t.x0, miny = t.y0, maxx = t.x1, maxy = t.y1 \
-             FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bool[], $6::jsonb[], \
-             $7::float8[], $8::float8[], $9::float8[], $10::float8[]) AS t(o, v, g, w, p, x0, y0, x1, y1) \
-             WHERE f.ord = t.o",
+        db.execute(
+            &update_st,
             &[
                 &sql_i64(now),
                 &ords,
@@ -625,11 +756,8 @@ async fn write_group(
         }
         let fids: Vec<&str> = inserts.iter().map(|r| r.feature.id.as_str()).collect();
         let cols = Columns::of(&inserts);
-        tx.execute(
-            "INSERT INTO features (layer, fid, version, updated_ms, geometry, geom, properties, minx, miny, maxx, maxy) \
-             SELECT $1, t.f, t.v, $2, t.g, ST_SetSRID(ST_GeomFromGeoJSON(t.g), 4326), t.p, t.x0, t.y0, t.x1, t.y1 \
-             FROM unnest($3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::float8[], $8::float8[], \
-             $9::float8[], $10::float8[]) WITH ORDINALITY AS t(f, v, g, p, x0, y0, x1, y1, n) ORDER BY t.n",
+        db.execute(
+            &insert_st,
             &[
                 &layer.id,
                 &sql_i64(now),
@@ -645,16 +773,10 @@ async fn write_group(
         )
         .await
     };
-    let log = async {
-        tx.execute(
-            "INSERT INTO changes (layer, seq, body) SELECT $1, s, b FROM unnest($2::bigint[], $3::text[]) AS t(s, b)",
-            &[&layer.id, &seqs, &bodies],
-        )
-        .await
-    };
+    let log = async { db.execute(&log_st, &[&layer.id, &seqs, &bodies]).await };
     let head = async {
-        tx.execute(
-            "UPDATE layers SET seq = $2, count = $3 WHERE id = $1",
+        db.execute(
+            &head_st,
             &[&layer.id, &sql_i64(layer.seq), &sql_i64(layer.count)],
         )
         .await
@@ -662,51 +784,50 @@ async fn write_group(
     let cut = sql_i64(layer.seq.saturating_sub(inner.opts.change_retention));
     let prune = async {
         if cut > 0 {
-            tx.execute(
-                "DELETE FROM changes WHERE layer = $1 AND seq <= $2",
-                &[&layer.id, &cut],
-            )
-            .await
+            db.execute(&prune_st, &[&layer.id, &cut]).await
         } else {
             Ok(0)
         }
     };
-    let remember = async {
+    let stamp = sql_i64(now);
+    let record = async {
         if outcome_keys.0.is_empty() {
             return Ok(0);
         }
-        tx.execute(
-            "UPDATE op_ids o SET outcome = t.b FROM unnest($1::text[], $2::text[], $3::text[]) AS t(s, i, b) \
-             WHERE o.scope = t.s AND o.op_id = t.i",
-            &[&outcome_keys.0, &outcome_keys.1, &outcome_keys.2],
+        db.execute(
+            &record_st,
+            &[&outcome_keys.0, &outcome_keys.1, &outcome_keys.2, &stamp],
         )
         .await
     };
-    // Keys claimed by requests that all failed are released, as a rollback would.
-    let unused: Vec<&Key> = claimed
-        .iter()
-        .filter(|k| !in_group.contains_key(*k))
-        .collect();
-    let release = async {
-        if unused.is_empty() {
-            return Ok(0);
-        }
-        let s: Vec<&str> = unused.iter().map(|k| k.0.as_str()).collect();
-        let i: Vec<&str> = unused.iter().map(|k| k.1.as_str()).collect();
-        tx.execute(
-            "DELETE FROM op_ids o USING unnest($1::text[], $2::text[]) AS t(s, i) \
-             WHERE o.scope = t.s AND o.op_id = t.i",
-            &[&s, &i],
-        )
-        .await
-    };
-    // Independent statements, sent together: one round trip.
-    let (updated, inserted, log, head, prune, remember, release) =
-        tokio::join!(update, insert, log, head, prune, remember, release);
+    // Sent together with the COMMIT: one round trip.
+    let (deleted_rows, updated, inserted, log, head, prune, record, commit) = tokio::join!(
+        biased;
+        delete,
+        update,
+        insert,
+        log,
+        head,
+        prune,
+        record,
+        db.batch_execute("COMMIT")
+    );
+    let ended = commit.is_ok();
+    if let Err(e) = &record
+        && e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+    {
+        return (ended, Ok(Written::Raced));
+    }
     // Pipelined: after the first failure the others only report an aborted transaction, so
     // the reason is the data exception if there is one.
     let errors: Vec<StoreError> = [
-        &log, &head, &prune, &remember, &release, &updated, &inserted,
+        &deleted_rows,
+        &log,
+        &head,
+        &prune,
+        &record,
+        &updated,
+        &inserted,
     ]
     .into_iter()
     .filter_map(|r| r.as_ref().err())
@@ -717,15 +838,24 @@ async fn write_group(
         .find(|e| matches!(e, StoreError::Invalid(_)))
         .or(errors.first())
     {
-        return Err(e.clone());
+        return (ended, Err(e.clone()));
+    }
+    if let Err(e) = commit {
+        return (false, Err(db_err(e)));
     }
     let (updated, inserted) = (updated.unwrap_or(0), inserted.unwrap_or(0));
     if updated != updates.len() as u64 || inserted != inserts.len() as u64 {
-        return Err(StoreError::Unavailable(
-            "features changed during a write".into(),
-        ));
+        // The rows were locked when read, so this cannot happen; the group is committed.
+        tracing::error!(
+            layer = layer.name,
+            updated,
+            inserted,
+            expected_updates = updates.len(),
+            expected_inserts = inserts.len(),
+            "A PostgreSQL write group wrote other rows than it planned."
+        );
     }
-    Ok(())
+    (true, Ok(Written::Committed))
 }
 
 /// Rows as column arrays for `unnest`.
