@@ -226,10 +226,10 @@ w(f"| round trips ≥ NATS with 50 clients, p50 < 0.5 ms | JSON {num(rj)}/s (p50
 idle = GS.get("idle")
 bpc = g(idle, "server_bytes_per_conn")
 conn_ok = (g(idle, "connected") or 0) >= 19000 and (g(idle, "failed") or 0) == 0
-w(f"| 19,000 idle connections at ≤ 5 KB each, model for 1,000,000 | {num(g(idle, 'connected'))} connected, "
+w(f"| 19,000 idle connections at ≤ 4,000 B each, model for 1,000,000 | {num(g(idle, 'connected'))} connected, "
   f"{num(bpc)} B/conn (fitted slope {num(g(idle, 'model', 'bytes_per_conn_slope'))} B/conn); 1M would need "
-  f"~{num(g(idle, 'model', 'rss_gib_for_1m'), 1)} GiB RSS | 5,000 B; rust-raw {num(g(raw.get('idle'), 'server_bytes_per_conn'))} B at "
-  f"{num(runs.get('idle_conns'))} conns | {met(conn_ok and bpc is not None and bpc <= 5000) if idle else '-'} |")
+  f"~{num(g(idle, 'model', 'rss_gib_for_1m'), 1)} GiB RSS | 4,000 B; rust-raw {num(g(raw.get('idle'), 'server_bytes_per_conn'))} B at "
+  f"{num(runs.get('idle_conns'))} conns | {met(conn_ok and bpc is not None and bpc <= 4000) if idle else '-'} |")
 sl = GS.get("spatial-large")
 w(f"| 50,000 position updates/s through 100,000 viewport subscriptions | {num(g(sl, 'updates_per_s'))} updates/s "
   f"through {num(g(sl, 'subs'))} subscriptions, {num(g(sl, 'pushes_per_s'))} pushes/s | 50,000/s; Tile38 ~6,000/s with 23,000 fences (DESIGN.md, not measured here) | "

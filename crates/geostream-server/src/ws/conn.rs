@@ -38,6 +38,20 @@ const READ_CHUNK: usize = 4096;
 /// after the client's.
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
+/// hyper waited for this socket to become readable before it handed the socket over, which
+/// left its HTTP connection task's waker in the socket's registration. This connection waits
+/// with `readable()`, which does not replace that waker, so the finished HTTP task (3.5 KB)
+/// would stay allocated until the socket's next event: on an idle connection, for its whole
+/// life. Polling the readiness once here puts this task's waker in its place.
+async fn forget_previous_wakers(stream: &TcpStream) {
+    std::future::poll_fn(|cx| {
+        let _ = stream.poll_read_ready(cx);
+        let _ = stream.poll_write_ready(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+}
+
 /// Serves an upgraded connection until it closes.
 pub(crate) async fn serve(
     stream: TcpStream,
@@ -48,6 +62,7 @@ pub(crate) async fn serve(
     admitted: super::Admitted,
 ) {
     let _ = stream.set_nodelay(true);
+    forget_previous_wakers(&stream).await;
     // The permit holds this connection's place in the connection limits until it ends.
     let super::Admitted {
         principal,
