@@ -377,7 +377,9 @@ describe("the demo page in Chromium", { timeout: 900_000 }, () => {
     // Move the middle vertex down.
     await dragFrom(a, [-40, 10], 0, 50);
     await waitFor("B to see the vertex moved", () => byName(b, "line 1 by Alice"), (f) => ((f!.coords as number[][])[1]![1]!) < 5);
-    const moved = (await byName(a, "line 1 by Alice"))!.coords as [number, number][];
+    // A hears of its own edit on its own subscription, which may come after B's: take the
+    // line from A only once A holds the move too, or the midpoint is the old line's.
+    const moved = (await waitFor("A to hold the vertex moved", () => byName(a, "line 1 by Alice"), (f) => ((f!.coords as number[][])[1]![1]!) < 5))!.coords as [number, number][];
     // Drag the midpoint handle of the first segment: a new vertex.
     const mid: [number, number] = [(moved[0]![0] + moved[1]![0]) / 2, (moved[0]![1] + moved[1]![1]) / 2];
     // The handles are redrawn from the moved line by MapLibre's worker, a moment after the
@@ -399,7 +401,7 @@ describe("the demo page in Chromium", { timeout: 900_000 }, () => {
     await dragFrom(a, mid, 0, -40);
     await waitFor("B to see 4 vertices", n, (c) => c === 4);
     // Double-click a vertex: removed.
-    const now = (await byName(a, "line 1 by Alice"))!.coords as [number, number][];
+    const now = (await waitFor("A to hold 4 vertices", () => byName(a, "line 1 by Alice"), (f) => (f!.coords as unknown[]).length === 4))!.coords as [number, number][];
     await waitFor("A's vertex handle at the new line", () => handleAt(now[1]!, false), (found) => found);
     const v = await pixel(a, now[1]!);
     await a.mouse.dblclick(v.x, v.y);
