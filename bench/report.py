@@ -235,7 +235,8 @@ w(f"| 50,000 position updates/s through 100,000 viewport subscriptions | {num(g(
   f"through {num(g(sl, 'subs'))} subscriptions, {num(g(sl, 'pushes_per_s'))} pushes/s | 50,000/s; Tile38 ~6,000/s with 23,000 fences (DESIGN.md, not measured here) | "
   f"{met((g(sl, 'updates_per_s') or 0) >= 50000 and (g(sl, 'subs') or 0) >= 100000) if sl else '-'} |")
 tl = GS.get("tiles")
-w(f"| ≥ 1 GB/s of tiles on loopback; one-feature delta ≥ 90% smaller | {num(g(tl, 'tile_mib_per_s'), 1)} MiB/s; delta "
+w(f"| ≥ 1 GB/s of tiles on loopback; one-feature delta ≥ 90% smaller | {num(g(tl, 'tile_mib_per_s'), 1)} MiB/s closed loop, "
+  f"{num(g(tl, 'open_loop', 'tile_mib_per_s'), 1)} MiB/s open loop (edit to push p99 {num(g(tl, 'open_loop', 'push_latency_ms', 'p99'), 1)} ms); delta "
   f"{num(g(tl, 'delta_saving_pct'), 1)}% smaller ({num(g(tl, 'delta_pushes'))} deltas) | 1 GB/s; 90% | "
   f"{met((g(tl, 'tile_bytes_per_s') or 0) >= 1e9) if tl else '-'} (throughput), "
   f"{met((g(tl, 'delta_saving_pct') or 0) >= 90) if g(tl, 'delta_saving_pct') is not None else '-'} (delta) |")
@@ -406,6 +407,22 @@ if d:
       "clients x tiles x tile size per 50 ms plus a round trip: it measures whole viewports "
       "delivered on demand, not the peak bytes/s of the push path (see the server CPU seconds "
       "in the CPU table).")
+    o = d.get("open_loop")
+    if o:
+        pl = o.get("push_latency_ms") or {}
+        el = o.get("edit_latency_ms") or {}
+        w("")
+        w(f"Open loop (the push path itself): the same {num(o['clients'])} clients only read, as fast as they can, "
+          f"while one editor patches a property of one country after another at {num(o['rate'])} edits/s "
+          f"without waiting for answers ({num(o['edits_answered'])} of {num(o['edits_sent'])} answered, "
+          f"p99 {num(el.get('p99'), 1)} ms). Each changed tile is rendered once and pushed to every client: "
+          f"**{num(o['tile_mib_per_s'], 1)} MiB/s** ({num(o['tile_pushes'])} pushes). From sending an edit to a "
+          f"client receiving a tile with it (the first push of a tile under the feature's box at a version "
+          f"that includes the edit): p50 **{num(pl.get('p50'), 1)} ms**, p99 **{num(pl.get('p99'), 1)} ms** "
+          f"(target: the 50 ms flush + 20 ms); {num(o['pushes_missed'])} (edit, client) pairs never saw one. "
+          f"Server CPU {num(g(o, 'phase', 'server_cpu_s'), 2)} s in {num(g(o, 'phase', 'wall_s'), 1)} s: what "
+          "bounds this is rendering (each render reads its features from the store and parses their "
+          "GeoJSON geometry again), not the push of shared frames.")
 else:
     w("- (no result; see Checks)")
 w("")

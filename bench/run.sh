@@ -315,7 +315,7 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
   # time, websocket.max_inflight_requests = 1).
   GEOSTREAM_WEBSOCKET__MAX_INFLIGHT_REQUESTS=64 \
     scenario "edits-pipelined" --enc msgpack edits --editors 1 --inflight 64 --duration "$D"
-  scenario "tiles" --enc msgpack tiles --geojson "$GEOJSON" --clients 32 --zoom 3 --duration "$D"
+  scenario "tiles" --enc msgpack tiles --geojson "$GEOJSON" --clients 32 --zoom 3 --duration "$D" --open-rate 100
   # Geofences: the engine replaying the AIS day against 100,000 fences on one layer, and
   # webhook deliveries to local receivers (in-process benchmarks, built in step 1).
   if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" geofences "* ]]; then

@@ -653,6 +653,8 @@ pub(crate) struct TilesParams {
     pub(crate) zoom: u8,
     pub(crate) duration: f64,
     pub(crate) delta_edits: usize,
+    /// Edits per second of the open-loop phase (0: no open-loop phase).
+    pub(crate) open_rate: f64,
     pub(crate) server_pid: Option<String>,
 }
 
@@ -665,7 +667,9 @@ async fn read_until<F: FnMut(&[u8]) -> bool>(ws: &mut Ws, quiet: Duration, mut f
 }
 
 /// `tiles`: a real vector layer; full-tile throughput to several clients that keep asking for
-/// their whole viewport again, then one-feature edits seen as deltas by a delta subscriber.
+/// their whole viewport again (closed loop), then the push path itself (open loop: an editor
+/// changes features at a set rate while the same clients only read), then one-feature edits
+/// seen as deltas by a delta subscriber.
 pub(crate) async fn tiles(target: Target, p: TilesParams) -> Result<Value, String> {
     let raw = std::fs::read(&p.geojson).map_err(|e| format!("{}: {e}", p.geojson))?;
     let raw = if p.geojson.ends_with(".zst") {
@@ -716,33 +720,42 @@ pub(crate) async fn tiles(target: Target, p: TilesParams) -> Result<Value, Strin
     // nothing, which makes the server push every tile of its viewport again.
     let bytes = Arc::new(AtomicU64::new(0));
     let pushes = Arc::new(AtomicU64::new(0));
-    let mut prepared = Vec::new();
+    // Subscribed all at once: each then counts the tiles its first round brings (the round
+    // ends when the pushes stop for half a second).
+    let mut subscribing = tokio::task::JoinSet::new();
     for ws in conns {
-        let mut rpc = Rpc::new(ws, target.enc);
-        let r = rpc
-            .call(
-                "tile.subscribe",
-                &json!({"layer": layer, "viewport": world, "mode": "full"}),
-                CALL,
-            )
-            .await?;
-        let sub = r["sub"].clone();
-        let tiles: Vec<String> = r["tiles"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(str::to_string))
-                    .collect()
+        let layer = layer.clone();
+        let world = world.clone();
+        subscribing.spawn(async move {
+            let mut rpc = Rpc::new(ws, target.enc);
+            let r = rpc
+                .call(
+                    "tile.subscribe",
+                    &json!({"layer": layer, "viewport": world, "mode": "full"}),
+                    CALL,
+                )
+                .await?;
+            let sub = r["sub"].clone();
+            let tiles: Vec<String> = r["tiles"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut n = 0u64;
+            read_until(&mut rpc.ws, Duration::from_millis(500), |_| {
+                n += 1;
+                false
             })
-            .unwrap_or_default();
-        // The first round of pushes: count how many tiles this viewport really gets.
-        let mut n = 0u64;
-        read_until(&mut rpc.ws, Duration::from_millis(500), |_| {
-            n += 1;
-            false
-        })
-        .await;
-        prepared.push((rpc, sub, tiles, n));
+            .await;
+            Ok::<_, String>((rpc, sub, tiles, n))
+        });
+    }
+    let mut prepared = Vec::new();
+    while let Some(r) = subscribing.join_next().await {
+        prepared.push(r.map_err(|e| e.to_string())??);
     }
     let tiles_per_round = prepared.first().map_or(0, |p| p.3);
     let phase = Phase::start(p.server_pid.as_deref());
@@ -756,6 +769,7 @@ pub(crate) async fn tiles(target: Target, p: TilesParams) -> Result<Value, Strin
                 tiles.iter().map(|t| (t.clone(), json!(0))).collect();
             let params = json!({"sub": sub, "have": have});
             let mut id = 1_000_000i64;
+            let mut finished = true;
             while now_ns() < end && per_round > 0 {
                 id += 1;
                 if rpc
@@ -764,6 +778,7 @@ pub(crate) async fn tiles(target: Target, p: TilesParams) -> Result<Value, Strin
                     .await
                     .is_err()
                 {
+                    finished = false;
                     break;
                 }
                 // Wait for the response and this round's pushes.
@@ -773,7 +788,7 @@ pub(crate) async fn tiles(target: Target, p: TilesParams) -> Result<Value, Strin
                     let Ok(Some(Ok(m))) =
                         tokio::time::timeout(Duration::from_secs(5), rpc.ws.next()).await
                     else {
-                        return;
+                        return None;
                     };
                     let wire = m.len() as u64;
                     let Some(b) = conn::frame_bytes(m) else {
@@ -789,12 +804,27 @@ pub(crate) async fn tiles(target: Target, p: TilesParams) -> Result<Value, Strin
                         answered = true;
                     }
                 }
+                if got < per_round || !answered {
+                    finished = false;
+                }
             }
+            // A client that finished its last round holds every tile at its current version.
+            finished.then_some(rpc)
         });
     }
-    while set.join_next().await.is_some() {}
+    let mut readers = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(Some(rpc)) = r {
+            readers.push(rpc);
+        }
+    }
     let wall = (now_ns() - t0) as f64 / 1e9;
     let ph = phase.end(0.0);
+    let open = if p.open_rate > 0.0 {
+        tiles_open(&mut ctl, readers, &layer, &features, &p).await?
+    } else {
+        Value::Null
+    };
 
     // Deltas: one delta-mode subscriber on tiles around western Europe at zoom 5; edit one
     // property of one feature there at a time and compare each delta with the full tile.
@@ -873,8 +903,239 @@ pub(crate) async fn tiles(target: Target, p: TilesParams) -> Result<Value, Strin
         "full_bytes_mean": if deltas.is_empty() { Value::Null } else { json!(round(fsum as f64 / deltas.len() as f64, 0)) },
         "delta_saving_pct": if fsum == 0 { Value::Null } else { json!(round(100.0 * (1.0 - dsum as f64 / fsum as f64), 1)) },
         "phase": ph,
+        "open_loop": open,
     }))
 }
+
+/// The tile of `(lon, lat)` at zoom `z` (Web Mercator), as `(x, y)`.
+fn tile_of(lon: f64, lat: f64, z: u8) -> (u32, u32) {
+    let n = f64::from(1u32 << z);
+    let lat = lat.clamp(-85.051_128, 85.051_128).to_radians();
+    let x = ((lon + 180.0) / 360.0 * n).floor().clamp(0.0, n - 1.0);
+    let y = ((1.0 - (lat.tan() + 1.0 / lat.cos()).ln() / std::f64::consts::PI) / 2.0 * n)
+        .floor()
+        .clamp(0.0, n - 1.0);
+    (x as u32, y as u32)
+}
+
+/// Grows `b` (min lon, min lat, max lon, max lat) by every position of a coordinates tree.
+fn grow_bbox(v: &Value, b: &mut [f64; 4]) {
+    match v {
+        Value::Array(a) if a.len() >= 2 && a[0].is_number() => {
+            let (x, y) = (a[0].as_f64().unwrap_or(0.0), a[1].as_f64().unwrap_or(0.0));
+            *b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+        }
+        Value::Array(a) => a.iter().for_each(|c| grow_bbox(c, b)),
+        _ => {}
+    }
+}
+
+/// The tiles at zoom `z` a feature's bounding box covers, as `x << 16 | y`.
+fn feature_tiles(f: &Value, z: u8) -> Vec<u32> {
+    let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+    grow_bbox(&f["geometry"]["coordinates"], &mut b);
+    if b[0] > b[2] {
+        return Vec::new();
+    }
+    let (x0, y0) = tile_of(b[0], b[3], z);
+    let (x1, y1) = tile_of(b[2], b[1], z);
+    (x0..=x1)
+        .flat_map(|x| (y0..=y1).map(move |y| (x << 16) | y))
+        .collect()
+}
+
+/// The head of a `tile` push (its bytes are skipped, not decoded).
+#[derive(serde::Deserialize)]
+struct TileHead {
+    tile: String,
+    version: u64,
+}
+
+/// One tile push as a reader saw it: tile (`x << 16 | y`), version, arrival (ns).
+type Seen = (u32, u64, u64);
+
+/// The open-loop phase of `tiles`: an editor patches one feature after another at
+/// `open_rate` edits/s, without waiting for answers, while every client only reads; the
+/// server's flusher pushes each changed tile to every client. Measures the bytes delivered
+/// per second and, per edit and client, the time from sending the edit to the arrival of the
+/// first push of one of the feature's tiles at a version that includes it.
+async fn tiles_open(
+    ctl: &mut Rpc,
+    readers: Vec<Rpc>,
+    layer: &str,
+    features: &[Value],
+    p: &TilesParams,
+) -> Result<Value, String> {
+    let enc = ctl.enc;
+    let targets: Vec<(String, Vec<u32>)> = features
+        .iter()
+        .filter_map(|f| Some((f["id"].as_str()?.to_string(), feature_tiles(f, p.zoom))))
+        .filter(|(_, t)| !t.is_empty())
+        .collect();
+    if targets.is_empty() || readers.is_empty() {
+        return Err("open loop: no features or no clients".into());
+    }
+    let clients = readers.len();
+    let bytes = Arc::new(AtomicU64::new(0));
+    let phase = Phase::start(p.server_pid.as_deref());
+    let t0 = now_ns();
+    let end = t0 + (p.duration * 1e9) as u64;
+    // Readers keep reading for a while after the last edit, so late pushes are counted late,
+    // not lost; what has still not come then is reported as missed.
+    let stop = tokio::time::Instant::now() + Duration::from_secs_f64(p.duration + 2.0);
+    let mut set = tokio::task::JoinSet::new();
+    for mut rpc in readers {
+        let bytes = bytes.clone();
+        set.spawn(async move {
+            let mut seen: Vec<Seen> = Vec::new();
+            let mut scratch = Vec::new();
+            while let Ok(Some(Ok(m))) = tokio::time::timeout_at(stop, rpc.ws.next()).await {
+                let at = now_ns();
+                let wire = m.len() as u64;
+                let Some(b) = conn::frame_bytes(m) else {
+                    continue;
+                };
+                let Ok(codec::RawServerFrame::Notification { method, params }) =
+                    codec::decode_raw_server_frame(enc, &b, &mut scratch, usize::MAX)
+                else {
+                    continue;
+                };
+                if method != "tile" {
+                    continue;
+                }
+                if at <= end {
+                    bytes.fetch_add(wire, Ordering::Relaxed);
+                }
+                let Ok(h) = params.decode::<TileHead>() else {
+                    continue;
+                };
+                let mut it = h.tile.split('/').skip(1).map(str::parse::<u32>);
+                if let (Some(Ok(x)), Some(Ok(y))) = (it.next(), it.next()) {
+                    seen.push(((x << 16) | y, h.version, at));
+                }
+            }
+            seen
+        });
+    }
+
+    // The editor: requests go out on schedule whatever the answers do (open loop); the
+    // answers are read on the side for each edit's sequence number.
+    let interval = 1e9 / p.open_rate;
+    let n_edits = (p.duration * p.open_rate) as usize;
+    let (mut tx, mut rx) = (&mut ctl.ws).split();
+    let mut sent: Vec<u64> = vec![0; n_edits];
+    // Per edit: its sequence number and when its answer came.
+    let mut answers: Vec<Option<(u64, u64)>> = vec![None; n_edits];
+    let send = async {
+        for (k, slot) in sent.iter_mut().enumerate() {
+            let due = t0 + (k as f64 * interval) as u64;
+            let now = now_ns();
+            if due > now {
+                tokio::time::sleep(Duration::from_nanos(due - now)).await;
+            }
+            let (fid, _) = &targets[k % targets.len()];
+            let params = json!({"layer": layer, "id": fid, "properties": {"bench_open": k}});
+            *slot = now_ns();
+            tx.send(conn::request(
+                enc,
+                OPEN_ID0 + k as i64,
+                "feature.patch",
+                &params,
+            ))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        }
+        Ok::<(), String>(())
+    };
+    let receive = async {
+        let mut left = n_edits;
+        while left > 0 {
+            let Ok(Some(Ok(m))) = tokio::time::timeout_at(stop, rx.next()).await else {
+                break;
+            };
+            let at = now_ns();
+            let Some(b) = conn::frame_bytes(m) else {
+                continue;
+            };
+            if let Ok(ServerFrame::Response {
+                id: codec::Id::Int(id),
+                result,
+            }) = codec::decode_server_frame(enc, &b)
+                && let Some(slot) = usize::try_from(id - OPEN_ID0)
+                    .ok()
+                    .and_then(|k| answers.get_mut(k))
+                && let Some(seq) = result["seq"].as_u64()
+            {
+                *slot = Some((seq, at));
+                left -= 1;
+            }
+        }
+    };
+    let (sent_ok, ()) = tokio::join!(send, receive);
+    sent_ok?;
+    let mut seen = Vec::with_capacity(clients);
+    while let Some(r) = set.join_next().await {
+        seen.push(r.map_err(|e| e.to_string())?);
+    }
+    let ph = phase.end(0.0);
+
+    // Per client and tile, the versions pushed and their arrival, in arrival order (which is
+    // version order: a tile is never pushed older than before).
+    let ack = Hist::new();
+    let push = Hist::new();
+    let mut missed = 0u64;
+    let mut pushes = 0usize;
+    let by_tile: Vec<HashMap<u32, Vec<(u64, u64)>>> = seen
+        .into_iter()
+        .map(|s| {
+            pushes += s.len();
+            let mut m: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+            for (t, v, at) in s {
+                m.entry(t).or_default().push((v, at));
+            }
+            m
+        })
+        .collect();
+    let mut answered = 0usize;
+    for (k, a) in answers.iter().enumerate() {
+        let Some((seq, at)) = *a else { continue };
+        answered += 1;
+        ack.record(at.saturating_sub(sent[k]));
+        let tiles = &targets[k % targets.len()].1;
+        for client in &by_tile {
+            let first = tiles
+                .iter()
+                .filter_map(|t| {
+                    let v = client.get(t)?;
+                    let i = v.partition_point(|(version, _)| *version < seq);
+                    v.get(i).map(|(_, at)| *at)
+                })
+                .min();
+            match first {
+                Some(at) => push.record(at.saturating_sub(sent[k])),
+                None => missed += 1,
+            }
+        }
+    }
+    let b = bytes.load(Ordering::Relaxed);
+    let wall = p.duration;
+    Ok(json!({
+        "rate": p.open_rate,
+        "clients": clients,
+        "edits_sent": n_edits,
+        "edits_answered": answered,
+        "tile_pushes": pushes,
+        "tile_bytes_per_s": round(b as f64 / wall, 0),
+        "tile_mib_per_s": round(b as f64 / wall / (1u64 << 20) as f64, 1),
+        "edit_latency_ms": ack.summary_ms(),
+        "push_latency_ms": push.summary_ms(),
+        "pushes_missed": missed,
+        "phase": ph,
+    }))
+}
+
+/// Request ids of the open-loop editor (above those of the set-up calls).
+const OPEN_ID0: i64 = 2_000_000;
 
 fn is_response(enc: Encoding, b: &[u8]) -> bool {
     if enc.is_binary() {

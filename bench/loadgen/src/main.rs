@@ -171,6 +171,10 @@ enum Scenario {
         duration: f64,
         #[arg(long, default_value_t = 10)]
         delta_edits: usize,
+        /// Edits per second of the open-loop phase, which runs for `duration` after the
+        /// closed loop (0: none).
+        #[arg(long, default_value_t = 0.0)]
+        open_rate: f64,
     },
 }
 
@@ -330,6 +334,7 @@ async fn run(cli: Cli, argv: &[String]) -> Result<Value, String> {
             zoom,
             duration,
             delta_edits,
+            open_rate,
         } => {
             let p = geo::TilesParams {
                 geojson,
@@ -337,6 +342,7 @@ async fn run(cli: Cli, argv: &[String]) -> Result<Value, String> {
                 zoom,
                 duration,
                 delta_edits,
+                open_rate,
                 server_pid: pid,
             };
             ("tiles", geo::tiles(target, p).await?)

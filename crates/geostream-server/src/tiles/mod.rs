@@ -115,6 +115,8 @@ pub struct Tiles {
     rasters: HashMap<String, RasterLayer>,
     recent: Mutex<HashMap<Arc<str>, Recent>>,
     subs: Arc<subs::Registry>,
+    /// Tiles a flush makes at once: one per core (rendering is CPU work on the blocking pool).
+    render_width: usize,
     /// Counters.
     pub stats: TileStats,
 }
@@ -294,6 +296,7 @@ impl Tiles {
             rasters,
             recent: Mutex::new(HashMap::new()),
             subs: Arc::default(),
+            render_width: std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
             stats: TileStats::default(),
         })
     }

@@ -17,9 +17,10 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use geostream_core::api::{
     self, TileMode, TilePushKind, TileSubscribeParams, TileSubscribeResult, TileUpdateParams,
     TileUpdateResult, TileViewport, UnsubscribedPush,
@@ -384,6 +385,8 @@ pub(super) fn spawn_flusher(tiles: &Arc<Tiles>) {
     let weak = Arc::downgrade(tiles);
     let window = Duration::from_millis(tiles.cfg.flush_ms);
     tokio::spawn(async move {
+        // When the last flush began.
+        let mut last = Instant::now() - window;
         loop {
             let Some(tiles) = weak.upgrade() else { return };
             let reg = tiles.subs.clone();
@@ -396,12 +399,18 @@ pub(super) fn spawn_flusher(tiles: &Arc<Tiles>) {
                     _ = woken => {}
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
+                // Woken from idle: the burst starts now and gets the whole window.
+                last = Instant::now();
                 continue;
             }
             drop(tiles);
-            // Let the burst finish: edits within the window end in one push per tile.
-            tokio::time::sleep(window).await;
+            // Let the burst finish: edits within the window end in one push per tile. Edits
+            // that came while the last flush was rendering have waited that long already:
+            // only the rest of the window is waited for, so a flush slower than the window
+            // does not add a whole window to every edit after it.
+            tokio::time::sleep(window.saturating_sub(last.elapsed())).await;
             let Some(tiles) = weak.upgrade() else { return };
+            last = Instant::now();
             flush(&tiles).await;
         }
     });
@@ -437,8 +446,17 @@ async fn flush(tiles: &Tiles) {
                 });
         }
     }
-    for ((layer, t), targets) in groups {
-        let current = match tiles.tile(&layer, t).await {
+    // Tiles are made (from the cache, or rendered) several at once, one per core, and each is
+    // pushed as soon as it is ready: a flush of many changed tiles is not one render after
+    // the other on one core.
+    let mut made =
+        futures_util::stream::iter(groups.into_iter().map(|((layer, t), targets)| async move {
+            let current = tiles.tile(&layer, t).await;
+            (layer, t, targets, current)
+        }))
+        .buffer_unordered(tiles.render_width);
+    while let Some((layer, t, targets, current)) = made.next().await {
+        let current = match current {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => {
