@@ -175,13 +175,27 @@ export class GeostreamClient extends Emitter<ClientEvents> {
         sendEdit: (method, params, done) => this.send(method, params, done),
       },
       {
-        acked: (entry, result) => this.emit("edit", { entry, result: result as EditResult }),
+        acked: (entry, result) => {
+          this.holdOwnEdit(entry, result);
+          this.emit("edit", { entry, result: result as EditResult });
+        },
         rejected: (entry, error) => this.emit("editRejected", { entry, error }),
         changed: (pending) => this.emit("outbox", { pending }),
         isTransient: (e) => e instanceof ConnectionError || (e instanceof RpcError && e.transient),
         retryDelay: (attempt) => backoffDelay(attempt, this.opts.backoff, this.opts.random),
       },
     );
+  }
+
+  /** Layer subscriptions of an acknowledged edit's layer hold its result at once. */
+  private holdOwnEdit(entry: OutboxEntry, result: unknown): void {
+    const r = result as { results?: EditResult[] } & Partial<EditResult>;
+    const results: EditResult[] = Array.isArray(r?.results) ? r.results : r && typeof r.id === "string" ? [r as EditResult] : [];
+    if (!results.length) return;
+    for (const s of this.subs) {
+      if (!(s instanceof LayerSubscription) || s.layer !== entry.layer) continue;
+      for (const e of results) if (!e.replayed) s.ownEdit(e.id, e.version, e.seq, e.feature);
+    }
   }
 
   /** The connection state. */

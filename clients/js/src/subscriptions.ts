@@ -392,6 +392,8 @@ export class LayerSubscription extends Subscription<LayerEvent> {
   private filter: FilterSpec;
   /** Set while a snapshot streams in: the ids it has delivered so far. */
   private incoming: Set<string> | null = null;
+  /** Features this client deleted whose `delete` push has not come yet, with its `seq`. */
+  private readonly ownDeletes = new Map<string, number>();
   /** Whether `seq` is a complete state to resume from. */
   private resumable = false;
   /** The filter the server has (JSON), to notice one set while not live. */
@@ -438,6 +440,7 @@ export class LayerSubscription extends Subscription<LayerEvent> {
     } else {
       // A snapshot follows (a fresh subscription, or history has moved on).
       this.incoming = new Set();
+      this.ownDeletes.clear();
       this.resumable = false;
     }
   }
@@ -502,6 +505,7 @@ export class LayerSubscription extends Subscription<LayerEvent> {
       case "resync": {
         const r = p as unknown as ResyncPush;
         this.incoming = new Set();
+        this.ownDeletes.clear();
         this.resumable = false;
         this.push({ type: "resync", seq: r.seq, reason: r.reason });
         break;
@@ -543,9 +547,46 @@ export class LayerSubscription extends Subscription<LayerEvent> {
     this.syncFilter();
   }
 
+  /**
+   * This client's own edit was acknowledged (`version` is the feature's version after it;
+   * `feature` is absent after a delete). The server answers an edit before it pushes that
+   * edit to the same connection, so without this a feature held here would still be the old
+   * one for a moment after the edit's promise settled: an undo or a next edit made then
+   * would start from a stale version. Only features already held are touched (whether a
+   * new or moved one matches the filter is the push's to say), and `seq` is not advanced:
+   * the push still comes and stays the resume point.
+   */
+  ownEdit(id: string, version: number, seq: number, feature: Feature | undefined): void {
+    const had = this.features.get(id);
+    if (!had || had.version >= version) return;
+    if (feature) {
+      this.features.set(id, feature);
+      this.change("update", id, seq, feature);
+    } else {
+      this.features.delete(id);
+      this.locks.delete(id);
+      this.ownDeletes.set(id, seq);
+      this.change("delete", id, seq, had);
+    }
+  }
+
   private onFeature(p: FeaturePush): void {
     this.seq = Math.max(this.seq, p.seq);
     const had = this.features.get(p.id);
+    // Already held at this version or a later one (this client's own acknowledged edit):
+    // the push would take it back, or say again what is held.
+    if (had && had.version >= p.version && (p.kind === "update" || p.kind === "enter")) return;
+    // Pushes come in sequence order: one older than this client's own delete of the feature
+    // must not bring it back; the delete's own push ends the wait.
+    const deletedAt = this.ownDeletes.get(p.id);
+    if (deletedAt !== undefined) {
+      if (p.seq < deletedAt) return;
+      this.ownDeletes.delete(p.id);
+      if (p.seq === deletedAt && !had) {
+        if (p.kind === "delete") this.locks.delete(p.id);
+        return;
+      }
+    }
     switch (p.kind) {
       case "enter":
         if (p.feature) {

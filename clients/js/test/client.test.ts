@@ -172,6 +172,49 @@ describe("client (fake server)", () => {
     client.close();
   });
 
+  it("holds this client's own acknowledged edits before their pushes, and does not report them twice", async (t) => {
+    let conn: import("./fake_ws.js").FakeConnection | null = null;
+    const f = (v: number, n: number) => ({ type: "Feature", id: "a", geometry: { type: "Point", coordinates: [1, 2] }, properties: { n }, version: v, updated: "t" });
+    const server = new FakeServer(
+      basicHandler((c, m) => {
+        conn = c;
+        if (m.method === "layer.subscribe") {
+          c.reply(m.id, { sub: 1, layer: "l", seq: 10 });
+          c.send({ method: "snapshot", params: { sub: 1, layer: "l", seq: 10, features: [f(1, 1)], last: true } });
+        } else if (m.method === "feature.patch") {
+          // Answered now; the push is the test's to send, later (as a busy server may).
+          c.reply(m.id, { id: "a", version: 2, seq: 11, feature: f(2, 2) });
+        } else if (m.method === "feature.delete") {
+          c.reply(m.id, { id: "a", version: 3, seq: 12 });
+        }
+      }),
+    );
+    const client = new GeostreamClient({ url: "ws://fake", WebSocket: server.factory(), ...fast });
+    // Closed however the test ends, or a failure would leave the process running.
+    t.after(() => client.close());
+    await client.connect();
+    const s = client.subscribeLayer("l", {});
+    const events: string[] = [];
+    s.on("event", (e) => events.push(e.type === "change" ? `${e.kind}:${e.id}:${e.feature?.version ?? ""}` : e.type));
+    await until(() => events.includes("synced"));
+
+    const r = await client.patchFeature("l", "a", { properties: { n: 2 } }, { version: 1 });
+    assert.equal(r.version, 2);
+    assert.equal(s.features.get("a")?.version, 2, "held as answered, before the push");
+    assert.equal(s.features.get("a")?.properties.n, 2);
+    // The push comes: nothing is taken back or reported again; it is the resume point.
+    conn!.send({ method: "feature", params: { sub: 1, layer: "l", seq: 11, kind: "update", id: "a", version: 2, properties: { n: 2 } } });
+    await until(() => s.seq === 11);
+    assert.equal(s.features.get("a")?.version, 2);
+
+    await client.deleteFeature("l", "a", { version: 2 });
+    assert.equal(s.features.has("a"), false, "gone as answered");
+    conn!.send({ method: "feature", params: { sub: 1, layer: "l", seq: 12, kind: "delete", id: "a", version: 3 } });
+    await until(() => s.seq === 12);
+    assert.deepEqual(events, ["enter:a:1", "synced", "update:a:2", "delete:a:2"]);
+    client.close();
+  });
+
   it("a fresh snapshot after a failed resume reports features that are gone as exits", async () => {
     let n = 0;
     const f = (id: string) => ({ type: "Feature", id, geometry: null, properties: {}, version: 1, updated: "t" });
