@@ -549,10 +549,10 @@ export class LayerSubscription extends Subscription<LayerEvent> {
 
   /**
    * This client's own edit was acknowledged (`version` is the feature's version after it;
-   * `feature` is absent after a delete). The server answers an edit before it pushes that
-   * edit to the same connection, so without this a feature held here would still be the old
-   * one for a moment after the edit's promise settled: an undo or a next edit made then
-   * would start from a stale version. Only features already held are touched (whether a
+   * `feature` is absent after a delete). The protocol does not order an edit's answer and
+   * its push to the same connection; when the answer comes first, without this a feature
+   * held here would still be the old one for a moment after the edit's promise settled: an
+   * undo or a next edit made then would start from a stale version. Only features already held are touched (whether a
    * new or moved one matches the filter is the push's to say), and `seq` is not advanced:
    * the push still comes and stays the resume point.
    */

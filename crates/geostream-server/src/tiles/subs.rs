@@ -385,8 +385,8 @@ pub(super) fn spawn_flusher(tiles: &Arc<Tiles>) {
     let weak = Arc::downgrade(tiles);
     let window = Duration::from_millis(tiles.cfg.flush_ms);
     tokio::spawn(async move {
-        // When the last flush began.
-        let mut last = Instant::now() - window;
+        // When the last flush began (or the last burst woke the flusher from idle).
+        let mut last = Instant::now();
         loop {
             let Some(tiles) = weak.upgrade() else { return };
             let reg = tiles.subs.clone();
