@@ -319,6 +319,21 @@ fn unbalanced() -> FilterError {
     FilterError::Cql2Text("parentheses are not balanced".into())
 }
 
+/// Whether a word opens a WKT geometry, whose parentheses hold only coordinates. (Not `BBOX`:
+/// cql2 reads it as a function call, whose arguments are expressions.)
+fn is_wkt_keyword(word: &[u8]) -> bool {
+    const KEYWORDS: &[&[u8]] = &[
+        b"POINT",
+        b"LINESTRING",
+        b"POLYGON",
+        b"MULTIPOINT",
+        b"MULTILINESTRING",
+        b"MULTIPOLYGON",
+        b"GEOMETRYCOLLECTION",
+    ];
+    KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word))
+}
+
 fn prescan_text(text: &str, limits: &Limits) -> Result<()> {
     if text.len() > limits.max_text_bytes {
         return Err(FilterError::TooLong {
@@ -328,9 +343,19 @@ fn prescan_text(text: &str, limits: &Limits) -> Result<()> {
     }
     let b = text.as_bytes();
     let (mut depth, mut max_depth, mut tokens) = (0usize, 0usize, 0usize);
+    // Numbers inside WKT coordinates are not nodes (their count is bounded by
+    // `max_vertices`, checked after parsing); everywhere else a number is a node, and a run of
+    // them joined by minus signs (`1 -1 -1 ...`) is a chain of subtractions as deep as it is
+    // long. `wkt_from` is the depth of the parenthesis that opened the geometry we are in;
+    // `after_wkt_word` says a geometry keyword was just read and its `(` may follow.
+    let mut wkt_from: Option<usize> = None;
+    let mut after_wkt_word = false;
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
+        if !(c.is_ascii_whitespace() || c == b'(' || c.is_ascii_alphabetic()) {
+            after_wkt_word = false;
+        }
         match c {
             b'\'' | b'"' => {
                 // Skip a quoted string or identifier; a doubled quote is an escaped quote.
@@ -350,28 +375,51 @@ fn prescan_text(text: &str, limits: &Limits) -> Result<()> {
             b'(' => {
                 depth += 1;
                 max_depth = max_depth.max(depth);
+                if after_wkt_word && wkt_from.is_none() {
+                    wkt_from = Some(depth);
+                }
+                after_wkt_word = false;
             }
             b')' => {
                 if depth == 0 {
                     return Err(unbalanced());
                 }
+                if wkt_from == Some(depth) {
+                    wkt_from = None;
+                }
                 depth -= 1;
             }
             b'a'..=b'z' | b'A'..=b'Z' => {
                 tokens += 1;
+                let start = i;
                 while i + 1 < b.len()
                     && (b[i + 1].is_ascii_alphanumeric() || matches!(b[i + 1], b'_' | b':' | b'.'))
                 {
                     i += 1;
                 }
+                let word = &b[start..=i];
+                // `Z`, `M` and `ZM` may stand between a geometry keyword and its `(`.
+                after_wkt_word = is_wkt_keyword(word)
+                    || (after_wkt_word
+                        && matches!(word, b"Z" | b"M" | b"ZM" | b"z" | b"m" | b"zm"));
             }
             b'=' | b'<' | b'>' | b'+' | b'*' | b'/' | b'%' | b'^' | b'!' => tokens += 1,
-            // A minus directly before a digit is part of a number (WKT coordinates).
-            b'-' if !b
-                .get(i + 1)
-                .is_some_and(|d| d.is_ascii_digit() || *d == b'.') =>
-            {
-                tokens += 1
+            // Inside WKT a minus before a digit is the sign of a coordinate.
+            b'-' if wkt_from.is_some()
+                && b.get(i + 1)
+                    .is_some_and(|d| d.is_ascii_digit() || *d == b'.') => {}
+            b'-' => tokens += 1,
+            b'0'..=b'9' | b'.' => {
+                if wkt_from.is_none() {
+                    tokens += 1;
+                }
+                while i + 1 < b.len()
+                    && (b[i + 1].is_ascii_digit()
+                        || matches!(b[i + 1], b'.' | b'e' | b'E')
+                        || (matches!(b[i + 1], b'+' | b'-') && matches!(b[i], b'e' | b'E')))
+                {
+                    i += 1;
+                }
             }
             _ => {}
         }

@@ -503,6 +503,28 @@ fn limits_are_enforced() {
         .collect::<Vec<_>>()
         .join(" = ");
     assert!(AttributeFilter::parse_text(&chain, &limits).is_err());
+    // Found by `tests/fuzz_cql2.rs`: `-1 -1 -1 ...` is a chain of subtractions, not a list of
+    // negative numbers, and overflowed the stack at a few thousand terms. Minus signs and
+    // numbers outside WKT count towards the limit; in and out of a geometry, and in `BBOX`,
+    // whose arguments are expressions.
+    for n in [1000, 5000, 100_000] {
+        let minus = " -1".repeat(n);
+        for text in [
+            format!("m > -1{minus}"),
+            format!("S_INTERSECTS(geometry, POINT(0 0)) AND m > 1{minus}"),
+            format!("S_INTERSECTS(geometry, BBOX(0, 0, 1, 1{minus}))"),
+            format!("point = 1 AND (1{minus}) > 0"),
+        ] {
+            assert!(
+                matches!(
+                    AttributeFilter::parse_text(&text, &limits),
+                    Err(FilterError::TooManyNodes { .. })
+                ),
+                "{n} terms: {}",
+                &text[..60]
+            );
+        }
+    }
     let long = format!("x = '{}'", "a".repeat(2 << 20));
     assert_eq!(
         AttributeFilter::parse_text(&long, &limits)
