@@ -3,12 +3,12 @@
 
 use anyhow::Context;
 use geostream_broker::{BrokerSettings, HistoryLimits};
-use geostream_core::feature::Feature;
+use geostream_core::feature::{BBox, Feature};
 use geostream_hub::{ChangeRun, LayerLog, SnapshotPages, SnapshotQuery};
 use geostream_store::{
-    ChangePage, FeatureQuery, FenceStore, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Snapshot,
-    SnapshotRequest, SqliteOptions, SqliteStore, Store, StoreError, TileAddress, TilePut,
-    TileStore, WriteOutcome, WriteRequest,
+    ChangePage, FeatureQuery, FenceStore, Holder, KnownKey, KnownPage, LayerInfo, LayerSpec, Lock,
+    QueryPage, Snapshot, SnapshotRequest, SqliteOptions, SqliteStore, Store, StoreError,
+    TileAddress, TilePut, TileStore, WriteOutcome, WriteRequest,
 };
 
 use crate::config::{BrokerConfig, Config, StoreConfig};
@@ -53,6 +53,19 @@ impl Store for AnyStore {
     }
     async fn query(&self, layer: &str, q: FeatureQuery) -> geostream_store::Result<QueryPage> {
         store_call!(self, s => s.query(layer, q).await)
+    }
+    async fn query_known<T, K>(
+        &self,
+        layer: &str,
+        bbox: BBox,
+        limit: usize,
+        known: K,
+    ) -> geostream_store::Result<KnownPage<T>>
+    where
+        T: Send + 'static,
+        K: FnMut(KnownKey<'_>) -> Option<T> + Send + 'static,
+    {
+        store_call!(self, s => s.query_known(layer, bbox, limit, known).await)
     }
     async fn snapshot(
         &self,

@@ -990,6 +990,36 @@ async fn deleting_a_layer_ends_its_tile_subscriptions() {
     srv.shutdown().await;
 }
 
+/// Renders keep decoded features between them, keyed by version; a layer deleted and created
+/// again counts versions from 1 again, and its tiles must show its new features, not the old
+/// layer's at the same versions.
+#[tokio::test]
+async fn a_layer_created_again_renders_its_new_features() {
+    let srv = TestServer::start().await;
+    let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
+    import(&mut ws, "pts", sample_points()).await;
+    let path = format!("/v1/tiles/pts/{}.mvt", tile_of(24.94, 60.17, 4));
+    let (status, _, old) = get(srv.addr, &path, &[]).await;
+    assert_eq!(status, 200);
+    assert!(old.windows(8).any(|w| w == b"Helsinki"));
+    ws.ok("layer.delete", json!({"name": "pts"})).await;
+    let again = vec![point(
+        "helsinki",
+        24.95,
+        60.18,
+        json!({"name": "Stadi", "pop": 1}),
+    )];
+    import(&mut ws, "pts", again).await;
+    let (status, _, new) = get(srv.addr, &path, &[]).await;
+    assert_eq!(status, 200);
+    assert!(new.windows(5).any(|w| w == b"Stadi"), "the new feature");
+    assert!(
+        !new.windows(8).any(|w| w == b"Helsinki"),
+        "not the old layer's feature at the same version"
+    );
+    srv.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input
 // ---------------------------------------------------------------------------------------------

@@ -152,6 +152,43 @@ pub struct FeatureQuery {
     pub offset: usize,
 }
 
+/// What [`Store::query_known`] asks its caller about each feature: does it hold this one?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownKey<'a> {
+    /// When the layer was created ([`LayerInfo::created_ms`]): a layer deleted and created
+    /// again under the same name starts its features' versions afresh, so a version alone
+    /// does not name one state of a feature.
+    pub layer_created_ms: u64,
+    /// The feature's id.
+    pub id: &'a str,
+    /// Its stored version.
+    pub version: u64,
+}
+
+/// A row of [`Store::query_known`]: a feature read and decoded from the store, or what the
+/// caller's `known` returned for a version it already holds.
+#[derive(Clone, Debug)]
+pub enum KnownRow<T> {
+    /// Not held by the caller: decoded from the store. (Boxed: most rows are usually
+    /// `Known`, and should not each take a feature's size.)
+    Fresh(Box<Feature>),
+    /// Held by the caller at the stored version: not decoded.
+    Known(T),
+}
+
+/// The answer of [`Store::query_known`].
+#[derive(Clone, Debug)]
+pub struct KnownPage<T> {
+    /// Features whose bounding box meets the box, in creation order, at most `limit`.
+    pub rows: Vec<KnownRow<T>>,
+    /// Whether more features met the box than `limit`.
+    pub truncated: bool,
+    /// The layer's sequence number the rows were read at.
+    pub seq: u64,
+    /// When the layer was created (as in [`KnownKey`]).
+    pub layer_created_ms: u64,
+}
+
 /// One page of a query.
 #[derive(Clone, Debug)]
 pub struct QueryPage {
@@ -374,6 +411,20 @@ pub trait Store: Send + Sync + 'static {
     /// A page of matching features.
     fn query(&self, layer: &str, q: FeatureQuery)
     -> impl Future<Output = Result<QueryPage>> + Send;
+    /// The features whose bounding box meets `bbox`, at most `limit`, in creation order,
+    /// read at one sequence number as [`Store::query`] reads them; but a feature for which
+    /// `known` returns something is not decoded, and its row carries that instead. For callers that keep decoded features (the tile renderer): most rows of a
+    /// re-render have not changed, and decoding stored JSON is most of a read's cost.
+    fn query_known<T, K>(
+        &self,
+        layer: &str,
+        bbox: BBox,
+        limit: usize,
+        known: K,
+    ) -> impl Future<Output = Result<KnownPage<T>>> + Send
+    where
+        T: Send + 'static,
+        K: FnMut(KnownKey<'_>) -> Option<T> + Send + 'static;
     /// A consistent cut for a subscription; see [`Snapshot`].
     fn snapshot(
         &self,

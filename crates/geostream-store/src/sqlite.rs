@@ -90,12 +90,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::{
-    ChangePage, FeatureQuery, FenceStore, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result,
-    Snapshot, SnapshotRequest, Store, StoreError, TileAddress, TilePut, TileStore, WriteOutcome,
-    WriteRequest,
+    ChangePage, FeatureQuery, FenceStore, Holder, KnownKey, KnownPage, LayerInfo, LayerSpec, Lock,
+    QueryPage, Result, Snapshot, SnapshotRequest, Store, StoreError, TileAddress, TilePut,
+    TileStore, WriteOutcome, WriteRequest,
 };
 use geostream_core::api::validate_name;
-use geostream_core::feature::Feature;
+use geostream_core::feature::{BBox, Feature};
 use read::Readers;
 use writer::{Acks, Job, Task, Writer};
 
@@ -467,6 +467,24 @@ impl Store for SqliteStore {
         self.inner
             .readers
             .run(move |c| read::query(c, &layer, &q))
+            .await
+    }
+
+    async fn query_known<T, K>(
+        &self,
+        layer: &str,
+        bbox: BBox,
+        limit: usize,
+        known: K,
+    ) -> Result<KnownPage<T>>
+    where
+        T: Send + 'static,
+        K: FnMut(KnownKey<'_>) -> Option<T> + Send + 'static,
+    {
+        let layer = layer.to_owned();
+        self.inner
+            .readers
+            .run(move |c| read::query_known(c, &layer, bbox, limit, known))
             .await
     }
 

@@ -16,6 +16,7 @@
 //! changes after its sequence touches the tile, and recording a change and invalidating happen
 //! under the same lock as that check and the insert.
 
+mod decoded;
 mod subs;
 
 use std::collections::{HashMap, VecDeque};
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use geostream_core::bus::TileVersion;
 use geostream_core::error::ErrorCode;
 use geostream_core::feature::{BBox, Change, Feature};
-use geostream_store::{FeatureQuery, LayerInfo, Store, TileAddress, TileStore};
+use geostream_store::{KnownRow, LayerInfo, Store, TileAddress, TileStore};
 use geostream_tiles::tile::world_to_lon_lat;
 use geostream_tiles::{
     CachedTile, FeatureId, MbTiles, MvtOptions, PmTiles, TileArchive, TileCache, TileCompression,
@@ -115,6 +116,8 @@ pub struct Tiles {
     rasters: HashMap<String, RasterLayer>,
     recent: Mutex<HashMap<Arc<str>, Recent>>,
     subs: Arc<subs::Registry>,
+    /// Features decoded by earlier renders, so a re-render parses only what changed.
+    decoded: Arc<decoded::DecodedFeatures>,
     /// Tiles a flush makes at once: one per core (rendering is CPU work on the blocking pool).
     render_width: usize,
     /// Counters.
@@ -292,6 +295,7 @@ impl Tiles {
         Ok(Tiles {
             store,
             cache: TileCache::new(cfg.cache_bytes, cfg.history),
+            decoded: Arc::new(decoded::DecodedFeatures::new(cfg.decoded_features)),
             cfg,
             rasters,
             recent: Mutex::new(HashMap::new()),
@@ -364,25 +368,32 @@ impl Tiles {
         }
         let start = Instant::now();
         let bounds = buffered_bounds(t, self.buffer_frac());
+        let name: Arc<str> = layer.into();
+        let (decoded, key) = (self.decoded.clone(), name.clone());
         let page = self
             .store
-            .query(
-                layer,
-                FeatureQuery {
-                    bbox: Some(bounds),
-                    filter: None,
-                    limit: self.cfg.max_features,
-                    offset: 0,
-                },
-            )
+            .query_known(layer, bounds, self.cfg.max_features, move |k| {
+                decoded.get(&key, k.layer_created_ms, k.id, k.version)
+            })
             .await?;
-        let seq = page.seq;
+        let (seq, created) = (page.seq, page.layer_created_ms);
         let previous = self.cache.latest(layer, t);
         let opts = self.mvt_options();
-        let name = layer.to_owned();
+        let decoded = self.decoded.clone();
         let encoded = tokio::task::spawn_blocking(move || {
-            let features: Vec<TileFeature> =
-                page.features.into_iter().filter_map(tile_feature).collect();
+            let features: Vec<Arc<TileFeature>> = page
+                .rows
+                .into_iter()
+                .filter_map(|row| match row {
+                    KnownRow::Known(held) => held,
+                    KnownRow::Fresh(f) => {
+                        let (id, version) = (f.id.clone(), f.version);
+                        let d = tile_feature(*f).map(Arc::new);
+                        decoded.insert(&name, (created, version), &id, d.clone());
+                        d
+                    }
+                })
+                .collect();
             match &previous {
                 Some((_, prev)) => encode_tile_like(t, &name, &features, &opts, prev),
                 None => encode_tile(t, &name, &features, &opts),
@@ -573,6 +584,7 @@ impl Tiles {
     /// A layer was deleted: forget its tiles and end its tile subscriptions.
     pub fn on_layer_deleted(&self, hub: &geostream_hub::Hub, layer: &str) {
         self.cache.remove_layer(layer);
+        self.decoded.forget_layer(layer);
         self.recent.lock().remove(layer);
         self.subs.drop_layer(hub, layer);
     }

@@ -488,3 +488,97 @@ pub(super) async fn query_real_data<S: Store>(s: Arc<S>) {
         34_006
     );
 }
+
+/// `query_known`: the same features in the same order as `query` with the box, decoded only
+/// where the caller does not hold the stored version, at the layer's sequence number.
+pub(super) async fn query_known_rows<S: Store>(s: Arc<S>) {
+    new_layer(&*s, "k", false).await;
+    let rows = [
+        ("a", Some(point(10.0, 10.0))),
+        ("b", Some(point(-10.0, -10.0))),
+        ("c", None),
+        ("d", Some(point(179.5, 0.0))),
+        ("e", Some(point(20.0, 20.0))),
+    ];
+    let ops = rows
+        .iter()
+        .map(|(id, g)| WriteOp::Create {
+            feature: feature(Some(id), g.clone(), json!({"name": id})),
+        })
+        .collect();
+    ok(&*s, request("k", ops, &alice(), None)).await;
+    let replace = WriteOp::Replace {
+        id: "b".into(),
+        feature: feature(None, Some(point(-11.0, -11.0)), json!({"name": "B"})),
+        expected: Some(1),
+    };
+    ok(&*s, request("k", vec![replace], &alice(), None)).await;
+    let info = s.layer("k").await.expect("layer");
+    let seq = info.seq;
+
+    // The caller holds a and b at version 1 and d at version 1: b has moved on to 2.
+    let created = info.created_ms;
+    let holds = |id: &str, v: u64| matches!(id, "a" | "b" | "d") && v == 1;
+    let held = move |k: KnownKey<'_>| {
+        assert_eq!(k.layer_created_ms, created);
+        holds(k.id, k.version).then(|| k.id.to_owned())
+    };
+    for (what, bbox) in [
+        ("world", [-180.0, -90.0, 180.0, 90.0]),
+        ("antimeridian", [179.0, -1.0, -179.0, 1.0]),
+        ("south-west", [-12.0, -12.0, 0.0, 0.0]),
+        ("empty", [50.0, 50.0, 60.0, 60.0]),
+    ] {
+        let q = FeatureQuery {
+            bbox: Some(bbox),
+            filter: None,
+            limit: 100,
+            offset: 0,
+        };
+        let want = s.query("k", q).await.expect("query");
+        let got = s
+            .query_known("k", bbox, 100, held)
+            .await
+            .expect("query_known");
+        assert_eq!(got.seq, seq, "{what}");
+        assert!(!got.truncated, "{what}");
+        assert_eq!(got.rows.len(), want.features.len(), "{what}");
+        for (row, f) in got.rows.iter().zip(&want.features) {
+            match row {
+                KnownRow::Known(id) => {
+                    assert_eq!(id, &f.id, "{what}");
+                    assert!(holds(&f.id, f.version), "{what}: {id} is held");
+                }
+                KnownRow::Fresh(fresh) => {
+                    assert_eq!(&**fresh, f, "{what}");
+                    assert!(!holds(&f.id, f.version), "{what}: {} is not", f.id);
+                }
+            }
+        }
+    }
+    let world = [-180.0, -90.0, 180.0, 90.0];
+    let got = s
+        .query_known("k", world, 2, |_: KnownKey<'_>| None::<()>)
+        .await
+        .expect("query_known");
+    assert!(
+        got.truncated,
+        "four features meet the world box, two asked for"
+    );
+    let ids: Vec<_> = got
+        .rows
+        .iter()
+        .map(|r| match r {
+            KnownRow::Fresh(f) => f.id.as_str(),
+            KnownRow::Known(()) => unreachable!("nothing is held"),
+        })
+        .collect();
+    assert_eq!(ids, ["a", "b"], "creation order");
+    assert_eq!(
+        s.query_known("nope", world, 2, |_: KnownKey<'_>| None::<()>)
+            .await
+            .map(|p| p.rows.len())
+            .unwrap_err(),
+        StoreError::LayerNotFound("nope".into())
+    );
+}

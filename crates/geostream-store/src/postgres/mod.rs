@@ -79,13 +79,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use geostream_core::feature::Feature;
+use geostream_core::feature::{BBox, Feature};
 use tokio_postgres::NoTls;
 
 use crate::{
-    ChangePage, FeatureQuery, FenceStore, Holder, LayerInfo, LayerSpec, Lock, QueryPage, Result,
-    Snapshot, SnapshotRequest, Store, StoreError, TileAddress, TilePut, TileStore, WriteOutcome,
-    WriteRequest,
+    ChangePage, FeatureQuery, FenceStore, Holder, KnownKey, KnownPage, LayerInfo, LayerSpec, Lock,
+    QueryPage, Result, Snapshot, SnapshotRequest, Store, StoreError, TileAddress, TilePut,
+    TileStore, WriteOutcome, WriteRequest,
 };
 
 /// Settings of a [`PostgresStore`]. Every field but `url` has a default (see [`Default`]).
@@ -382,6 +382,20 @@ impl Store for PostgresStore {
 
     async fn query(&self, layer: &str, q: FeatureQuery) -> Result<QueryPage> {
         read::query(&self.inner, layer, &q).await
+    }
+
+    async fn query_known<T, K>(
+        &self,
+        layer: &str,
+        bbox: BBox,
+        limit: usize,
+        known: K,
+    ) -> Result<KnownPage<T>>
+    where
+        T: Send + 'static,
+        K: FnMut(KnownKey<'_>) -> Option<T> + Send + 'static,
+    {
+        read::query_known(&self.inner, layer, bbox, limit, known).await
     }
 
     async fn snapshot(&self, layer: &str, req: SnapshotRequest) -> Result<Snapshot> {

@@ -13,8 +13,8 @@ use tokio_postgres::{IsolationLevel, Row};
 
 use super::{Inner, db_err, sql_i64, sql_u64};
 use crate::{
-    ChangePage, FeatureQuery, Holder, LayerInfo, Lock, QueryPage, Result, Snapshot,
-    SnapshotRequest, StoreError,
+    ChangePage, FeatureQuery, Holder, KnownKey, KnownPage, KnownRow, LayerInfo, Lock, QueryPage,
+    Result, Snapshot, SnapshotRequest, StoreError,
 };
 
 /// Columns of `features` that [`StoredFeature::from_row`] reads, in its order.
@@ -351,6 +351,49 @@ fn residual_matches(filter: &Filter, f: &StoredFeature) -> bool {
         bbox: f.bbox,
         properties: &f.feature.properties,
     })
+}
+
+pub(crate) async fn query_known<T>(
+    inner: &Inner,
+    layer: &str,
+    bbox: BBox,
+    limit: usize,
+    mut known: impl FnMut(KnownKey<'_>) -> Option<T>,
+) -> Result<KnownPage<T>> {
+    let mut c = inner.client().await?;
+    let tx = read_tx(&mut c).await?;
+    let (layer_id, info) = layer_head(&*tx, layer).await?;
+    let plan = Plan::new(layer_id, Some(bbox), None, Some((limit, 0)));
+    let mut page = KnownPage {
+        rows: Vec::new(),
+        truncated: false,
+        seq: info.seq,
+        layer_created_ms: info.created_ms,
+    };
+    if plan.empty {
+        return Ok(page);
+    }
+    // SQL decides everything here (no filter); one row more than `limit` says whether the
+    // box held more.
+    let rows = tx.query(&plan.sql, &plan.params()).await.map_err(db_err)?;
+    page.truncated = rows.len() > limit;
+    for row in rows.iter().take(limit) {
+        // The id and version decide whether the JSON is parsed at all.
+        let fid: &str = row.try_get(1).map_err(|e| corrupt("feature row", e))?;
+        let version: i64 = row
+            .try_get(2)
+            .map_err(|e| corrupt(&format!("feature {fid:?}"), e))?;
+        let key = KnownKey {
+            layer_created_ms: info.created_ms,
+            id: fid,
+            version: sql_u64(version),
+        };
+        page.rows.push(match known(key) {
+            Some(held) => KnownRow::Known(held),
+            None => KnownRow::Fresh(Box::new(StoredFeature::from_row(row, 0)?.feature)),
+        });
+    }
+    Ok(page)
 }
 
 /// Starts a read-only transaction that sees one committed state for all its statements.

@@ -18,8 +18,8 @@ use super::codec::{
 use super::schema::rtree_table;
 use super::{SqliteOptions, connect, db_err};
 use crate::{
-    ChangePage, FeatureQuery, Holder, LayerInfo, Lock, QueryPage, Result, Snapshot,
-    SnapshotRequest, StoreError,
+    ChangePage, FeatureQuery, Holder, KnownKey, KnownPage, KnownRow, LayerInfo, Lock, QueryPage,
+    Result, Snapshot, SnapshotRequest, StoreError,
 };
 
 /// Pages a snapshot reads ahead of its consumer. Small on purpose: the reading thread
@@ -255,20 +255,16 @@ fn filter_matches(filter: &Filter, f: &StoredFeature) -> bool {
 
 /// Visits a layer's features passing `bbox` and `filter`, in creation order, until `each`
 /// returns false. The R-tree narrows the candidates; the exact tests run here.
-fn scan(
-    conn: &Connection,
-    layer_id: i64,
-    bbox: Option<BBox>,
-    filter: Option<&Filter>,
-    mut each: impl FnMut(Feature) -> bool,
-) -> Result<()> {
-    let boxes = search_boxes(bbox, filter.and_then(Filter::bbox));
-    let (sql, args): (String, Vec<f64>) = match &boxes {
+/// The statement selecting [`FEATURE_COLUMNS`] of the features whose stored box may meet
+/// `boxes` (all of layer `layer_id` when `None`), in creation order, with its box arguments
+/// (none: then the layer id is the one argument). `None` when no feature can match.
+fn scan_sql(boxes: Option<&[BBox]>, layer_id: i64) -> Option<(String, Vec<f64>)> {
+    Some(match boxes {
         None => (
             format!("SELECT {FEATURE_COLUMNS} FROM features WHERE layer = ?1 ORDER BY ord"),
             Vec::new(),
         ),
-        Some(parts) if parts.is_empty() => return Ok(()),
+        Some([]) => return None,
         Some(parts) => {
             let table = rtree_table(layer_id);
             let mut sub = Vec::new();
@@ -288,6 +284,19 @@ fn scan(
                 args,
             )
         }
+    })
+}
+
+fn scan(
+    conn: &Connection,
+    layer_id: i64,
+    bbox: Option<BBox>,
+    filter: Option<&Filter>,
+    mut each: impl FnMut(Feature) -> bool,
+) -> Result<()> {
+    let boxes = search_boxes(bbox, filter.and_then(Filter::bbox));
+    let Some((sql, args)) = scan_sql(boxes.as_deref(), layer_id) else {
+        return Ok(());
     };
     let mut st = conn.prepare_cached(&sql).map_err(db_err)?;
     let mut rows = if args.is_empty() {
@@ -336,6 +345,77 @@ pub(crate) fn query(conn: &mut Connection, layer: &str, q: &FeatureQuery) -> Res
         next_offset,
         seq: info.seq,
     })
+}
+
+pub(crate) fn query_known<T>(
+    conn: &mut Connection,
+    layer: &str,
+    bbox: BBox,
+    limit: usize,
+    mut known: impl FnMut(KnownKey<'_>) -> Option<T>,
+) -> Result<KnownPage<T>> {
+    let tx = conn.transaction().map_err(db_err)?;
+    let (layer_id, info) = layer_head(&tx, layer)?;
+    let mut page = KnownPage {
+        rows: Vec::new(),
+        truncated: false,
+        seq: info.seq,
+        layer_created_ms: info.created_ms,
+    };
+    let boxes = search_boxes(Some(bbox), None);
+    let Some((sql, args)) = scan_sql(boxes.as_deref(), layer_id) else {
+        return Ok(page);
+    };
+    let mut st = tx.prepare_cached(&sql).map_err(db_err)?;
+    let mut rows = if args.is_empty() {
+        st.query([layer_id])
+    } else {
+        st.query(params_from_iter(args.iter()))
+    }
+    .map_err(db_err)?;
+    while let Some(row) = rows.next().map_err(db_err)? {
+        // Only the id, the version and the box are read before deciding: the JSON columns
+        // are neither copied nor parsed for a feature the caller holds.
+        let (fid, version, stored_box) = row_key(row)?;
+        if !passes_query_box(Some(bbox), stored_box) {
+            continue;
+        }
+        if page.rows.len() >= limit {
+            page.truncated = true;
+            break;
+        }
+        let fid = fid.as_str().map_err(|e| corrupt("feature row", e))?;
+        let key = KnownKey {
+            layer_created_ms: info.created_ms,
+            id: fid,
+            version,
+        };
+        page.rows.push(match known(key) {
+            Some(held) => KnownRow::Known(held),
+            None => KnownRow::Fresh(Box::new(StoredFeature::from_row(row)?.feature)),
+        });
+    }
+    Ok(page)
+}
+
+/// The id, version and stored box of a row selected with [`FEATURE_COLUMNS`].
+fn row_key<'r>(
+    row: &'r rusqlite::Row<'_>,
+) -> Result<(rusqlite::types::ValueRef<'r>, u64, Option<BBox>)> {
+    let bad = |e| corrupt("feature row", e);
+    let fid = row.get_ref(1).map_err(bad)?;
+    let version: u64 = row.get(2).map_err(bad)?;
+    let b: [Option<f64>; 4] = [
+        row.get(6).map_err(bad)?,
+        row.get(7).map_err(bad)?,
+        row.get(8).map_err(bad)?,
+        row.get(9).map_err(bad)?,
+    ];
+    let stored_box = match b {
+        [Some(a), Some(b), Some(c), Some(d)] => Some([a, b, c, d]),
+        _ => None,
+    };
+    Ok((fid, version, stored_box))
 }
 
 /// The oldest retained sequence number: the first change still in the log, or `seq + 1`

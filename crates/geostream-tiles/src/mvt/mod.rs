@@ -16,6 +16,7 @@
 mod geom;
 mod pbf;
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use geo::{BoundingRect, Geometry, LineString, Polygon};
@@ -109,11 +110,12 @@ pub struct EncodedTile {
     pub dropped: usize,
 }
 
-/// Encodes `features` as the layer `layer` of tile `tile`.
+/// Encodes `features` (owned or shared, e.g. `Arc<TileFeature>` kept between renders) as the
+/// layer `layer` of tile `tile`.
 pub fn encode_tile(
     tile: TileId,
     layer: &str,
-    features: &[TileFeature],
+    features: &[impl Borrow<TileFeature>],
     opts: &MvtOptions,
 ) -> Result<EncodedTile> {
     // Fresh tables have no unused entries, so the renumber flag is false.
@@ -139,7 +141,7 @@ pub fn encode_tile(
 pub fn encode_tile_like(
     tile: TileId,
     layer: &str,
-    features: &[TileFeature],
+    features: &[impl Borrow<TileFeature>],
     opts: &MvtOptions,
     previous: &[u8],
 ) -> Result<EncodedTile> {
@@ -156,7 +158,7 @@ pub fn encode_tile_like(
 fn encode_with_tables(
     tile: TileId,
     layer: &str,
-    features: &[TileFeature],
+    features: &[impl Borrow<TileFeature>],
     opts: &MvtOptions,
     mut tables: Tables,
 ) -> Result<(EncodedTile, bool)> {
@@ -187,6 +189,7 @@ fn encode_with_tables(
     let mut dropped = 0usize;
 
     for f in features {
+        let f = f.borrow();
         if !ctx.may_touch(&f.geometry) {
             continue;
         }
@@ -802,8 +805,8 @@ mod tests {
             extent: 0,
             ..MvtOptions::default()
         };
-        assert!(encode_tile(tile, "x", &[], &bad).is_err());
-        assert!(encode_tile(tile, "", &[], &MvtOptions::default()).is_err());
+        assert!(encode_tile(tile, "x", &[] as &[TileFeature], &bad).is_err());
+        assert!(encode_tile(tile, "", &[] as &[TileFeature], &MvtOptions::default()).is_err());
     }
 
     #[test]
