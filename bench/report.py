@@ -421,8 +421,9 @@ if d:
           f"that includes the edit): p50 **{num(pl.get('p50'), 1)} ms**, p99 **{num(pl.get('p99'), 1)} ms** "
           f"(target: the 50 ms flush + 20 ms); {num(o['pushes_missed'])} (edit, client) pairs never saw one. "
           f"Server CPU {num(g(o, 'phase', 'server_cpu_s'), 2)} s in {num(g(o, 'phase', 'wall_s'), 1)} s: what "
-          "bounds this is rendering (each render reads its features from the store and parses their "
-          "GeoJSON geometry again), not the push of shared frames.")
+          "bounds this is rendering (projecting, clipping and simplifying each feature for each tile; a "
+          "re-render decodes only the features that changed, `tiles.decoded_features`), not the push "
+          "of shared frames.")
 else:
     w("- (no result; see Checks)")
 w("")

@@ -96,6 +96,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         )],
     );
     node.geofences.render_metrics(&mut text);
+    node.tiles.render_metrics(&mut text);
     (
         [(
             header::CONTENT_TYPE,

@@ -347,12 +347,12 @@ fn series(o: &mut String, name: &str, s: &[(&str, f64)]) {
     }
 }
 
-fn counter(o: &mut String, name: &str, help: &str, s: &[(&str, f64)]) {
+pub(crate) fn counter(o: &mut String, name: &str, help: &str, s: &[(&str, f64)]) {
     header(o, name, help, "counter");
     series(o, name, s);
 }
 
-fn gauge(o: &mut String, name: &str, help: &str, s: &[(&str, f64)]) {
+pub(crate) fn gauge(o: &mut String, name: &str, help: &str, s: &[(&str, f64)]) {
     header(o, name, help, "gauge");
     series(o, name, s);
 }

@@ -1020,6 +1020,61 @@ async fn a_layer_created_again_renders_its_new_features() {
     srv.shutdown().await;
 }
 
+/// One series of the node's `/metrics` (name with its labels, as printed).
+async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let (status, _, body) = get(addr, "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).expect("metrics are text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+/// A re-render after an edit decodes the edited feature only, and says so in `/metrics`.
+#[tokio::test]
+async fn a_re_render_decodes_only_the_edited_feature() {
+    let srv = TestServer::start().await;
+    let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;
+    let points = sample_points();
+    let n = points.len() as f64;
+    import(&mut ws, "pts", points).await;
+    let decoded = r#"geostream_tile_features_total{source="decoded"}"#;
+    let reused = r#"geostream_tile_features_total{source="reused"}"#;
+    let (status, _, _) = get(srv.addr, "/v1/tiles/pts/0/0/0.mvt", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            metric(srv.addr, decoded).await,
+            metric(srv.addr, reused).await
+        ),
+        (n, 0.0),
+        "the first render decodes every feature of the world tile"
+    );
+    ws.ok(
+        "feature.patch",
+        json!({"layer": "pts", "id": "sydney", "properties": {"pop": 1}}),
+    )
+    .await;
+    let (status, _, body) = get(srv.addr, "/v1/tiles/pts/0/0/0.mvt", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            metric(srv.addr, decoded).await,
+            metric(srv.addr, reused).await
+        ),
+        (n + 1.0, n - 1.0),
+        "the re-render decodes sydney only"
+    );
+    assert_eq!(metric(srv.addr, "geostream_tile_decoded_features").await, n);
+    assert_eq!(
+        metric(srv.addr, "geostream_tiles_rendered_total").await,
+        2.0
+    );
+    // And the reused features are in the tile, as they were.
+    assert!(body.windows(8).any(|w| w == b"Helsinki"));
+    srv.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input
 // ---------------------------------------------------------------------------------------------

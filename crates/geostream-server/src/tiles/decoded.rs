@@ -114,8 +114,7 @@ impl DecodedFeatures {
     }
 
     /// Features held, both generations.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         let g = self.inner.lock();
         g.newer_len + g.older.values().map(HashMap::len).sum::<usize>()
     }

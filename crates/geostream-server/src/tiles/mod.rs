@@ -91,6 +91,10 @@ pub struct TileStats {
     pub rendered_bytes: AtomicU64,
     /// Renders not cached because a change raced them.
     pub render_races: AtomicU64,
+    /// Features renders decoded from the store.
+    pub features_decoded: AtomicU64,
+    /// Features renders took already decoded from an earlier render.
+    pub features_reused: AtomicU64,
     /// `tile` pushes carrying a delta.
     pub pushed_deltas: AtomicU64,
     /// Bytes of those deltas.
@@ -380,6 +384,17 @@ impl Tiles {
         let previous = self.cache.latest(layer, t);
         let opts = self.mvt_options();
         let decoded = self.decoded.clone();
+        let reused = page
+            .rows
+            .iter()
+            .filter(|r| matches!(r, KnownRow::Known(_)))
+            .count();
+        self.stats
+            .features_reused
+            .fetch_add(reused as u64, Ordering::Relaxed);
+        self.stats
+            .features_decoded
+            .fetch_add((page.rows.len() - reused) as u64, Ordering::Relaxed);
         let encoded = tokio::task::spawn_blocking(move || {
             let features: Vec<Arc<TileFeature>> = page
                 .rows
@@ -579,6 +594,66 @@ impl Tiles {
         };
         self.cache.invalidate_older(layer, u.version, |x| x == t);
         self.subs.mark(layer, |x| x == t);
+    }
+
+    /// Appends the tile service's metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        use crate::metrics::{counter, gauge};
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        counter(
+            out,
+            "geostream_tiles_rendered_total",
+            "Vector tiles rendered from layers.",
+            &[("", n(&s.rendered))],
+        );
+        counter(
+            out,
+            "geostream_tile_render_seconds_total",
+            "Time spent rendering vector tiles (reading the features and encoding).",
+            &[("", n(&s.render_nanos) / 1e9)],
+        );
+        counter(
+            out,
+            "geostream_tile_render_races_total",
+            "Renders left uncached because a change committed while they read.",
+            &[("", n(&s.render_races))],
+        );
+        counter(
+            out,
+            "geostream_tile_features_total",
+            "Features read by renders: decoded from the store, or reused as decoded by an \
+             earlier render (tiles.decoded_features).",
+            &[
+                ("source=\"decoded\"", n(&s.features_decoded)),
+                ("source=\"reused\"", n(&s.features_reused)),
+            ],
+        );
+        gauge(
+            out,
+            "geostream_tile_decoded_features",
+            "Features kept decoded between renders.",
+            &[("", self.decoded.len() as f64)],
+        );
+        counter(
+            out,
+            "geostream_tile_pushes_total",
+            "Tile pushes to subscribers, by what they carried.",
+            &[
+                ("kind=\"delta\"", n(&s.pushed_deltas)),
+                ("kind=\"full\"", n(&s.pushed_full)),
+                ("kind=\"notice\"", n(&s.pushed_notices)),
+            ],
+        );
+        counter(
+            out,
+            "geostream_tile_push_bytes_total",
+            "Bytes of tiles and deltas pushed to subscribers.",
+            &[
+                ("kind=\"delta\"", n(&s.delta_bytes)),
+                ("kind=\"full\"", n(&s.full_bytes)),
+            ],
+        );
     }
 
     /// A layer was deleted: forget its tiles and end its tile subscriptions.
