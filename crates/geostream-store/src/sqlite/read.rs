@@ -253,18 +253,21 @@ fn filter_matches(filter: &Filter, f: &StoredFeature) -> bool {
     })
 }
 
-/// Visits a layer's features passing `bbox` and `filter`, in creation order, until `each`
-/// returns false. The R-tree narrows the candidates; the exact tests run here.
-/// The statement selecting [`FEATURE_COLUMNS`] of the features whose stored box may meet
-/// `boxes` (all of layer `layer_id` when `None`), in creation order, with its box arguments
-/// (none: then the layer id is the one argument). `None` when no feature can match.
-fn scan_sql(boxes: Option<&[BBox]>, layer_id: i64) -> Option<(String, Vec<f64>)> {
-    Some(match boxes {
+/// Visits the rows (selected with [`FEATURE_COLUMNS`]) of layer `layer_id` whose stored box
+/// may meet `boxes` (every row of the layer when `None`), in creation order, until `each`
+/// returns false. The R-tree narrows the candidates; callers make the exact tests.
+fn scan_rows(
+    conn: &Connection,
+    layer_id: i64,
+    boxes: Option<&[BBox]>,
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<bool>,
+) -> Result<()> {
+    let (sql, args) = match boxes {
         None => (
             format!("SELECT {FEATURE_COLUMNS} FROM features WHERE layer = ?1 ORDER BY ord"),
             Vec::new(),
         ),
-        Some([]) => return None,
+        Some([]) => return Ok(()),
         Some(parts) => {
             let table = rtree_table(layer_id);
             let mut sub = Vec::new();
@@ -284,19 +287,6 @@ fn scan_sql(boxes: Option<&[BBox]>, layer_id: i64) -> Option<(String, Vec<f64>)>
                 args,
             )
         }
-    })
-}
-
-fn scan(
-    conn: &Connection,
-    layer_id: i64,
-    bbox: Option<BBox>,
-    filter: Option<&Filter>,
-    mut each: impl FnMut(Feature) -> bool,
-) -> Result<()> {
-    let boxes = search_boxes(bbox, filter.and_then(Filter::bbox));
-    let Some((sql, args)) = scan_sql(boxes.as_deref(), layer_id) else {
-        return Ok(());
     };
     let mut st = conn.prepare_cached(&sql).map_err(db_err)?;
     let mut rows = if args.is_empty() {
@@ -306,20 +296,35 @@ fn scan(
     }
     .map_err(db_err)?;
     while let Some(row) = rows.next().map_err(db_err)? {
-        let f = StoredFeature::from_row(row)?;
-        if !passes_query_box(bbox, f.bbox) {
-            continue;
-        }
-        if let Some(filter) = filter
-            && !filter_matches(filter, &f)
-        {
-            continue;
-        }
-        if !each(f.feature) {
+        if !each(row)? {
             break;
         }
     }
     Ok(())
+}
+
+/// Visits a layer's features passing `bbox` and `filter`, in creation order, until `each`
+/// returns false.
+fn scan(
+    conn: &Connection,
+    layer_id: i64,
+    bbox: Option<BBox>,
+    filter: Option<&Filter>,
+    mut each: impl FnMut(Feature) -> bool,
+) -> Result<()> {
+    let boxes = search_boxes(bbox, filter.and_then(Filter::bbox));
+    scan_rows(conn, layer_id, boxes.as_deref(), |row| {
+        let f = StoredFeature::from_row(row)?;
+        if !passes_query_box(bbox, f.bbox) {
+            return Ok(true);
+        }
+        if let Some(filter) = filter
+            && !filter_matches(filter, &f)
+        {
+            return Ok(true);
+        }
+        Ok(each(f.feature))
+    })
 }
 
 pub(crate) fn query(conn: &mut Connection, layer: &str, q: &FeatureQuery) -> Result<QueryPage> {
@@ -363,26 +368,16 @@ pub(crate) fn query_known<T>(
         layer_created_ms: info.created_ms,
     };
     let boxes = search_boxes(Some(bbox), None);
-    let Some((sql, args)) = scan_sql(boxes.as_deref(), layer_id) else {
-        return Ok(page);
-    };
-    let mut st = tx.prepare_cached(&sql).map_err(db_err)?;
-    let mut rows = if args.is_empty() {
-        st.query([layer_id])
-    } else {
-        st.query(params_from_iter(args.iter()))
-    }
-    .map_err(db_err)?;
-    while let Some(row) = rows.next().map_err(db_err)? {
+    scan_rows(&tx, layer_id, boxes.as_deref(), |row| {
         // Only the id, the version and the box are read before deciding: the JSON columns
         // are neither copied nor parsed for a feature the caller holds.
         let (fid, version, stored_box) = row_key(row)?;
         if !passes_query_box(Some(bbox), stored_box) {
-            continue;
+            return Ok(true);
         }
         if page.rows.len() >= limit {
             page.truncated = true;
-            break;
+            return Ok(false);
         }
         let fid = fid.as_str().map_err(|e| corrupt("feature row", e))?;
         let key = KnownKey {
@@ -394,7 +389,8 @@ pub(crate) fn query_known<T>(
             Some(held) => KnownRow::Known(held),
             None => KnownRow::Fresh(Box::new(StoredFeature::from_row(row)?.feature)),
         });
-    }
+        Ok(true)
+    })?;
     Ok(page)
 }
 
