@@ -130,9 +130,9 @@ pub struct WebSocketConfig {
     pub max_concurrent_requests: usize,
     /// Most pipelined requests (edits and feature reads) one connection may have in flight;
     /// past it the server reads no further request from the connection until one finishes.
-    /// 1 handles a connection's requests one at a time. Default: 1 (the demo page's browser
-    /// test sees stale versions with 64, not yet understood; raise it for clients that
-    /// pipeline edits, such as importers).
+    /// 1 handles a connection's requests one at a time. Default: 1. Raise it for clients
+    /// that pipeline edits, such as importers. The TypeScript client and the demo page work
+    /// with 64 (their browser suite passes with it).
     pub max_inflight_requests: u32,
 }
 
