@@ -173,8 +173,9 @@ pub fn validate_geometry(
         f64::NEG_INFINITY,
     ];
     check_geometry(v, "geometry", limits, &mut count, &mut bbox, 0)?;
-    let g: Geometry =
-        serde_json::from_value(v.clone()).map_err(|e| InvalidFeature(format!("geometry: {e}")))?;
+    // Read from the borrowed value: a copy of the whole tree only to be consumed would cost
+    // an allocation per coordinate.
+    let g = Geometry::deserialize(v).map_err(|e| InvalidFeature(format!("geometry: {e}")))?;
     if count == 0 {
         // An empty collection or empty multi-geometry: valid GeoJSON, no extent.
         return Ok((g, [0.0, 0.0, 0.0, 0.0]));
@@ -335,6 +336,26 @@ fn check_position(
     Ok(())
 }
 
+/// The length of `v` as compact JSON, counted without building the text (`usize::MAX` if it
+/// cannot be written).
+pub fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// Validates properties: an object (or null, meaning `{}`) no larger than the limit.
 pub fn validate_properties(
     v: Option<&Value>,
@@ -343,7 +364,7 @@ pub fn validate_properties(
     match v {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => {
-            let n = serde_json::to_vec(m).map(|b| b.len()).unwrap_or(usize::MAX);
+            let n = json_len(m);
             if n > limits.max_property_bytes {
                 return invalid(format!(
                     "properties: {n} bytes of JSON; at most {} are allowed",

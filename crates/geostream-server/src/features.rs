@@ -131,7 +131,7 @@ pub fn patch_op(
         )),
     };
     if let Some(p) = &properties {
-        let n = serde_json::to_vec(p).map(|v| v.len()).unwrap_or(usize::MAX);
+        let n = feature::json_len(p);
         if n > limits.max_property_bytes {
             return Err(ServerError::new(
                 ErrorCode::InvalidFeature,

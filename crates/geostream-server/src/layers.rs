@@ -11,12 +11,21 @@ use std::time::Duration;
 use geostream_broker::Broker;
 use geostream_core::api::{ClientInfo, LockInfo, LockPush};
 use geostream_core::bus::BusEvent;
+use geostream_core::feature::Change;
 use geostream_hub::{Hub, LOCK_HOLDERS};
-use geostream_store::{Holder, LayerInfo, LayerSpec, Lock, Store, WriteOutcome, WriteRequest};
+use geostream_store::{Holder, LayerInfo, LayerSpec, Lock, Store, WriteRequest};
 
 use crate::backends::{AnyStore, NodeStreams};
 use crate::config::LayersConfig;
 use crate::error::{Result, ServerError};
+
+/// An applied edit: [`geostream_store::WriteOutcome`] with its changes shared.
+pub struct Applied {
+    /// One change per operation, in order.
+    pub changes: Vec<Arc<Change>>,
+    /// True when the request repeated an already applied `op_id`.
+    pub replayed: bool,
+}
 
 /// Layer operations of this node.
 pub struct Layers {
@@ -69,14 +78,18 @@ impl Layers {
         Ok(())
     }
 
-    /// Applies an edit durably, then publishes its changes.
-    pub async fn apply(&self, req: WriteRequest) -> Result<WriteOutcome> {
+    /// Applies an edit durably, then publishes its changes. The changes are shared with the
+    /// pushes made of them rather than copied (each holds a feature before and after).
+    pub async fn apply(&self, req: WriteRequest) -> Result<Applied> {
         let outcome = self.store.apply(req).await?;
-        if !outcome.replayed && !outcome.changes.is_empty() {
-            let changes = outcome.changes.iter().cloned().map(Arc::new).collect();
-            self.streams.publish_changes(changes).await;
+        let changes: Vec<Arc<Change>> = outcome.changes.into_iter().map(Arc::new).collect();
+        if !outcome.replayed && !changes.is_empty() {
+            self.streams.publish_changes(changes.clone()).await;
         }
-        Ok(outcome)
+        Ok(Applied {
+            changes,
+            replayed: outcome.replayed,
+        })
     }
 
     /// Locks features for `holder` (at most `layers.max_lock_ttl_ms`) and tells every node.

@@ -659,6 +659,7 @@ async fn write(
         .changes
         .into_iter()
         .next()
+        .map(Arc::unwrap_or_clone)
         .ok_or_else(|| ServerError::Internal("a write produced no change".into()))?;
     Ok((change, replayed))
 }

@@ -1070,6 +1070,27 @@ async fn a_re_render_decodes_only_the_edited_feature() {
         metric(srv.addr, "geostream_tiles_rendered_total").await,
         2.0
     );
+    // The tile cache: both renders were misses (the edit invalidated the first); the same
+    // tile asked again is a hit, and the bytes held are the tile's at least.
+    let hit = r#"geostream_tile_cache_lookups_total{result="hit"}"#;
+    let miss = r#"geostream_tile_cache_lookups_total{result="miss"}"#;
+    assert_eq!(
+        (metric(srv.addr, hit).await, metric(srv.addr, miss).await),
+        (0.0, 2.0)
+    );
+    let (status, _, again) = get(srv.addr, "/v1/tiles/pts/0/0/0.mvt", &[]).await;
+    assert_eq!((status, &again), (200, &body));
+    assert_eq!(
+        (metric(srv.addr, hit).await, metric(srv.addr, miss).await),
+        (1.0, 2.0)
+    );
+    assert_eq!(
+        metric(srv.addr, "geostream_tiles_rendered_total").await,
+        2.0,
+        "a hit renders nothing"
+    );
+    assert!(metric(srv.addr, "geostream_tile_cache_bytes").await >= body.len() as f64);
+    assert!(metric(srv.addr, "geostream_tile_cache_tiles").await >= 1.0);
     // And the reused features are in the tile, as they were.
     assert!(body.windows(8).any(|w| w == b"Helsinki"));
     srv.shutdown().await;

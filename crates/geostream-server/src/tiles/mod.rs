@@ -629,6 +629,29 @@ impl Tiles {
                 ("source=\"reused\"", n(&s.features_reused)),
             ],
         );
+        let cache = self.cache.stats();
+        counter(
+            out,
+            "geostream_tile_cache_lookups_total",
+            "Tile lookups in the tile cache: a current version found (hit), or none (miss: \
+             rendered, or read from a raster source).",
+            &[
+                ("result=\"hit\"", cache.hits as f64),
+                ("result=\"miss\"", cache.misses as f64),
+            ],
+        );
+        gauge(
+            out,
+            "geostream_tile_cache_bytes",
+            "Bytes of tiles held by the tile cache (bounded by tiles.cache_bytes).",
+            &[("", cache.bytes as f64)],
+        );
+        gauge(
+            out,
+            "geostream_tile_cache_tiles",
+            "Tiles held by the tile cache (current versions and the history kept for deltas).",
+            &[("", cache.tiles as f64)],
+        );
         gauge(
             out,
             "geostream_tile_decoded_features",

@@ -134,6 +134,13 @@ pub(crate) struct Writer {
     data_version: i64,
 }
 
+/// What an edit needs of a stored feature's row besides the feature itself.
+struct Stored {
+    ord: i64,
+    bbox: Option<BBox>,
+    geometry_json: Option<String>,
+}
+
 /// Most features the writer keeps in memory (a few megabytes).
 const FEATURE_CACHE: usize = 8192;
 
@@ -181,15 +188,6 @@ impl Writer {
             .insert(f.feature.id.clone(), f);
         if old.is_none() {
             self.cached += 1;
-        }
-    }
-
-    /// Drops a feature from the cache (it was deleted).
-    fn forget(&mut self, layer: i64, id: &str) {
-        if let Some(m) = self.features.get_mut(&layer)
-            && m.remove(id).is_some()
-        {
-            self.cached -= 1;
         }
     }
 
@@ -578,9 +576,26 @@ impl Writer {
     /// One operation: read what the planner needs, let it decide, write what it decided.
     fn op(&mut self, layer: &mut LayerRow, op: WriteOp, w: plan::Writer<'_>) -> Result<Change> {
         let id = plan::target(&op)?;
-        let stored = self.load(layer.id, &id)?;
+        // Taken out of the cache, not copied: the planner keeps the feature as the change's
+        // `old` side, and a successful write puts the new one back.
+        let stored = self.take(layer.id, &id)?;
         let lock = self.live_lock(layer.id, &id, w.now)?;
-        let current = stored.as_ref().map(|s| (s.feature.clone(), s.bbox));
+        let (current, stored) = match stored {
+            Some(StoredFeature {
+                ord,
+                feature,
+                bbox,
+                geometry_json,
+            }) => (
+                Some((feature, bbox)),
+                Some(Stored {
+                    ord,
+                    bbox,
+                    geometry_json,
+                }),
+            ),
+            None => (None, None),
+        };
         let planned = plan::plan(
             op,
             id,
@@ -613,10 +628,12 @@ impl Writer {
         Ok(planned.change)
     }
 
-    /// The feature as stored, from the cache or the database.
-    fn load(&mut self, layer: i64, id: &str) -> Result<Option<StoredFeature>> {
-        if let Some(f) = self.features.get(&layer).and_then(|m| m.get(id)) {
-            return Ok(Some(f.clone()));
+    /// The feature as stored, taken from the cache (the caller puts back what it writes)
+    /// or read from the database.
+    fn take(&mut self, layer: i64, id: &str) -> Result<Option<StoredFeature>> {
+        if let Some(f) = self.features.get_mut(&layer).and_then(|m| m.remove(id)) {
+            self.cached -= 1;
+            return Ok(Some(f));
         }
         let found = {
             let mut st = self
@@ -629,9 +646,6 @@ impl Writer {
                 None => None,
             }
         };
-        if let Some(f) = &found {
-            self.remember(layer, f.clone());
-        }
         Ok(found)
     }
 
@@ -676,7 +690,7 @@ impl Writer {
         Ok(())
     }
 
-    fn update(&mut self, layer: i64, current: StoredFeature, planned: &Planned) -> Result<()> {
+    fn update(&mut self, layer: i64, current: Stored, planned: &Planned) -> Result<()> {
         let c = &planned.change;
         let new = c
             .new
@@ -686,7 +700,7 @@ impl Writer {
         let geometry_json = if c.geometry_changed {
             planned.geometry_json.clone()
         } else {
-            current.geometry_json.clone()
+            current.geometry_json
         };
         let properties_json = plan::to_json(&new.properties)?;
         let [minx, miny, maxx, maxy] = bbox.map(|b| b.map(Some)).unwrap_or_default();
@@ -712,13 +726,13 @@ impl Writer {
         Ok(())
     }
 
-    fn delete(&mut self, layer: i64, current: StoredFeature) -> Result<()> {
+    fn delete(&mut self, layer: i64, current: Stored) -> Result<()> {
         self.conn
             .prepare_cached("DELETE FROM features WHERE ord = ?1")
             .and_then(|mut s| s.execute([current.ord]))
             .map_err(db_err)?;
+        // Already out of the cache (taken by `op`).
         self.rtree_set(layer, current.ord, current.bbox, None)?;
-        self.forget(layer, &current.feature.id);
         Ok(())
     }
 
