@@ -15,6 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
 /// A WebSocket connection to the server.
@@ -71,6 +72,12 @@ pub(crate) fn require_loopback(addr: &SocketAddr) -> Result<(), String> {
     }
 }
 
+/// Each connection's read buffer, as the shared peer harness's load generator has it.
+/// tungstenite's default (128 KiB) is zero-filled before every socket read: with it, half of
+/// this process's CPU went to `memset` while 1,000 subscribers read 20 broadcasts a second,
+/// and the latency it reported was the load generator's own queueing (see BENCHMARKS.md).
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 async fn connect(addr: SocketAddr, src: Ipv4Addr, enc: Encoding) -> Result<Ws, String> {
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     sock.bind(SocketAddr::new(src.into(), 0))
@@ -89,7 +96,8 @@ async fn connect(addr: SocketAddr, src: Ipv4Addr, enc: Encoding) -> Result<Ws, S
         "sec-websocket-protocol",
         HeaderValue::from_static(enc.subprotocol()),
     );
-    let (ws, resp) = tokio_tungstenite::client_async(req, stream)
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    let (ws, resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
     let chosen = resp

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Why a remote call failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,10 @@ impl Remote {
                 .map_err(|_| RemoteError::Connection("the token is not a valid header".into()))?;
             req.headers_mut().insert("authorization", v);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req)
+        // A small read buffer: tungstenite zero-fills all of it before every socket read
+        // (128 KiB by default), which dominated the CPU of clients receiving small frames.
+        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
             .await
             .map_err(|e| RemoteError::Connection(format!("{url}: {e}")))?;
         let (mut sink, mut stream) = ws.split();
