@@ -429,7 +429,7 @@ if d:
           f"(target: the 50 ms flush + 20 ms); {num(o['pushes_missed'])} (edit, client) pairs never saw one. "
           f"Server CPU {num(g(o, 'phase', 'server_cpu_s'), 2)} s in {num(g(o, 'phase', 'wall_s'), 1)} s: what "
           "bounds this is rendering (projecting, clipping and simplifying each feature for each tile; a "
-          "re-render decodes only the features that changed, `tiles.decoded_features`), not the push "
+          "re-render decodes only the features that changed, `tiles.decoded_bytes`), not the push "
           "of shared frames.")
 else:
     w("- (no result; see Checks)")

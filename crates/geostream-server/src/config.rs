@@ -636,10 +636,11 @@ pub struct TilesConfig {
     pub buffer: u32,
     /// Most features in one vector tile (the first ones in creation order). Default: 20000.
     pub max_features: usize,
-    /// Features kept decoded between vector tile renders, so re-rendering a tile after an
-    /// edit parses only the features that changed (about 1 KiB each plus their vertices, 16
-    /// bytes a vertex). 0 decodes every feature on every render. Default: 100000.
-    pub decoded_features: usize,
+    /// Bytes of features kept decoded between vector tile renders, so re-rendering a tile
+    /// after an edit parses only the features that changed. Each feature counts its vertices
+    /// (16 bytes each) and properties. 0 decodes every feature on every render. Default:
+    /// 67108864 (64 MiB).
+    pub decoded_bytes: usize,
     /// Highest zoom level served for vector layers (at most 22). Default: 22.
     pub max_zoom: u8,
     /// How long changes to subscribed tiles are gathered before they are pushed, in
@@ -663,7 +664,7 @@ impl Default for TilesConfig {
             extent: 4096,
             buffer: 64,
             max_features: 20_000,
-            decoded_features: 100_000,
+            decoded_bytes: 64 << 20,
             max_zoom: 22,
             flush_ms: 50,
             max_tiles_per_subscription: 256,

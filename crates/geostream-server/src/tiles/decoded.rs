@@ -8,9 +8,11 @@
 //! Entries are keyed by layer and feature id and hold one state, named by the layer's creation
 //! time and the feature's version (a layer deleted and created again counts versions afresh):
 //! a later state read from the store replaces the entry, and a render is only ever given the
-//! state the store returned for it. Bounded by a count of features: two generations, the older dropped whole
-//! when the newer fills, and an entry read from the older is moved to the newer (so what
-//! renders keep touching stays).
+//! state the store returned for it. Bounded in bytes (each entry's estimate, from its vertices
+//! and properties: a layer of large polygons must not hold what a count of small points would
+//! allow): two generations, the older dropped whole when the newer fills half the budget,
+//! and an entry read from the older is moved to the newer (so what renders keep touching
+//! stays).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,30 +28,46 @@ pub(crate) type Decoded = Option<Arc<TileFeature>>;
 /// states compare greater.
 pub(crate) type State = (u64, u64);
 
-/// Feature id → (state, decoded feature).
-type Generation = HashMap<String, (State, Decoded)>;
+/// What the cache holds of a feature.
+struct Entry {
+    state: State,
+    decoded: Decoded,
+    /// Its estimated size, charged to the generation holding it.
+    bytes: usize,
+}
+
+/// Feature id → entry.
+type Generation = HashMap<String, Entry>;
 
 #[derive(Default)]
 struct Generations {
     newer: HashMap<Arc<str>, Generation>,
     older: HashMap<Arc<str>, Generation>,
-    newer_len: usize,
+    newer_bytes: usize,
+    older_bytes: usize,
 }
 
 /// The cache, shared by every render on the node.
 pub(crate) struct DecodedFeatures {
     inner: Mutex<Generations>,
-    /// Entries in the newer generation before it becomes the older one.
+    /// Bytes in the newer generation before it becomes the older one.
     generation: usize,
 }
 
+/// What an entry costs besides the feature: its id, the map slot, the `Arc`.
+const ENTRY_OVERHEAD: usize = 96;
+
+fn entry_bytes(id: &str, decoded: &Decoded) -> usize {
+    ENTRY_OVERHEAD + id.len() + decoded.as_ref().map_or(0, |f| f.approx_bytes())
+}
+
 impl DecodedFeatures {
-    /// A cache holding at most about `capacity` features (between `capacity / 2` and
-    /// `capacity`); 0 keeps nothing.
-    pub(crate) fn new(capacity: usize) -> DecodedFeatures {
+    /// A cache holding at most about `budget` bytes of features (between half and all of
+    /// it once full); 0 keeps nothing.
+    pub(crate) fn new(budget: usize) -> DecodedFeatures {
         DecodedFeatures {
             inner: Mutex::new(Generations::default()),
-            generation: capacity / 2,
+            generation: budget / 2,
         }
     }
 
@@ -66,17 +84,18 @@ impl DecodedFeatures {
             return None;
         }
         let mut g = self.inner.lock();
-        if let Some((v, d)) = g.newer.get(layer).and_then(|l| l.get(id))
-            && *v == state
+        if let Some(e) = g.newer.get(layer).and_then(|l| l.get(id))
+            && e.state == state
         {
-            return Some(d.clone());
+            return Some(e.decoded.clone());
         }
         let layer_key = g.older.get_key_value(layer)?.0.clone();
         let entry = g.older.get_mut(layer)?.remove(id)?;
-        if entry.0 != state {
+        g.older_bytes -= entry.bytes;
+        if entry.state != state {
             return None;
         }
-        let d = entry.1.clone();
+        let d = entry.decoded.clone();
         g.put(layer_key, id.to_owned(), entry, self.generation);
         Some(d)
     }
@@ -87,53 +106,64 @@ impl DecodedFeatures {
         if self.generation == 0 {
             return;
         }
+        let bytes = entry_bytes(id, &decoded);
+        if bytes > self.generation {
+            return; // larger than half the budget: never worth a generation
+        }
         let mut g = self.inner.lock();
-        if let Some((v, _)) = g.newer.get(&**layer).and_then(|l| l.get(id))
-            && *v >= state
+        if let Some(e) = g.newer.get(&**layer).and_then(|l| l.get(id))
+            && e.state >= state
         {
             return;
         }
-        if let Some(older) = g.older.get_mut(&**layer) {
-            older.remove(id);
+        if let Some(old) = g.older.get_mut(&**layer).and_then(|l| l.remove(id)) {
+            g.older_bytes -= old.bytes;
         }
-        g.put(
-            layer.clone(),
-            id.to_owned(),
-            (state, decoded),
-            self.generation,
-        );
+        let entry = Entry {
+            state,
+            decoded,
+            bytes,
+        };
+        g.put(layer.clone(), id.to_owned(), entry, self.generation);
     }
 
     /// Forgets a layer (deleted).
     pub(crate) fn forget_layer(&self, layer: &str) {
         let mut g = self.inner.lock();
         if let Some(l) = g.newer.remove(layer) {
-            g.newer_len -= l.len();
+            g.newer_bytes -= l.values().map(|e| e.bytes).sum::<usize>();
         }
-        g.older.remove(layer);
+        if let Some(l) = g.older.remove(layer) {
+            g.older_bytes -= l.values().map(|e| e.bytes).sum::<usize>();
+        }
     }
 
     /// Features held, both generations.
     pub(crate) fn len(&self) -> usize {
         let g = self.inner.lock();
-        g.newer_len + g.older.values().map(HashMap::len).sum::<usize>()
+        g.newer
+            .values()
+            .chain(g.older.values())
+            .map(HashMap::len)
+            .sum()
+    }
+
+    /// Estimated bytes held, both generations.
+    pub(crate) fn bytes(&self) -> usize {
+        let g = self.inner.lock();
+        g.newer_bytes + g.older_bytes
     }
 }
 
 impl Generations {
-    fn put(&mut self, layer: Arc<str>, id: String, entry: (State, Decoded), generation: usize) {
-        if self.newer_len >= generation {
+    fn put(&mut self, layer: Arc<str>, id: String, entry: Entry, generation: usize) {
+        if self.newer_bytes + entry.bytes > generation {
             self.older = std::mem::take(&mut self.newer);
-            self.newer_len = 0;
+            self.older_bytes = std::mem::take(&mut self.newer_bytes);
         }
-        if self
-            .newer
-            .entry(layer)
-            .or_default()
-            .insert(id, entry)
-            .is_none()
-        {
-            self.newer_len += 1;
+        self.newer_bytes += entry.bytes;
+        if let Some(old) = self.newer.entry(layer).or_default().insert(id, entry) {
+            self.newer_bytes -= old.bytes;
         }
     }
 }
@@ -153,7 +183,7 @@ mod tests {
 
     #[test]
     fn holds_one_state_and_only_moves_forward() {
-        let c = DecodedFeatures::new(100);
+        let c = DecodedFeatures::new(1 << 20);
         let layer: Arc<str> = "roads".into();
         c.insert(&layer, (7, 2), "a", feature(2));
         assert_eq!(c.get("roads", 7, "a", 2), Some(feature(2)));
@@ -190,7 +220,9 @@ mod tests {
 
     #[test]
     fn bounded_and_keeps_what_is_read() {
-        let c = DecodedFeatures::new(10);
+        // Room for ten points with one-letter ids (two generations of five).
+        let one = entry_bytes("0", &feature(0));
+        let c = DecodedFeatures::new(10 * one);
         let layer: Arc<str> = "l".into();
         for n in 0..5 {
             c.insert(&layer, (1, 1), &n.to_string(), feature(n));
@@ -210,8 +242,42 @@ mod tests {
         );
         assert_eq!(c.get("l", 1, "1", 1), None, "not read, dropped");
         assert!(c.len() <= 10, "{} held", c.len());
+        assert!(c.bytes() <= 10 * one, "{} bytes held", c.bytes());
         let none = DecodedFeatures::new(0);
         none.insert(&layer, (1, 1), "a", feature(1));
         assert_eq!(none.get("l", 1, "a", 1), None, "capacity 0 keeps nothing");
+    }
+
+    #[test]
+    fn large_features_count_by_their_size() {
+        let one = entry_bytes("p", &feature(0));
+        let c = DecodedFeatures::new(40 * one);
+        let layer: Arc<str> = "l".into();
+        // A ring of 1,000 vertices weighs far more than a point: 16 bytes a vertex.
+        let ring: Vec<(f64, f64)> = (0..1000)
+            .map(|i| {
+                let a = i as f64 / 1000.0 * std::f64::consts::TAU;
+                (a.cos(), a.sin())
+            })
+            .collect();
+        let big = Some(Arc::new(TileFeature {
+            id: None,
+            geometry: geo::Geometry::Polygon(geo::Polygon::new(ring.into(), vec![])),
+            properties: Default::default(),
+        }));
+        assert!(entry_bytes("big", &big) > 16_000);
+        c.insert(&layer, (1, 1), "big", big);
+        assert_eq!(
+            c.get("l", 1, "big", 1),
+            None,
+            "larger than a generation: not kept"
+        );
+        for n in 0..30 {
+            c.insert(&layer, (1, 1), &format!("p{n}"), feature(n));
+        }
+        assert!(c.bytes() <= 40 * one + 30, "{} bytes held", c.bytes());
+        assert!(c.len() >= 19, "points fill the budget: {} held", c.len());
+        c.forget_layer("l");
+        assert_eq!((c.len(), c.bytes()), (0, 0));
     }
 }

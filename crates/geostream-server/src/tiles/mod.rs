@@ -299,7 +299,7 @@ impl Tiles {
         Ok(Tiles {
             store,
             cache: TileCache::new(cfg.cache_bytes, cfg.history),
-            decoded: Arc::new(decoded::DecodedFeatures::new(cfg.decoded_features)),
+            decoded: Arc::new(decoded::DecodedFeatures::new(cfg.decoded_bytes)),
             cfg,
             rasters,
             recent: Mutex::new(HashMap::new()),
@@ -623,7 +623,7 @@ impl Tiles {
             out,
             "geostream_tile_features_total",
             "Features read by renders: decoded from the store, or reused as decoded by an \
-             earlier render (tiles.decoded_features).",
+             earlier render (tiles.decoded_bytes).",
             &[
                 ("source=\"decoded\"", n(&s.features_decoded)),
                 ("source=\"reused\"", n(&s.features_reused)),
@@ -657,6 +657,12 @@ impl Tiles {
             "geostream_tile_decoded_features",
             "Features kept decoded between renders.",
             &[("", self.decoded.len() as f64)],
+        );
+        gauge(
+            out,
+            "geostream_tile_decoded_bytes",
+            "Estimated bytes of the features kept decoded (bounded by tiles.decoded_bytes).",
+            &[("", self.decoded.bytes() as f64)],
         );
         counter(
             out,
