@@ -173,6 +173,13 @@ impl Filter {
     fn spatial_matches(&self, f: &FeatureRef<'_>) -> bool {
         match (&self.spatial, f.geometry) {
             (None, _) => true,
+            // The feature's box (covering its geometry) far from the filter's: no walk of the
+            // geometry's vertices.
+            (Some(SpatialFilter::BBox(b)), Some(_))
+                if f.bbox.is_some_and(|fb| spatial::bboxes_disjoint(*b, fb)) =>
+            {
+                false
+            }
             (Some(s), Some(g)) => s.intersects(g),
             (Some(_), None) => false,
         }

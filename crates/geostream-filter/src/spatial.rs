@@ -111,7 +111,12 @@ impl SpatialFilter {
     /// Whether the geometry touches the region (boundaries included).
     pub fn intersects(&self, g: &Geometry<f64>) -> bool {
         match self {
-            Self::BBox(b) => split_bbox(*b).iter().any(|r| to_rect(*r).intersects(g)),
+            // Without `split_bbox`'s allocation: this runs for every candidate subscription of
+            // every change routed.
+            Self::BBox(b) if b[0] <= b[2] => rect_hits(*b, g),
+            Self::BBox(b) => {
+                rect_hits([b[0], b[1], 180.0, b[3]], g) || rect_hits([-180.0, b[1], b[2], b[3]], g)
+            }
             Self::Polygon(mp) => mp.intersects(g),
             Self::Circle { center, radius_m } => {
                 circle_hits_geometry(*center, radius_m / EARTH_RADIUS_M, g)
@@ -167,6 +172,37 @@ pub(crate) fn split_bbox(b: [f64; 4]) -> Vec<[f64; 4]> {
         vec![b]
     } else {
         vec![[b[0], b[1], 180.0, b[3]], [-180.0, b[1], b[2], b[3]]]
+    }
+}
+
+/// Whether `g` touches the box `r` (`minx <= maxx`), boundary included. A point, the
+/// commonest geometry of moving objects, is four comparisons.
+fn rect_hits(r: [f64; 4], g: &Geometry<f64>) -> bool {
+    match g {
+        Geometry::Point(p) => r[0] <= p.x() && p.x() <= r[2] && r[1] <= p.y() && p.y() <= r[3],
+        _ => to_rect(r).intersects(g),
+    }
+}
+
+/// Whether two boxes (each `minx <= maxx`, or crossing the antimeridian) have no point in
+/// common.
+pub(crate) fn bboxes_disjoint(a: [f64; 4], b: [f64; 4]) -> bool {
+    let (a1, a2) = halves(a);
+    let (b1, b2) = halves(b);
+    ![Some(a1), a2].into_iter().flatten().any(|x| {
+        [Some(b1), b2]
+            .into_iter()
+            .flatten()
+            .any(|y| boxes_overlap(x, y))
+    })
+}
+
+/// A box as one or two with `minx <= maxx`, without allocating.
+fn halves(b: [f64; 4]) -> ([f64; 4], Option<[f64; 4]>) {
+    if b[0] <= b[2] {
+        (b, None)
+    } else {
+        ([b[0], b[1], 180.0, b[3]], Some([-180.0, b[1], b[2], b[3]]))
     }
 }
 
@@ -891,5 +927,42 @@ mod tests {
         .unwrap();
         assert_eq!(to_wkt(&g), "MULTIPOLYGON(((0 0,1.5 0,1 1,0 0)))");
         assert_eq!(to_wkt(&pt(-1.25, 3.0)), "POINT(-1.25 3)");
+    }
+
+    proptest::proptest! {
+        /// The allocation-free box test and the disjoint-box rejection agree with the plain
+        /// `geo` test over the box's parts, for points (boundaries included: coordinates are
+        /// drawn from a coarse grid so they land on edges often), lines and boxes crossing
+        /// the antimeridian.
+        #[test]
+        fn box_fast_paths_agree_with_geo(
+            b in (0i32..36, -9i32..9, 0i32..36, 0i32..9),
+            p in (-36i32..36, -9i32..9),
+            q in (-36i32..36, -9i32..9),
+            line in proptest::bool::ANY,
+        ) {
+            let (x0, y0, x1, dy) = b;
+            let bbox = [x0 as f64 * 5.0 - 90.0, y0 as f64 * 10.0, x1 as f64 * 5.0 - 90.0, (y0 + dy) as f64 * 10.0];
+            let (px, py) = (p.0 as f64 * 5.0, p.1 as f64 * 10.0);
+            let (qx, qy) = (q.0 as f64 * 5.0, q.1 as f64 * 10.0);
+            let g = if line {
+                Geometry::LineString(vec![(px, py), (qx, qy)].into())
+            } else {
+                pt(px, py)
+            };
+            let f = SpatialFilter::BBox(bbox);
+            let plain = split_bbox(bbox).iter().any(|r| to_rect(*r).intersects(&g));
+            proptest::prop_assert_eq!(f.intersects(&g), plain);
+            let gb = if line {
+                [px.min(qx), py.min(qy), px.max(qx), py.max(qy)]
+            } else {
+                [px, py, px, py]
+            };
+            let overlap = split_bbox(bbox).iter().any(|r| boxes_overlap(*r, gb));
+            proptest::prop_assert_eq!(bboxes_disjoint(bbox, gb), !overlap);
+            if bboxes_disjoint(bbox, gb) {
+                proptest::prop_assert!(!plain, "disjoint boxes, yet the geometry touches");
+            }
+        }
     }
 }
