@@ -848,8 +848,11 @@ async fn webhooks_get_every_event_through_failures_and_an_outage_without_slowing
         if channel(addr, "plain").await.1.len() == before + 20 {
             break;
         }
+        // The receiver comes back only after this loop: an evaluator that waited on the
+        // webhook would never get here. The bound is loose so that a loaded machine (the
+        // whole suite on 2 cores, where 2 s once ran out) does not fail it.
         assert!(
-            t.elapsed() < Duration::from_secs(2),
+            t.elapsed() < Duration::from_secs(10),
             "the other fence was slowed down by the webhook's outage"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -289,6 +289,15 @@ async fn the_binary_serves_the_built_in_page_from_an_empty_directory() {
         .spawn()
         .expect("start geostream");
     let stderr = child.stderr.take().unwrap();
+    // Killed however the test ends: a failed assertion must not leave the server running.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = KillOnDrop(child);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let log = std::thread::spawn(move || {
         let mut r = BufReader::new(stderr);
@@ -423,8 +432,7 @@ async fn the_binary_serves_the_built_in_page_from_an_empty_directory() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["numberReturned"], 177);
 
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(child);
     let log = log.join().unwrap();
     assert!(log.contains("Loaded the basemap layer"), "{log}");
     assert!(
