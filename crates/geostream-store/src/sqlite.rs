@@ -23,15 +23,16 @@
 //!   when the WAL grows long it asks the writer to checkpoint the last few frames itself
 //!   between two groups, which lets SQLite rewind the WAL instead of growing it.
 //!
-//! # Schema (version 2, kept in `PRAGMA user_version`)
+//! # Schema (version 4, kept in `PRAGMA user_version`)
 //!
 //! * `layers(id, name, title, description, last_writer_wins, seq, count, created_ms)`:
 //!   `seq` is the layer's last sequence number, incremented inside the writing transaction,
 //!   so sequence numbers are gap-free and ordered.
 //! * `features(ord, layer, fid, version, updated_ms, geometry, properties, minx..maxy)`:
 //!   `ord` (the rowid) gives the creation order; geometry and properties are JSON text.
-//! * `rtree_<layer id>`: one SQLite R*Tree per layer over the features' bounding boxes
-//!   (features without geometry are not in it).
+//! * `rtree_<layer id>`: one SQLite R*Tree per layer over the features' bounding boxes,
+//!   rounded outwards to a grid of 1/1024 degree so that a feature moving inside its cells
+//!   does not rewrite its entry (features without geometry are not in it).
 //! * `changes(id, layer, seq, body)`: the change log, one row per accepted operation, the
 //!   [`Change`] (with the old and new feature) as JSON, appended in rowid order and found
 //!   by a unique index on `(layer, seq)`; pruned to [`SqliteOptions::change_retention`]
@@ -43,6 +44,9 @@
 //!   `meta(key, value)` keeps the batch mark.
 //! * `tiles(layer, z, x, y, version, data)`: uploaded raster tiles ([`TileStore`]), written
 //!   by the writer thread in its group commits like every other mutation.
+//! * `fences(name, body)`, `fence_cursors(layer, seq)` and `fence_lease(id, holder,
+//!   until_ms)`: geofence definitions, how far each watched layer was evaluated, and the
+//!   evaluator's lease ([`FenceStore`]).
 //!
 //! Every pragma, table and index choice is explained where it is made (`schema.rs` and
 //! [`SqliteStore::open`]).

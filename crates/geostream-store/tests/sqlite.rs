@@ -376,3 +376,142 @@ async fn writes_by_another_connection_are_seen() {
         Some(json!({"k": 1}).as_object().cloned().unwrap_or_default())
     );
 }
+
+fn move_to(id: &str, version: u64, x: f64, y: f64) -> WriteOp {
+    let geometry = geojson::Geometry::new(geojson::Value::Point(vec![x, y]));
+    WriteOp::Patch {
+        id: id.into(),
+        properties: None,
+        geometry: Some(Some((geometry, [x, y, x, y]))),
+        expected: Some(version),
+    }
+}
+
+/// The layer's R-tree rows, as stored: (ord, [minx, miny, maxx, maxy]).
+fn rtree_rows(path: &std::path::Path) -> Vec<[f64; 4]> {
+    let raw = rusqlite::Connection::open(path).expect("raw open");
+    let table: String = raw
+        .query_row("SELECT 'rtree_' || id FROM layers", [], |r| r.get(0))
+        .expect("layer");
+    raw.prepare(&format!("SELECT minx, miny, maxx, maxy FROM {table}"))
+        .expect("prepare")
+        .query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))
+        .expect("rows")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows")
+}
+
+async fn ids_in(s: &SqliteStore, bbox: [f64; 4]) -> Vec<String> {
+    let q = FeatureQuery {
+        bbox: Some(bbox),
+        limit: 10,
+        ..Default::default()
+    };
+    let page = s.query("l", q).await.expect("query");
+    page.features.into_iter().map(|f| f.id).collect()
+}
+
+#[tokio::test]
+async fn the_rtree_keeps_grid_cells_and_queries_stay_exact() {
+    const CELL: f64 = 1.0 / 1024.0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open(&path, SqliteOptions::default()).expect("open");
+    s.create_layer(layer("l")).await.expect("layer");
+    s.apply(request("l", vec![create("a", 10.0001, 20.0001)], None))
+        .await
+        .expect("create");
+    let cell = [
+        10240.0 * CELL,
+        20480.0 * CELL,
+        10241.0 * CELL,
+        20481.0 * CELL,
+    ];
+    assert_eq!(
+        rtree_rows(&path),
+        vec![cell],
+        "the entry is the point's grid cell"
+    );
+
+    // Mark the entry: a move inside the cell must leave it alone, a move out must replace it.
+    let marked = [10.0, 20.0, 10.5, 20.5];
+    let raw = rusqlite::Connection::open(&path).expect("raw open");
+    raw.execute(
+        "UPDATE rtree_1 SET minx = ?1, miny = ?2, maxx = ?3, maxy = ?4",
+        marked,
+    )
+    .expect("mark");
+    drop(raw);
+    s.apply(request("l", vec![move_to("a", 1, 10.0003, 20.0002)], None))
+        .await
+        .expect("move inside the cell");
+    assert_eq!(
+        rtree_rows(&path),
+        vec![marked],
+        "a move inside the cell writes nothing"
+    );
+    // The answers come from the exact box: in the cell but off the point is a miss.
+    assert!(
+        ids_in(&s, [10.00035, 20.0, 10.0009, 20.0009])
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ids_in(&s, [10.0002, 20.0001, 10.0004, 20.0003]).await,
+        ["a"]
+    );
+
+    s.apply(request("l", vec![move_to("a", 2, 10.0011, 20.0002)], None))
+        .await
+        .expect("move to the next cell");
+    let next = [
+        10241.0 * CELL,
+        20480.0 * CELL,
+        10242.0 * CELL,
+        20481.0 * CELL,
+    ];
+    assert_eq!(rtree_rows(&path), vec![next]);
+    assert_eq!(ids_in(&s, [10.001, 20.0, 10.0012, 20.001]).await, ["a"]);
+    assert!(
+        ids_in(&s, [10.0002, 20.0001, 10.0004, 20.0003])
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn version_3_databases_get_grid_boxes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    {
+        let s = SqliteStore::open(&path, SqliteOptions::default()).expect("open");
+        s.create_layer(layer("l")).await.expect("layer");
+        s.apply(request("l", vec![create("a", -3.0004, 51.0003)], None))
+            .await
+            .expect("create");
+    }
+    // As version 3 wrote it: the exact box (in the R-tree's f32), and the version mark.
+    let raw = rusqlite::Connection::open(&path).expect("raw open");
+    raw.execute(
+        "UPDATE rtree_1 SET minx = -3.0004, miny = 51.0003, maxx = -3.0004, maxy = 51.0003",
+        [],
+    )
+    .expect("exact box");
+    raw.pragma_update(None, "user_version", 3).expect("pragma");
+    drop(raw);
+    let s = SqliteStore::open(&path, SqliteOptions::default()).expect("reopen");
+    let g = |v: f64, up: bool| {
+        let c = v * 1024.0;
+        (if up { c.ceil() } else { c.floor() }) / 1024.0
+    };
+    assert_eq!(
+        rtree_rows(&path),
+        vec![[
+            g(-3.0004, false),
+            g(51.0003, false),
+            g(-3.0004, true),
+            g(51.0003, true)
+        ]]
+    );
+    assert_eq!(ids_in(&s, [-3.001, 51.0, -3.0, 51.001]).await, ["a"]);
+}

@@ -127,8 +127,9 @@ fn layer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, LayerInfo)> {
 
 /// The extent of a layer's features. Read from the R-tree's root node, which holds the
 /// union of the whole tree in a few dozen bytes, so it costs the same for 10 features or
-/// 10 million; the R-tree keeps boxes in f32 rounded outwards, so the extent may be larger
-/// than the exact one by up to one f32 step (about 1e-5 degrees). If the node does not
+/// 10 million; the R-tree keeps boxes rounded outwards to its grid, so the extent may be
+/// larger than the exact one by up to one grid step (1/1024 degree, see
+/// [`super::schema::rtree_box`]). If the node does not
 /// decode (an unexpected SQLite format), the extent is computed with a scan.
 fn layer_extent(conn: &Connection, layer_id: i64) -> Result<Option<BBox>> {
     let table = rtree_table(layer_id);

@@ -3,7 +3,8 @@
 //! `MIGRATIONS[i]` takes a database from version `i` to `i + 1`. A later version appends a
 //! step; steps already released are never edited, so every database walks the same path.
 
-use rusqlite::{Connection, TransactionBehavior};
+use geostream_core::feature::BBox;
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use super::db_err;
 use crate::{Result, StoreError};
@@ -124,7 +125,42 @@ CREATE TABLE fence_lease (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+/// Version 4: every R-tree box rounded outwards to the grid of [`rtree_box`] (version 3
+/// wrote the features' exact boxes).
+fn v4(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let layers: Vec<i64> = tx
+        .prepare("SELECT id FROM layers")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for layer in layers {
+        let table = rtree_table(layer);
+        let rows: Vec<(i64, BBox)> = tx
+            .prepare(&format!("SELECT ord, minx, miny, maxx, maxy FROM {table}"))?
+            .query_map([], |r| {
+                Ok((r.get(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut update = tx.prepare(&format!(
+            "UPDATE {table} SET minx = ?2, maxx = ?3, miny = ?4, maxy = ?5 WHERE ord = ?1"
+        ))?;
+        for (ord, b) in rows {
+            let g = rtree_box(b);
+            if g != b {
+                update.execute(params![ord, g[0], g[2], g[1], g[3]])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One step of the schema's history.
+enum Step {
+    Sql(&'static str),
+    /// A step SQL alone cannot take (one R-tree table per layer).
+    Code(fn(&Transaction<'_>) -> rusqlite::Result<()>),
+}
+
+const MIGRATIONS: &[Step] = &[Step::Sql(V1), Step::Sql(V2), Step::Sql(V3), Step::Code(v4)];
 
 /// The schema version this build writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -133,6 +169,25 @@ pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// splice into SQL.
 pub(crate) fn rtree_table(layer_id: i64) -> String {
     format!("rtree_{layer_id}")
+}
+
+/// The R-tree's grid: 1/1024 of a degree, about 100 m.
+const RTREE_GRID: f64 = 1024.0;
+
+/// A feature's box as its layer's R-tree keeps it: rounded outwards to the grid. A feature
+/// moving inside its grid cells keeps its R-tree entry, which is then not rewritten (the
+/// R-tree update was a quarter of the writer's time in a replay of moving vessels). Readers
+/// use the R-tree only to find candidates and test the exact box stored with the feature, so
+/// the rounding costs them a few more candidates, not a wrong answer. The grid's steps are
+/// exact in the R-tree's 32-bit floats (multiples of 2^-10 below 2^18), so what it stores is
+/// exactly this box.
+pub(crate) fn rtree_box(b: BBox) -> BBox {
+    [
+        (b[0] * RTREE_GRID).floor() / RTREE_GRID,
+        (b[1] * RTREE_GRID).floor() / RTREE_GRID,
+        (b[2] * RTREE_GRID).ceil() / RTREE_GRID,
+        (b[3] * RTREE_GRID).ceil() / RTREE_GRID,
+    ]
 }
 
 /// SQL creating a layer's R-tree (columns: `ord`, then min/max per dimension).
@@ -157,7 +212,11 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        tx.execute_batch(step).map_err(db_err)?;
+        match step {
+            Step::Sql(sql) => tx.execute_batch(sql),
+            Step::Code(f) => f(&tx),
+        }
+        .map_err(db_err)?;
         tx.pragma_update(None, "user_version", from as i64 + 1)
             .map_err(db_err)?;
         tx.commit().map_err(db_err)?;

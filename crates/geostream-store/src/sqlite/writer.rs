@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{FEATURE_COLUMNS, StoredFeature, corrupt};
 use super::op_index::OpIndex;
-use super::schema::{create_rtree_sql, rtree_table};
+use super::schema::{create_rtree_sql, rtree_box, rtree_table};
 use super::{SqliteOptions, db_err};
 use crate::plan::{self, Planned};
 use crate::{
@@ -736,8 +736,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Moves a feature's entry in its layer's R-tree from `old` to `new`.
+    /// Moves a feature's entry in its layer's R-tree from box `old` to box `new` (exact
+    /// boxes; the R-tree keeps them on its grid, see [`rtree_box`]).
     fn rtree_set(&self, layer: i64, ord: i64, old: Option<BBox>, new: Option<BBox>) -> Result<()> {
+        let (old, new) = (old.map(rtree_box), new.map(rtree_box));
+        if old == new {
+            return Ok(());
+        }
         let table = rtree_table(layer);
         let r = match (old, new) {
             (None, None) => return Ok(()),
