@@ -81,7 +81,16 @@ impl Layers {
     /// Applies an edit durably, then publishes its changes. The changes are shared with the
     /// pushes made of them rather than copied (each holds a feature before and after).
     pub async fn apply(&self, req: WriteRequest) -> Result<Applied> {
-        let outcome = self.store.apply(req).await?;
+        self.apply_then(req, || ()).await
+    }
+
+    /// [`Layers::apply`], calling `committed` as soon as the store has answered (committed
+    /// or refused), before the changes are published: a connection's pipeline lets the next
+    /// request on the same features start from there.
+    pub async fn apply_then(&self, req: WriteRequest, committed: impl FnOnce()) -> Result<Applied> {
+        let outcome = self.store.apply(req).await;
+        committed();
+        let outcome = outcome?;
         let changes: Vec<Arc<Change>> = outcome.changes.into_iter().map(Arc::new).collect();
         if !outcome.replayed && !changes.is_empty() {
             self.streams.publish_changes(changes.clone()).await;

@@ -6,8 +6,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{TestServer, Ws};
-use geostream_core::codec::Encoding;
+use common::{Got, TestServer, Ws};
+use geostream_core::codec::{Encoding, Id, ServerFrame};
 use serde_json::{Value, json};
 
 fn point(id: &str, n: u64) -> Value {
@@ -58,17 +58,35 @@ async fn many_edits_in_flight_keep_per_feature_order() {
     let q = ws
         .send_request("feature.query", json!({ "layer": "p", "limit": 100 }))
         .await;
+    // The answers as they arrive: those of one feature must come in the order it was edited.
+    let what: HashMap<i64, Option<(String, u64)>> = sent.iter().cloned().collect();
     let mut versions: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-    for (rid, what) in &sent {
-        let r = ws.response(*rid).await.expect("answered");
-        if let Some((id, round)) = what {
+    let mut answered = 0;
+    while answered < sent.len() {
+        let (rid, r) = match ws.recv().await {
+            Got::Frame(ServerFrame::Response {
+                id: Id::Int(i),
+                result,
+            }) => (i, result),
+            Got::Frame(ServerFrame::Notification { .. }) => continue,
+            other => panic!("unexpected: {other:?}"),
+        };
+        answered += 1;
+        if let Some(Some((id, round))) = what.get(&rid) {
             assert_eq!(r["id"], *id);
             let v = r["version"].as_u64().unwrap();
             versions.entry(id.clone()).or_default().push((*round, v));
         }
     }
     for (id, vs) in &versions {
-        // Version k+1 is round k: the patches of one feature were applied in arrival order.
+        // Version k+1 is round k: the patches of one feature were applied in arrival order,
+        // and answered in that order.
+        let rounds: Vec<u64> = vs.iter().map(|(r, _)| *r).collect();
+        assert_eq!(
+            rounds,
+            (1..=rounds.len() as u64).collect::<Vec<_>>(),
+            "{id}: answers out of order"
+        );
         for (round, v) in vs {
             assert_eq!(*v, round + 1, "{id}: round {round} got version {v}");
         }

@@ -4,8 +4,11 @@
 //! Edits and feature reads run concurrently (up to `websocket.max_inflight_requests` per
 //! connection), so one client's edits share the store's commits instead of waiting for each
 //! other's flush. Two of them that touch the same feature still run in the order they
-//! arrived: each takes a place in the chain of every key it touches and starts when its
-//! predecessors are done. Everything else (hello, subscriptions, locks, channel publishes,
+//! arrived: each takes a place in the chains of every key it touches. It starts once its
+//! predecessors' writes have committed, and answers once their answers are queued. So a
+//! stream of batches on the same features (a replay of moving vehicles) writes batch n + 1
+//! while batch n is routed to its subscribers and answered, and the answers still go out in
+//! order. Everything else (hello, subscriptions, locks, channel publishes,
 //! pings ...) is a barrier: it waits for the requests in flight, then runs alone in the
 //! connection's reader, as a serial connection would. Channel requests stay there because
 //! they are cheap: as tasks of their own, a stream of publishes to one channel waited for
@@ -17,6 +20,7 @@ use std::collections::HashMap;
 use geostream_core::api::BatchOp;
 use geostream_core::feature::FeatureLimits;
 use geostream_core::request::Request;
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -72,39 +76,75 @@ pub(crate) fn lane(req: &Request, limits: &FeatureLimits) -> Lane {
     }
 }
 
-/// The last request of each key, by its "done" signal (the sender is dropped when it ends,
-/// however it ends: answered, failed, timed out or cancelled).
+/// The last request of each key, by its two signals (a sender is dropped when its moment
+/// has come, or when the request ends however it ends: answered, failed, timed out or
+/// cancelled).
 #[derive(Default)]
 pub(crate) struct Order {
-    last: HashMap<Key, watch::Receiver<()>>,
+    /// Dropped once the request's write has committed (or it will write nothing).
+    committed: HashMap<Key, watch::Receiver<()>>,
+    /// Dropped once the request's answer is queued.
+    answered: HashMap<Key, watch::Receiver<()>>,
 }
 
 /// Entries kept before finished chains are pruned.
 const PRUNE_AT: usize = 512;
 
+/// A pipelined request's place in the chains of its keys.
+pub(crate) struct Place {
+    /// The predecessors' commits: the request starts after them.
+    pub(crate) after_commit: Vec<watch::Receiver<()>>,
+    /// The predecessors' answers: the request answers after them.
+    pub(crate) after_answer: Vec<watch::Receiver<()>>,
+    /// This request's commit, for its successors.
+    pub(crate) committed: Committed,
+    /// This request's answer, for its successors: drop it once the answer is queued.
+    pub(crate) answered: watch::Sender<()>,
+}
+
 impl Order {
-    /// Takes the place after the current last request of each key: returns what to wait
-    /// for, and the signal to drop when done.
-    pub(crate) fn enqueue(
-        &mut self,
-        keys: &[Key],
-    ) -> (Vec<watch::Receiver<()>>, watch::Sender<()>) {
-        let (done, rx) = watch::channel(());
+    /// Takes the place after the current last request of each key.
+    pub(crate) fn enqueue(&mut self, keys: &[Key]) -> Place {
+        let (committed, committed_rx) = watch::channel(());
+        let (answered, answered_rx) = watch::channel(());
         // A batch may touch one feature twice: waiting on its own signal would never end.
         let mut keys: Vec<&Key> = keys.iter().collect();
         keys.sort_unstable();
         keys.dedup();
-        let mut after = Vec::with_capacity(keys.len());
+        let mut after_commit = Vec::with_capacity(keys.len());
+        let mut after_answer = Vec::with_capacity(keys.len());
         for k in keys {
-            if let Some(prev) = self.last.insert(k.clone(), rx.clone()) {
-                after.push(prev);
+            if let Some(prev) = self.committed.insert(k.clone(), committed_rx.clone()) {
+                after_commit.push(prev);
+            }
+            if let Some(prev) = self.answered.insert(k.clone(), answered_rx.clone()) {
+                after_answer.push(prev);
             }
         }
-        if self.last.len() > PRUNE_AT {
+        if self.answered.len() > PRUNE_AT {
             // A closed channel is a finished request.
-            self.last.retain(|_, r| r.has_changed().is_ok());
+            self.committed.retain(|_, r| r.has_changed().is_ok());
+            self.answered.retain(|_, r| r.has_changed().is_ok());
         }
-        (after, done)
+        Place {
+            after_commit,
+            after_answer,
+            committed: Committed(Mutex::new(Some(committed))),
+            answered,
+        }
+    }
+}
+
+/// Told when a request's write has committed (the store has ordered it), so that the next
+/// request on the same features may start while this one is still publishing and answering.
+/// Also told, by being dropped, when the request ends without writing.
+#[derive(Default)]
+pub(crate) struct Committed(Mutex<Option<watch::Sender<()>>>);
+
+impl Committed {
+    /// The write has committed (or failed): successors may start.
+    pub(crate) fn signal(&self) {
+        drop(self.0.lock().take());
     }
 }
 
@@ -120,8 +160,6 @@ pub(crate) async fn wait_for(after: Vec<watch::Receiver<()>>) {
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
-
-    use parking_lot::Mutex;
 
     use super::*;
 
@@ -139,13 +177,15 @@ mod tests {
             ("b", vec!["b"], 0),
         ] {
             let keys: Vec<Key> = keys.into_iter().map(String::from).collect();
-            let (after, done) = order.enqueue(&keys);
+            let place = order.enqueue(&keys);
             let log = log.clone();
             tasks.push(tokio::spawn(async move {
-                wait_for(after).await;
+                wait_for(place.after_commit).await;
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 log.lock().push(name);
-                drop(done);
+                drop(place.committed);
+                wait_for(place.after_answer).await;
+                drop(place.answered);
             }));
         }
         for t in tasks {
@@ -157,6 +197,41 @@ mod tests {
         assert!(
             pos("c") < pos("a1"),
             "an unrelated key does not wait: {log:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_successor_starts_after_the_commit_and_answers_after_the_answer() {
+        let mut order = Order::default();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let keys = vec![Key::from("a")];
+        // a1 commits at once and answers late; a2 is quick.
+        let first = order.enqueue(&keys);
+        let second = order.enqueue(&keys);
+        let l1 = log.clone();
+        let t1 = tokio::spawn(async move {
+            wait_for(first.after_commit).await;
+            l1.lock().push("a1 committed");
+            first.committed.signal();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            wait_for(first.after_answer).await;
+            l1.lock().push("a1 answered");
+            drop(first.answered);
+        });
+        let l2 = log.clone();
+        let t2 = tokio::spawn(async move {
+            wait_for(second.after_commit).await;
+            l2.lock().push("a2 committed");
+            drop(second.committed);
+            wait_for(second.after_answer).await;
+            l2.lock().push("a2 answered");
+            drop(second.answered);
+        });
+        t1.await.unwrap();
+        t2.await.unwrap();
+        assert_eq!(
+            *log.lock(),
+            ["a1 committed", "a2 committed", "a1 answered", "a2 answered"]
         );
     }
 }

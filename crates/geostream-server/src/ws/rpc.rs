@@ -95,6 +95,8 @@ struct Ctx {
     node: Arc<Node>,
     enc: Encoding,
     holder: Arc<Holder>,
+    /// Told when the request's write has committed (a no-op outside the pipeline).
+    committed: Arc<pipeline::Committed>,
 }
 
 /// Shortest interval between two cursor updates of one connection (20 per second).
@@ -188,12 +190,15 @@ impl Ctx {
                 let outcome = self
                     .node
                     .layers
-                    .apply(WriteRequest {
-                        layer: p.layer,
-                        ops,
-                        writer: Holder::clone(&self.holder),
-                        op_id: p.op_id,
-                    })
+                    .apply_then(
+                        WriteRequest {
+                            layer: p.layer,
+                            ops,
+                            writer: Holder::clone(&self.holder),
+                            op_id: p.op_id,
+                        },
+                        || self.committed.signal(),
+                    )
                     .await?;
                 let results: Vec<EditResult> = outcome
                     .changes
@@ -241,12 +246,15 @@ impl Ctx {
         let outcome = self
             .node
             .layers
-            .apply(WriteRequest {
-                layer,
-                ops,
-                writer: Holder::clone(&self.holder),
-                op_id,
-            })
+            .apply_then(
+                WriteRequest {
+                    layer,
+                    ops,
+                    writer: Holder::clone(&self.holder),
+                    op_id,
+                },
+                || self.committed.signal(),
+            )
             .await?;
         let c = outcome
             .changes
@@ -457,6 +465,7 @@ impl Rpc {
             node: self.node.clone(),
             enc: self.enc,
             holder: self.holder.clone(),
+            committed: Arc::default(),
         }
     }
 
@@ -471,13 +480,19 @@ impl Rpc {
         let Ok(place) = places.clone().acquire_owned().await else {
             return; // the connection is closing
         };
-        let (after, done) = self.order.enqueue(&keys);
-        let ctx = self.ctx();
+        let pipeline::Place {
+            after_commit,
+            after_answer,
+            committed,
+            answered,
+        } = self.order.enqueue(&keys);
+        let mut ctx = self.ctx();
+        ctx.committed = Arc::new(committed);
         let limit = self.request_timeout();
         let rid = id.clone();
-        // The place and the "done" signal are let go once the response is queued, so the
+        // The place and the "answered" signal are let go once the response is queued, so the
         // responses to requests on one feature go out in the order the requests came.
-        let guard = (done, place);
+        let guard = (answered, place);
         let spawned = self.spawn_task(
             id.clone(),
             method,
@@ -485,11 +500,16 @@ impl Rpc {
             false,
             guard,
             move |_| async move {
-                pipeline::wait_for(after).await;
-                match tokio::time::timeout(limit, ctx.run(&rid, req)).await {
+                pipeline::wait_for(after_commit).await;
+                let outcome = match tokio::time::timeout(limit, ctx.run(&rid, req)).await {
                     Ok(o) => o,
                     Err(_) => Err(timed_out(limit)),
-                }
+                };
+                // A request that wrote nothing (a read, a refusal, a timeout) lets its
+                // successors start now.
+                ctx.committed.signal();
+                pipeline::wait_for(after_answer).await;
+                outcome
             },
         );
         if let Err(e) = spawned {
