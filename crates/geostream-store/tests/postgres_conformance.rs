@@ -533,3 +533,61 @@ async fn hot_layer_group_commit() {
     );
     a.drop_schema().await.expect("drop schema");
 }
+
+/// The change log has no foreign key to its layer (schema version 4): deleting a layer must
+/// delete its changes itself, including those of a write that committed while the delete
+/// waited for the layer's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_layer_deletes_its_changes() {
+    let schema = unique_schema("del");
+    let s = open(&schema, 100_000).await;
+    s.create_layer(LayerSpec {
+        name: "gone".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("layer");
+    s.create_layer(LayerSpec {
+        name: "kept".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("layer");
+    let write = |layer: &str, id: &str| WriteRequest {
+        layer: layer.into(),
+        ops: vec![create(id, 1.0)],
+        writer: writer("c"),
+        op_id: None,
+    };
+    for i in 0..20 {
+        s.apply(write("gone", &format!("g{i}")))
+            .await
+            .expect("apply");
+    }
+    s.apply(write("kept", "k")).await.expect("apply");
+    // Writes racing the delete: each either committed before it (and its changes go with the
+    // layer) or finds the layer gone.
+    let racing: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let _ = s.apply(write("gone", &format!("r{i}"))).await;
+            })
+        })
+        .collect();
+    s.delete_layer("gone").await.expect("delete");
+    for t in racing {
+        t.await.expect("write task");
+    }
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let rows: i64 = client
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".changes"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1, "only the kept layer's change is left");
+    s.drop_schema().await.expect("drop schema");
+}

@@ -53,17 +53,22 @@ pub(crate) async fn create_layer(inner: &Inner, spec: LayerSpec) -> Result<Layer
 }
 
 pub(crate) async fn delete_layer(inner: &Inner, name: &str) -> Result<()> {
-    let c = inner.client().await?;
-    // Features, changes and locks go with it (ON DELETE CASCADE). A write in progress holds
-    // the row lock; the delete waits for it.
-    let n = c
-        .execute("DELETE FROM layers WHERE name = $1", &[&name])
+    let mut c = inner.client().await?;
+    let tx = c.transaction().await.map_err(db_err)?;
+    // Features and locks go with it (ON DELETE CASCADE). A write in progress holds the row
+    // lock; the delete waits for it.
+    let id: i64 = tx
+        .query_opt("DELETE FROM layers WHERE name = $1 RETURNING id", &[&name])
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::LayerNotFound(name.to_owned()))?
+        .get(0);
+    // The change log has no foreign key (schema version 4). A statement of its own, so that
+    // it sees the changes of a write that committed while the delete waited for the lock.
+    tx.execute("DELETE FROM changes WHERE layer = $1", &[&id])
         .await
         .map_err(db_err)?;
-    if n == 0 {
-        return Err(StoreError::LayerNotFound(name.to_owned()));
-    }
-    Ok(())
+    tx.commit().await.map_err(db_err)
 }
 
 /// The layer row, locked until the end of the transaction: every write of one layer, on
