@@ -75,7 +75,7 @@ use serde_json::{Map, Value};
 
 pub use attr::AttributeFilter;
 pub use error::{FilterError, Result};
-pub use spatial::{EARTH_RADIUS_M, SpatialFilter, haversine_m};
+pub use spatial::{EARTH_RADIUS_M, SpatialFilter, haversine_m, point_in_box};
 pub use time::{TemporalFilter, parse_datetime_ms};
 
 /// A borrowed view of a feature: everything a filter reads, nothing it would copy.
@@ -192,6 +192,16 @@ impl Filter {
         match &self.spatial {
             Some(s) => Some(s.bbox()),
             None => self.attribute.as_ref().and_then(AttributeFilter::bbox),
+        }
+    }
+
+    /// The box, when the filter is exactly one box (`minx <= maxx`) and nothing else: then a
+    /// point matches it exactly when [`point_in_box`] says so, and an index holding the box
+    /// can decide without the filter.
+    pub fn plain_box(&self) -> Option<[f64; 4]> {
+        match (&self.spatial, &self.temporal, &self.attribute) {
+            (Some(SpatialFilter::BBox(b)), None, None) if b[0] <= b[2] => Some(*b),
+            _ => None,
         }
     }
 

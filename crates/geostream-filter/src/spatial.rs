@@ -175,11 +175,17 @@ pub(crate) fn split_bbox(b: [f64; 4]) -> Vec<[f64; 4]> {
     }
 }
 
+/// Whether the point `(x, y)` is in the box `r` (`minx <= maxx`), boundary included: what
+/// a box filter means for a point.
+pub fn point_in_box(r: [f64; 4], x: f64, y: f64) -> bool {
+    r[0] <= x && x <= r[2] && r[1] <= y && y <= r[3]
+}
+
 /// Whether `g` touches the box `r` (`minx <= maxx`), boundary included. A point, the
 /// commonest geometry of moving objects, is four comparisons.
 fn rect_hits(r: [f64; 4], g: &Geometry<f64>) -> bool {
     match g {
-        Geometry::Point(p) => r[0] <= p.x() && p.x() <= r[2] && r[1] <= p.y() && p.y() <= r[3],
+        Geometry::Point(p) => point_in_box(r, p.x(), p.y()),
         _ => to_rect(r).intersects(g),
     }
 }

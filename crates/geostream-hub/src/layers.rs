@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use geostream_core::api::FeatureKind;
 use geostream_core::feature::{BBox, Change, Feature};
-use geostream_filter::{FeatureRef, Filter};
+use geostream_filter::{FeatureRef, Filter, point_in_box};
 use parking_lot::Mutex;
 use rstar::{AABB, RTree, RTreeObject};
 use serde_json::Value;
@@ -96,6 +96,20 @@ impl<'a> ChangeView<'a> {
         }
     }
 
+    /// What the change means for a subscriber whose filter is exactly the box `b` (see
+    /// [`Filter::plain_box`]), decided without the filter when both sides are points or
+    /// absent (the commonest changes: moving objects); `None` when a side is another shape.
+    fn box_kind(&self, b: BBox) -> Option<Option<FeatureKind>> {
+        let side = |s: &Option<Side<'_>>| match s.as_ref().and_then(|s| s.geometry.as_ref()) {
+            // No feature, or no geometry: a spatial filter does not match.
+            None => Some(false),
+            Some(geo::Geometry::Point(p)) => Some(point_in_box(b, p.x(), p.y())),
+            Some(_) => None,
+        };
+        let (before, after) = (side(&self.old)?, side(&self.new)?);
+        Some(transition(before, after, self.change.new.is_none()))
+    }
+
     /// What the change means for a subscriber with `filter`; `None` if nothing.
     pub fn kind(&self, filter: &Filter) -> Option<FeatureKind> {
         let before = self
@@ -162,6 +176,9 @@ struct LayerSub {
 struct Indexed {
     env: AABB<[f64; 2]>,
     slot: usize,
+    /// The subscription's filter is exactly this box: a change of points is decided here,
+    /// without reaching for the subscription and its filter (see [`plain`]).
+    plain: bool,
 }
 
 impl RTreeObject for Indexed {
@@ -169,6 +186,11 @@ impl RTreeObject for Indexed {
     fn envelope(&self) -> Self::Envelope {
         self.env
     }
+}
+
+/// Whether `s`'s filter is exactly its one indexed box.
+fn plain(s: &LayerSub) -> bool {
+    matches!(s.boxes.as_slice(), [b] if s.filter.plain_box() == Some(*b))
 }
 
 fn aabb(b: &BBox) -> AABB<[f64; 2]> {
@@ -323,8 +345,13 @@ impl Shard {
         if s.boxes.is_empty() {
             self.unbounded.push(slot);
         } else {
+            let plain = plain(s);
             for b in &s.boxes {
-                self.tree.insert(Indexed { env: aabb(b), slot });
+                self.tree.insert(Indexed {
+                    env: aabb(b),
+                    slot,
+                    plain,
+                });
             }
         }
     }
@@ -334,8 +361,13 @@ impl Shard {
         if s.boxes.is_empty() {
             self.unbounded.retain(|x| *x != slot);
         } else {
+            let plain = plain(s);
             for b in &s.boxes {
-                self.tree.remove(&Indexed { env: aabb(b), slot });
+                self.tree.remove(&Indexed {
+                    env: aabb(b),
+                    slot,
+                    plain,
+                });
             }
         }
     }
@@ -350,11 +382,25 @@ impl Shard {
             cands.clear();
             if spatial_index {
                 if let Some(env) = &r.area {
-                    cands.extend(
-                        self.tree
-                            .locate_in_envelope_intersecting(env)
-                            .map(|x| x.slot),
-                    );
+                    for x in self.tree.locate_in_envelope_intersecting(env) {
+                        if x.plain {
+                            let (lo, hi) = (x.env.lower(), x.env.upper());
+                            if let Some(kind) = r.view.box_kind([lo[0], lo[1], hi[0], hi[1]]) {
+                                // Decided; a plain subscription has one box, so it is not
+                                // found twice.
+                                if let Some(kind) = kind {
+                                    self.pending.push(Pending {
+                                        slot: x.slot,
+                                        key: r.key.clone(),
+                                        push: r.push(kind),
+                                        seq: r.change.seq,
+                                    });
+                                }
+                                continue;
+                            }
+                        }
+                        cands.push(x.slot);
+                    }
                 }
                 cands.extend_from_slice(&self.unbounded);
                 // A subscription indexed under two boxes may be found twice.
@@ -951,6 +997,67 @@ mod tests {
     #[test]
     fn the_same_without_the_index() {
         transitions(false, false, 1);
+    }
+
+    /// A subscription whose filter is one box is decided from its index entry (points), or by
+    /// its filter (other shapes): either way as a subscription with the same box and a
+    /// condition every feature meets, which always goes through the filter.
+    #[test]
+    fn plain_boxes_are_decided_as_their_filters_decide() {
+        let hub = Hub::new(HubLimits::default());
+        let b = [-2.0, -2.0, 2.0, 2.0];
+        let plain = live_sub(&hub, bbox_filter(b));
+        let checked = {
+            let f = Filter {
+                spatial: Some(SpatialFilter::from_bbox(&b).unwrap()),
+                attribute: Some(
+                    AttributeFilter::parse_text("speed >= 0", &Limits::default()).unwrap(),
+                ),
+                ..Default::default()
+            };
+            live_sub(&hub, Arc::new(f))
+        };
+        let line = |id: &str, x: f64| {
+            let mut f = point(id, 0.0, 0.0, json!({"speed": 1}));
+            f.geometry = Some(
+                serde_json::from_value(
+                    json!({"type": "LineString", "coordinates": [[x, -5.0], [x, 5.0]]}),
+                )
+                .unwrap(),
+            );
+            f
+        };
+        // Points on a grid of whole and half degrees (many on the box's edges), moving,
+        // appearing and vanishing, and a line crossing the box whose box is not a point.
+        let mut last: HashMap<String, Feature> = HashMap::new();
+        let mut state = 7u64;
+        let mut seq = 0;
+        for _ in 0..400 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = state >> 33;
+            let id = format!("f{}", r % 5);
+            let x = ((r >> 3) % 13) as f64 * 0.5 - 3.0;
+            let y = ((r >> 7) % 13) as f64 * 0.5 - 3.0;
+            let new = match (r >> 11) % 6 {
+                0 => None,
+                1 => Some(line(&id, x)),
+                _ => Some(point(&id, x, y, json!({"speed": 1}))),
+            };
+            let old = last.remove(&id);
+            if old.is_none() && new.is_none() {
+                continue;
+            }
+            if let Some(f) = &new {
+                last.insert(id.clone(), f.clone());
+            }
+            seq += 1;
+            assert_eq!(hub.dispatch_change(change(seq, old, new)), Dispatched::Done);
+        }
+        let got = kinds(&plain);
+        assert!(got.len() > 50, "the run must reach the box: {}", got.len());
+        assert_eq!(got, kinds(&checked));
     }
 
     #[test]
