@@ -81,10 +81,12 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
       die "release build failed"
   fi
   mkdir -p "$OUT/bin"
-  cp "${GS_BIN:-$TDIR/release/geostream}" "${GS_LOADGEN_BIN:-$TDIR/release/gs-loadgen}" "$OUT/bin/"
+  # Under fixed names: GS_BIN and GS_LOADGEN_BIN may name copies called anything.
+  cp "${GS_BIN:-$TDIR/release/geostream}" "$OUT/bin/geostream"
+  cp "${GS_LOADGEN_BIN:-$TDIR/release/gs-loadgen}" "$OUT/bin/gs-loadgen"
   {
     echo "commit: $(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
-    echo "binary sha256: $(sha256sum "$OUT/bin/geostream" | cut -c1-16), built $(stat -c '%y' "$TDIR/release/geostream")"
+    echo "binary sha256: $(sha256sum "$OUT/bin/geostream" | cut -c1-16), built $(stat -c '%y' "${GS_BIN:-$TDIR/release/geostream}")"
     echo "uncommitted changes outside bench/ and docs/BENCHMARKS.md:"
     git -C "$REPO" status --short 2>/dev/null | grep -v -e ' bench/' -e 'docs/BENCHMARKS.md' -e '^?? bench' -e ' Cargo.toml$' | sed 's/^/  /' || true
   } >"$OUT/build.txt"
