@@ -37,7 +37,7 @@
 //! * An `apply` runs in its layer's flusher task: dropping its future does not cancel the
 //!   write (the same as the SQLite store); its outcome is just not seen.
 //!
-//! # Schema (in the configured schema, version 2, in `schema_version`)
+//! # Schema (in the configured schema, version 4, in `schema_version`)
 //!
 //! * `layers(id, name, title, description, last_writer_wins, seq, count, created_ms)`.
 //! * `features(ord, layer, fid, version, updated_ms, geometry, geom, properties,
@@ -45,13 +45,17 @@
 //!   text exactly as written (returned byte for byte), `geom` the same geometry as a PostGIS
 //!   `geometry(Geometry, 4326)` with a GiST index, `properties` is `jsonb` (what the CQL2
 //!   translation reads), and `minx..maxy` the f64 bounding box for exact box tests.
-//! * `changes(layer, seq, body)`: the change log, primary key `(layer, seq)`, pruned to
+//! * `changes(layer, seq, body)`: the change log, primary key `(layer, seq)` (no foreign
+//!   key: deleting a layer deletes its changes in the same transaction), pruned to
 //!   [`PostgresOptions::change_retention`] per layer in the writing transaction.
 //! * `locks(layer, fid, holder_client, holder_user, until_ms)`.
 //! * `op_ids(scope, op_id, time_ms, outcome)`: applied idempotency keys and the outcome
 //!   they produced, kept [`PostgresOptions::op_id_retention_ms`].
 //! * `tiles(layer, z, x, y, version, data)`: uploaded raster tiles ([`TileStore`]) as
 //!   `bytea`, so every node serves the same bytes under the same version.
+//! * `fences(name, body)`, `fence_cursors(layer, seq)` and `fence_lease(id, holder,
+//!   until_ms)`: geofence definitions, how far each watched layer was evaluated, and the
+//!   lease that picks the one node that evaluates ([`FenceStore`]).
 //!
 //! Migrations run at start-up, under a transaction-scoped advisory lock, so nodes starting
 //! together migrate once. PostGIS is created (in schema `public`) if it is missing.
