@@ -100,7 +100,7 @@ fn matches(fence: &Fence, f: &Feature) -> bool {
         let g = f
             .geometry
             .as_ref()
-            .and_then(|g| GeoGeometry::<f64>::try_from(g.clone()).ok());
+            .and_then(|g| GeoGeometry::<f64>::try_from(&g.value).ok());
         return match &g {
             Some(g) => filter.matches(&fr.with_geometry(g)),
             None => filter.matches(&fr),

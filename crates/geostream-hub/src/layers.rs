@@ -44,7 +44,7 @@ impl<'a> Side<'a> {
         let geometry = feature
             .geometry
             .as_ref()
-            .and_then(|g| geo::Geometry::<f64>::try_from(g.value.clone()).ok());
+            .and_then(|g| geo::Geometry::<f64>::try_from(&g.value).ok());
         Side {
             feature,
             geometry,
