@@ -252,8 +252,11 @@ w("Latency in bench/loadgen and in the harness: both read with a 16 KiB WebSocke
   "December 2026 bench/loadgen kept tungstenite's default of 128 KiB, which tungstenite zero-fills "
   "before every socket read: half of the load generator's CPU went to that `memset` while 1,000 "
   "subscribers read 20 broadcasts a second, and its p99 (16 ms against the harness's 11 ms) was "
-  "mostly its own queueing. With 16 KiB the same run gave p99 10.7-11.4 ms and half the load "
-  "generator's CPU. geostream's Rust client and the CLI's connection use 16 KiB too.")
+  "mostly its own queueing. With 16 KiB, that scenario on that machine (an AMD EPYC) gave p99 "
+  "10.7-11.4 ms and half the load generator's CPU. geostream's Rust client and the CLI's "
+  "connection use 16 KiB too. The harness and bench/loadgen are different load generators "
+  "sharing the two cores with the server, and on some machines their p99s differ by more "
+  "than a few milliseconds: compare each with the figures its own generator measured.")
 w("")
 
 # --- peers, same harness -------------------------------------------------------------------------
