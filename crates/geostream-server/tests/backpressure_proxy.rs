@@ -151,10 +151,22 @@ fn body(i: u64) -> Value {
     json!({ "i": i, "pad": "x".repeat(1000) })
 }
 
-/// Publishes messages `1..=count` in small acknowledged batches.
-async fn publish(addr: SocketAddr, channel: &str, count: u64) {
+/// Publishes messages `1..=count` in small acknowledged batches, never more than 32 ahead of
+/// what `read` (the fast subscriber's count) says it has received: on a machine loaded by
+/// the whole suite its reader may be scheduled late, and its 64 KiB budget must not run out
+/// for that (the test is about the slow one).
+async fn publish(addr: SocketAddr, channel: &str, count: u64, read: &AtomicU64) {
     let mut p = Ws::connect(&format!("ws://{addr}/v1/ws"), Encoding::Msgpack).await;
     for start in (1..=count).step_by(8) {
+        let waited = Instant::now();
+        while read.load(Ordering::Acquire) + 32 < start {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "the fast subscriber stopped reading at {}",
+                read.load(Ordering::Acquire)
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let mut ids = Vec::new();
         for i in start..(start + 8).min(count + 1) {
             ids.push(
@@ -189,13 +201,16 @@ async fn a_throttled_channel_subscriber_gets_a_gap_and_recovers_from_history() {
     fast.ok("channel.subscribe", json!({ "channel": "c" }))
         .await;
     proxy.set_rate(4 * 1024);
+    let read = Arc::new(AtomicU64::new(0));
+    let counted = read.clone();
     let reader = tokio::spawn(async move {
         for expected in 1..=COUNT {
             let m = fast.push_of("message").await;
             assert_eq!(m["offset"], expected, "the fast subscriber misses nothing");
+            counted.store(expected, Ordering::Release);
         }
     });
-    publish(srv.addr, "c", COUNT).await;
+    publish(srv.addr, "c", COUNT, &read).await;
     reader.await.unwrap();
     // The pressure reached the server: pushes were dropped, and what waits for the slow
     // client is bounded by its budget (plus one message).
