@@ -24,7 +24,7 @@ pub use geostream_core::api::ClientInfo;
 pub use geostream_core::bus::BusEvent;
 pub use memory::MemoryBroker;
 #[cfg(feature = "nats")]
-pub use nats::{NatsBroker, NatsOptions};
+pub use nats::{NatsBroker, NatsOptions, NodeRequest, NodeRequestError};
 
 /// A message kept in a topic's history.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -129,6 +129,43 @@ impl std::fmt::Debug for NatsBroker {
     }
 }
 
+/// The membership topic under which a node says it serves `service`. Not a client topic
+/// (those never start with `$node/`), and its entries are not client members, so presence
+/// never shows them.
+fn service_topic(service: &str) -> String {
+    format!("$node/{service}")
+}
+
+/// A request from another node ([`NatsBroker::node_requests`]).
+pub struct NodeRequest {
+    /// What the other node sent.
+    pub payload: Bytes,
+    reply: Option<async_nats::Subject>,
+    client: async_nats::Client,
+}
+
+impl NodeRequest {
+    /// Sends the answer. A lost answer is the sender's [`NodeRequestError::NoAnswer`].
+    pub async fn respond(self, body: Bytes) {
+        if let Some(reply) = self.reply
+            && let Err(e) = self.client.publish(reply, body).await
+        {
+            tracing::warn!(error = %e, "Could not answer another node's request.");
+        }
+    }
+}
+
+/// Why [`NatsBroker::request_node`] got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeRequestError {
+    /// The request never reached a listener: the node cannot have acted on it.
+    #[error("not delivered: {0}")]
+    NotDelivered(String),
+    /// The request may have been acted on, but no answer came.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("nats: {what}: {e}"))
 }
@@ -276,6 +313,94 @@ impl NatsBroker {
     /// This node's id among the others.
     pub fn node_id(&self) -> &str {
         &self.inner.node
+    }
+
+    /// The live nodes that answer requests for `service` ([`NatsBroker::node_requests`]),
+    /// this one included, by id: those heard from within [`NatsOptions::node_timeout`]. Every
+    /// node computes it from its own membership replica, so two nodes may briefly disagree
+    /// while one joins or dies: callers use it to spread work, never to decide what is
+    /// correct.
+    pub fn service_nodes(&self, service: &str) -> Vec<Arc<str>> {
+        let topic = service_topic(service);
+        let timeout = self.inner.opts.node_timeout;
+        let now = Instant::now();
+        let m = self.inner.members.lock();
+        let mut nodes: Vec<Arc<str>> = m
+            .remote
+            .iter()
+            .filter(|(_, n)| now.duration_since(n.seen) < timeout && n.topics.contains_key(&topic))
+            .map(|(id, _)| Arc::from(id.as_str()))
+            .collect();
+        if m.local.contains_key(&topic) {
+            nodes.push(self.inner.node.clone());
+        }
+        nodes.sort_unstable();
+        nodes
+    }
+
+    /// The requests other nodes send to this node's `service` ([`NatsBroker::request_node`]),
+    /// as they arrive. The subscription lives as long as the stream and survives reconnects.
+    pub async fn node_requests(
+        &self,
+        service: &str,
+    ) -> Result<impl futures_util::Stream<Item = NodeRequest> + Send + 'static> {
+        let subject = self.node_subject(&self.inner.node, service);
+        let sub = self
+            .inner
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| unavailable("subscribe", e))?;
+        // Listening first, then announced: a node that others see serving does.
+        let node = Bytes::copy_from_slice(self.inner.node.as_bytes());
+        self.set_member_data(&service_topic(service), "node", Some(node))
+            .await;
+        let client = self.inner.client.clone();
+        Ok(sub.map(move |m| NodeRequest {
+            payload: m.payload,
+            reply: m.reply,
+            client: client.clone(),
+        }))
+    }
+
+    /// Sends `body` to `service` on node `node` and waits up to `timeout` for its answer.
+    ///
+    /// [`NodeRequestError::NotDelivered`] means the node cannot have acted on it (nobody
+    /// listens, or NATS refused the message); [`NodeRequestError::NoAnswer`] means it may have.
+    pub async fn request_node(
+        &self,
+        node: &str,
+        service: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> std::result::Result<Bytes, NodeRequestError> {
+        use async_nats::RequestErrorKind as K;
+        let request = async_nats::Request::new()
+            .payload(body)
+            .timeout(Some(timeout));
+        match self
+            .inner
+            .client
+            .send_request(self.node_subject(node, service), request)
+            .await
+        {
+            Ok(m) => Ok(m.payload),
+            Err(e) => match e.kind() {
+                K::NoResponders | K::InvalidSubject | K::MaxPayloadExceeded => {
+                    Err(NodeRequestError::NotDelivered(e.to_string()))
+                }
+                _ => Err(NodeRequestError::NoAnswer(e.to_string())),
+            },
+        }
+    }
+
+    /// The largest message NATS takes, in bytes.
+    pub fn max_payload(&self) -> usize {
+        self.inner.client.server_info().max_payload
+    }
+
+    fn node_subject(&self, node: &str, service: &str) -> String {
+        format!("{}.n.{node}.{service}", self.inner.opts.prefix)
     }
 
     /// Records (`Some`) or removes (`None`) a member of `topic` on this node under `key`,

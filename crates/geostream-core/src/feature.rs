@@ -381,7 +381,9 @@ pub fn validate_properties(
 }
 
 /// A validated feature ready to be written: id (if given), geometry, bbox and properties.
-#[derive(Clone, Debug, PartialEq)]
+/// Serializable so that a node can hand a write to the node that writes its layer; such a
+/// copy is trusted as validated by the node that made it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ValidFeature {
     /// The normalized id, if the client gave one.
     pub id: Option<String>,

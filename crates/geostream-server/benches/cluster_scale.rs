@@ -111,6 +111,7 @@ async fn start_node(schema: &str, prefix: &str, i: usize) -> Node {
         prefix: prefix.into(),
         replicas: 1,
         heartbeat_ms: 500,
+        forward_writes: true,
     };
     let listener = geostream_server::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
     let addr = listener.local_addr().expect("address");

@@ -237,6 +237,7 @@ pub fn broker_settings(config: &Config) -> (BrokerSettings, HistoryLimits) {
             prefix,
             replicas,
             heartbeat_ms,
+            ..
         } => {
             let heartbeat = std::time::Duration::from_millis((*heartbeat_ms).max(10));
             BrokerSettings::Nats(geostream_broker::NatsOptions {

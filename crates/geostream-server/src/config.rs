@@ -353,7 +353,16 @@ pub enum BrokerConfig {
         /// nodes); a node silent for three heartbeats is taken for dead. Default: 2000.
         #[serde(default = "default_heartbeat_ms")]
         heartbeat_ms: u64,
+        /// With a PostgreSQL store, hand each write to its layer's owner, one live node per
+        /// layer, so a hot layer's edits share one node's commits (false: every node writes
+        /// what it receives). Default: true.
+        #[serde(default = "default_forward_writes")]
+        forward_writes: bool,
     },
+}
+
+fn default_forward_writes() -> bool {
+    true
 }
 
 fn default_nats_url() -> String {
@@ -1468,6 +1477,7 @@ mod tests {
             prefix: "geostream".into(),
             replicas: 1,
             heartbeat_ms: 2000,
+            forward_writes: true,
         };
         let text = c.redacted().to_toml();
         for secret in ["hunter2", "pgpass", "natspass"] {

@@ -97,6 +97,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     );
     node.geofences.render_metrics(&mut text);
     node.tiles.render_metrics(&mut text);
+    node.layers.render_metrics(&mut text);
     (
         [(
             header::CONTENT_TYPE,

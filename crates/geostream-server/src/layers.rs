@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use geostream_broker::Broker;
 use geostream_core::api::{ClientInfo, LockInfo, LockPush};
 use geostream_core::bus::BusEvent;
@@ -18,6 +20,7 @@ use geostream_store::{Holder, LayerInfo, LayerSpec, Lock, Store, WriteRequest};
 use crate::backends::{AnyStore, NodeStreams};
 use crate::config::LayersConfig;
 use crate::error::{Result, ServerError};
+use crate::forward::{self, Forwarded, Forwarding};
 
 /// An applied edit: [`geostream_store::WriteOutcome`] with its changes shared.
 pub struct Applied {
@@ -33,6 +36,19 @@ pub struct Layers {
     streams: Arc<NodeStreams>,
     hub: Arc<Hub>,
     config: LayersConfig,
+    /// Hands writes to their layer's owner in a cluster (`None`: this node writes all).
+    forwarding: Option<Forwarding>,
+    /// The task applying other nodes' writes: it ends with this node's layers, and with it
+    /// this node's subscription, so that others stop sending it writes.
+    serving: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Layers {
+    fn drop(&mut self) {
+        if let Some(t) = self.serving.get_mut().take() {
+            t.abort();
+        }
+    }
 }
 
 impl Layers {
@@ -42,12 +58,15 @@ impl Layers {
         streams: Arc<NodeStreams>,
         hub: Arc<Hub>,
         config: LayersConfig,
+        forwarding: Option<Forwarding>,
     ) -> Arc<Layers> {
         let layers = Arc::new(Layers {
             store,
             streams,
             hub,
             config,
+            forwarding,
+            serving: parking_lot::Mutex::new(None),
         });
         let weak = Arc::downgrade(&layers);
         tokio::spawn(async move {
@@ -87,18 +106,86 @@ impl Layers {
     /// [`Layers::apply`], calling `committed` as soon as the store has answered (committed
     /// or refused), before the changes are published: a connection's pipeline lets the next
     /// request on the same features start from there.
+    ///
+    /// In a cluster the write may be applied by its layer's owner ([`crate::forward`]), which
+    /// then publishes the changes itself.
     pub async fn apply_then(&self, req: WriteRequest, committed: impl FnOnce()) -> Result<Applied> {
+        let (req, made_up_op_id) = match &self.forwarding {
+            Some(f) => match f.apply(req).await {
+                Forwarded::Done(outcome) => {
+                    committed();
+                    let outcome = outcome?;
+                    return Ok(Applied {
+                        changes: outcome.changes.into_iter().map(Arc::new).collect(),
+                        replayed: outcome.replayed,
+                    });
+                }
+                Forwarded::Local { req, made_up_op_id } => (req, made_up_op_id),
+            },
+            None => (req, false),
+        };
         let outcome = self.store.apply(req).await;
         committed();
         let outcome = outcome?;
         let changes: Vec<Arc<Change>> = outcome.changes.into_iter().map(Arc::new).collect();
+        // A replay is published already (by whoever applied it first).
         if !outcome.replayed && !changes.is_empty() {
             self.streams.publish_changes(changes.clone()).await;
         }
         Ok(Applied {
             changes,
-            replayed: outcome.replayed,
+            // Of an id made up for forwarding: the owner applied it and did not answer.
+            replayed: outcome.replayed && !made_up_op_id,
         })
+    }
+
+    /// Applies the writes other nodes forward to this one, each as soon as it arrives (the
+    /// store groups a layer's concurrent writes into one commit), publishing the changes
+    /// before answering, as a local edit is published before it is acknowledged.
+    pub fn serve_forwarded(
+        self: &Arc<Self>,
+        requests: impl futures_util::Stream<Item = geostream_broker::NodeRequest> + Send + 'static,
+    ) {
+        let weak = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut requests = std::pin::pin!(requests);
+            while let Some(r) = requests.next().await {
+                let Some(layers) = weak.upgrade() else {
+                    // Shutting down: the sender writes it itself.
+                    r.respond(forward::NOT_APPLIED).await;
+                    return;
+                };
+                tokio::spawn(async move {
+                    let answer = match forward::decode(&r.payload) {
+                        Ok(req) => {
+                            if let Some(f) = &layers.forwarding {
+                                f.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            let outcome = layers.store.apply(req).await;
+                            let answer = forward::encode(&outcome);
+                            if let Ok(o) = outcome
+                                && !o.replayed
+                                && !o.changes.is_empty()
+                            {
+                                let changes = o.changes.into_iter().map(Arc::new).collect();
+                                layers.streams.publish_changes(changes).await;
+                            }
+                            answer
+                        }
+                        Err(answer) => answer,
+                    };
+                    r.respond(answer).await;
+                });
+            }
+        });
+        *self.serving.lock() = Some(task);
+    }
+
+    /// Appends the forwarding counters (a cluster on PostgreSQL only) to a Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        if let Some(f) = &self.forwarding {
+            f.render_metrics(out);
+        }
     }
 
     /// Locks features for `holder` (at most `layers.max_lock_ttl_ms`) and tells every node.

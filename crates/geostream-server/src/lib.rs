@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod config;
 pub mod error;
 pub mod features;
+pub mod forward;
 pub mod geofences;
 pub mod guard;
 pub mod http;

@@ -12,15 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use geostream_broker::AnyBroker;
+use geostream_broker::{AnyBroker, BrokerSettings};
 use geostream_core::codec::Encoding;
 use geostream_hub::{BusHandler, Hub, HubLimits, OutboxLimits, Session, StreamsConfig, SubTarget};
 use geostream_store::Store;
 
 use crate::backends::{AnyStore, NodeStreams, StoreLog, broker_settings};
 use crate::bridge::Bridge;
-use crate::config::Config;
+use crate::config::{BrokerConfig, Config};
 use crate::error::Result;
+use crate::forward::Forwarding;
 use crate::geofences::Geofences;
 use crate::layers::Layers;
 use crate::metrics::Metrics;
@@ -94,6 +95,29 @@ impl Node {
         let broker = AnyBroker::connect(&settings, limits, bridge)
             .await
             .context("cannot connect to the broker")?;
+        // A shared store written by several nodes: each layer's writes go to one of them.
+        let forwarding = match (&broker, &config.broker, &store) {
+            (
+                AnyBroker::Nats(nats),
+                BrokerConfig::Nats {
+                    forward_writes: true,
+                    ..
+                },
+                AnyStore::Postgres(_),
+            ) => match &settings {
+                BrokerSettings::Nats(o) => Some(Forwarding::new(nats.clone(), o.node_timeout)),
+                BrokerSettings::Memory => None,
+            },
+            _ => None,
+        };
+        let forwarded = match &forwarding {
+            Some(f) => Some(
+                f.requests()
+                    .await
+                    .context("cannot listen for other nodes' writes")?,
+            ),
+            None => None,
+        };
         let streams = geostream_hub::Streams::new(
             hub.clone(),
             broker,
@@ -111,7 +135,11 @@ impl Node {
             streams.clone(),
             hub.clone(),
             config.layers.clone(),
+            forwarding,
         );
+        if let Some(requests) = forwarded {
+            layers.serve_forwarded(requests);
+        }
         tiles.start();
         let geofences = Geofences::new(store.clone(), streams.clone(), config.clone(), fence_wake);
         geofences.start();

@@ -214,6 +214,7 @@ async fn in_process_and_nats_brokers_push_the_same() {
             prefix: p,
             replicas: 1,
             heartbeat_ms: 200,
+            forward_writes: true,
         };
     })
     .await;

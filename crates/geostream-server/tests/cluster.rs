@@ -96,6 +96,7 @@ impl Backends {
                 prefix,
                 replicas: 1,
                 heartbeat_ms: 200,
+                forward_writes: true,
             };
         })
         .await

@@ -15,7 +15,10 @@
 //! - feature changes made while one node's NATS connection is cut (through a TCP proxy this
 //!   test owns; the shared NATS is never stopped) arrive once, in order, after it reconnects;
 //! - a node that cannot reach PostgreSQL or NATS exits non-zero with the reason, before it
-//!   says it is listening.
+//!   says it is listening;
+//! - a write forwarded to its layer's owner while the owner is frozen (SIGSTOP) is applied by
+//!   the sender after the answer times out, and the thawed owner, reading it late, does not
+//!   apply it again.
 //!
 //! Needs PostgreSQL with PostGIS (`GEOSTREAM_TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`) and NATS with JetStream
@@ -1039,6 +1042,118 @@ async fn a_node_taken_for_dead_that_comes_back_resurrects_nothing_and_kills_noth
     }
 
     drop((setup, watcher, kim, tom, ann));
+    for n in nodes {
+        n.kill().await;
+    }
+    be.remove().await;
+}
+
+/// The owner of `layer`: writes through each of `nodes` until one round of them was served
+/// by one node (the others' writes) and written by that node itself, which is when every
+/// node's membership names the same owner. The count of its served writes too.
+async fn owner_of(nodes: &[Node], layer: &str) -> (usize, f64) {
+    let served = async || {
+        let mut v = Vec::new();
+        for n in nodes {
+            v.push(common::metric(n.addr, "geostream_writes_served_total").await);
+        }
+        v
+    };
+    for round in 0..20 {
+        let before = served().await;
+        for (k, n) in nodes.iter().enumerate() {
+            let mut ws = Ws::connect(&n.ws_url(), Encoding::Json).await;
+            let id = format!("probe-{round}-{k}");
+            ws.ok(
+                "feature.create",
+                json!({ "layer": layer, "feature": point(&id, 0.0, 0.0, json!({})) }),
+            )
+            .await;
+        }
+        let after = served().await;
+        let grew: Vec<usize> = (0..nodes.len()).filter(|&k| after[k] > before[k]).collect();
+        if let [owner] = grew[..]
+            && after[owner] - before[owner] == (nodes.len() - 1) as f64
+        {
+            return (owner, after[owner]);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the nodes never agreed on the owner of {layer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_forwarded_to_a_frozen_owner_is_applied_once() {
+    // Three beats of 1 s: the owner is taken for dead 3 s after it froze, long after the
+    // write below was forwarded to it.
+    let be = Backends::new("frozen").await;
+    let env: Vec<(String, String)> = be
+        .env_only(&nats_url())
+        .into_iter()
+        .filter(|(k, _)| k != "GEOSTREAM_BROKER__HEARTBEAT_MS")
+        .chain(vars(&[("GEOSTREAM_BROKER__HEARTBEAT_MS", "1000")]))
+        .collect();
+    let starting = (0..3)
+        .map(|_| Node::spawn(|data| (vec!["--data-dir".into(), data.into()], env.clone())))
+        .collect();
+    let nodes = all_ready(starting).await;
+    let mut setup = Ws::connect(&nodes[0].ws_url(), Encoding::Json).await;
+    setup
+        .ok(
+            "layer.create",
+            json!({ "name": "tally", "last_writer_wins": true }),
+        )
+        .await;
+    let (owner, served) = owner_of(&nodes, "tally").await;
+    let writer = (owner + 1) % 3;
+    let mut ws = Ws::connect(&nodes[writer].ws_url(), Encoding::Json).await;
+    let r = ws
+        .ok(
+            "feature.create",
+            json!({ "layer": "tally", "feature": point("t", 1.0, 1.0, json!({})) }),
+        )
+        .await;
+    assert_eq!(r["version"], 1);
+    let seq = r["seq"].as_u64().expect("seq");
+
+    // The owner freezes with the write on its socket: the sender gets no answer, writes it
+    // itself, and the client has its acknowledgement. No op id from the client: the sender
+    // made one up.
+    signal(&nodes[owner], "STOP").await;
+    let started = Instant::now();
+    let r = ws
+        .ok(
+            "feature.patch",
+            json!({ "layer": "tally", "id": "t", "properties": { "n": 1 } }),
+        )
+        .await;
+    assert_eq!(r["version"], 2, "{r}");
+    assert!(r.get("replayed").is_none_or(|v| v == false), "{r}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited for the owner"
+    );
+    let series = "geostream_writes_forwarded_total{result=\"no_answer\"}";
+    assert_eq!(common::metric(nodes[writer].addr, series).await, 1.0);
+
+    // Thawed, the owner reads the same write and finds it applied: nothing changes twice.
+    signal(&nodes[owner], "CONT").await;
+    let until = Instant::now() + Duration::from_secs(20);
+    // The probes, the create, and now the patch.
+    while common::metric(nodes[owner].addr, "geostream_writes_served_total").await < served + 2.0 {
+        assert!(Instant::now() < until, "the thawed owner read the write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let f = setup
+        .ok("feature.get", json!({ "layer": "tally", "id": "t" }))
+        .await["feature"]
+        .clone();
+    assert_eq!(f["version"], 2, "applied once: {f}");
+    assert_eq!(f["properties"]["n"], 1);
+    let layer = setup.ok("layer.get", json!({ "name": "tally" })).await;
+    assert_eq!(layer["seq"], seq + 1, "one patch after the create");
+
+    drop((setup, ws));
     for n in nodes {
         n.kill().await;
     }

@@ -2,7 +2,8 @@
 //! NATS, eight writers spread over them editing one layer at once (PostgreSQL group commit
 //! batches their edits). Versions, conflicts and op-id replays behave exactly as the store
 //! conformance suite requires; every acknowledged edit is in the final state and the log
-//! has no hole; a subscriber on every node ends with that same state. An uploaded raster
+//! has no hole; a subscriber on every node ends with that same state. The layer's writes go
+//! to one owner node, and when it stops the others write at once. An uploaded raster
 //! tile is served with the same bytes and ETag by every node, also after it is replaced
 //! through another node.
 //!
@@ -97,6 +98,7 @@ impl Backends {
                 prefix,
                 replicas: 1,
                 heartbeat_ms: 200,
+                forward_writes: true,
             };
             c.tiles.raster = vec![RasterLayerConfig {
                 name: "img".into(),
@@ -296,6 +298,27 @@ async fn eight_writers_on_three_nodes() {
     }
     assert!(conflicts > 0, "the writers raced on the shared feature");
 
+    // One node owns the layer: the other two handed it their writers' edits, and it answered
+    // every one of them.
+    let (mut served, mut answered) = (Vec::new(), 0.0);
+    for srv in &nodes {
+        served.push(common::metric(srv.addr, "geostream_writes_served_total").await);
+        answered += common::metric(
+            srv.addr,
+            "geostream_writes_forwarded_total{result=\"answered\"}",
+        )
+        .await;
+        for failed in ["not_delivered", "no_answer"] {
+            let series = format!("geostream_writes_forwarded_total{{result=\"{failed}\"}}");
+            assert_eq!(common::metric(srv.addr, &series).await, 0.0, "{series}");
+        }
+    }
+    let owner = (0..3)
+        .max_by(|&a, &b| served[a].total_cmp(&served[b]))
+        .unwrap();
+    assert!(served[owner] > 0.0, "writes were forwarded: {served:?}");
+    assert_eq!(answered, served.iter().sum::<f64>(), "{served:?}");
+
     // Every acknowledged edit has its own sequence number, and together they fill the log:
     // nothing applied was left unacknowledged, nothing acknowledged is missing.
     let mut seqs: Vec<u64> = acked
@@ -407,8 +430,29 @@ async fn eight_writers_on_three_nodes() {
     assert_ne!(second["etag"], first["etag"]);
     same_everywhere(&nodes, tile, &two, second["etag"].as_str().expect("etag")).await;
 
+    // The owner goes away: the others write the layer themselves at once, without waiting for
+    // membership to take it for dead.
     drop((admin, subscribers, replays));
-    for srv in nodes {
+    let mut rest = Vec::new();
+    for (k, srv) in nodes.into_iter().enumerate() {
+        if k == owner {
+            srv.shutdown().await;
+        } else {
+            rest.push(srv);
+        }
+    }
+    for srv in &rest {
+        let mut ws = client(srv, "after-the-owner").await;
+        let id = format!("after-{}", srv.addr.port());
+        let r = ws
+            .ok(
+                "feature.create",
+                json!({ "layer": "hot", "feature": point(&id, 2.0, 2.0, 0) }),
+            )
+            .await;
+        assert_eq!(r["version"], 1, "{r}");
+    }
+    for srv in rest {
         srv.shutdown().await;
     }
     be.remove().await;

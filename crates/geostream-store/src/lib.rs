@@ -35,8 +35,9 @@ pub use geostream_core::api::LayerCreateParams as LayerSpec;
 /// A layer as stored: the protocol's description of a layer.
 pub use geostream_core::api::LayerInfo;
 
-/// One operation of a write.
-#[derive(Clone, Debug, PartialEq)]
+/// One operation of a write. Serializable: a node hands writes to the node that writes
+/// their layer (see the server's write forwarding).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WriteOp {
     /// Creates a feature; the store assigns an id (UUID v7) when `feature.id` is `None`.
     /// Fails with [`StoreError::FeatureExists`] when the id is taken.
@@ -62,6 +63,11 @@ pub enum WriteOp {
         /// Merge patch for the properties.
         properties: Option<Map<String, Value>>,
         /// New geometry: `Some(None)` removes it.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "some_even_if_null"
+        )]
         geometry: Option<Option<(Geometry, BBox)>>,
         /// Version the client edited.
         expected: Option<u64>,
@@ -73,6 +79,16 @@ pub enum WriteOp {
         /// Version the client edited.
         expected: Option<u64>,
     },
+}
+
+/// Reads a present field as `Some`, `null` included (`Some(None)`); with `#[serde(default)]`
+/// an absent one stays `None`. Keeps "remove" and "leave alone" apart in JSON.
+fn some_even_if_null<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Who holds or wants a lock: a client that survives reconnects (`client`, chosen by the
@@ -87,7 +103,7 @@ pub struct Holder {
 }
 
 /// A batch of operations on one layer, applied all or nothing.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WriteRequest {
     /// The layer.
     pub layer: String,
@@ -324,8 +340,8 @@ pub trait FenceStore: Send + Sync + 'static {
     fn release_fence_lease(&self, holder: &str) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// Errors of a store.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Errors of a store. Serializable, as the answer to a forwarded write.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum StoreError {
     /// No such layer.
@@ -468,4 +484,65 @@ pub trait Store: Send + Sync + 'static {
     fn reap_locks(&self) -> impl Future<Output = Result<Vec<Lock>>> + Send;
     /// The live locks of a layer.
     fn locks(&self, layer: &str) -> impl Future<Output = Result<Vec<Lock>>> + Send;
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    /// A forwarded write must mean on the other node what it meant here: in particular
+    /// "leave the geometry", "remove it" and "set it" stay three different things.
+    #[test]
+    fn write_requests_survive_json() {
+        let point = Geometry::new(geojson::Value::Point(vec![1.5, -2.25]));
+        let feature = ValidFeature {
+            id: Some("a".into()),
+            geometry: Some(point.clone()),
+            bbox: Some([1.5, -2.25, 1.5, -2.25]),
+            properties: serde_json::json!({"n": 1}).as_object().cloned().unwrap(),
+        };
+        let patch = |geometry| WriteOp::Patch {
+            id: "a".into(),
+            properties: None,
+            geometry,
+            expected: Some(3),
+        };
+        let req = WriteRequest {
+            layer: "l".into(),
+            ops: vec![
+                WriteOp::Create {
+                    feature: feature.clone(),
+                },
+                WriteOp::Replace {
+                    id: "a".into(),
+                    feature,
+                    expected: None,
+                },
+                patch(None),
+                patch(Some(None)),
+                patch(Some(Some((point, [1.5, -2.25, 1.5, -2.25])))),
+                WriteOp::Delete {
+                    id: "a".into(),
+                    expected: Some(7),
+                },
+            ],
+            writer: Holder {
+                client: "c".into(),
+                user: Some("u".into()),
+            },
+            op_id: Some("op".into()),
+        };
+        let back: WriteRequest =
+            serde_json::from_slice(&serde_json::to_vec(&req).unwrap()).unwrap();
+        assert_eq!(back, req);
+        let err = StoreError::Conflict {
+            id: "a".into(),
+            expected: 2,
+            current: None,
+        };
+        let r: Result<WriteOutcome> = Err(err);
+        let back: Result<WriteOutcome> =
+            serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
 }
