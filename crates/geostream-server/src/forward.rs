@@ -36,6 +36,12 @@ const ANSWER_GROWTH: usize = 3;
 /// not applied, and the sender applies it itself.
 pub const NOT_APPLIED: Bytes = Bytes::new();
 
+/// Writes of more operations than this are applied where they arrive. Forwarding pays for a
+/// small write by letting it share a commit with others; a large batch is a group of its own
+/// already, and carrying it and its outcome across the bus and back costs more than it saves
+/// (measured: a replay in batches of 500 through a non-owner ran at 70 % of its local speed).
+const MAX_FORWARDED_OPS: usize = 64;
+
 /// Where this node's writes go.
 pub struct Forwarding {
     nats: NatsBroker,
@@ -121,7 +127,11 @@ impl Forwarding {
 
     /// Sends `req` to its layer's owner, or gives it back to be applied here.
     pub async fn apply(&self, mut req: WriteRequest) -> Forwarded {
-        let Some(owner) = self.remote_owner(&req.layer) else {
+        let owner = match self.remote_owner(&req.layer) {
+            Some(owner) if req.ops.len() <= MAX_FORWARDED_OPS => Some(owner),
+            _ => None,
+        };
+        let Some(owner) = owner else {
             return Forwarded::Local {
                 req,
                 made_up_op_id: false,

@@ -181,8 +181,26 @@ impl Layers {
         *self.serving.lock() = Some(task);
     }
 
-    /// Appends the forwarding counters (a cluster on PostgreSQL only) to a Prometheus text.
+    /// Appends the PostgreSQL write groups and the forwarding counters (a cluster on
+    /// PostgreSQL only) to a Prometheus text.
     pub fn render_metrics(&self, out: &mut String) {
+        if let AnyStore::Postgres(s) = &self.store {
+            let (groups, requests) = s.write_stats().get();
+            crate::metrics::counter(
+                out,
+                "geostream_store_write_groups_total",
+                "Write transactions this node committed on PostgreSQL (a layer's writes that \
+                 arrive while its previous group commits share the next one).",
+                &[("", groups as f64)],
+            );
+            crate::metrics::counter(
+                out,
+                "geostream_store_write_requests_total",
+                "Write requests those transactions carried: divided by the groups, the mean \
+                 group size.",
+                &[("", requests as f64)],
+            );
+        }
         if let Some(f) = &self.forwarding {
             f.render_metrics(out);
         }
