@@ -3,8 +3,18 @@
  * undoing a delete creates the feature again with its old id, properties and geometry,
  * undoing a create deletes it. Each is sent with the feature's current version, so it never
  * overwrites someone's later change unseen, and only what the undone edit touched changes.
+ *
+ * "Current" must include this page's own edits: an undo clicked while the edit it undoes is
+ * still on its way (a browser may run the click before the acknowledgement that arrived just
+ * before it) would otherwise start from the version before that edit and be refused as a
+ * conflict. So each undo or redo waits until the page's edits of its features have settled
+ * (`track` registers them), and undos and redos run one after the other.
  */
-import { RpcError, changesBetween, type EditResult, type Feature, type FeatureContent, type GeostreamClient } from "../../clients/js/src/index.js";
+// The client's parts by module rather than its index, so that this module loads without the
+// client's codec (web/test/history.test.ts runs it under Node without the client's packages).
+import type { EditResult, Feature, GeostreamClient } from "../../clients/js/src/index.js";
+import { RpcError } from "../../clients/js/src/errors.js";
+import { changesBetween, type FeatureContent } from "../../clients/js/src/merge.js";
 import type { EditMeta } from "./conflicts.js";
 
 /** One feature's part of an undoable step: its content before and after (null: absent). */
@@ -37,8 +47,50 @@ const BOOKKEEPING = new Set(["edited_by"]);
 export class History {
   private undos: Step[] = [];
   private redos: Step[] = [];
+  /** This page's edits not settled yet, by feature id (the latest one of each). */
+  private readonly inflight = new Map<string, Promise<unknown>>();
+  /** Undos and redos, in the order they were asked for. */
+  private queue: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: HistoryOptions) {}
+
+  /** An edit of `ids` was sent: undos and redos of these features wait until it settles. */
+  track(ids: string[], sent: Promise<unknown>): void {
+    const settled = sent.then(
+      () => undefined,
+      () => undefined,
+    );
+    for (const id of ids) {
+      this.inflight.set(id, settled);
+      void settled.then(() => {
+        if (this.inflight.get(id) === settled) this.inflight.delete(id);
+      });
+    }
+  }
+
+  /**
+   * Runs `step` towards `to` once the edits of its features have settled. The step is on the
+   * `forth` stack meanwhile (a redo clicked right after an undo redoes it, after it), and goes
+   * back to `back` if there was nothing to send.
+   */
+  private later(step: Step, to: "before" | "after", label: string, back: Step[], forth: Step[]): void {
+    forth.push(step);
+    this.o.changed();
+    this.queue = this.queue
+      .then(() => Promise.all(step.items.map((i) => this.inflight.get(i.id))))
+      .then(() => {
+        if (!this.apply(step, to, label)) {
+          const i = forth.lastIndexOf(step);
+          if (i >= 0) {
+            forth.splice(i, 1);
+            back.push(step);
+          }
+        }
+        this.o.changed();
+      })
+      // The queue must go on after a step that failed to start.
+      .catch((e: Error) => this.o.failed(label, e));
+  }
 
   canUndo(): boolean {
     return this.undos.length > 0;
@@ -58,18 +110,12 @@ export class History {
 
   undo(): void {
     const step = this.undos.pop();
-    if (!step) return;
-    if (this.apply(step, "before", `undo ${step.label}`)) this.redos.push(step);
-    else this.undos.push(step);
-    this.o.changed();
+    if (step) this.later(step, "before", `undo ${step.label}`, this.undos, this.redos);
   }
 
   redo(): void {
     const step = this.redos.pop();
-    if (!step) return;
-    if (this.apply(step, "after", `redo ${step.label}`)) this.undos.push(step);
-    else this.redos.push(step);
-    this.o.changed();
+    if (step) this.later(step, "after", `redo ${step.label}`, this.redos, this.undos);
   }
 
   /** Sends the edits that bring each item to its `to` side; false when there is nothing to send yet. */
@@ -105,6 +151,10 @@ export class History {
       return false;
     }
     const sent = ops.length === 1 ? (sends[0]!() as Promise<EditResult>) : client.batchEdit(layer, ops, { meta: this.o.meta(null, label) });
+    this.track(
+      step.items.map((i) => i.id),
+      sent,
+    );
     sent.catch((e: Error) => {
       // Conflicts and locks come back as kept conflicts (conflicts.ts).
       if (e instanceof RpcError && (e.codeName === "conflict" || e.codeName === "locked" || e.codeName === "feature_not_found")) return;

@@ -649,8 +649,9 @@ client.on("editRejected", ({ entry, error }) => {
   if (!conflicts.take(entry, error)) toast(`An edit was refused: ${refusal(error)}`, { error: true });
 });
 
-/** Sends an edit; `history` says how to undo it (absent: not undoable, e.g. a resolution). */
-function send(p: Promise<EditResult>, what: string): void {
+/** Sends an edit of features `ids`; undos and redos of them wait until it settles. */
+function send(p: Promise<EditResult>, what: string, ids: string[]): void {
+  history.track(ids, p);
   p.catch((e: Error) => {
     // Conflicts and locks come back through `editRejected` (kept and offered again).
     if (e instanceof RpcError && (e.codeName === "conflict" || e.codeName === "locked" || e.codeName === "feature_not_found")) return;
@@ -676,7 +677,7 @@ function create(geometry: Geometry, kind: string): void {
   const id = randomId();
   const properties = { name: `${kind} ${nextNumber(kind)} by ${myName}`, kind, author: myName, edited_by: myName, color: myColor };
   history.push([{ id, before: null, after: { properties, geometry } }], `draw the ${kind}`);
-  send(client.createFeature(LAYER, { id, geometry, properties }, { meta: editMeta(null, `drew ${properties.name}`) }), `create the ${kind}`);
+  send(client.createFeature(LAYER, { id, geometry, properties }, { meta: editMeta(null, `drew ${properties.name}`) }), `create the ${kind}`, [id]);
   renderPending();
 }
 
@@ -694,12 +695,12 @@ function edit(f: Feature, change: { properties?: Record<string, unknown>; geomet
   const after: FeatureContent = { properties, geometry: change.geometry ?? f.geometry };
   history.push([{ id: f.id, before, after }], summary);
   const patch = { ...change, ...(change.properties ? { properties: { ...change.properties, edited_by: myName } } : { properties: { edited_by: myName } }) };
-  send(client.patchFeature(LAYER, f.id, patch, { version: f.version, meta: editMeta({ id: f.id, version: f.version, content: before }, summary) }), summary);
+  send(client.patchFeature(LAYER, f.id, patch, { version: f.version, meta: editMeta({ id: f.id, version: f.version, content: before }, summary) }), summary, [f.id]);
 }
 
 function remove(f: Feature): void {
   history.push([{ id: f.id, before: contentOf(f), after: null }], "delete");
-  send(client.deleteFeature(LAYER, f.id, { version: f.version, meta: editMeta({ id: f.id, version: f.version, content: contentOf(f) }, "deleted it") }), "delete");
+  send(client.deleteFeature(LAYER, f.id, { version: f.version, meta: editMeta({ id: f.id, version: f.version, content: contentOf(f) }, "deleted it") }), "delete", [f.id]);
   toast(`Deleted ${titleOf(f)}.`, { action: { label: "Undo", run: () => history.undo() } });
 }
 
@@ -729,7 +730,11 @@ fileInput.addEventListener("change", async () => {
   const flush = (): void => {
     if (!batch.length) return;
     const ops = batch.map((it) => ({ op: "create", feature: { type: "Feature", id: it.id, ...it.after } }));
-    send(client.batchEdit(LAYER, ops, { meta: editMeta(null, `imported ${file.name}`) }) as Promise<never>, `import ${file.name}`);
+    send(
+      client.batchEdit(LAYER, ops, { meta: editMeta(null, `imported ${file.name}`) }) as Promise<never>,
+      `import ${file.name}`,
+      batch.map((it) => it.id),
+    );
     batch = [];
     bytes = 0;
   };
