@@ -1020,16 +1020,6 @@ async fn a_layer_created_again_renders_its_new_features() {
     srv.shutdown().await;
 }
 
-/// One series of the node's `/metrics` (name with its labels, as printed).
-async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let (status, _, body) = get(addr, "/metrics", &[]).await;
-    assert_eq!(status, 200);
-    let text = String::from_utf8(body).expect("metrics are text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-}
-
 /// A re-render after an edit decodes the edited feature only, and says so in `/metrics`.
 #[tokio::test]
 async fn a_re_render_decodes_only_the_edited_feature() {
@@ -1044,8 +1034,8 @@ async fn a_re_render_decodes_only_the_edited_feature() {
     assert_eq!(status, 200);
     assert_eq!(
         (
-            metric(srv.addr, decoded).await,
-            metric(srv.addr, reused).await
+            common::metric(srv.addr, decoded).await,
+            common::metric(srv.addr, reused).await
         ),
         (n, 0.0),
         "the first render decodes every feature of the world tile"
@@ -1059,15 +1049,18 @@ async fn a_re_render_decodes_only_the_edited_feature() {
     assert_eq!(status, 200);
     assert_eq!(
         (
-            metric(srv.addr, decoded).await,
-            metric(srv.addr, reused).await
+            common::metric(srv.addr, decoded).await,
+            common::metric(srv.addr, reused).await
         ),
         (n + 1.0, n - 1.0),
         "the re-render decodes sydney only"
     );
-    assert_eq!(metric(srv.addr, "geostream_tile_decoded_features").await, n);
     assert_eq!(
-        metric(srv.addr, "geostream_tiles_rendered_total").await,
+        common::metric(srv.addr, "geostream_tile_decoded_features").await,
+        n
+    );
+    assert_eq!(
+        common::metric(srv.addr, "geostream_tiles_rendered_total").await,
         2.0
     );
     // The tile cache: both renders were misses (the edit invalidated the first); the same
@@ -1075,22 +1068,28 @@ async fn a_re_render_decodes_only_the_edited_feature() {
     let hit = r#"geostream_tile_cache_lookups_total{result="hit"}"#;
     let miss = r#"geostream_tile_cache_lookups_total{result="miss"}"#;
     assert_eq!(
-        (metric(srv.addr, hit).await, metric(srv.addr, miss).await),
+        (
+            common::metric(srv.addr, hit).await,
+            common::metric(srv.addr, miss).await
+        ),
         (0.0, 2.0)
     );
     let (status, _, again) = get(srv.addr, "/v1/tiles/pts/0/0/0.mvt", &[]).await;
     assert_eq!((status, &again), (200, &body));
     assert_eq!(
-        (metric(srv.addr, hit).await, metric(srv.addr, miss).await),
+        (
+            common::metric(srv.addr, hit).await,
+            common::metric(srv.addr, miss).await
+        ),
         (1.0, 2.0)
     );
     assert_eq!(
-        metric(srv.addr, "geostream_tiles_rendered_total").await,
+        common::metric(srv.addr, "geostream_tiles_rendered_total").await,
         2.0,
         "a hit renders nothing"
     );
-    assert!(metric(srv.addr, "geostream_tile_cache_bytes").await >= body.len() as f64);
-    assert!(metric(srv.addr, "geostream_tile_cache_tiles").await >= 1.0);
+    assert!(common::metric(srv.addr, "geostream_tile_cache_bytes").await >= body.len() as f64);
+    assert!(common::metric(srv.addr, "geostream_tile_cache_tiles").await >= 1.0);
     // And the reused features are in the tile, as they were.
     assert!(body.windows(8).any(|w| w == b"Helsinki"));
     srv.shutdown().await;

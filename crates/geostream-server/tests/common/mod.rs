@@ -408,14 +408,15 @@ pub async fn http(
 }
 
 /// A JSON request; returns status and parsed body.
-/// One series of a node's `/metrics` (its name with labels, as printed); 0 when absent.
+/// One series of a node's `/metrics` (its name with labels, as printed); panics when the node
+/// does not print it.
 pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let (status, _, body) = http(addr, "GET", "/metrics", &[], None).await;
     assert_eq!(status, 200);
     let text = String::from_utf8(body).expect("metrics are text");
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
 pub async fn http_json(
