@@ -294,6 +294,15 @@ async fn all_ready(starting: Vec<Starting>) -> Vec<Node> {
     nodes
 }
 
+/// `n` nodes configured from `env` alone (each with a data directory of its own), started
+/// together.
+async fn from_env(n: usize, env: &[(String, String)]) -> Vec<Node> {
+    let starting = (0..n)
+        .map(|_| Node::spawn(|data| (vec!["--data-dir".into(), data.into()], env.to_vec())))
+        .collect();
+    all_ready(starting).await
+}
+
 fn point(id: &str, x: f64, y: f64, props: Value) -> Value {
     json!({ "type": "Feature", "id": id, "geometry": { "type": "Point", "coordinates": [x, y] }, "properties": props })
 }
@@ -537,10 +546,7 @@ async fn a_killed_nodes_lock_and_presence_are_cleaned_up_once_by_the_survivors()
         vars(&[("GEOSTREAM_LAYERS__LOCK_GRACE_MS", &GRACE_MS.to_string())]),
     ]
     .concat();
-    let starting = (0..3)
-        .map(|_| Node::spawn(|data| (vec!["--data-dir".into(), data.into()], env.clone())))
-        .collect();
-    let mut nodes = all_ready(starting).await;
+    let mut nodes = from_env(3, &env).await;
 
     let mut setup = Ws::connect(&nodes[0].ws_url(), Encoding::Json).await;
     setup.ok("layer.create", json!({ "name": "plan" })).await;
@@ -935,10 +941,7 @@ async fn a_node_taken_for_dead_that_comes_back_resurrects_nothing_and_kills_noth
         vars(&[("GEOSTREAM_LAYERS__LOCK_GRACE_MS", &GRACE_MS.to_string())]),
     ]
     .concat();
-    let starting = (0..3)
-        .map(|_| Node::spawn(|data| (vec!["--data-dir".into(), data.into()], env.clone())))
-        .collect();
-    let nodes = all_ready(starting).await;
+    let nodes = from_env(3, &env).await;
     let mut setup = Ws::connect(&nodes[0].ws_url(), Encoding::Json).await;
     setup.ok("layer.create", json!({ "name": "plan" })).await;
     for id in ["f", "g"] {
@@ -1093,10 +1096,7 @@ async fn a_write_forwarded_to_a_frozen_owner_is_applied_once() {
         .filter(|(k, _)| k != "GEOSTREAM_BROKER__HEARTBEAT_MS")
         .chain(vars(&[("GEOSTREAM_BROKER__HEARTBEAT_MS", "1000")]))
         .collect();
-    let starting = (0..3)
-        .map(|_| Node::spawn(|data| (vec!["--data-dir".into(), data.into()], env.clone())))
-        .collect();
-    let nodes = all_ready(starting).await;
+    let nodes = from_env(3, &env).await;
     let mut setup = Ws::connect(&nodes[0].ws_url(), Encoding::Json).await;
     setup
         .ok(
