@@ -653,7 +653,9 @@ pub struct TilesConfig {
     /// Highest zoom level served for vector layers (at most 22). Default: 22.
     pub max_zoom: u8,
     /// How long changes to subscribed tiles are gathered before they are pushed, in
-    /// milliseconds: a tile edited many times within this window is sent once. Default: 50.
+    /// milliseconds: a tile edited many times within this window is sent once. Tiles a
+    /// client asks for (subscribing, moving its viewport) are pushed without waiting.
+    /// Default: 50.
     pub flush_ms: u64,
     /// Most tiles in one tile subscription. Default: 256.
     pub max_tiles_per_subscription: usize,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use geostream_broker::{NatsBroker, NodeRequest, NodeRequestError};
-use geostream_store::{StoreError, WriteOutcome, WriteRequest};
+use geostream_store::{WriteOutcome, WriteRequest};
 
 /// The service name of forwarded writes on a node's subject.
 const SERVICE: &str = "write";
@@ -187,12 +187,14 @@ impl Forwarding {
     }
 }
 
-/// Decodes a forwarded write, or gives the answer to send when it is unreadable.
+/// Decodes a forwarded write, or gives the answer to send when it is unreadable:
+/// [`NOT_APPLIED`], so that the sender, which read the write from its client, applies it
+/// itself. A node of another version (during a rolling upgrade) or a bug on either side must
+/// cost a slower write, never a client's edit refused as `invalid`.
 pub fn decode(payload: &[u8]) -> Result<WriteRequest, Bytes> {
     serde_json::from_slice(payload).map_err(|e| {
-        encode(&Err(StoreError::Invalid(format!(
-            "unreadable forwarded write: {e}"
-        ))))
+        tracing::warn!(error = %e, "Could not read a write forwarded by another node; the sender applies it itself.");
+        NOT_APPLIED
     })
 }
 
@@ -254,6 +256,12 @@ mod tests {
             "{per_node:?}"
         );
         assert_eq!(owner_of("x", &[]), None);
+    }
+
+    #[test]
+    fn an_unreadable_write_is_handed_back_to_its_sender() {
+        assert_eq!(decode(b"{\"layer\": 7}"), Err(NOT_APPLIED));
+        assert_eq!(decode(b"\xff"), Err(NOT_APPLIED));
     }
 
     #[test]

@@ -867,6 +867,51 @@ async fn a_burst_of_edits_is_coalesced_and_ends_at_the_latest_tile() {
 }
 
 #[tokio::test]
+async fn asked_tiles_come_at_once_and_edits_wait_for_the_window() {
+    // A window long enough that a push within it cannot be the window's flush.
+    let window = Duration::from_millis(3000);
+    let srv = TestServer::start_with(|c| c.tiles.flush_ms = 3000).await;
+    let mut ws = Ws::connect(&srv.ws_url(), Encoding::Msgpack).await;
+    import(&mut ws, "pts", sample_points()).await;
+    let t = tile_of(24.94, 60.17, 6);
+
+    // Subscribing: the tile comes without waiting for the window.
+    let asked = std::time::Instant::now();
+    let r = ws
+        .ok("tile.subscribe", json!({"layer": "pts", "tiles": [t]}))
+        .await;
+    let sub = r["sub"].as_u64().unwrap();
+    let p = tile_push(&mut ws).await;
+    assert!(asked.elapsed() < window / 2, "{:?}", asked.elapsed());
+    let version = p["version"].as_u64().unwrap();
+
+    // An edit is gathered for the window before its tile is pushed.
+    let edited = std::time::Instant::now();
+    ws.ok(
+        "feature.patch",
+        json!({"layer": "pts", "id": "helsinki", "properties": {"x": 1}}),
+    )
+    .await;
+    ws.expect_silence(window / 3).await;
+    let p = tile_push(&mut ws).await;
+    assert!(
+        edited.elapsed() >= window * 9 / 10,
+        "{:?}",
+        edited.elapsed()
+    );
+    assert!(p["version"].as_u64().unwrap() > version);
+
+    // Saying it holds nothing: the full tile comes at once again.
+    let asked = std::time::Instant::now();
+    ws.ok("tile.update", json!({"sub": sub, "have": have(&t, 0)}))
+        .await;
+    let p = tile_push(&mut ws).await;
+    assert!(asked.elapsed() < window / 2, "{:?}", asked.elapsed());
+    assert_eq!(p["kind"], "full");
+    srv.shutdown().await;
+}
+
+#[tokio::test]
 async fn have_versions_unknown_bases_and_viewport_moves() {
     let srv = TestServer::start().await;
     let mut ws = Ws::connect(&srv.ws_url(), Encoding::Json).await;

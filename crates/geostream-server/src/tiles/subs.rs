@@ -8,6 +8,10 @@
 //! delta when the base is still known and the delta is smaller, the full tile otherwise, or
 //! a notice. Deltas and frames are computed once per base version and encoding and shared.
 //!
+//! Tiles a client asks for (by subscribing, moving its viewport or saying what it holds) are
+//! *asked* pairs, pushed by the flusher at once: there is no burst to wait for, and a map
+//! that pans should not wait a window for its tiles.
+//!
 //! Backpressure: a push that does not fit the client's outbox is not lost, the pair stays
 //! dirty and is retried on the next flush, against the version the client then holds, so a
 //! slow client ends up with the latest tile without receiving the intermediate ones (and is
@@ -53,6 +57,8 @@ struct Inner {
     /// Per layer, per tile: the subscriptions holding it.
     index: HashMap<Arc<str>, HashMap<TileId, Vec<SubKey>>>,
     dirty: HashSet<(SubKey, TileId)>,
+    /// Pairs a client asked for: pushed without waiting for the window.
+    asked: HashSet<(SubKey, TileId)>,
 }
 
 impl Inner {
@@ -85,6 +91,7 @@ impl Inner {
             self.index_remove(&s.layer, *t, k);
         }
         self.dirty.retain(|(dk, _)| dk != k);
+        self.asked.retain(|(dk, _)| dk != k);
         Some(s)
     }
 }
@@ -191,7 +198,7 @@ pub(crate) async fn subscribe(
                 let mut g = reg.inner.lock();
                 for t in &set {
                     g.index_add(&layer_name, *t, &k);
-                    g.dirty.insert((k.clone(), *t));
+                    g.asked.insert((k.clone(), *t));
                 }
                 let held = have
                     .into_iter()
@@ -259,7 +266,7 @@ pub(crate) async fn update(
                 for t in &removed {
                     s.held.remove(t);
                 }
-                let mut dirty: Vec<TileId> = added.clone();
+                let mut asked: Vec<TileId> = added.clone();
                 for (t, v) in have {
                     if !set.contains(&t) {
                         continue;
@@ -270,18 +277,19 @@ pub(crate) async fn update(
                     } else {
                         s.held.insert(t, v);
                     }
-                    dirty.push(t);
+                    asked.push(t);
                 }
                 s.tiles = set;
                 for t in &removed {
                     inner.index_remove(&layer, *t, &k);
                     inner.dirty.remove(&(k.clone(), *t));
+                    inner.asked.remove(&(k.clone(), *t));
                 }
                 for t in &added {
                     inner.index_add(&layer, *t, &k);
                 }
-                for t in dirty {
-                    inner.dirty.insert((k.clone(), t));
+                for t in asked {
+                    inner.asked.insert((k.clone(), t));
                 }
                 (added, removed)
             };
@@ -385,35 +393,58 @@ pub(super) fn spawn_flusher(tiles: &Arc<Tiles>) {
     let weak = Arc::downgrade(tiles);
     let window = Duration::from_millis(tiles.cfg.flush_ms);
     tokio::spawn(async move {
-        // When the last flush began (or the last burst woke the flusher from idle).
-        let mut last = Instant::now();
+        // When the window of the pending edits began: when the first of them woke the
+        // flusher, or when the last flush of edits began.
+        let mut window_start: Option<Instant> = None;
         loop {
             let Some(tiles) = weak.upgrade() else { return };
             let reg = tiles.subs.clone();
-            let idle = reg.inner.lock().dirty.is_empty();
-            if idle {
-                let woken = reg.wake.notified();
-                // Do not keep the service alive while waiting.
-                drop(tiles);
-                tokio::select! {
-                    _ = woken => {}
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            let (dirty, asked) = {
+                let g = reg.inner.lock();
+                (!g.dirty.is_empty(), !g.asked.is_empty())
+            };
+            let wait = if dirty {
+                // Let the burst finish: edits within the window end in one push per tile.
+                // Edits that came while the last flush was rendering have waited that long
+                // already: only the rest of the window is waited for, so a flush slower than
+                // the window does not add a whole window to every edit after it.
+                let start = *window_start.get_or_insert_with(Instant::now);
+                let rest = window.saturating_sub(start.elapsed());
+                if rest.is_zero() {
+                    // Before any ask: clients that keep asking must not hold changes back.
+                    window_start = Some(Instant::now());
+                    flush(&tiles, Pending::Changed).await;
+                    continue;
                 }
-                // Woken from idle: the burst starts now and gets the whole window.
-                last = Instant::now();
+                rest
+            } else {
+                window_start = None;
+                Duration::from_secs(5)
+            };
+            if asked {
+                flush(&tiles, Pending::Asked).await;
                 continue;
             }
+            let woken = reg.wake.notified();
+            // Do not keep the service alive while waiting.
             drop(tiles);
-            // Let the burst finish: edits within the window end in one push per tile. Edits
-            // that came while the last flush was rendering have waited that long already:
-            // only the rest of the window is waited for, so a flush slower than the window
-            // does not add a whole window to every edit after it.
-            tokio::time::sleep(window.saturating_sub(last.elapsed())).await;
-            let Some(tiles) = weak.upgrade() else { return };
-            last = Instant::now();
-            flush(&tiles).await;
+            // A wake-up (an ask, or the first edit after idle) ends the wait early; the loop
+            // then decides again.
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     });
+}
+
+/// Which pending pairs a flush pushes.
+#[derive(Clone, Copy)]
+enum Pending {
+    /// Pairs clients asked for.
+    Asked,
+    /// Pairs whose tiles changed, gathered for the window.
+    Changed,
 }
 
 /// One subscriber of a dirty tile, as read under the lock.
@@ -424,13 +455,16 @@ struct Target {
     held: Option<u64>,
 }
 
-async fn flush(tiles: &Tiles) {
-    // Take the dirty pairs, grouped by (layer, tile), with what each subscriber holds.
+async fn flush(tiles: &Tiles, which: Pending) {
+    // Take the pending pairs, grouped by (layer, tile), with what each subscriber holds.
     let mut groups: HashMap<(Arc<str>, TileId), Vec<Target>> = HashMap::new();
     {
         let mut g = tiles.subs.inner.lock();
-        let dirty = std::mem::take(&mut g.dirty);
-        for (k, t) in dirty {
+        let pending = match which {
+            Pending::Asked => std::mem::take(&mut g.asked),
+            Pending::Changed => std::mem::take(&mut g.dirty),
+        };
+        for (k, t) in pending {
             let Some(s) = g.subs.get(&k) else { continue };
             if !s.tiles.contains(&t) {
                 continue;
