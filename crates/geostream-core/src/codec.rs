@@ -764,7 +764,24 @@ impl PushFrame {
 
     /// Writes the frame for subscription `sub`.
     pub fn write<B: BufMut>(&self, sub: u32, out: &mut B) {
-        let (head, tail) = self.bytes.split_at(self.split);
+        self.write_head(sub, out);
+        out.put_slice(self.tail());
+    }
+
+    /// The part of the frame after the subscription id: the same bytes for every
+    /// subscriber, so a writer may send them from here rather than copy them.
+    pub fn tail(&self) -> &[u8] {
+        &self.bytes[self.split..]
+    }
+
+    /// [`PushFrame::tail`] as shared bytes (no copy).
+    pub fn tail_bytes(&self) -> Bytes {
+        self.bytes.slice(self.split..)
+    }
+
+    /// Writes the frame for subscription `sub` up to its [`PushFrame::tail`].
+    pub fn write_head<B: BufMut>(&self, sub: u32, out: &mut B) {
+        let head = &self.bytes[..self.split];
         if self.zstd {
             let n = head.len() + sub_len(self.binary, sub);
             debug_assert!(n < 256);
@@ -778,7 +795,6 @@ impl PushFrame {
         }
         out.put_slice(head);
         put_sub(out, self.binary, sub);
-        out.put_slice(tail);
     }
 
     /// Writes only the params object (`{"sub":N,...}`) of a JSON push, without the JSON-RPC

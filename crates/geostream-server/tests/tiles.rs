@@ -911,6 +911,64 @@ async fn asked_tiles_come_at_once_and_edits_wait_for_the_window() {
     srv.shutdown().await;
 }
 
+/// Clients that say they hold nothing the moment their tiles have arrived (a map reloading
+/// its style, a client that lost its tile store) must get every tile each time. The server
+/// records what it pushed after queueing it; a client's word that comes in between wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_asks_again_at_once_gets_every_tile_every_time() {
+    // Many subscribers per tile keep a push's bookkeeping busy while its first clients
+    // already answer.
+    const CLIENTS: usize = 24;
+    const ZOOM: u8 = 2;
+    const ROUNDS: usize = 60;
+    let srv = TestServer::start().await;
+    let mut ws = Ws::connect(&srv.ws_url(), Encoding::Msgpack).await;
+    import(&mut ws, "pts", sample_points()).await;
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let url = srv.ws_url();
+        clients.spawn(async move {
+            let mut ws = Ws::connect(&url, Encoding::Msgpack).await;
+            let world = json!({"bbox": [-180.0, -85.0, 180.0, 85.0], "zoom": ZOOM});
+            let r = ws
+                .ok("tile.subscribe", json!({"layer": "pts", "viewport": world}))
+                .await;
+            let sub = r["sub"].as_u64().unwrap();
+            let tiles: Vec<String> = r["tiles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect();
+            let nothing: serde_json::Map<String, Value> =
+                tiles.iter().map(|t| (t.clone(), json!(0))).collect();
+            let mut round = 0;
+            loop {
+                // This round's pushes: every tile, each once.
+                let mut got = std::collections::BTreeSet::new();
+                while got.len() < tiles.len() {
+                    let p = tokio::time::timeout(Duration::from_secs(3), tile_push(&mut ws))
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!("round {round}: {} of {} tiles", got.len(), tiles.len())
+                        });
+                    assert!(got.insert(p["tile"].as_str().unwrap().to_string()));
+                }
+                round += 1;
+                if round == ROUNDS {
+                    return;
+                }
+                ws.ok("tile.update", json!({"sub": sub, "have": nothing}))
+                    .await;
+            }
+        });
+    }
+    while let Some(r) = clients.join_next().await {
+        r.unwrap();
+    }
+    srv.shutdown().await;
+}
+
 #[tokio::test]
 async fn have_versions_unknown_bases_and_viewport_moves() {
     let srv = TestServer::start().await;

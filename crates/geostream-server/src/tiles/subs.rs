@@ -49,6 +49,11 @@ struct SubState {
     /// The version the client holds of each tile (as far as the server knows: what it
     /// queued last, or what the client said).
     held: HashMap<TileId, u64>,
+    /// How many times the client has said what it holds. A push records what it queued in
+    /// `held` only if the client has not spoken since the push was planned: a client that
+    /// received the push and at once said it holds nothing must get the tile again, not be
+    /// taken to hold it.
+    said: u64,
 }
 
 #[derive(Default)]
@@ -212,6 +217,7 @@ pub(crate) async fn subscribe(
                         mode: p.mode,
                         tiles: set,
                         held,
+                        said: 0,
                     },
                 );
             }
@@ -260,6 +266,7 @@ pub(crate) async fn update(
                         format!("unknown tile subscription {}", p.sub),
                     ));
                 };
+                s.said += 1;
                 let set = set.unwrap_or_else(|| s.tiles.clone());
                 let added: Vec<TileId> = set.difference(&s.tiles).copied().collect();
                 let removed: Vec<TileId> = s.tiles.difference(&set).copied().collect();
@@ -453,6 +460,7 @@ struct Target {
     session: Arc<Session>,
     mode: TileMode,
     held: Option<u64>,
+    said: u64,
 }
 
 async fn flush(tiles: &Tiles, which: Pending) {
@@ -477,6 +485,7 @@ async fn flush(tiles: &Tiles, which: Pending) {
                     session: s.session.clone(),
                     mode: s.mode,
                     held: s.held.get(&t).copied(),
+                    said: s.said,
                 });
         }
     }
@@ -580,7 +589,7 @@ fn push_tile(
                         s.pushed_notices.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                sent.push((target.key, current.version));
+                sent.push((target.key, target.said));
             }
             PushOutcome::Dropped => {
                 tiles.stats.deferred.fetch_add(1, Ordering::Relaxed);
@@ -593,11 +602,12 @@ fn push_tile(
         return;
     }
     let mut g = tiles.subs.inner.lock();
-    for (k, v) in sent {
+    for (k, said) in sent {
         if let Some(s) = g.subs.get_mut(&k)
             && s.tiles.contains(&t)
+            && s.said == said
         {
-            s.held.insert(t, v);
+            s.held.insert(t, current.version);
         }
     }
     for k in retry {
