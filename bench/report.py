@@ -412,11 +412,12 @@ if d:
       f"{num(d['delta_bytes_mean'])} B against {num(d['full_bytes_mean'])} B full tiles: "
       f"**{num(d['delta_saving_pct'], 1)}% smaller**.")
     w("")
-    w("Each client waits for all its tiles before asking again, and the server gathers tile changes "
-      "for `tiles.flush_ms` (50 ms) before pushing, so this closed loop is bounded by about "
-      "clients x tiles x tile size per 50 ms plus a round trip: it measures whole viewports "
-      "delivered on demand, not the peak bytes/s of the push path (see the server CPU seconds "
-      "in the CPU table).")
+    w("Each client waits for all its tiles before asking again. Tiles a client asks for are pushed "
+      "at once (only edits wait for the `tiles.flush_ms` window), every client's copy of a tile is "
+      "one shared frame, and the writer sends a frame's tile bytes from that shared buffer "
+      "(`writev`) instead of copying them per connection: this loop is bounded by the CPU of the "
+      "server and the load generator on the same two cores (see the CPU table), so it is the peak "
+      "bytes/s of the push path.")
     o = d.get("open_loop")
     if o:
         pl = o.get("push_latency_ms") or {}

@@ -861,38 +861,46 @@ pub fn encode_push<T: Serialize + ?Sized>(
             }
         }
         Encoding::Msgpack | Encoding::MsgpackZstd => {
-            let mut pairs = Vec::with_capacity(64 + raw.map_or(0, |r| r.1.len()));
-            msgpack_value(&mut pairs, fields);
-            let (n, hlen) = msgpack::map_header(&pairs).unwrap_or((0, pairs.len()));
-            let mut count = n + 1;
+            // The fields are serialized once, straight into the frame (a tile's bytes are
+            // not copied a second time): behind room for the longest envelope, which is
+            // written, once the fields are counted, just before them over their own map
+            // header.
+            let room = 2 + 5 + method.len() + 5 + 4;
+            let mut out =
+                Vec::with_capacity(room + 64 + raw.map_or(0, |r| r.0.len() + r.1.len() + 6));
+            out.resize(room, 0);
+            msgpack_value(&mut out, fields);
+            let (n, hlen) = msgpack::map_header(&out[room..]).unwrap_or((0, out.len() - room));
+            let count = n + 1 + usize::from(raw.is_some());
             if let Some((key, payload)) = raw {
-                count += 1;
-                let _ = rmp::encode::write_str(&mut pairs, key);
-                payload.write_msgpack(&mut pairs);
+                let _ = rmp::encode::write_str(&mut out, key);
+                payload.write_msgpack(&mut out);
             }
-            let mut head = Vec::with_capacity(24);
+            let mut head = Vec::with_capacity(room);
             head.extend_from_slice(&[0x93, 0x02]);
             let _ = rmp::encode::write_str(&mut head, method);
             let _ = rmp::encode::write_map_len(&mut head, count as u32);
             let _ = rmp::encode::write_str(&mut head, "sub");
-            let tail = &pairs[hlen..];
+            let begin = room + hlen - head.len();
+            out[begin..room + hlen].copy_from_slice(&head);
             let split = head.len();
+            let tail = &out[begin + split..];
             if enc == Encoding::MsgpackZstd
                 && tail.len() >= ZSTD_THRESHOLD
                 && let Ok(z) = zstd_compress(tail)
                 && z.len() + ZSTD_RAW_HEADER < tail.len()
             {
-                head.extend_from_slice(&z);
+                out.truncate(begin + split);
+                out.extend_from_slice(&z);
                 return PushFrame {
-                    bytes: Bytes::from(head),
+                    bytes: Bytes::from(out).slice(begin..),
                     split,
                     zstd: true,
                     binary: true,
                 };
             }
-            head.extend_from_slice(tail);
             PushFrame {
-                bytes: Bytes::from(head),
+                bytes: Bytes::from(out).slice(begin..),
                 split,
                 zstd: false,
                 binary: true,
