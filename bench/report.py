@@ -139,9 +139,9 @@ w("")
 knobs = " ".join(f"{k}={os.environ[k]}" for k in ("QUICK", "NO_BUILD", "GS_BIN", "GS_LOADGEN_BIN", "SKIP_PEERS", "ONLY", "PEERS")
                  if os.environ.get(k))
 w(f"This run: `{(knobs + ' ') if knobs else ''}bench/run.sh`" + (
-  " (NO_BUILD: the release binaries above were built beforehand with the cargo commands run.sh uses"
-  + ("; the load generator into a separate target directory, since other builds held the "
-     "repository's lock" if os.environ.get("GS_LOADGEN_BIN") else "") + ")."
+  " (NO_BUILD: the release binaries above were built beforehand with the cargo commands run.sh "
+  "uses" + (", and copies of them measured" if os.environ.get("GS_BIN") or os.environ.get("GS_LOADGEN_BIN")
+            else "") + ")."
   if os.environ.get("NO_BUILD") else "."))
 w("")
 w("Reproduce: `bench/run.sh` (10-11 minutes plus the release build; `QUICK=1` for a ~6-minute smoke run, "
