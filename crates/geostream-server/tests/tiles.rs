@@ -913,7 +913,9 @@ async fn asked_tiles_come_at_once_and_edits_wait_for_the_window() {
 
 /// Clients that say they hold nothing the moment their tiles have arrived (a map reloading
 /// its style, a client that lost its tile store) must get every tile each time. The server
-/// records what it pushed after queueing it; a client's word that comes in between wins.
+/// records what it pushed after queueing it, and a client's word that comes in between wins:
+/// that interleaving is pinned by a unit test in `tiles/subs.rs`, since over real sockets it
+/// happens only now and then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_asks_again_at_once_gets_every_tile_every_time() {
     // Many subscribers per tile keep a push's bookkeeping busy while its first clients

@@ -90,6 +90,109 @@ impl Inner {
         }
     }
 
+    /// A new subscription: each of its tiles is asked for.
+    fn add(&mut self, k: SubKey, s: SubState) {
+        for t in &s.tiles {
+            self.index_add(&s.layer, *t, &k);
+            self.asked.insert((k.clone(), *t));
+        }
+        self.subs.insert(k, s);
+    }
+
+    /// What a client says of subscription `k` (`tile.update`): its new tile set, if any, and
+    /// the versions it holds. Tiles added or stated are asked for. Returns the tiles added
+    /// and removed, or `None` for an unknown subscription.
+    fn restate(
+        &mut self,
+        k: &SubKey,
+        set: Option<BTreeSet<TileId>>,
+        have: Vec<(TileId, u64)>,
+    ) -> Option<(Vec<TileId>, Vec<TileId>)> {
+        let s = self.subs.get_mut(k)?;
+        let layer = s.layer.clone();
+        s.said += 1;
+        let set = set.unwrap_or_else(|| s.tiles.clone());
+        let added: Vec<TileId> = set.difference(&s.tiles).copied().collect();
+        let removed: Vec<TileId> = s.tiles.difference(&set).copied().collect();
+        for t in &removed {
+            s.held.remove(t);
+        }
+        let mut asked: Vec<TileId> = added.clone();
+        for (t, v) in have {
+            if !set.contains(&t) {
+                continue;
+            }
+            // What the client says it holds wins over what the server assumed.
+            if v == 0 {
+                s.held.remove(&t);
+            } else {
+                s.held.insert(t, v);
+            }
+            asked.push(t);
+        }
+        s.tiles = set;
+        for t in &removed {
+            self.index_remove(&layer, *t, k);
+            self.dirty.remove(&(k.clone(), *t));
+            self.asked.remove(&(k.clone(), *t));
+        }
+        for t in &added {
+            self.index_add(&layer, *t, k);
+        }
+        for t in asked {
+            self.asked.insert((k.clone(), t));
+        }
+        Some((added, removed))
+    }
+
+    /// Takes the pending pairs of one kind, grouped by (layer, tile), each with what its
+    /// subscriber holds and how many times it had spoken.
+    fn take(&mut self, which: Pending) -> HashMap<(Arc<str>, TileId), Vec<Target>> {
+        let pending = match which {
+            Pending::Asked => std::mem::take(&mut self.asked),
+            Pending::Changed => std::mem::take(&mut self.dirty),
+        };
+        let mut groups: HashMap<(Arc<str>, TileId), Vec<Target>> = HashMap::new();
+        for (k, t) in pending {
+            let Some(s) = self.subs.get(&k) else { continue };
+            if !s.tiles.contains(&t) {
+                continue;
+            }
+            groups
+                .entry((s.layer.clone(), t))
+                .or_default()
+                .push(Target {
+                    key: k.clone(),
+                    session: s.session.clone(),
+                    mode: s.mode,
+                    held: s.held.get(&t).copied(),
+                    said: s.said,
+                });
+        }
+        groups
+    }
+
+    /// Records the pushes of tile `t` at `version` that were queued (`sent`: each with how
+    /// many times its client had spoken when the push was planned), and marks those that
+    /// did not fit their client's outbox to be tried again.
+    fn record(&mut self, t: TileId, version: u64, sent: Vec<(SubKey, u64)>, retry: Vec<SubKey>) {
+        for (k, said) in sent {
+            // A client that spoke since (it may have received the push and said it holds
+            // nothing) is taken at its word: at worst the tile is pushed to it twice.
+            if let Some(s) = self.subs.get_mut(&k)
+                && s.tiles.contains(&t)
+                && s.said == said
+            {
+                s.held.insert(t, version);
+            }
+        }
+        for k in retry {
+            if self.subs.contains_key(&k) {
+                self.dirty.insert((k, t));
+            }
+        }
+    }
+
     fn remove(&mut self, k: &SubKey) -> Option<SubState> {
         let s = self.subs.remove(k)?;
         for t in &s.tiles {
@@ -199,28 +302,21 @@ pub(crate) async fn subscribe(
                 .outbox
                 .push_always(Outgoing::Frame(codec::encode_response(enc, id, &result)));
             let reg = &tiles.subs;
-            {
-                let mut g = reg.inner.lock();
-                for t in &set {
-                    g.index_add(&layer_name, *t, &k);
-                    g.asked.insert((k.clone(), *t));
-                }
-                let held = have
-                    .into_iter()
-                    .filter(|(t, v)| set.contains(t) && *v > 0)
-                    .collect();
-                g.subs.insert(
-                    k,
-                    SubState {
-                        session: session.clone(),
-                        layer: layer_name,
-                        mode: p.mode,
-                        tiles: set,
-                        held,
-                        said: 0,
-                    },
-                );
-            }
+            let held = have
+                .into_iter()
+                .filter(|(t, v)| set.contains(t) && *v > 0)
+                .collect();
+            reg.inner.lock().add(
+                k,
+                SubState {
+                    session: session.clone(),
+                    layer: layer_name,
+                    mode: p.mode,
+                    tiles: set,
+                    held,
+                    said: 0,
+                },
+            );
             reg.wake.notify_one();
             Ok(None)
         }
@@ -257,49 +353,18 @@ pub(crate) async fn update(
                 Some(tiles.tile_set(vector, p.viewport.as_ref(), p.tiles.as_deref())?)
             };
             let have = parse_have(&p.have)?;
-            let (added, removed) = {
-                let mut g = tiles.subs.inner.lock();
-                let inner = &mut *g;
-                let Some(s) = inner.subs.get_mut(&k) else {
-                    return Err(ServerError::new(
-                        ErrorCode::UnknownSubscription,
-                        format!("unknown tile subscription {}", p.sub),
-                    ));
-                };
-                s.said += 1;
-                let set = set.unwrap_or_else(|| s.tiles.clone());
-                let added: Vec<TileId> = set.difference(&s.tiles).copied().collect();
-                let removed: Vec<TileId> = s.tiles.difference(&set).copied().collect();
-                for t in &removed {
-                    s.held.remove(t);
-                }
-                let mut asked: Vec<TileId> = added.clone();
-                for (t, v) in have {
-                    if !set.contains(&t) {
-                        continue;
-                    }
-                    // What the client says it holds wins over what the server assumed.
-                    if v == 0 {
-                        s.held.remove(&t);
-                    } else {
-                        s.held.insert(t, v);
-                    }
-                    asked.push(t);
-                }
-                s.tiles = set;
-                for t in &removed {
-                    inner.index_remove(&layer, *t, &k);
-                    inner.dirty.remove(&(k.clone(), *t));
-                    inner.asked.remove(&(k.clone(), *t));
-                }
-                for t in &added {
-                    inner.index_add(&layer, *t, &k);
-                }
-                for t in asked {
-                    inner.asked.insert((k.clone(), t));
-                }
-                (added, removed)
-            };
+            let (added, removed) =
+                tiles
+                    .subs
+                    .inner
+                    .lock()
+                    .restate(&k, set, have)
+                    .ok_or_else(|| {
+                        ServerError::new(
+                            ErrorCode::UnknownSubscription,
+                            format!("unknown tile subscription {}", p.sub),
+                        )
+                    })?;
             let result = TileUpdateResult {
                 sub: p.sub,
                 added: added.into_iter().map(key).collect(),
@@ -465,30 +530,7 @@ struct Target {
 
 async fn flush(tiles: &Tiles, which: Pending) {
     // Take the pending pairs, grouped by (layer, tile), with what each subscriber holds.
-    let mut groups: HashMap<(Arc<str>, TileId), Vec<Target>> = HashMap::new();
-    {
-        let mut g = tiles.subs.inner.lock();
-        let pending = match which {
-            Pending::Asked => std::mem::take(&mut g.asked),
-            Pending::Changed => std::mem::take(&mut g.dirty),
-        };
-        for (k, t) in pending {
-            let Some(s) = g.subs.get(&k) else { continue };
-            if !s.tiles.contains(&t) {
-                continue;
-            }
-            groups
-                .entry((s.layer.clone(), t))
-                .or_default()
-                .push(Target {
-                    key: k.clone(),
-                    session: s.session.clone(),
-                    mode: s.mode,
-                    held: s.held.get(&t).copied(),
-                    said: s.said,
-                });
-        }
-    }
+    let groups = tiles.subs.inner.lock().take(which);
     // Tiles are made (from the cache, or rendered) several at once, one per core, and each is
     // pushed as soon as it is ready: a flush of many changed tiles is not one render after
     // the other on one core.
@@ -601,18 +643,75 @@ fn push_tile(
     if sent.is_empty() && retry.is_empty() {
         return;
     }
-    let mut g = tiles.subs.inner.lock();
-    for (k, said) in sent {
-        if let Some(s) = g.subs.get_mut(&k)
-            && s.tiles.contains(&t)
-            && s.said == said
-        {
-            s.held.insert(t, current.version);
-        }
-    }
-    for k in retry {
-        if g.subs.contains_key(&k) {
-            g.dirty.insert((k, t));
-        }
+    tiles
+        .subs
+        .inner
+        .lock()
+        .record(t, current.version, sent, retry);
+}
+
+#[cfg(test)]
+mod tests {
+    use geostream_core::codec::Encoding;
+    use geostream_hub::HubLimits;
+
+    use super::*;
+
+    /// The flusher plans a push, queues it, and only then records it as held. A client that
+    /// received it and said in between that it holds nothing must get the tile again.
+    #[test]
+    fn a_client_that_speaks_after_a_push_was_planned_is_taken_at_its_word() {
+        let hub = Hub::new(HubLimits::default());
+        let session = hub.new_session(Encoding::Msgpack, None);
+        let layer: Arc<str> = "l".into();
+        let t = TileId::new(3, 1, 2).unwrap();
+        let k: SubKey = (session.id().clone(), 1);
+        let mut inner = Inner::default();
+        inner.add(
+            k.clone(),
+            SubState {
+                session,
+                layer: layer.clone(),
+                mode: TileMode::Full,
+                tiles: BTreeSet::from([t]),
+                held: HashMap::new(),
+                said: 0,
+            },
+        );
+        let planned = |inner: &mut Inner| {
+            let mut plan = inner.take(Pending::Asked);
+            plan.remove(&(layer.clone(), t))
+                .map(|targets| (targets[0].held, targets[0].said))
+        };
+
+        // Quiet client: what was queued is held, and saying it holds it asks for nothing new.
+        let (held, said) = planned(&mut inner).unwrap();
+        assert_eq!(held, None);
+        inner.record(t, 7, vec![(k.clone(), said)], vec![]);
+        assert_eq!(inner.subs[&k].held.get(&t), Some(&7));
+        inner.restate(&k, None, vec![(t, 7)]).unwrap();
+        assert_eq!(planned(&mut inner), Some((Some(7), 1)));
+
+        // The client says it holds nothing between the queueing and the bookkeeping.
+        inner.restate(&k, None, vec![(t, 0)]).unwrap();
+        let (held, said) = planned(&mut inner).unwrap();
+        assert_eq!(held, None);
+        inner.restate(&k, None, vec![(t, 0)]).unwrap();
+        inner.record(t, 8, vec![(k.clone(), said)], vec![]);
+        assert_eq!(inner.subs[&k].held.get(&t), None);
+        assert_eq!(
+            planned(&mut inner),
+            Some((None, 3)),
+            "the tile is asked for again"
+        );
+
+        // A push that did not fit is tried again with the changes.
+        inner.record(t, 8, vec![], vec![k.clone()]);
+        assert!(inner.dirty.contains(&(k.clone(), t)));
+        assert!(
+            inner
+                .take(Pending::Changed)
+                .contains_key(&(layer.clone(), t))
+        );
     }
 }
