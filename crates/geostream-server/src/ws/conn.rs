@@ -293,20 +293,12 @@ async fn write_loop(mut wr: OwnedWriteHalf, session: Arc<Session>, node: Arc<Nod
                     let f = push.frame(enc);
                     frame::put_header(&mut out.buf, data_op, f.len(sub));
                     f.write_head(sub, &mut out.buf);
-                    if f.tail().len() >= Gather::SHARED_FROM {
-                        out.shared(f.tail_bytes());
-                    } else {
-                        out.buf.extend_from_slice(f.tail());
-                    }
+                    out.put(f.tail(), || f.tail_bytes());
                     latency.observe(now.saturating_duration_since(push.created()));
                 }
                 Outgoing::Frame(b) => {
                     frame::put_header(&mut out.buf, data_op, b.len());
-                    if b.len() >= Gather::SHARED_FROM {
-                        out.shared(b);
-                    } else {
-                        out.buf.extend_from_slice(&b);
-                    }
+                    out.put(&b, || b.clone());
                 }
                 Outgoing::Skip => continue,
                 Outgoing::Control(Control::Ping(p)) => {
@@ -377,8 +369,14 @@ impl Gather {
     /// Payloads of at least this many bytes are sent from where they are.
     const SHARED_FROM: usize = 1024;
 
-    fn shared(&mut self, b: Bytes) {
-        self.shared.push((self.buf.len(), b));
+    /// Adds `bytes`: copied when small, otherwise referenced as `share()` gives them (the
+    /// same bytes, held where they are).
+    fn put(&mut self, bytes: &[u8], share: impl FnOnce() -> Bytes) {
+        if bytes.len() >= Self::SHARED_FROM {
+            self.shared.push((self.buf.len(), share()));
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
     }
 
     fn len(&self) -> usize {
@@ -489,18 +487,16 @@ mod tests {
         {
             let piece = pattern(*len, i as u8);
             want.extend_from_slice(&piece);
-            if *len >= Gather::SHARED_FROM {
-                g.shared(Bytes::from(piece));
-            } else {
-                g.buf.extend_from_slice(&piece);
-            }
+            let piece = Bytes::from(piece);
+            g.put(&piece, || piece.clone());
         }
         // Two shared pieces in a row, and one at the very start of a write.
         let mut g2 = Gather::default();
         for i in 0..3u8 {
             let piece = pattern(3000, 100 + i);
             want.extend_from_slice(&piece);
-            g2.shared(Bytes::from(piece));
+            let piece = Bytes::from(piece);
+            g2.put(&piece, || piece.clone());
         }
         assert_eq!(g.len() + g2.len(), want.len());
         g.write_to(&mut wr).await.unwrap();
