@@ -313,8 +313,8 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
   for n in 1 10 50; do
     scenario "edits-$n" --enc msgpack edits --editors "$n" --duration "$D"
   done
-  # One connection with 64 edits in flight: its server allows 64 (the default is one at a
-  # time, websocket.max_inflight_requests = 1).
+  # One connection with 64 edits in flight: its server allows 64 (the default,
+  # websocket.max_inflight_requests, is 16).
   GEOSTREAM_WEBSOCKET__MAX_INFLIGHT_REQUESTS=64 \
     scenario "edits-pipelined" --enc msgpack edits --editors 1 --inflight 64 --duration "$D"
   scenario "tiles" --enc msgpack tiles --geojson "$GEOJSON" --clients 32 --zoom 3 --duration "$D" --open-rate 100

@@ -130,9 +130,9 @@ pub struct WebSocketConfig {
     pub max_concurrent_requests: usize,
     /// Most pipelined requests (edits and feature reads) one connection may have in flight;
     /// past it the server reads no further request from the connection until one finishes.
-    /// 1 handles a connection's requests one at a time. Default: 1. Raise it for clients
-    /// that pipeline edits, such as importers. The TypeScript client and the demo page work
-    /// with 64 (their browser suite passes with it).
+    /// Edits still take effect in the order they arrived (see PROTOCOL.md); their commits
+    /// overlap. 1 handles a connection's requests one at a time. Default: 16. Raise it for
+    /// clients that keep more edits in flight, such as importers.
     pub max_inflight_requests: u32,
 }
 
@@ -143,7 +143,7 @@ impl Default for WebSocketConfig {
             idle_timeout_secs: 60,
             max_frame_bytes: 1 << 20,
             max_concurrent_requests: 16,
-            max_inflight_requests: 1,
+            max_inflight_requests: 16,
         }
     }
 }

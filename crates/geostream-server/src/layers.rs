@@ -5,7 +5,9 @@
 //! next sequence number → the change is published → every node's hub dispatches it in
 //! sequence order to the subscriptions it concerns.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -100,19 +102,28 @@ impl Layers {
     /// Applies an edit durably, then publishes its changes. The changes are shared with the
     /// pushes made of them rather than copied (each holds a feature before and after).
     pub async fn apply(&self, req: WriteRequest) -> Result<Applied> {
-        self.apply_then(req, || ()).await
+        self.apply_then(req, || (), || ()).await
     }
 
-    /// [`Layers::apply`], calling `committed` as soon as the store has answered (committed
-    /// or refused), before the changes are published: a connection's pipeline lets the next
-    /// request on the same features start from there.
+    /// [`Layers::apply`], calling `submitted` once the write's order is fixed (it is in the
+    /// store's queue, see [`geostream_store::Store::apply`]) and `committed` as soon as the
+    /// store has answered (committed or refused), before the changes are published: a
+    /// connection's pipeline hands its next write to the store from the first, and lets the
+    /// reads of the same features start from the second.
     ///
     /// In a cluster the write may be applied by its layer's owner ([`crate::forward`]), which
-    /// then publishes the changes itself.
-    pub async fn apply_then(&self, req: WriteRequest, committed: impl FnOnce()) -> Result<Applied> {
+    /// then publishes the changes itself. The owner applies forwarded writes as they come, in
+    /// no fixed order, so a forwarded write is `submitted` only once it is answered.
+    pub async fn apply_then(
+        &self,
+        req: WriteRequest,
+        submitted: impl FnOnce(),
+        committed: impl FnOnce(),
+    ) -> Result<Applied> {
         let (req, made_up_op_id) = match &self.forwarding {
             Some(f) => match f.apply(req).await {
                 Forwarded::Done(outcome) => {
+                    submitted();
                     committed();
                     let outcome = outcome?;
                     return Ok(Applied {
@@ -124,7 +135,13 @@ impl Layers {
             },
             None => (req, false),
         };
-        let outcome = self.store.apply(req).await;
+        let mut write = std::pin::pin!(self.store.apply(req));
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        submitted();
+        let outcome = match first {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => write.await,
+        };
         committed();
         let outcome = outcome?;
         let changes: Vec<Arc<Change>> = outcome.changes.into_iter().map(Arc::new).collect();

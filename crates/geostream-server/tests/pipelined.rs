@@ -1,6 +1,7 @@
 //! Pipelined requests over a real socket: many edits in flight on one connection are all
-//! answered, once and correctly; edits of one feature keep their order whatever else is in
-//! flight; a request that is not pipelined (a barrier) sees every earlier edit.
+//! answered, once and correctly; they are applied in the order they were sent, across
+//! features too, and the answers on one feature keep that order whatever else is in flight;
+//! a request that is not pipelined (a barrier) sees every earlier edit.
 
 mod common;
 
@@ -61,6 +62,7 @@ async fn many_edits_in_flight_keep_per_feature_order() {
     // The answers as they arrive: those of one feature must come in the order it was edited.
     let what: HashMap<i64, Option<(String, u64)>> = sent.iter().cloned().collect();
     let mut versions: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+    let mut seqs: HashMap<i64, u64> = HashMap::new();
     let mut answered = 0;
     while answered < sent.len() {
         let (rid, r) = match ws.recv().await {
@@ -75,6 +77,7 @@ async fn many_edits_in_flight_keep_per_feature_order() {
         if let Some(Some((id, round))) = what.get(&rid) {
             assert_eq!(r["id"], *id);
             let v = r["version"].as_u64().unwrap();
+            seqs.insert(rid, r["seq"].as_u64().unwrap());
             versions.entry(id.clone()).or_default().push((*round, v));
         }
     }
@@ -91,6 +94,18 @@ async fn many_edits_in_flight_keep_per_feature_order() {
             assert_eq!(*v, round + 1, "{id}: round {round} got version {v}");
         }
     }
+    // The layer's sequence numbers follow the order the edits were sent, across features:
+    // what a serial connection gives (a replayed file keeps the file's order).
+    let in_send_order: Vec<u64> = sent
+        .iter()
+        .filter_map(|(rid, what)| what.as_ref().map(|_| seqs[rid]))
+        .collect();
+    let first = in_send_order[0];
+    assert_eq!(
+        in_send_order,
+        (first..first + in_send_order.len() as u64).collect::<Vec<_>>(),
+        "edits applied out of the order they were sent"
+    );
     let page = ws.response(q).await.unwrap();
     let feats = page["features"].as_array().unwrap();
     assert_eq!(feats.len() as u64, features);

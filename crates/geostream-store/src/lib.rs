@@ -420,6 +420,12 @@ pub trait Store: Send + Sync + 'static {
     fn delete_layer(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Applies a batch atomically and durably; see [`WriteRequest`].
+    ///
+    /// The future hands the write to the store's queue on its first poll, before it awaits
+    /// anything, and the store applies a layer's writes in the order they were handed over.
+    /// So a caller that polls one write once before starting the next fixes their order
+    /// (their sequence numbers, and which of two conflicting edits wins) while their
+    /// commits overlap; a connection's pipelined requests rely on it.
     fn apply(&self, req: WriteRequest) -> impl Future<Output = Result<WriteOutcome>> + Send;
 
     /// One feature.

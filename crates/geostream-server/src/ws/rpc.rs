@@ -95,8 +95,9 @@ struct Ctx {
     node: Arc<Node>,
     enc: Encoding,
     holder: Arc<Holder>,
-    /// Told when the request's write has committed (a no-op outside the pipeline).
-    committed: Arc<pipeline::Committed>,
+    /// Told as the request's write is handed to the store and commits (no-ops outside the
+    /// pipeline).
+    signals: Arc<pipeline::Signals>,
 }
 
 /// Shortest interval between two cursor updates of one connection (20 per second).
@@ -197,7 +198,8 @@ impl Ctx {
                             writer: Holder::clone(&self.holder),
                             op_id: p.op_id,
                         },
-                        || self.committed.signal(),
+                        || self.signals.submitted(),
+                        || self.signals.committed(),
                     )
                     .await?;
                 let results: Vec<EditResult> = outcome
@@ -253,7 +255,8 @@ impl Ctx {
                     writer: Holder::clone(&self.holder),
                     op_id,
                 },
-                || self.committed.signal(),
+                || self.signals.submitted(),
+                || self.signals.committed(),
             )
             .await?;
         let c = outcome
@@ -370,10 +373,10 @@ impl Rpc {
                 }
                 match pipeline::lane(&req, &self.node.config.layers.feature_limits()) {
                     // With one place, a task per request would only add a hop: run it here.
-                    Lane::Pipelined(keys) if self.max_inflight > 1 => {
-                        self.pipeline(id, req, keys, start).await
+                    Lane::Pipelined { keys, writes } if self.max_inflight > 1 => {
+                        self.pipeline(id, req, keys, writes, start).await
                     }
-                    Lane::Pipelined(_) | Lane::Serial => {
+                    Lane::Pipelined { .. } | Lane::Serial => {
                         // Alone: after every pipelined request in flight.
                         let all = match &self.inflight {
                             Some(places) => places
@@ -465,13 +468,20 @@ impl Rpc {
             node: self.node.clone(),
             enc: self.enc,
             holder: self.holder.clone(),
-            committed: Arc::default(),
+            signals: Arc::default(),
         }
     }
 
     /// Runs a pipelined request as a task of its own, after its predecessors on the same
     /// keys; waits (reading nothing more from the socket) while every place is taken.
-    async fn pipeline(&mut self, id: Id, req: Request, keys: Vec<pipeline::Key>, start: Instant) {
+    async fn pipeline(
+        &mut self,
+        id: Id,
+        req: Request,
+        keys: Vec<pipeline::Key>,
+        writes: bool,
+        start: Instant,
+    ) {
         let method = req.method().name();
         let max = self.max_inflight as usize;
         let places = self
@@ -481,13 +491,14 @@ impl Rpc {
             return; // the connection is closing
         };
         let pipeline::Place {
+            after_turn,
             after_commit,
             after_answer,
-            committed,
+            signals,
             answered,
-        } = self.order.enqueue(&keys);
+        } = self.order.enqueue(&keys, writes);
         let mut ctx = self.ctx();
-        ctx.committed = Arc::new(committed);
+        ctx.signals = Arc::new(signals);
         let limit = self.request_timeout();
         let rid = id.clone();
         // The place and the "answered" signal are let go once the response is queued, so the
@@ -501,13 +512,14 @@ impl Rpc {
             guard,
             move |_| async move {
                 pipeline::wait_for(after_commit).await;
+                pipeline::wait_for(after_turn).await;
                 let outcome = match tokio::time::timeout(limit, ctx.run(&rid, req)).await {
                     Ok(o) => o,
                     Err(_) => Err(timed_out(limit)),
                 };
                 // A request that wrote nothing (a read, a refusal, a timeout) lets its
                 // successors start now.
-                ctx.committed.signal();
+                ctx.signals.committed();
                 pipeline::wait_for(after_answer).await;
                 outcome
             },

@@ -59,7 +59,7 @@ use op_ids::{concurrent_op_ids, idempotent_op_ids, op_ids_raced_across_layers};
 use queries::{query_known_rows, query_real_data, query_synthetic};
 use snapshots::{pruning, snapshot_basics, snapshot_races_writes};
 use tiles::uploaded_tiles;
-use versions::{concurrent_writers, lost_updates};
+use versions::{concurrent_writers, lost_updates, ordered_on_first_poll};
 
 /// Runs every case, each on a fresh store from `make`.
 pub async fn run<S: Store + crate::TileStore + crate::FenceStore, F, Fut>(make: F)
@@ -88,6 +88,7 @@ where
     case!(batches_are_atomic);
     case!(concurrent_writers);
     case!(lost_updates);
+    case!(ordered_on_first_poll);
     case!(idempotent_op_ids);
     case!(concurrent_op_ids);
     case!(op_ids_raced_across_layers);

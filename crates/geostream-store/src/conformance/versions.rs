@@ -1,4 +1,8 @@
-//! Concurrency: writers racing on one layer keep versions dense and lose no update.
+//! Concurrency: writers racing on one layer keep versions dense and lose no update; writes
+//! are ordered when they are handed over.
+
+use std::pin::Pin;
+use std::task::Poll;
 
 use super::*;
 
@@ -89,4 +93,53 @@ pub(super) async fn lost_updates<S: Store>(s: Arc<S>) {
         "optimistic concurrency loses no increment"
     );
     check_log(&all_changes(&*s, "counter").await, 1);
+}
+
+/// [`Store::apply`]'s contract: a write is in the store's queue after its future's first
+/// poll, and a layer's writes are applied in that order, however their commits overlap.
+pub(super) async fn ordered_on_first_poll<S: Store>(s: Arc<S>) {
+    new_layer(&*s, "o", false).await;
+    let w = alice();
+    // In the order they are handed over. Each edit of a feature holds the version the one
+    // before it gives, so each succeeds only when applied after it.
+    let edits = vec![
+        create("a", 0.0, 0.0, json!({"n": 0})),
+        create("b", 1.0, 0.0, json!({"n": 0})),
+        patch("a", json!({"n": 1}), Some(1)),
+        patch("b", json!({"n": 1}), Some(1)),
+        patch("a", json!({"n": 2}), Some(2)),
+        create("c", 2.0, 0.0, json!({"n": 0})),
+    ];
+    let n = edits.len();
+    // Made last to first: only the first poll may decide the order.
+    let mut writes: Vec<Pin<Box<_>>> = edits
+        .into_iter()
+        .rev()
+        .map(|op| Box::pin(s.apply(request("o", vec![op], &w, None))))
+        .collect();
+    writes.reverse();
+    let mut outcomes = Vec::with_capacity(n);
+    let mut waiting = Vec::new();
+    for (i, mut write) in writes.into_iter().enumerate() {
+        match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(outcome) => outcomes.push((i, outcome)),
+            Poll::Pending => waiting.push((i, write)),
+        }
+    }
+    for (i, write) in waiting {
+        outcomes.push((i, write.await));
+    }
+    outcomes.sort_by_key(|(i, _)| *i);
+    let seqs: Vec<u64> = outcomes
+        .into_iter()
+        .map(|(i, o)| match o {
+            Ok(o) => o.changes[0].seq,
+            Err(e) => panic!("ordered_on_first_poll: edit {i} failed: {e}"),
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "ordered_on_first_poll: the log follows the order of the first polls"
+    );
 }
