@@ -216,7 +216,7 @@ async fn read_loop(
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                     // Boxed: the request handlers' state machines are large, and inline they
                     // would be part of every connection's task even while it is idle.
-                    Box::pin(rpc.handle(&data)).await;
+                    Box::pin(rpc.handle(&data, !buf.is_empty())).await;
                 }
                 Message::Ping(p) => {
                     session

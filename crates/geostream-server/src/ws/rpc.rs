@@ -85,6 +85,8 @@ pub(crate) struct Rpc {
     inflight: Option<Arc<Semaphore>>,
     /// Their number (a serial request takes them all, so it waits for every one).
     max_inflight: u32,
+    /// The client has sent requests back to back: see [`Rpc::pipelines`].
+    pipelines: bool,
     /// The order kept among pipelined requests on the same feature or channel.
     order: Order,
 }
@@ -308,6 +310,7 @@ impl Rpc {
             expiry_watch: None,
             inflight: None,
             max_inflight,
+            pipelines: false,
             order: Order::default(),
         };
         rpc.watch_expiry();
@@ -322,8 +325,9 @@ impl Rpc {
         self.send(codec::encode_error(self.enc, id, e));
     }
 
-    /// Handles one complete message's payload.
-    pub(crate) async fn handle(&mut self, data: &[u8]) {
+    /// Handles one complete message's payload. `more`: the connection has already received
+    /// bytes after it (part of a next request, at least).
+    pub(crate) async fn handle(&mut self, data: &[u8], more: bool) {
         let owned;
         let data = if self.enc == Encoding::MsgpackZstd && data.starts_with(&ZSTD_MAGIC) {
             match codec::decompress_bounded(data, self.node.config.websocket.max_frame_bytes) {
@@ -372,8 +376,14 @@ impl Rpc {
                     return self.send_error(Some(&id), &e.to_rpc());
                 }
                 match pipeline::lane(&req, &self.node.config.layers.feature_limits()) {
-                    // With one place, a task per request would only add a hop: run it here.
-                    Lane::Pipelined { keys, writes } if self.max_inflight > 1 => {
+                    // Tasks of their own once the client has shown it pipelines (a request
+                    // came while another was in flight or right behind it). Until then they
+                    // run here, as a serial connection's would: a client with one request
+                    // at a time (an editor waiting for each answer) pays no hop to a task
+                    // and back.
+                    Lane::Pipelined { keys, writes }
+                        if self.max_inflight > 1 && self.pipelines(more) =>
+                    {
                         self.pipeline(id, req, keys, writes, start).await
                     }
                     Lane::Pipelined { .. } | Lane::Serial => {
@@ -470,6 +480,19 @@ impl Rpc {
             holder: self.holder.clone(),
             signals: Arc::default(),
         }
+    }
+
+    /// Whether the client pipelines: it has, if a request arrives with more of its bytes
+    /// behind it or while another runs as a task. Once it has, it is taken to go on.
+    fn pipelines(&mut self, more: bool) -> bool {
+        if !self.pipelines {
+            let in_flight = self
+                .inflight
+                .as_ref()
+                .is_some_and(|places| places.available_permits() < self.max_inflight as usize);
+            self.pipelines = more || in_flight;
+        }
+        self.pipelines
     }
 
     /// Runs a pipelined request as a task of its own, after its predecessors on the same
