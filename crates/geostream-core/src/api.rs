@@ -1022,8 +1022,8 @@ pub enum FeatureCollectionType {
     FeatureCollection,
 }
 
-/// One operation of `feature.batch`. Read by [`BatchOp`]'s own `Deserialize` (below), which
-/// takes the same fields as the serde attributes say.
+// Read by its own `Deserialize` (below), which takes the fields the serde attributes name.
+/// One operation of `feature.batch`.
 #[derive(Clone, Debug, Serialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "op", rename_all = "lowercase")]
