@@ -377,10 +377,9 @@ impl Rpc {
                 }
                 match pipeline::lane(&req, &self.node.config.layers.feature_limits()) {
                     // Tasks of their own once the client has shown it pipelines (a request
-                    // came while another was in flight or right behind it). Until then they
-                    // run here, as a serial connection's would: a client with one request
-                    // at a time (an editor waiting for each answer) pays no hop to a task
-                    // and back.
+                    // came with the next one right behind it). Until then they run here, as
+                    // a serial connection's would: a client with one request at a time (an
+                    // editor waiting for each answer) pays no hop to a task and back.
                     Lane::Pipelined { keys, writes }
                         if self.max_inflight > 1 && self.pipelines(more) =>
                     {
@@ -482,16 +481,11 @@ impl Rpc {
         }
     }
 
-    /// Whether the client pipelines: it has, if a request arrives with more of its bytes
-    /// behind it or while another runs as a task. Once it has, it is taken to go on.
+    /// Whether the client pipelines: it has once a request arrives with more of its bytes
+    /// already behind it (until then nothing runs as a task, so nothing else can be in
+    /// flight). Once it has, it is taken to go on.
     fn pipelines(&mut self, more: bool) -> bool {
-        if !self.pipelines {
-            let in_flight = self
-                .inflight
-                .as_ref()
-                .is_some_and(|places| places.available_permits() < self.max_inflight as usize);
-            self.pipelines = more || in_flight;
-        }
+        self.pipelines |= more;
         self.pipelines
     }
 
