@@ -32,7 +32,9 @@
 //!   `ord` (the rowid) gives the creation order; geometry and properties are JSON text.
 //! * `rtree_<layer id>`: one SQLite R*Tree per layer over the features' bounding boxes,
 //!   rounded outwards to a grid of 1/1024 degree so that a feature moving inside its cells
-//!   does not rewrite its entry (features without geometry are not in it).
+//!   does not rewrite its entry (features without geometry are not in it). A group writes
+//!   each entry it moved once, just before its COMMIT, with the box the entry ends the group
+//!   in (`moved_boxes.rs`).
 //! * `changes(id, layer, seq, body)`: the change log, one row per accepted operation, the
 //!   [`Change`] (with the old and new feature) as JSON, appended in rowid order and found
 //!   by a unique index on `(layer, seq)`; pruned to [`SqliteOptions::change_retention`]
@@ -78,6 +80,7 @@
 //! [`ValidFeature`]: geostream_core::feature::ValidFeature
 
 mod codec;
+mod moved_boxes;
 mod op_index;
 mod read;
 mod schema;

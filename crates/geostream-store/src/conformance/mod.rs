@@ -56,7 +56,7 @@ use fences::geofences;
 use layers::{delete_layer_removes_everything, layers, missing_layer};
 use locks::{lock_expiry, locks};
 use op_ids::{concurrent_op_ids, idempotent_op_ids, op_ids_raced_across_layers};
-use queries::{query_known_rows, query_real_data, query_synthetic};
+use queries::{moving_features, query_known_rows, query_real_data, query_synthetic};
 use snapshots::{pruning, snapshot_basics, snapshot_races_writes};
 use tiles::uploaded_tiles;
 use versions::{concurrent_writers, lost_updates, ordered_on_first_poll};
@@ -97,6 +97,7 @@ where
     case!(query_synthetic);
     case!(query_real_data);
     case!(query_known_rows);
+    case!(moving_features);
     case!(snapshot_basics);
     case!(snapshot_races_writes);
     case!(pruning);

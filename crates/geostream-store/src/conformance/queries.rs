@@ -582,3 +582,113 @@ pub(super) async fn query_known_rows<S: Store>(s: Arc<S>) {
         StoreError::LayerNotFound("nope".into())
     );
 }
+
+/// Box queries follow features that move, several times within one request and one group,
+/// and not those of a request that failed (the SQLite store writes a group's R-tree entries
+/// once each, before its COMMIT).
+pub(super) async fn moving_features<S: Store>(s: Arc<S>) {
+    new_layer(&*s, "m", true).await;
+    let w = alice();
+    let start: Vec<WriteOp> = (0..10)
+        .map(|i| create(&format!("p{i}"), i as f64, 0.0, json!({})))
+        .collect();
+    ok(&*s, request("m", start, &w, None)).await;
+    let near = |x: f64, y: f64| Some([x - 0.5, y - 0.5, x + 0.5, y + 0.5]);
+    let found = |b: Option<BBox>| {
+        let s = s.clone();
+        async move { page_through(&*s, "m", b, None, 1000).await }
+    };
+
+    // One request moves p0 three times, creates p10 where p0 ends and deletes p9.
+    let ops = vec![
+        move_to("p0", 50.0, 50.0, None),
+        move_to("p0", 60.0, 60.0, None),
+        move_to("p0", 70.0, 70.0, None),
+        create("p10", 70.0, 70.2, json!({})),
+        WriteOp::Delete {
+            id: "p9".into(),
+            expected: None,
+        },
+    ];
+    ok(&*s, request("m", ops, &w, None)).await;
+    assert!(found(near(50.0, 50.0)).await.is_empty(), "p0 left 50,50");
+    assert!(found(near(60.0, 60.0)).await.is_empty(), "p0 left 60,60");
+    assert!(found(near(0.0, 0.0)).await.is_empty(), "p0 left 0,0");
+    assert_eq!(found(near(70.0, 70.0)).await, ["p0", "p10"]);
+    assert!(found(near(9.0, 0.0)).await.is_empty(), "p9 is deleted");
+
+    // A request that moves p1 twice and creates p11, then fails: none of it shows.
+    let ops = vec![
+        move_to("p1", 80.0, 80.0, None),
+        move_to("p1", 81.0, 81.0, None),
+        create("p11", 80.0, 80.0, json!({})),
+        patch("nowhere", json!({"a": 1}), Some(1)),
+    ];
+    err(&*s, request("m", ops, &w, None)).await;
+    assert!(found(Some([79.0, 79.0, 82.0, 82.0])).await.is_empty());
+    assert_eq!(found(near(1.0, 0.0)).await, ["p1"]);
+
+    // Eight writers move their own point 40 times each, with their requests in flight
+    // together, so that groups hold several moves of one feature and some requests fail.
+    let mut tasks = Vec::new();
+    for k in 0..8u64 {
+        let s = s.clone();
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("c{k}");
+            ok(
+                &*s,
+                request("m", vec![create(&id, 0.0, -80.0, json!({}))], &w, None),
+            )
+            .await;
+            let mut x = k.wrapping_mul(2_654_435_761) | 1;
+            let mut last = (0.0, -80.0);
+            for n in 0..40 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let to = (
+                    (x % 34_000) as f64 / 100.0 - 170.0,
+                    ((x >> 20) % 16_000) as f64 / 100.0 - 80.0,
+                );
+                let mut ops = vec![move_to(&id, to.0, to.1, None)];
+                if n % 5 == 4 {
+                    // Moved, then failed: rolled back.
+                    ops.push(patch("nowhere", json!({"a": 1}), Some(1)));
+                    err(&*s, request("m", ops, &w, None)).await;
+                } else {
+                    ok(&*s, request("m", ops, &w, None)).await;
+                    last = to;
+                }
+            }
+            (id, last)
+        }));
+    }
+    let mut finals = Vec::new();
+    for t in tasks {
+        finals.push(t.await.expect("writer task"));
+    }
+    // Every feature is found where it is and nowhere else, by brute force over a grid of
+    // boxes covering the world.
+    let mut all: Vec<Expected> = Vec::new();
+    for f in all_features(&*s, "m").await {
+        let g = f.geometry.clone();
+        all.push(Expected::new(&f.id, &feature(None, g, json!({}))));
+    }
+    for (id, (x, y)) in &finals {
+        let e = all.iter().find(|e| &e.id == id).expect("a moved feature");
+        assert_eq!(e.bbox, Some([*x, *y, *x, *y]), "{id} as stored");
+        assert!(found(near(*x, *y)).await.contains(id), "{id} near {x},{y}");
+    }
+    for i in 0..12 {
+        for j in 0..6 {
+            let b = [
+                -180.0 + 30.0 * i as f64,
+                -90.0 + 30.0 * j as f64,
+                -150.0 + 30.0 * i as f64,
+                -60.0 + 30.0 * j as f64,
+            ];
+            check_query(&*s, "m", &all, "a box of the world grid", Some(b), None).await;
+        }
+    }
+}

@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::codec::{FEATURE_COLUMNS, StoredFeature, corrupt};
+use super::moved_boxes::{EntryWrite, MovedBoxes};
 use super::op_index::OpIndex;
 use super::schema::{create_rtree_sql, rtree_box, rtree_table};
 use super::{SqliteOptions, db_err};
@@ -132,6 +133,9 @@ pub(crate) struct Writer {
     cached: usize,
     /// `PRAGMA data_version` when last read: it changes when another connection commits.
     data_version: i64,
+    /// The R-tree entries the group has moved, written before its COMMIT (see
+    /// [`MovedBoxes`]).
+    boxes: MovedBoxes,
 }
 
 /// What an edit needs of a stored feature's row besides the feature itself.
@@ -167,6 +171,7 @@ impl Writer {
             features: HashMap::new(),
             cached: 0,
             data_version: 0,
+            boxes: MovedBoxes::default(),
         })
     }
 
@@ -242,6 +247,7 @@ impl Writer {
     /// One transaction for the whole group, one savepoint per job, answers after COMMIT.
     fn commit_group(&mut self, group: &mut Vec<Box<dyn Job>>) {
         self.layers.clear();
+        self.boxes.clear();
         // Another process writing the same file would make the cache stale.
         match self
             .conn
@@ -259,9 +265,12 @@ impl Writer {
         if outcome.is_ok() {
             for job in group.iter_mut() {
                 let savepoint = job.savepoint();
-                if savepoint && let Err(e) = self.exec("SAVEPOINT request") {
-                    outcome = Err(e);
-                    break;
+                if savepoint {
+                    if let Err(e) = self.exec("SAVEPOINT request") {
+                        outcome = Err(e);
+                        break;
+                    }
+                    self.boxes.begin_request();
                 }
                 let changes_before = self.conn.total_changes();
                 // A panic is a bug, but it must cost one request, not the writer thread.
@@ -270,9 +279,14 @@ impl Writer {
                         tracing::error!("A store request panicked; it was rolled back.");
                         false
                     });
-                if !ok && savepoint {
-                    // Its earlier operations may have cached what is now rolled back.
-                    self.forget_features();
+                if savepoint {
+                    if ok {
+                        self.boxes.keep_request();
+                    } else {
+                        // Its earlier operations may have cached what is now rolled back.
+                        self.forget_features();
+                        self.boxes.undo_request();
+                    }
                 }
                 let end = match (ok, savepoint) {
                     (true, true) => self.exec("RELEASE request"),
@@ -303,7 +317,10 @@ impl Writer {
             }
         }
         if outcome.is_ok() {
-            outcome = self.flush_layers().and_then(|()| self.exec("COMMIT"));
+            outcome = self
+                .flush_layers()
+                .and_then(|()| self.write_boxes())
+                .and_then(|()| self.exec("COMMIT"));
         }
         match &outcome {
             Ok(()) => self.ops.group_committed(),
@@ -311,6 +328,7 @@ impl Writer {
         }
         if let Err(e) = &outcome {
             self.layers.clear();
+            self.boxes.clear();
             self.forget_features();
             tracing::error!(error = %e, requests = group.len(), "SQLite group commit failed.");
             if !self.conn.is_autocommit() {
@@ -515,6 +533,7 @@ impl Writer {
         self.conn
             .execute_batch(&format!("DROP TABLE {}", rtree_table(layer.id)))
             .map_err(db_err)?;
+        self.boxes.forget_layer(layer.id);
         // Last, so a failure above leaves the (rolled back) layer's pending row in place.
         self.layers.remove(name);
         if let Some(m) = self.features.remove(&layer.id) {
@@ -679,7 +698,7 @@ impl Writer {
             .and_then(|mut s| s.execute(params![layer, c.id, sql_i64(c.time_ms), planned.geometry_json, properties_json, minx, miny, maxx, maxy]))
             .map_err(db_err)?;
         let ord = self.conn.last_insert_rowid();
-        self.rtree_set(layer, ord, None, bbox)?;
+        self.rtree_set(layer, ord, None, bbox);
         let stored = StoredFeature {
             ord,
             feature: feature.clone(),
@@ -714,7 +733,7 @@ impl Writer {
             })
             .map_err(db_err)?;
         if bbox != current.bbox {
-            self.rtree_set(layer, current.ord, current.bbox, bbox)?;
+            self.rtree_set(layer, current.ord, current.bbox, bbox);
         }
         let stored = StoredFeature {
             ord: current.ord,
@@ -732,38 +751,55 @@ impl Writer {
             .and_then(|mut s| s.execute([current.ord]))
             .map_err(db_err)?;
         // Already out of the cache (taken by `op`).
-        self.rtree_set(layer, current.ord, current.bbox, None)?;
+        self.rtree_set(layer, current.ord, current.bbox, None);
         Ok(())
     }
 
     /// Moves a feature's entry in its layer's R-tree from box `old` to box `new` (exact
-    /// boxes; the R-tree keeps them on its grid, see [`rtree_box`]).
-    fn rtree_set(&self, layer: i64, ord: i64, old: Option<BBox>, new: Option<BBox>) -> Result<()> {
-        let (old, new) = (old.map(rtree_box), new.map(rtree_box));
-        if old == new {
-            return Ok(());
+    /// boxes; the R-tree keeps them on its grid, see [`rtree_box`]). Written before the
+    /// group's COMMIT, once per entry (see [`MovedBoxes`]).
+    fn rtree_set(&mut self, layer: i64, ord: i64, old: Option<BBox>, new: Option<BBox>) {
+        self.boxes
+            .set((layer, ord), old.map(rtree_box), new.map(rtree_box));
+    }
+
+    /// Writes the R-tree entries the group moved, layer by layer.
+    fn write_boxes(&mut self) -> Result<()> {
+        let mut writes: Vec<_> = self.boxes.take_writes().collect();
+        writes.sort_unstable_by_key(|(key, _)| *key);
+        let mut layer = None;
+        let mut sql = [String::new(), String::new(), String::new()];
+        for ((id, ord), write) in writes {
+            if layer != Some(id) {
+                layer = Some(id);
+                let table = rtree_table(id);
+                sql = [
+                    format!(
+                        "INSERT INTO {table} (ord, minx, maxx, miny, maxy) VALUES (?1, ?2, ?3, ?4, ?5)"
+                    ),
+                    format!(
+                        "UPDATE {table} SET minx = ?2, maxx = ?3, miny = ?4, maxy = ?5 WHERE ord = ?1"
+                    ),
+                    format!("DELETE FROM {table} WHERE ord = ?1"),
+                ];
+            }
+            let r = match write {
+                EntryWrite::Insert(b) => self
+                    .conn
+                    .prepare_cached(&sql[0])
+                    .and_then(|mut s| s.execute(params![ord, b[0], b[2], b[1], b[3]])),
+                EntryWrite::Update(b) => self
+                    .conn
+                    .prepare_cached(&sql[1])
+                    .and_then(|mut s| s.execute(params![ord, b[0], b[2], b[1], b[3]])),
+                EntryWrite::Delete => self
+                    .conn
+                    .prepare_cached(&sql[2])
+                    .and_then(|mut s| s.execute([ord])),
+            };
+            r.map_err(db_err)?;
         }
-        let table = rtree_table(layer);
-        let r = match (old, new) {
-            (None, None) => return Ok(()),
-            (Some(_), None) => self
-                .conn
-                .prepare_cached(&format!("DELETE FROM {table} WHERE ord = ?1"))
-                .and_then(|mut s| s.execute([ord])),
-            (None, Some(b)) => self
-                .conn
-                .prepare_cached(&format!(
-                    "INSERT INTO {table} (ord, minx, maxx, miny, maxy) VALUES (?1, ?2, ?3, ?4, ?5)"
-                ))
-                .and_then(|mut s| s.execute(params![ord, b[0], b[2], b[1], b[3]])),
-            (Some(_), Some(b)) => self
-                .conn
-                .prepare_cached(&format!(
-                    "UPDATE {table} SET minx = ?2, maxx = ?3, miny = ?4, maxy = ?5 WHERE ord = ?1"
-                ))
-                .and_then(|mut s| s.execute(params![ord, b[0], b[2], b[1], b[3]])),
-        };
-        r.map(drop).map_err(db_err)
+        Ok(())
     }
 
     // ----- tiles -----
