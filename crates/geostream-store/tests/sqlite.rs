@@ -515,3 +515,71 @@ async fn version_3_databases_get_grid_boxes() {
     );
     assert_eq!(ids_in(&s, [-3.001, 51.0, -3.0, 51.001]).await, ["a"]);
 }
+
+/// The writer looks for a live lock only on layers that have locks. A lock taken in the
+/// same group as an edit of its feature must still refuse that edit: a large batch keeps
+/// the writer busy while the lock and the edit queue up behind it, in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_in_the_edits_group_refuses_it() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SqliteStore::open(dir.path().join("s.db"), SqliteOptions::default()).expect("open");
+    s.create_layer(layer("l")).await.expect("layer");
+    let others: Vec<WriteOp> = (0..2000)
+        .map(|i| create(&format!("o{i}"), 1.0, 1.0))
+        .collect();
+    s.apply(request("l", others, None)).await.expect("others");
+    s.apply(request("l", vec![create("a", 0.0, 0.0)], None))
+        .await
+        .expect("a");
+    let bob = Holder {
+        client: "c2".into(),
+        user: Some("u2".into()),
+    };
+    let patch = |id: String, version: u64| WriteOp::Patch {
+        id,
+        properties: Some(
+            json!({"n": version})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        geometry: None,
+        expected: Some(version),
+    };
+    let ids = vec!["a".to_string()];
+    let alice = writer();
+    for round in 1..=5u64 {
+        let busy: Vec<WriteOp> = (0..2000).map(|i| patch(format!("o{i}"), round)).collect();
+        let mut busy = Box::pin(s.apply(request("l", busy, None)));
+        let mut lock = Box::pin(s.lock("l", &ids, &alice, 60_000));
+        let edit = WriteRequest {
+            layer: "l".into(),
+            ops: vec![patch("a".into(), 1)],
+            writer: bob.clone(),
+            op_id: None,
+        };
+        let mut edit = Box::pin(s.apply(edit));
+        // One poll each, in this order: each hands its work to the writer's queue.
+        fn poll_once<F: Future + ?Sized>(f: &mut Pin<Box<F>>) {
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            assert!(matches!(f.as_mut().poll(&mut cx), Poll::Pending));
+        }
+        poll_once(&mut busy);
+        poll_once(&mut lock);
+        poll_once(&mut edit);
+        busy.await.expect("the busy batch");
+        lock.await.expect("the lock");
+        match edit.await {
+            Err(StoreError::Locked { id, holder, .. }) => {
+                assert_eq!((id.as_str(), holder), ("a", writer()), "round {round}")
+            }
+            other => panic!("round {round}: the edit of a locked feature gave {other:?}"),
+        }
+        s.unlock("l", &ids, &writer()).await.expect("unlock");
+    }
+}

@@ -100,6 +100,9 @@ struct LayerRow {
     count: u64,
     /// Changed in this group, to be written back.
     dirty: bool,
+    /// The layer has rows in `locks` (live or expired): only then does an edit look for
+    /// a live lock on its feature. Read with the row, set when the group takes a lock.
+    has_locks: bool,
 }
 
 /// Where the answers of a committed group go.
@@ -451,7 +454,11 @@ impl Writer {
         }
         let row = self
             .conn
-            .prepare_cached("SELECT id, last_writer_wins, seq, count FROM layers WHERE name = ?1")
+            .prepare_cached(
+                "SELECT id, last_writer_wins, seq, count, \
+                 EXISTS (SELECT 1 FROM locks WHERE locks.layer = layers.id) \
+                 FROM layers WHERE name = ?1",
+            )
             .and_then(|mut s| {
                 s.query_row([name], |r| {
                     Ok(LayerRow {
@@ -461,6 +468,7 @@ impl Writer {
                         seq: r.get(2)?,
                         count: r.get(3)?,
                         dirty: false,
+                        has_locks: r.get(4)?,
                     })
                 })
                 .optional()
@@ -598,7 +606,11 @@ impl Writer {
         // Taken out of the cache, not copied: the planner keeps the feature as the change's
         // `old` side, and a successful write puts the new one back.
         let stored = self.take(layer.id, &id)?;
-        let lock = self.live_lock(layer.id, &id, w.now)?;
+        let lock = if layer.has_locks {
+            self.live_lock(layer.id, &id, w.now)?
+        } else {
+            None
+        };
         let (current, stored) = match stored {
             Some(StoredFeature {
                 ord,
@@ -948,6 +960,9 @@ impl Writer {
                 holder: holder.clone(),
                 until_ms,
             });
+        }
+        if let Some(l) = self.layers.get_mut(layer) {
+            l.has_locks = true;
         }
         Ok(out)
     }
