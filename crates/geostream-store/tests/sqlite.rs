@@ -541,12 +541,10 @@ async fn a_lock_taken_in_the_edits_group_refuses_it() {
     };
     let patch = |id: String, version: u64| WriteOp::Patch {
         id,
-        properties: Some(
-            json!({"n": version})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        ),
+        properties: Some(serde_json::Map::from_iter([(
+            "n".to_string(),
+            json!(version),
+        )])),
         geometry: None,
         expected: Some(version),
     };
