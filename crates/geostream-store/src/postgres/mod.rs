@@ -9,23 +9,24 @@
 //! * **Group commit inside a layer.** Each layer has a queue on each node: the first write
 //!   to a layer with nothing in flight starts the layer's flusher task, and every write that
 //!   arrives while a group is being committed goes into the next group together. A group is
-//!   one transaction on a connection from a small pool (deadpool): it first claims the
-//!   idempotency keys of its requests (one multi-row `INSERT .. ON CONFLICT DO NOTHING` on
-//!   `op_ids`, in key order: a concurrent claim of the same key, on any node, waits for the
-//!   first one's commit and then finds its outcome), then locks its layer's row
-//!   (`SELECT .. FOR UPDATE`), then reads every feature the group touches with
-//!   `SELECT .. FOR UPDATE` and their live locks (one round trip). The layer row lock
-//!   serialises every write of one layer across all nodes, which is what keeps the
-//!   per-layer sequence numbers gap-free and in commit order; writes to different layers
-//!   run in parallel. The requests are then decided in order, in memory, by the edit
-//!   planner (versions, locks, op-id replays, also against the group's earlier requests);
-//!   a request that fails changes nothing and fails alone. What the accepted requests
-//!   decided is written with one multi-row statement per kind (`unnest` arrays: deletes,
-//!   updates, inserts, change log, layer head, op-id outcomes), sent together: no per-row
-//!   round trips. If the database itself refuses a value of the group (a data exception),
-//!   the group's requests are committed one by one, so only the bad one fails. No write
-//!   waits on a key while holding a row lock another write could need, so writes cannot
-//!   deadlock.
+//!   one transaction on a connection from a small pool (deadpool): it locks its layer's row
+//!   (`SELECT .. FOR UPDATE`), then reads the outcomes already recorded for its requests'
+//!   idempotency keys, every feature the group touches (`SELECT .. FOR UPDATE`) and their
+//!   live locks, all in one round trip. The layer row lock serialises every write of one
+//!   layer across all nodes, which is what keeps the per-layer sequence numbers gap-free and
+//!   in commit order; writes to different layers run in parallel. The requests are then
+//!   decided in order, in memory, by the edit planner (versions, locks, op-id replays, also
+//!   against the group's earlier requests); a request that fails changes nothing and fails
+//!   alone. What the accepted requests decided is written with one multi-row statement per
+//!   kind (`unnest` arrays: deletes, updates, inserts, change log, layer head, op-id
+//!   outcomes), sent together with the COMMIT: no per-row round trips. The op-id outcomes are
+//!   inserted in key order and without `ON CONFLICT`: if another transaction (another
+//!   layer's group, or another node) recorded one of the keys after the group read them, the
+//!   group fails as a whole and runs again, and then replays that outcome. If the database
+//!   itself refuses a value of the group (a data exception), the group's requests are
+//!   committed one by one, so only the bad one fails. A group locks rows of its own layer
+//!   only and inserts keys in one global order, so no two groups wait for each other in a
+//!   cycle: writes cannot deadlock.
 //! * **Durability** is PostgreSQL's: a write is answered after its group's COMMIT, which
 //!   (with the default `synchronous_commit = on`) has flushed the WAL; one flush covers the
 //!   whole group.
