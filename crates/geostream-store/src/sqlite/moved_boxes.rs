@@ -22,9 +22,9 @@ pub(crate) type EntryKey = (i64, i64);
 /// An entry's grid box as the R-tree table holds it now (`table`) and as the group has left
 /// it (`wanted`); `None`: no row.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Moved {
-    pub(crate) table: Option<BBox>,
-    pub(crate) wanted: Option<BBox>,
+struct Moved {
+    table: Option<BBox>,
+    wanted: Option<BBox>,
 }
 
 /// One statement the group's end must run on a layer's R-tree.
@@ -55,16 +55,10 @@ impl MovedBoxes {
         if self.journaling {
             self.journal.push((key, before));
         }
-        match before {
-            Some(_) => {
-                if let Some(m) = self.moved.get_mut(&key) {
-                    m.wanted = wanted;
-                }
-            }
-            None => {
-                self.moved.insert(key, Moved { table, wanted });
-            }
-        }
+        self.moved
+            .entry(key)
+            .and_modify(|m| m.wanted = wanted)
+            .or_insert(Moved { table, wanted });
     }
 
     /// Forgets the entries of a layer whose R-tree is dropped.
