@@ -433,10 +433,10 @@ if d:
           f"client receiving a tile with it (the first push of a tile under the feature's box at a version "
           f"that includes the edit): p50 **{num(pl.get('p50'), 1)} ms**, p99 **{num(pl.get('p99'), 1)} ms** "
           f"(target: the 50 ms flush + 20 ms); {num(o['pushes_missed'])} (edit, client) pairs never saw one. "
-          f"Server CPU {num(g(o, 'phase', 'server_cpu_s'), 2)} s in {num(g(o, 'phase', 'wall_s'), 1)} s: what "
-          "bounds this is rendering (projecting, clipping and simplifying each feature for each tile; a "
-          "re-render decodes only the features that changed, `tiles.decoded_bytes`), not the push "
-          "of shared frames.")
+          f"Server CPU {num(g(o, 'phase', 'server_cpu_s'), 2)} s in {num(g(o, 'phase', 'wall_s'), 1)} s. "
+          "On top of the window, an edit waits for its own durable commit (the answer's p99 above) and for "
+          "the changed tiles to be rendered; a re-render decodes and draws only the features that changed "
+          "(the others stay decoded with their drawings per tile, within `tiles.decoded_bytes`).")
 else:
     w("- (no result; see Checks)")
 w("")

@@ -645,10 +645,11 @@ pub struct TilesConfig {
     pub buffer: u32,
     /// Most features in one vector tile (the first ones in creation order). Default: 20000.
     pub max_features: usize,
-    /// Bytes of features kept decoded between vector tile renders, so re-rendering a tile
-    /// after an edit parses only the features that changed. Each feature counts its vertices
-    /// (16 bytes each) and properties. 0 decodes every feature on every render. Default:
-    /// 67108864 (64 MiB).
+    /// Bytes of features kept decoded between vector tile renders, with the drawings made of
+    /// them per tile, so re-rendering a tile after an edit parses and draws only the features
+    /// that changed. Each feature counts its vertices (16 bytes each) and properties twice:
+    /// once for itself and once for its drawings. 0 decodes and draws every feature on every
+    /// render. Default: 67108864 (64 MiB).
     pub decoded_bytes: usize,
     /// Highest zoom level served for vector layers (at most 22). Default: 22.
     pub max_zoom: u8,

@@ -13,7 +13,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use geostream_tiles::delta;
-use geostream_tiles::{MvtOptions, TileFeature, TileId, encode_tile, encode_tile_like};
+use geostream_tiles::{
+    KeptFeature, MvtOptions, TileFeature, TileId, encode_kept, encode_tile, encode_tile_like,
+};
 
 /// Median time of one call of `f`, over batches run for about `budget`.
 fn time<R>(budget: Duration, mut f: impl FnMut() -> R) -> Duration {
@@ -111,6 +113,29 @@ fn main() {
         near.len(),
         t.as_secs_f64() * 1e3
     );
+
+    println!("\n== re-rendering after an edit: every feature drawn again, or kept drawings ==");
+    // A server re-renders a tile after each edit under it; kept features are drawn in that
+    // tile once, so a re-render draws only the edited one (here: none, the bound).
+    let countries_50m = common::load_features(&dir, "polygons/world_countries_50m.geojson.zst");
+    for tile in [TileId::new(3, 4, 2).unwrap(), TileId::new(2, 2, 1).unwrap()] {
+        let near = common::near_tile(&countries_50m, tile);
+        let kept: Vec<KeptFeature> = near.iter().cloned().map(KeptFeature::new).collect();
+        let previous = encode_tile(tile, "layer", &near, &opts).unwrap().bytes;
+        let plain = time(budget, || {
+            encode_tile_like(tile, "layer", &near, &opts, &previous).unwrap()
+        });
+        let again = time(budget, || {
+            encode_kept(tile, "layer", &kept, &opts, Some(&previous)).unwrap()
+        });
+        println!(
+            "world countries 50m {tile} ({} features): drawn afresh {:.3} ms, kept drawings {:.3} ms ({:.1}x)",
+            near.len(),
+            plain.as_secs_f64() * 1e3,
+            again.as_secs_f64() * 1e3,
+            plain.as_secs_f64() / again.as_secs_f64()
+        );
+    }
 
     println!("\n== single-feature edits: delta vs full tile ==");
     let edit_tiles: Vec<(&str, TileId, Vec<TileFeature>)> = vec![

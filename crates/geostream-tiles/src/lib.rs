@@ -13,7 +13,8 @@
 //! - [`mvt`]: encode one layer of features into a Mapbox Vector Tile 2.1
 //!   ([`encode_tile`]), or re-encode a changed tile numbering its keys and
 //!   values like the previous version ([`encode_tile_like`]) so the delta
-//!   between the two stays small.
+//!   between the two stays small; [`encode_kept`] does either for features
+//!   kept between renders ([`KeptFeature`]), drawing each in a tile once.
 //! - [`delta`]: copy/insert binary delta with a CRC-32 of the target
 //!   (format in `docs/DELTA.md`), from geostream-delta, which the Rust client
 //!   shares.
@@ -34,7 +35,10 @@ pub mod tile;
 pub use cache::{CacheStats, CachedTile, TileCache};
 pub use error::{Result, TileError};
 pub use mbtiles::MbTiles;
-pub use mvt::{EncodedTile, FeatureId, MvtOptions, TileFeature, encode_tile, encode_tile_like};
+pub use mvt::{
+    EncodedTile, FeatureId, KeptFeature, MvtOptions, TileFeature, encode_kept, encode_tile,
+    encode_tile_like,
+};
 pub use pmtiles::{PmTiles, decompress};
 pub use tile::{LonLatBbox, MAX_ZOOM, TileId, TileRange, tiles_covering};
 

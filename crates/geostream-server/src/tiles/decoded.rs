@@ -3,26 +3,28 @@
 //! Re-rendering a tile after an edit reads every feature under it again, and nearly all of
 //! them have not changed. Parsing their stored GeoJSON was about a third of the server's CPU
 //! in the open-loop tile benchmark; with this cache a render decodes only the features whose
-//! version it has not seen ([`geostream_store::Store::query_known`]).
+//! version it has not seen ([`geostream_store::Store::query_known`]). Each feature also keeps
+//! what it looked like in the tiles it was drawn in ([`KeptFeature`]): projecting, clipping
+//! and simplifying the unchanged features was most of what was left of a re-render.
 //!
 //! Entries are keyed by layer and feature id and hold one state, named by the layer's creation
 //! time and the feature's version (a layer deleted and created again counts versions afresh):
 //! a later state read from the store replaces the entry, and a render is only ever given the
 //! state the store returned for it. Bounded in bytes (each entry's estimate, from its vertices
-//! and properties: a layer of large polygons must not hold what a count of small points would
-//! allow): two generations, the older dropped whole when the newer fills half the budget,
+//! and properties, counted twice: once for the feature, once for the drawings it may keep; a
+//! layer of large polygons must not hold what a count of small points would allow): two generations, the older dropped whole when the newer fills half the budget,
 //! and an entry read from the older is moved to the newer (so what renders keep touching
 //! stays).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use geostream_tiles::TileFeature;
+use geostream_tiles::KeptFeature;
 use parking_lot::Mutex;
 
 /// A decoded feature: `None` for one without a geometry the encoder can draw (still worth
 /// remembering, so it is not parsed again to find that out).
-pub(crate) type Decoded = Option<Arc<TileFeature>>;
+pub(crate) type Decoded = Option<Arc<KeptFeature>>;
 
 /// Which state of a feature: (the layer's creation time in ms, the feature's version). Later
 /// states compare greater.
@@ -171,14 +173,14 @@ impl Generations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use geostream_tiles::FeatureId;
+    use geostream_tiles::{FeatureId, TileFeature};
 
     fn feature(n: u64) -> Decoded {
-        Some(Arc::new(TileFeature {
+        Some(Arc::new(KeptFeature::new(TileFeature {
             id: Some(FeatureId::Int(n)),
             geometry: geo::Geometry::Point(geo::Point::new(n as f64, 0.0)),
             properties: Default::default(),
-        }))
+        })))
     }
 
     #[test]
@@ -260,11 +262,11 @@ mod tests {
                 (a.cos(), a.sin())
             })
             .collect();
-        let big = Some(Arc::new(TileFeature {
+        let big = Some(Arc::new(KeptFeature::new(TileFeature {
             id: None,
             geometry: geo::Geometry::Polygon(geo::Polygon::new(ring.into(), vec![])),
             properties: Default::default(),
-        }));
+        })));
         assert!(entry_bytes("big", &big) > 16_000);
         c.insert(&layer, (1, 1), "big", big);
         assert_eq!(

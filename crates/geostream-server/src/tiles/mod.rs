@@ -32,8 +32,8 @@ use geostream_core::feature::{BBox, Change, Feature};
 use geostream_store::{KnownRow, LayerInfo, Store, TileAddress, TileStore};
 use geostream_tiles::tile::world_to_lon_lat;
 use geostream_tiles::{
-    CachedTile, FeatureId, MbTiles, MvtOptions, PmTiles, TileArchive, TileCache, TileCompression,
-    TileError, TileFeature, TileFormat, TileId, encode_tile, encode_tile_like,
+    CachedTile, FeatureId, KeptFeature, MbTiles, MvtOptions, PmTiles, TileArchive, TileCache,
+    TileCompression, TileError, TileFeature, TileFormat, TileId, encode_kept,
 };
 use parking_lot::Mutex;
 
@@ -396,23 +396,21 @@ impl Tiles {
             .features_decoded
             .fetch_add((page.rows.len() - reused) as u64, Ordering::Relaxed);
         let encoded = tokio::task::spawn_blocking(move || {
-            let features: Vec<Arc<TileFeature>> = page
+            let features: Vec<Arc<KeptFeature>> = page
                 .rows
                 .into_iter()
                 .filter_map(|row| match row {
                     KnownRow::Known(held) => held,
                     KnownRow::Fresh(f) => {
                         let (id, version) = (f.id.clone(), f.version);
-                        let d = tile_feature(*f).map(Arc::new);
+                        let d = tile_feature(*f).map(|f| Arc::new(KeptFeature::new(f)));
                         decoded.insert(&name, (created, version), &id, d.clone());
                         d
                     }
                 })
                 .collect();
-            match &previous {
-                Some((_, prev)) => encode_tile_like(t, &name, &features, &opts, prev),
-                None => encode_tile(t, &name, &features, &opts),
-            }
+            let previous = previous.as_ref().map(|(_, prev)| &prev[..]);
+            encode_kept(t, &name, &features, &opts, previous)
         })
         .await
         .map_err(|e| ServerError::Internal(format!("tile render task failed: {e}")))?

@@ -14,16 +14,20 @@
 //! can encode layers separately and join the bytes.
 
 mod geom;
+mod kept;
 mod pbf;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use geo::{BoundingRect, Geometry, LineString, Polygon};
 use serde_json::{Map, Value};
 
 use crate::{Result, TileError, TileId};
 use geom::{ClipRect, IP, P, Projector};
+use kept::DrawKey;
+pub use kept::KeptFeature;
 
 /// Nested geometry collections deeper than this are ignored rather than
 /// recursed into, so hostile input cannot exhaust the stack.
@@ -140,16 +144,16 @@ pub struct EncodedTile {
     pub dropped: usize,
 }
 
-/// Encodes `features` (owned or shared, e.g. `Arc<TileFeature>` kept between renders) as the
-/// layer `layer` of tile `tile`.
+/// Encodes `features` (owned or shared, e.g. `Arc<TileFeature>`) as the layer `layer` of tile
+/// `tile`.
 pub fn encode_tile(
     tile: TileId,
     layer: &str,
     features: &[impl Borrow<TileFeature>],
     opts: &MvtOptions,
 ) -> Result<EncodedTile> {
-    // Fresh tables have no unused entries, so the renumber flag is false.
-    encode_with_tables(tile, layer, features, opts, Tables::default()).map(|(t, _)| t)
+    let inputs: Vec<Input<'_>> = features.iter().map(|f| Input::Plain(f.borrow())).collect();
+    encode_inputs(tile, layer, &inputs, opts, None)
 }
 
 /// Like [`encode_tile`], but numbers keys and values the way `previous` (an
@@ -175,12 +179,64 @@ pub fn encode_tile_like(
     opts: &MvtOptions,
     previous: &[u8],
 ) -> Result<EncodedTile> {
-    let Some((keys, values)) = read_tables(previous, layer) else {
-        return encode_tile(tile, layer, features, opts);
+    let inputs: Vec<Input<'_>> = features.iter().map(|f| Input::Plain(f.borrow())).collect();
+    encode_inputs(tile, layer, &inputs, opts, Some(previous))
+}
+
+/// [`encode_tile_like`] (or [`encode_tile`] without `previous`) for features kept between
+/// renders: each feature is drawn in this tile only the first time, later renders take its
+/// kept drawing. The bytes are those the plain functions give for the same features.
+pub fn encode_kept(
+    tile: TileId,
+    layer: &str,
+    features: &[impl Borrow<KeptFeature>],
+    opts: &MvtOptions,
+    previous: Option<&[u8]>,
+) -> Result<EncodedTile> {
+    let inputs: Vec<Input<'_>> = features.iter().map(|f| Input::Kept(f.borrow())).collect();
+    encode_inputs(tile, layer, &inputs, opts, previous)
+}
+
+/// A feature as the encoder reads it.
+enum Input<'a> {
+    /// Drawn on every render.
+    Plain(&'a TileFeature),
+    /// Drawn once per tile and options.
+    Kept(&'a KeptFeature),
+}
+
+impl Input<'_> {
+    fn feature(&self) -> &TileFeature {
+        match self {
+            Input::Plain(f) => f,
+            Input::Kept(k) => k.feature(),
+        }
+    }
+
+    fn drawing(&self, ctx: &Ctx) -> Arc<Drawing> {
+        match self {
+            Input::Plain(f) => Arc::new(ctx.draw(f)),
+            Input::Kept(k) => k.drawing(ctx.key, || ctx.draw(k.feature())),
+        }
+    }
+}
+
+fn encode_inputs(
+    tile: TileId,
+    layer: &str,
+    features: &[Input<'_>],
+    opts: &MvtOptions,
+    previous: Option<&[u8]>,
+) -> Result<EncodedTile> {
+    // Fresh tables have no unused entries, so the renumber flag is false.
+    let fresh =
+        || encode_with_tables(tile, layer, features, opts, Tables::default()).map(|(t, _)| t);
+    let Some((keys, values)) = previous.and_then(|p| read_tables(p, layer)) else {
+        return fresh();
     };
     let seeded = Tables::seeded(keys, values);
     match encode_with_tables(tile, layer, features, opts, seeded)? {
-        (_, true) => encode_tile(tile, layer, features, opts),
+        (_, true) => fresh(),
         (t, false) => Ok(t),
     }
 }
@@ -188,7 +244,7 @@ pub fn encode_tile_like(
 fn encode_with_tables(
     tile: TileId,
     layer: &str,
-    features: &[impl Borrow<TileFeature>],
+    features: &[Input<'_>],
     opts: &MvtOptions,
     mut tables: Tables,
 ) -> Result<(EncodedTile, bool)> {
@@ -208,40 +264,39 @@ fn encode_with_tables(
             f64::from(opts.extent) + f64::from(opts.buffer),
         ),
         tolerance: if opts.simplify { 1.0 } else { 0.0 },
+        key: DrawKey::new(tile, opts),
     };
 
     let mut features_buf = Vec::new();
     let mut scratch = Vec::new();
-    let mut commands = Vec::new();
     let mut tags = Vec::new();
     let mut written_inputs = 0usize;
     let mut written = 0usize;
     let mut dropped = 0usize;
 
-    for f in features {
-        let f = f.borrow();
-        if !ctx.may_touch(&f.geometry) {
-            continue;
-        }
+    for input in features {
         if written_inputs >= opts.max_features {
-            dropped += 1;
+            // Counted without drawing, to keep the cap cheap.
+            if ctx.may_touch(&input.feature().geometry) {
+                dropped += 1;
+            }
             continue;
         }
-        let mut parts = Parts::default();
-        ctx.add(&f.geometry, &mut parts, 0);
-        if parts.is_empty() {
+        let drawing = input.drawing(&ctx);
+        if drawing.is_empty() {
             continue;
         }
+        let f = input.feature();
         written_inputs += 1;
         tables.tags_for(f, &mut tags);
-        for (geom_type, cmds) in parts.encode(&mut commands) {
+        for (geom_type, cmds) in &drawing.parts {
             scratch.clear();
             if let Some(FeatureId::Int(id)) = &f.id {
                 pbf::put_uint_field(&mut scratch, 1, *id);
             }
             pbf::put_packed_field(&mut scratch, 2, &tags);
-            pbf::put_uint_field(&mut scratch, 3, geom_type);
-            pbf::put_packed_field(&mut scratch, 4, &cmds);
+            pbf::put_uint_field(&mut scratch, 3, *geom_type);
+            pbf::put_packed_field(&mut scratch, 4, cmds);
             pbf::put_bytes_field(&mut features_buf, 2, &scratch);
             written += 1;
         }
@@ -292,6 +347,26 @@ struct Ctx {
     proj: Projector,
     rect: ClipRect,
     tolerance: f64,
+    /// What the drawings made with this context are kept under.
+    key: DrawKey,
+}
+
+/// A feature drawn in one tile: its command streams, one per MVT geometry type it has there.
+/// Empty when nothing of it falls in the tile (buffer included).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Drawing {
+    parts: Vec<(u64, Vec<u32>)>,
+}
+
+impl Drawing {
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Bytes of command words held.
+    fn approx_bytes(&self) -> usize {
+        self.parts.iter().map(|(_, c)| 4 * c.len()).sum()
+    }
 }
 
 /// Tile-space parts of one input feature, grouped by MVT geometry type.
@@ -304,41 +379,36 @@ struct Parts {
 }
 
 impl Parts {
-    fn is_empty(&self) -> bool {
-        self.points.is_empty() && self.lines.is_empty() && self.rings.is_empty()
-    }
-
-    /// Command streams, one per non-empty geometry type. `buf` is reused
-    /// between features to avoid reallocating.
-    fn encode(&self, buf: &mut Vec<u32>) -> Vec<(u64, Vec<u32>)> {
+    /// Command streams, one per non-empty geometry type.
+    fn encode(&self) -> Vec<(u64, Vec<u32>)> {
         let mut out = Vec::with_capacity(1);
         if !self.points.is_empty() {
-            buf.clear();
+            let mut buf = Vec::with_capacity(2 * self.points.len() + 1);
             let mut c = Cursor::default();
             for chunk in self.points.chunks(MAX_COMMAND_COUNT) {
                 buf.push(command(CMD_MOVE_TO, chunk.len()));
                 for &p in chunk {
-                    c.push(buf, p);
+                    c.push(&mut buf, p);
                 }
             }
-            out.push((GEOM_POINT, buf.clone()));
+            out.push((GEOM_POINT, buf));
         }
         if !self.lines.is_empty() {
-            buf.clear();
+            let mut buf = Vec::new();
             let mut c = Cursor::default();
             for line in &self.lines {
-                c.path(buf, line);
+                c.path(&mut buf, line);
             }
-            out.push((GEOM_LINESTRING, buf.clone()));
+            out.push((GEOM_LINESTRING, buf));
         }
         if !self.rings.is_empty() {
-            buf.clear();
+            let mut buf = Vec::new();
             let mut c = Cursor::default();
             for ring in &self.rings {
-                c.path(buf, ring);
+                c.path(&mut buf, ring);
                 buf.push(command(CMD_CLOSE_PATH, 1));
             }
-            out.push((GEOM_POLYGON, buf.clone()));
+            out.push((GEOM_POLYGON, buf));
         }
         out
     }
@@ -386,6 +456,18 @@ impl Cursor {
 }
 
 impl Ctx {
+    /// `f` projected, clipped, simplified and command-encoded for this tile.
+    fn draw(&self, f: &TileFeature) -> Drawing {
+        if !self.may_touch(&f.geometry) {
+            return Drawing::default();
+        }
+        let mut parts = Parts::default();
+        self.add(&f.geometry, &mut parts, 0);
+        Drawing {
+            parts: parts.encode(),
+        }
+    }
+
     /// Cheap test on the lon/lat bounding box; `true` when unsure.
     fn may_touch(&self, g: &Geometry<f64>) -> bool {
         let Some(r) = g.bounding_rect() else {
