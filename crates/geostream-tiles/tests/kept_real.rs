@@ -186,3 +186,51 @@ fn a_feature_keeps_no_more_drawings_than_its_own_size() {
     assert!(drawn >= 100, "the line crossed only {drawn} tiles");
     assert!(kept[0].drawing_bytes() > 0, "nothing was kept");
 }
+
+#[test]
+fn a_state_with_the_same_geometry_keeps_the_drawings() {
+    let dir = common::data_dir();
+    let countries = common::load_features(&dir, "polygons/world_countries_50m.geojson.zst");
+    let opts = MvtOptions::default();
+    let tile = TileId::new(3, 4, 2).unwrap();
+    let mut near = common::near_tile(&countries, tile);
+    let kept = keep(&near);
+    encode_kept(tile, "c", &kept, &opts, None).unwrap();
+    let i = near
+        .iter()
+        .position(|f| f.properties.get("name").and_then(|n| n.as_str()) == Some("France"))
+        .expect("France");
+    let drawn = kept[i].drawing_bytes();
+    assert!(drawn > 0);
+
+    // A property edit: the next state has the drawings already, and renders as a plain one.
+    near[i]
+        .properties
+        .insert("name".into(), serde_json::json!("République française"));
+    let renamed = kept[i].successor(near[i].clone());
+    assert_eq!(renamed.drawing_bytes(), drawn, "the drawings came along");
+    let mut now = kept.clone();
+    now[i] = Arc::new(renamed);
+    let got = encode_kept(tile, "c", &now, &opts, None).unwrap();
+    assert!(
+        got == encode_tile(tile, "c", &near, &opts).unwrap(),
+        "renamed"
+    );
+    let name = "République française".as_bytes();
+    assert!(got.bytes.windows(name.len()).any(|w| w == name));
+
+    // A geometry edit: the next state starts without drawings, and is drawn where it is now.
+    let moved = common::single_feature_edits(&near, tile, near.len())
+        .into_iter()
+        .find(|(kind, edited)| *kind != "change property" && edited[i] != near[i])
+        .map(|(_, edited)| edited)
+        .expect("a geometry edit of France");
+    let reshaped = now[i].successor(moved[i].clone());
+    assert_eq!(reshaped.drawing_bytes(), 0, "other geometry, no drawings");
+    now[i] = Arc::new(reshaped);
+    let got = encode_kept(tile, "c", &now, &opts, None).unwrap();
+    assert!(
+        got == encode_tile(tile, "c", &moved, &opts).unwrap(),
+        "moved"
+    );
+}

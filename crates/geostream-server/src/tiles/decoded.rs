@@ -129,6 +129,41 @@ impl DecodedFeatures {
         g.put(layer.clone(), id.to_owned(), entry, self.generation);
     }
 
+    /// A change made feature `id` of `layer` `version`: when the state just before it is
+    /// held, `next` makes the new state from it (the change carries the feature already
+    /// parsed), so the render after an edit parses nothing. Nothing is made when the state
+    /// before is not held: a render decodes the feature if it needs it.
+    ///
+    /// The new state is named with the held state's layer creation time. A change of a layer
+    /// created again after that state was held cannot be mistaken for it: a deleted layer's
+    /// entries are forgotten, and a render asks with the creation time the store gives it.
+    pub(crate) fn advance(
+        &self,
+        layer: &Arc<str>,
+        id: &str,
+        version: u64,
+        next: impl FnOnce(&Decoded) -> Decoded,
+    ) {
+        if self.generation == 0 || version == 0 {
+            return;
+        }
+        let before = {
+            let g = self.inner.lock();
+            let held = |generation: &HashMap<Arc<str>, Generation>| {
+                generation
+                    .get(&**layer)
+                    .and_then(|l| l.get(id))
+                    .filter(|e| e.state.1 == version - 1)
+                    .map(|e| (e.state.0, e.decoded.clone()))
+            };
+            held(&g.newer).or_else(|| held(&g.older))
+        };
+        // Made outside the lock: converting a large geometry must not hold up renders.
+        if let Some((created, decoded)) = before {
+            self.insert(layer, (created, version), id, next(&decoded));
+        }
+    }
+
     /// Forgets a layer (deleted).
     pub(crate) fn forget_layer(&self, layer: &str) {
         let mut g = self.inner.lock();
@@ -217,6 +252,30 @@ mod tests {
         );
         c.forget_layer("roads");
         assert_eq!(c.get("roads", 8, "a", 1), None);
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn a_change_moves_a_held_feature_on() {
+        let c = DecodedFeatures::new(1 << 20);
+        let layer: Arc<str> = "roads".into();
+        c.insert(&layer, (7, 2), "a", feature(2));
+        // The state before (version 2) is held: version 3 is made from it, with its layer's
+        // creation time.
+        c.advance(&layer, "a", 3, |before| {
+            assert_eq!(before, &feature(2));
+            feature(3)
+        });
+        assert_eq!(c.get("roads", 7, "a", 3), Some(feature(3)));
+        assert_eq!(c.get("roads", 7, "a", 2), None, "one state per feature");
+        // A change that skips a version, or of a feature not held, makes nothing.
+        c.advance(&layer, "a", 5, |_| panic!("version 4 is not held"));
+        c.advance(&layer, "b", 1, |_| panic!("b is not held"));
+        assert_eq!(c.get("roads", 7, "a", 3), Some(feature(3)));
+        assert_eq!(c.get("roads", 7, "b", 1), None);
+        // Nor after the layer is forgotten (deleted).
+        c.forget_layer("roads");
+        c.advance(&layer, "a", 4, |_| panic!("forgotten"));
         assert_eq!(c.len(), 0);
     }
 

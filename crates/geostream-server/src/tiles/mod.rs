@@ -28,7 +28,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use geostream_core::bus::TileVersion;
 use geostream_core::error::ErrorCode;
-use geostream_core::feature::{BBox, Change, Feature};
+use geostream_core::feature::{BBox, Change, Geometry};
 use geostream_store::{KnownRow, LayerInfo, Store, TileAddress, TileStore};
 use geostream_tiles::tile::world_to_lon_lat;
 use geostream_tiles::{
@@ -233,16 +233,20 @@ fn intersects(a: &BBox, b: &BBox) -> bool {
 }
 
 /// A stored feature as the encoder takes it; `None` without a usable geometry.
-fn tile_feature(f: Feature) -> Option<TileFeature> {
-    let geometry = (&f.geometry?.value).try_into().ok()?;
-    let id = match f.id.parse::<u64>() {
-        Ok(n) if n.to_string() == f.id => FeatureId::Int(n),
-        _ => FeatureId::Str(f.id),
+fn tile_feature(
+    id: &str,
+    geometry: Option<&Geometry>,
+    properties: serde_json::Map<String, serde_json::Value>,
+) -> Option<TileFeature> {
+    let geometry = (&geometry?.value).try_into().ok()?;
+    let id = match id.parse::<u64>() {
+        Ok(n) if n.to_string() == id => FeatureId::Int(n),
+        _ => FeatureId::Str(id.to_owned()),
     };
     Some(TileFeature {
         id: Some(id),
         geometry,
-        properties: f.properties,
+        properties,
     })
 }
 
@@ -403,7 +407,8 @@ impl Tiles {
                     KnownRow::Known(held) => held,
                     KnownRow::Fresh(f) => {
                         let (id, version) = (f.id.clone(), f.version);
-                        let d = tile_feature(*f).map(|f| Arc::new(KeptFeature::new(f)));
+                        let d = tile_feature(&f.id, f.geometry.as_ref(), f.properties)
+                            .map(|f| Arc::new(KeptFeature::new(f)));
                         decoded.insert(&name, (created, version), &id, d.clone());
                         d
                     }
@@ -565,6 +570,19 @@ impl Tiles {
         if boxes.is_empty() {
             return;
         }
+        let layer: Arc<str> = Arc::from(c.layer.as_str());
+        if let Some(new) = &c.new {
+            // The features renders keep move on with the change, so the next render of the
+            // edited feature's tiles neither parses it nor, when only its properties changed,
+            // draws it again.
+            self.decoded.advance(&layer, &c.id, c.version, |before| {
+                let f = tile_feature(&new.id, new.geometry.as_ref(), new.properties.clone())?;
+                Some(Arc::new(match before {
+                    Some(kept) => kept.successor(f),
+                    None => KeptFeature::new(f),
+                }))
+            });
+        }
         let frac = self.buffer_frac();
         let touches = |t: TileId| {
             let b = buffered_bounds(t, frac);
@@ -572,7 +590,7 @@ impl Tiles {
         };
         {
             let mut recent = self.recent.lock();
-            let r = recent.entry(Arc::from(c.layer.as_str())).or_default();
+            let r = recent.entry(layer).or_default();
             r.changes.push_back((c.seq, boxes.clone()));
             while r.changes.len() > RECENT_CHANGES {
                 if let Some((s, _)) = r.changes.pop_front() {
@@ -620,8 +638,8 @@ impl Tiles {
         counter(
             out,
             "geostream_tile_features_total",
-            "Features read by renders: decoded from the store, or reused as decoded by an \
-             earlier render (tiles.decoded_bytes).",
+            "Features read by renders: decoded from the store, or reused as an earlier render \
+             decoded them or as a change brought them (tiles.decoded_bytes).",
             &[
                 ("source=\"decoded\"", n(&s.features_decoded)),
                 ("source=\"reused\"", n(&s.features_reused)),

@@ -9,6 +9,9 @@
 //! Bounded: a feature keeps at most as many bytes of drawings as it holds itself
 //! ([`TileFeature::approx_bytes`]), the oldest dropped first, so a cache that charges a kept
 //! feature [`KeptFeature::approx_bytes`] (twice the feature) holds what it was charged.
+//!
+//! An edit that leaves the geometry as it was (a property changed) keeps the drawings: the
+//! next state shares them ([`KeptFeature::successor`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -48,13 +51,15 @@ const DRAWING_OVERHEAD: usize = 128;
 /// a new `KeptFeature`, with no drawings yet.
 pub struct KeptFeature {
     feature: TileFeature,
-    /// Bytes of drawings kept at most: the feature's own estimate.
-    budget: usize,
-    drawings: Mutex<Drawings>,
+    /// The feature's own estimated size.
+    bytes: usize,
+    /// Shared by the states of a feature that have the same geometry.
+    drawings: Arc<Mutex<Drawings>>,
 }
 
-#[derive(Default)]
 struct Drawings {
+    /// Bytes of drawings kept at most: the estimated size of the feature first drawn.
+    budget: usize,
     by_key: HashMap<DrawKey, Arc<Drawing>>,
     /// Keys oldest first, for eviction.
     order: VecDeque<DrawKey>,
@@ -64,10 +69,29 @@ struct Drawings {
 impl KeptFeature {
     /// Keeps `feature`, with no drawings yet.
     pub fn new(feature: TileFeature) -> KeptFeature {
+        let bytes = feature.approx_bytes();
         KeptFeature {
-            budget: feature.approx_bytes(),
             feature,
-            drawings: Mutex::new(Drawings::default()),
+            bytes,
+            drawings: Arc::new(Mutex::new(Drawings {
+                budget: bytes,
+                by_key: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+            })),
+        }
+    }
+
+    /// Keeps `next`, a later state of the same feature: with this state's drawings when the
+    /// geometry is the same (they are its drawings too), with none otherwise.
+    pub fn successor(&self, next: TileFeature) -> KeptFeature {
+        if next.geometry != self.feature.geometry {
+            return KeptFeature::new(next);
+        }
+        KeptFeature {
+            bytes: next.approx_bytes(),
+            feature: next,
+            drawings: self.drawings.clone(),
         }
     }
 
@@ -79,10 +103,11 @@ impl KeptFeature {
     /// About how many bytes this may hold in memory: the feature, and as much again for its
     /// drawings.
     pub fn approx_bytes(&self) -> usize {
-        2 * self.budget
+        2 * self.bytes
     }
 
-    /// Bytes of drawings kept now (at most half of [`KeptFeature::approx_bytes`]).
+    /// Bytes of drawings kept now: at most half of [`KeptFeature::approx_bytes`] of the
+    /// first state that drew them.
     pub fn drawing_bytes(&self) -> usize {
         self.drawings.lock().bytes
     }
@@ -95,15 +120,15 @@ impl KeptFeature {
         // Drawn outside the lock: two renders of different tiles draw at once.
         let d = Arc::new(draw());
         let cost = DRAWING_OVERHEAD + d.approx_bytes();
-        if cost > self.budget {
+        let mut g = self.drawings.lock();
+        if cost > g.budget {
             return d;
         }
-        let mut g = self.drawings.lock();
         if let Some(kept) = g.by_key.get(&key) {
             // Another render of the same tile drew it meanwhile: the same drawing.
             return kept.clone();
         }
-        while g.bytes + cost > self.budget {
+        while g.bytes + cost > g.budget {
             let Some(old) = g.order.pop_front() else {
                 break;
             };
