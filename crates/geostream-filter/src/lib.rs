@@ -75,7 +75,9 @@ use serde_json::{Map, Value};
 
 pub use attr::AttributeFilter;
 pub use error::{FilterError, Result};
-pub use spatial::{EARTH_RADIUS_M, SpatialFilter, haversine_m, point_in_box};
+pub use spatial::{
+    EARTH_RADIUS_M, SpatialFilter, bbox_halves, boxes_overlap, haversine_m, point_in_box,
+};
 pub use time::{TemporalFilter, parse_datetime_ms};
 
 /// A borrowed view of a feature: everything a filter reads, nothing it would copy.

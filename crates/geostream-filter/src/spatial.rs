@@ -113,9 +113,9 @@ impl SpatialFilter {
         match self {
             // Without `split_bbox`'s allocation: this runs for every candidate subscription of
             // every change routed.
-            Self::BBox(b) if b[0] <= b[2] => rect_hits(*b, g),
             Self::BBox(b) => {
-                rect_hits([b[0], b[1], 180.0, b[3]], g) || rect_hits([-180.0, b[1], b[2], b[3]], g)
+                let (first, second) = bbox_halves(*b);
+                rect_hits(first, g) || second.is_some_and(|h| rect_hits(h, g))
             }
             Self::Polygon(mp) => mp.intersects(g),
             Self::Circle { center, radius_m } => {
@@ -166,13 +166,10 @@ pub(crate) fn check_bbox(b: [f64; 4], what: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// A bbox as one or two boxes with `minx <= maxx`.
+/// A bbox as one or two boxes with `minx <= maxx` ([`bbox_halves`], in a list).
 pub(crate) fn split_bbox(b: [f64; 4]) -> Vec<[f64; 4]> {
-    if b[0] <= b[2] {
-        vec![b]
-    } else {
-        vec![[b[0], b[1], 180.0, b[3]], [-180.0, b[1], b[2], b[3]]]
-    }
+    let (first, second) = bbox_halves(b);
+    std::iter::once(first).chain(second).collect()
 }
 
 /// Whether the point `(x, y)` is in the box `r` (`minx <= maxx`), boundary included: what
@@ -193,8 +190,8 @@ fn rect_hits(r: [f64; 4], g: &Geometry<f64>) -> bool {
 /// Whether two boxes (each `minx <= maxx`, or crossing the antimeridian) have no point in
 /// common.
 pub(crate) fn bboxes_disjoint(a: [f64; 4], b: [f64; 4]) -> bool {
-    let (a1, a2) = halves(a);
-    let (b1, b2) = halves(b);
+    let (a1, a2) = bbox_halves(a);
+    let (b1, b2) = bbox_halves(b);
     ![Some(a1), a2].into_iter().flatten().any(|x| {
         [Some(b1), b2]
             .into_iter()
@@ -203,8 +200,10 @@ pub(crate) fn bboxes_disjoint(a: [f64; 4], b: [f64; 4]) -> bool {
     })
 }
 
-/// A box as one or two with `minx <= maxx`, without allocating.
-fn halves(b: [f64; 4]) -> ([f64; 4], Option<[f64; 4]>) {
+/// A box `[minx, miny, maxx, maxy]` as one or two with `minx <= maxx`: a box crossing the
+/// antimeridian (`minx > maxx`, RFC 7946 5.2) is cut there, its eastern part first. Without
+/// allocating: stores and routing call it for every candidate.
+pub fn bbox_halves(b: [f64; 4]) -> ([f64; 4], Option<[f64; 4]>) {
     if b[0] <= b[2] {
         (b, None)
     } else {
@@ -216,7 +215,8 @@ pub(crate) fn to_rect(b: [f64; 4]) -> Rect<f64> {
     Rect::new(Coord { x: b[0], y: b[1] }, Coord { x: b[2], y: b[3] })
 }
 
-fn boxes_overlap(a: [f64; 4], b: [f64; 4]) -> bool {
+/// Whether two boxes, each with `minx <= maxx`, have a point in common (edges included).
+pub fn boxes_overlap(a: [f64; 4], b: [f64; 4]) -> bool {
     a[0] <= b[2] && b[0] <= a[2] && a[1] <= b[3] && b[1] <= a[3]
 }
 

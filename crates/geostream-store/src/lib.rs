@@ -18,6 +18,7 @@ use geostream_filter::Filter;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod boxes;
 mod plan;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use geostream_core::bus::TileVersion;
 use geostream_core::error::ErrorCode;
 use geostream_core::feature::{BBox, Change, Geometry};
+use geostream_filter::boxes_overlap;
 use geostream_store::{KnownRow, LayerInfo, Store, TileAddress, TileStore};
 use geostream_tiles::tile::world_to_lon_lat;
 use geostream_tiles::{
@@ -226,10 +227,6 @@ pub(crate) fn buffered_bounds(t: TileId, frac: f64) -> BBox {
         south = -90.0;
     }
     [w, south, e, north]
-}
-
-fn intersects(a: &BBox, b: &BBox) -> bool {
-    a[0] <= b[2] && b[0] <= a[2] && a[1] <= b[3] && b[1] <= a[3]
 }
 
 /// A stored feature as the encoder takes it; `None` without a usable geometry.
@@ -441,7 +438,7 @@ impl Tiles {
                 || r.changes.iter().any(|(s, boxes)| {
                     *s > seq && {
                         let b = buffered_bounds(t, frac);
-                        boxes.iter().any(|x| intersects(x, &b))
+                        boxes.iter().any(|x| boxes_overlap(*x, b))
                     }
                 })
         });
@@ -586,7 +583,7 @@ impl Tiles {
         let frac = self.buffer_frac();
         let touches = |t: TileId| {
             let b = buffered_bounds(t, frac);
-            boxes.iter().any(|x| intersects(x, &b))
+            boxes.iter().any(|x| boxes_overlap(*x, b))
         };
         {
             let mut recent = self.recent.lock();

@@ -12,6 +12,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::{Inner, db_err, sql_i64, sql_u64};
+use crate::boxes::search_boxes;
 use crate::{
     ChangePage, FeatureQuery, Holder, KnownKey, KnownPage, KnownRow, LayerInfo, Lock, QueryPage,
     Result, Snapshot, SnapshotRequest, StoreError,
@@ -206,37 +207,6 @@ pub(crate) async fn get(inner: &Inner, layer: &str, id: &str) -> Result<Option<F
 // ----- queries -----
 
 type Param = Box<dyn ToSql + Sync + Send>;
-
-/// A query box as boxes with `minx <= maxx`: two when it crosses the antimeridian.
-fn split_antimeridian(b: BBox) -> Vec<BBox> {
-    if b[0] > b[2] {
-        vec![[b[0], b[1], 180.0, b[3]], [-180.0, b[1], b[2], b[3]]]
-    } else {
-        vec![b]
-    }
-}
-
-/// The boxes to search for a query box and a filter's covering box: `None` when nothing
-/// bounds the search, an empty list when nothing can match.
-fn search_boxes(query: Option<BBox>, filter: Option<BBox>) -> Option<Vec<BBox>> {
-    Some(match (query, filter) {
-        (None, None) => return None,
-        (Some(q), None) => split_antimeridian(q),
-        (None, Some(f)) => vec![f],
-        (Some(q), Some(f)) => split_antimeridian(q)
-            .into_iter()
-            .filter_map(|p| {
-                let i = [
-                    p[0].max(f[0]),
-                    p[1].max(f[1]),
-                    p[2].min(f[2]),
-                    p[3].min(f[3]),
-                ];
-                (i[0] <= i[2] && i[1] <= i[3]).then_some(i)
-            })
-            .collect(),
-    })
-}
 
 /// A `SELECT` of a layer's features with as much of the box and filter as SQL can take.
 struct Plan {

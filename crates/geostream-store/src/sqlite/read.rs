@@ -12,11 +12,10 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::codec::{
-    FEATURE_COLUMNS, StoredFeature, corrupt, decode_change, passes_query_box, search_boxes,
-};
+use super::codec::{FEATURE_COLUMNS, StoredFeature, corrupt, decode_change};
 use super::schema::rtree_table;
 use super::{SqliteOptions, connect, db_err};
+use crate::boxes::{passes_query_box, search_boxes};
 use crate::{
     ChangePage, FeatureQuery, Holder, KnownKey, KnownPage, KnownRow, LayerInfo, Lock, QueryPage,
     Result, Snapshot, SnapshotRequest, StoreError,
