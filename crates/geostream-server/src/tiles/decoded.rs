@@ -9,12 +9,13 @@
 //!
 //! Entries are keyed by layer and feature id and hold one state, named by the layer's creation
 //! time and the feature's version (a layer deleted and created again counts versions afresh):
-//! a later state read from the store replaces the entry, and a render is only ever given the
+//! a later state read from the store, or made by a change from the state before it
+//! ([`DecodedFeatures::advance`]), replaces the entry, and a render is only ever given the
 //! state the store returned for it. Bounded in bytes (each entry's estimate, from its vertices
 //! and properties, counted twice: once for the feature, once for the drawings it may keep; a
-//! layer of large polygons must not hold what a count of small points would allow): two generations, the older dropped whole when the newer fills half the budget,
-//! and an entry read from the older is moved to the newer (so what renders keep touching
-//! stays).
+//! layer of large polygons must not hold what a count of small points would allow): two
+//! generations, the older dropped whole when the newer fills half the budget, and an entry
+//! read from the older is moved to the newer (so what renders keep touching stays).
 
 use std::collections::HashMap;
 use std::sync::Arc;
