@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::tile::{LonLatBbox, TileRange, tile_ranges};
+use crate::tile::{LonLatBbox, TileRange, TilesNear, tile_ranges};
 use crate::{Result, TileError, TileId};
 
 /// Bookkeeping cost charged per cached tile on top of its bytes, so that a
@@ -73,7 +73,8 @@ impl Entry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    layers: HashMap<Arc<str>, HashMap<TileId, Entry>>,
+    /// Per layer, tiles in (z, x, y) order, so a change finds the tiles near it by range.
+    layers: HashMap<Arc<str>, BTreeMap<TileId, Entry>>,
     /// Access order: tick → key. The smallest tick is the least recently used.
     lru: BTreeMap<u64, (Arc<str>, TileId)>,
     tick: u64,
@@ -293,18 +294,20 @@ impl TileCache {
         Ok(hit)
     }
 
-    /// Invalidates every cached tile of `layer` whose current version is
-    /// below `version` and for which `affected` says yes. Returns the tiles
-    /// invalidated, sorted.
+    /// Invalidates the cached tiles of `layer` near a change (`near`) whose current version
+    /// is below `version` and for which `affected` says yes. Returns the tiles invalidated,
+    /// sorted.
     ///
     /// Meant for changes that carry a sequence number: a tile rendered at or
     /// after the change already shows it and stays, so a notification that
     /// arrives after a fresh render costs nothing. `affected` runs under the
-    /// cache lock, once per current tile of the layer: keep it to arithmetic.
+    /// cache lock, once per current tile near the change: keep it to arithmetic. Only the
+    /// tiles near the change are looked at, however many the layer has cached.
     pub fn invalidate_older(
         &self,
         layer: &str,
         version: u64,
+        near: &TilesNear<'_>,
         mut affected: impl FnMut(TileId) -> bool,
     ) -> Vec<TileId> {
         let mut g = self.inner.lock();
@@ -313,16 +316,16 @@ impl TileCache {
             return Vec::new();
         };
         let mut hit = Vec::new();
-        for (tile, e) in tiles.iter_mut() {
+        near.visit(tiles, |tile, e| {
             let stale = e.current.as_ref().is_some_and(|c| c.version < version);
-            if stale && affected(*tile) {
+            if stale && affected(tile) {
                 let old_cost = e.cost;
                 e.retire_current(self.max_history);
                 e.cost = e.compute_cost();
                 inner.bytes = inner.bytes - old_cost + e.cost;
-                hit.push(*tile);
+                hit.push(tile);
             }
-        }
+        });
         hit.sort_unstable();
         hit
     }
@@ -359,7 +362,7 @@ impl TileCache {
     pub fn stats(&self) -> CacheStats {
         let g = self.inner.lock();
         CacheStats {
-            tiles: g.layers.values().map(HashMap::len).sum(),
+            tiles: g.layers.values().map(BTreeMap::len).sum(),
             bytes: g.bytes,
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
@@ -442,7 +445,12 @@ mod tests {
         c.insert("l", b2, 4, b(3, 2)).unwrap();
         // Rendered after change 7 was committed: it already shows it.
         c.insert("l", fresh, 7, b(3, 3)).unwrap();
-        let hit = c.invalidate_older("l", 7, |tile| tile != b2);
+        let world = [LonLatBbox::world()];
+        let near = TilesNear {
+            boxes: &world,
+            margin: 1,
+        };
+        let hit = c.invalidate_older("l", 7, &near, |tile| tile != b2);
         assert_eq!(hit, vec![a]);
         assert!(c.get("l", a).is_none());
         assert!(c.get("l", b2).is_some());
@@ -451,7 +459,22 @@ mod tests {
         assert_eq!(c.latest("l", a), Some((4, b(3, 1))));
         assert_eq!(c.latest("l", fresh), Some((7, b(3, 3))));
         assert_eq!(c.latest("other", a), None);
-        assert!(c.invalidate_older("missing", 9, |_| true).is_empty());
+        assert!(c.invalidate_older("missing", 9, &near, |_| true).is_empty());
+        // Only the tiles near the change are looked at: a box inside `a` (3/1/1) reaches a
+        // and the tiles next to it (fresh, b2), not 3/5/5.
+        let far = t(3, 5, 5);
+        c.insert("l", a, 8, b(3, 1)).unwrap();
+        c.insert("l", far, 8, b(3, 4)).unwrap();
+        let inside_a = [t(3, 1, 1).bounds_lonlat()];
+        let near_a = TilesNear {
+            boxes: &inside_a,
+            margin: 1,
+        };
+        assert_eq!(
+            c.invalidate_older("l", 9, &near_a, |_| true),
+            vec![a, fresh, b2]
+        );
+        assert!(c.get("l", far).is_some(), "far from the change");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub use mvt::{
     encode_tile_like,
 };
 pub use pmtiles::{PmTiles, decompress};
-pub use tile::{LonLatBbox, MAX_ZOOM, TileId, TileRange, tiles_covering};
+pub use tile::{LonLatBbox, MAX_ZOOM, TileId, TileRange, TilesNear, tiles_covering};
 
 /// Encoding of the tiles stored in an archive, as declared by the archive.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -2,6 +2,7 @@
 //! north edge), with the TMS row flip used by MBTiles and the Hilbert tile ids
 //! used by PMTiles v3.
 
+use std::collections::BTreeMap;
 use std::f64::consts::PI;
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -469,6 +470,89 @@ pub fn tiles_covering(bbox: &LonLatBbox, z: u8, limit: usize) -> Result<Vec<Tile
     Ok(out)
 }
 
+/// Where a change may have altered tiles: the boxes it touched, and how many tiles around a
+/// box a tile's content reaches (its buffer, in tiles, rounded up).
+#[derive(Debug, Clone, Copy)]
+pub struct TilesNear<'a> {
+    /// The boxes, `west <= east`. One that crosses the antimeridian or is not valid reaches
+    /// every tile.
+    pub boxes: &'a [LonLatBbox],
+    /// Tiles around a box that may still show it: for a buffer of `f` tiles, `floor(f) + 1`
+    /// (a tile's buffered edge may just touch a box on the far side of its neighbour).
+    pub margin: u32,
+}
+
+impl TilesNear<'_> {
+    /// The tiles at zoom `z` near the boxes: the rectangle holding every tile within `margin`
+    /// of one of them, clamped to the world. `None` when that is every tile of the zoom.
+    fn hull(&self, z: u8) -> Option<TileRange> {
+        let max = (1u32 << z) - 1;
+        let mut hull: Option<TileRange> = None;
+        for b in self.boxes {
+            if b.west > b.east {
+                return None;
+            }
+            let ranges = tile_ranges(b, z).ok()?;
+            let [r] = ranges.as_slice() else {
+                return None;
+            };
+            let m = self.margin;
+            let near = TileRange {
+                z,
+                x: r.x.start().saturating_sub(m)..=r.x.end().saturating_add(m).min(max),
+                y: r.y.start().saturating_sub(m)..=r.y.end().saturating_add(m).min(max),
+            };
+            hull = Some(match hull {
+                None => near,
+                Some(h) => TileRange {
+                    z,
+                    x: *h.x.start().min(near.x.start())..=*h.x.end().max(near.x.end()),
+                    y: *h.y.start().min(near.y.start())..=*h.y.end().max(near.y.end()),
+                },
+            });
+        }
+        hull
+    }
+
+    /// Visits, each once, the entries of `tiles` near the boxes. Zoom by zoom it reads only
+    /// the columns the boxes reach (one range of the ordered map), so what it costs follows
+    /// the tiles near the change, not every tile held: a cache or an index of many tiles is
+    /// not scanned for each change of a moving layer.
+    pub fn visit<V>(&self, tiles: &mut BTreeMap<TileId, V>, mut visit: impl FnMut(TileId, &mut V)) {
+        let mut from = TileId { z: 0, x: 0, y: 0 };
+        while let Some(z) = tiles.range(from..).next().map(|(t, _)| t.z) {
+            let max = (1u32 << z) - 1;
+            let (x, y) = match self.hull(z) {
+                Some(r) => (r.x, r.y),
+                None => (0..=max, 0..=max),
+            };
+            let first = TileId {
+                z,
+                x: *x.start(),
+                y: 0,
+            };
+            let last = TileId {
+                z,
+                x: *x.end(),
+                y: max,
+            };
+            for (t, v) in tiles.range_mut(first..=last) {
+                if y.contains(&t.y) {
+                    visit(*t, v);
+                }
+            }
+            if z >= MAX_ZOOM {
+                break;
+            }
+            from = TileId {
+                z: z + 1,
+                x: 0,
+                y: 0,
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,6 +690,105 @@ mod tests {
             north: 1.0,
         };
         assert!(tiles_covering(&bad, 2, 10).is_err());
+    }
+
+    /// A tile's box grown by `frac` of a tile on each side, clamped to the world: what a
+    /// tile's content depends on when its buffer is `frac` of it.
+    fn buffered(t: TileId, frac: f64) -> [f64; 4] {
+        let n = f64::from(1u32 << t.z);
+        let x0 = ((f64::from(t.x) - frac) / n).max(0.0);
+        let x1 = ((f64::from(t.x) + 1.0 + frac) / n).min(1.0);
+        let y0 = ((f64::from(t.y) - frac) / n).max(0.0);
+        let y1 = ((f64::from(t.y) + 1.0 + frac) / n).min(1.0);
+        let (w, north) = world_to_lon_lat(x0, y0);
+        let (e, south) = world_to_lon_lat(x1, y1);
+        [w, south, e, north]
+    }
+
+    #[test]
+    fn tiles_near_are_visited_once_and_hold_every_touched_tile() {
+        // Every tile of zooms 0 to 6, held in both a map and a list.
+        let mut held: BTreeMap<TileId, u32> = BTreeMap::new();
+        for z in 0..=6u8 {
+            for x in 0..1u32 << z {
+                for y in 0..1u32 << z {
+                    held.insert(t(z, x, y), 0);
+                }
+            }
+        }
+        let all: Vec<TileId> = held.keys().copied().collect();
+        // Boxes: points, small and large, on tile edges, at the antimeridian and the poles,
+        // crossing the antimeridian, and not valid at all.
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut cases: Vec<Vec<LonLatBbox>> = vec![
+            vec![LonLatBbox::new(0.0, 0.0, 0.0, 0.0).unwrap()],
+            vec![LonLatBbox::new(-180.0, -90.0, -180.0, -90.0).unwrap()],
+            vec![LonLatBbox::new(179.9, 84.0, 180.0, 90.0).unwrap()],
+            vec![LonLatBbox::new(-22.5, 40.97, 0.0, 55.77).unwrap()],
+            vec![LonLatBbox::new(170.0, -10.0, -170.0, 10.0).unwrap()],
+            vec![LonLatBbox {
+                west: f64::NAN,
+                south: 0.0,
+                east: 1.0,
+                north: 1.0,
+            }],
+            vec![
+                LonLatBbox::new(2.0, 48.0, 2.5, 49.0).unwrap(),
+                LonLatBbox::new(-74.1, 40.6, -73.9, 40.8).unwrap(),
+            ],
+        ];
+        for _ in 0..200 {
+            let (lon, lat) = (next() * 360.0 - 180.0, next() * 170.0 - 85.0);
+            let size = next().powi(3) * 40.0;
+            cases.push(vec![LonLatBbox {
+                west: lon,
+                south: lat,
+                east: (lon + size).min(180.0),
+                north: (lat + size / 2.0).min(90.0),
+            }]);
+        }
+        for boxes in &cases {
+            for (frac, margin) in [(64.0 / 4096.0, 1), (1.0, 2), (0.0, 1), (2.5, 3)] {
+                let near = TilesNear { boxes, margin };
+                let mut seen: Vec<TileId> = Vec::new();
+                near.visit(&mut held, |t, n| {
+                    *n += 1;
+                    seen.push(t);
+                });
+                let mut once = seen.clone();
+                once.sort_unstable();
+                once.dedup();
+                assert_eq!(once.len(), seen.len(), "{boxes:?}: a tile visited twice");
+                for &tile in &all {
+                    let b = buffered(tile, frac);
+                    let touched = boxes.iter().any(|x| {
+                        x.west <= b[2] && b[0] <= x.east && x.south <= b[3] && b[1] <= x.north
+                    });
+                    assert!(
+                        !touched || once.binary_search(&tile).is_ok(),
+                        "{boxes:?}, buffer {frac}: {tile} is touched but was not visited"
+                    );
+                }
+                // Only near tiles: a small box at zoom 6 reaches a handful, not the zoom.
+                if boxes.len() == 1 && boxes[0].west <= boxes[0].east && margin == 1 {
+                    let b = &boxes[0];
+                    if b.east - b.west < 1.0 && b.north - b.south < 1.0 && b.north < 80.0 {
+                        let at6 = once.iter().filter(|t| t.z == 6).count();
+                        assert!(at6 <= 16, "{boxes:?}: {at6} tiles at zoom 6");
+                    }
+                }
+            }
+        }
+        assert!(
+            held.values().all(|n| *n > 0),
+            "every tile visited at least once"
+        );
     }
 
     #[test]

@@ -33,8 +33,8 @@ use geostream_filter::boxes_overlap;
 use geostream_store::{KnownRow, LayerInfo, Store, TileAddress, TileStore};
 use geostream_tiles::tile::world_to_lon_lat;
 use geostream_tiles::{
-    CachedTile, FeatureId, KeptFeature, MbTiles, MvtOptions, PmTiles, TileArchive, TileCache,
-    TileCompression, TileError, TileFeature, TileFormat, TileId, encode_kept,
+    CachedTile, FeatureId, KeptFeature, LonLatBbox, MbTiles, MvtOptions, PmTiles, TileArchive,
+    TileCache, TileCompression, TileError, TileFeature, TileFormat, TileId, TilesNear, encode_kept,
 };
 use parking_lot::Mutex;
 
@@ -585,6 +585,21 @@ impl Tiles {
             let b = buffered_bounds(t, frac);
             boxes.iter().any(|x| boxes_overlap(*x, b))
         };
+        // Where to look: the cached and subscribed tiles near the change's boxes, not all of
+        // the layer's.
+        let lon_lat: Vec<LonLatBbox> = boxes
+            .iter()
+            .map(|b| LonLatBbox {
+                west: b[0],
+                south: b[1],
+                east: b[2],
+                north: b[3],
+            })
+            .collect();
+        let near = TilesNear {
+            boxes: &lon_lat,
+            margin: frac.floor() as u32 + 1,
+        };
         {
             let mut recent = self.recent.lock();
             let r = recent.entry(layer).or_default();
@@ -594,9 +609,9 @@ impl Tiles {
                     r.forgotten = r.forgotten.max(s);
                 }
             }
-            self.cache.invalidate_older(&c.layer, c.seq, touches);
+            self.cache.invalidate_older(&c.layer, c.seq, &near, touches);
         }
-        self.subs.mark(&c.layer, touches);
+        self.subs.mark(&c.layer, &near, touches);
     }
 
     /// A raster tile was uploaded (on some node): drop older cached versions and queue it for
@@ -605,8 +620,14 @@ impl Tiles {
         let Ok(t) = TileId::new(u.z, u.x, u.y) else {
             return;
         };
-        self.cache.invalidate_older(layer, u.version, |x| x == t);
-        self.subs.mark(layer, |x| x == t);
+        let own = [t.bounds_lonlat()];
+        let near = TilesNear {
+            boxes: &own,
+            margin: 1,
+        };
+        self.cache
+            .invalidate_older(layer, u.version, &near, |x| x == t);
+        self.subs.mark(layer, &near, |x| x == t);
     }
 
     /// Appends the tile service's metrics.

@@ -18,7 +18,7 @@
 //! closed as a slow consumer if it stays over budget, like any other).
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -32,7 +32,9 @@ use geostream_core::api::{
 use geostream_core::codec::{self, Id, encode_push};
 use geostream_core::error::ErrorCode;
 use geostream_hub::{Hub, Outgoing, Prepared, PushEvent, PushOutcome, Session};
-use geostream_tiles::{CachedTile, LonLatBbox, TileError, TileId, delta, tiles_covering};
+use geostream_tiles::{
+    CachedTile, LonLatBbox, TileError, TileId, TilesNear, delta, tiles_covering,
+};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -59,8 +61,9 @@ struct SubState {
 #[derive(Default)]
 struct Inner {
     subs: HashMap<SubKey, SubState>,
-    /// Per layer, per tile: the subscriptions holding it.
-    index: HashMap<Arc<str>, HashMap<TileId, Vec<SubKey>>>,
+    /// Per layer, per tile in (z, x, y) order: the subscriptions holding it. Ordered so a
+    /// change finds the tiles near it by range.
+    index: HashMap<Arc<str>, BTreeMap<TileId, Vec<SubKey>>>,
     dirty: HashSet<(SubKey, TileId)>,
     /// Pairs a client asked for: pushed without waiting for the window.
     asked: HashSet<(SubKey, TileId)>,
@@ -212,22 +215,28 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    /// Marks every subscribed tile of `layer` for which `touched` says yes.
-    pub(super) fn mark(&self, layer: &str, mut touched: impl FnMut(TileId) -> bool) {
+    /// Marks the subscribed tiles of `layer` near a change (`near`) for which `touched` says
+    /// yes. Only the tiles near the change are looked at, however many are subscribed.
+    pub(super) fn mark(
+        &self,
+        layer: &str,
+        near: &TilesNear<'_>,
+        mut touched: impl FnMut(TileId) -> bool,
+    ) {
         let mut g = self.inner.lock();
         let inner = &mut *g;
-        let Some(tiles) = inner.index.get(layer) else {
+        let Some(tiles) = inner.index.get_mut(layer) else {
             return;
         };
         let mut any = false;
-        for (t, keys) in tiles {
-            if touched(*t) {
-                for k in keys {
-                    inner.dirty.insert((k.clone(), *t));
+        near.visit(tiles, |t, keys| {
+            if touched(t) {
+                for k in keys.iter() {
+                    inner.dirty.insert((k.clone(), t));
                     any = true;
                 }
             }
-        }
+        });
         drop(g);
         if any {
             self.wake.notify_one();
