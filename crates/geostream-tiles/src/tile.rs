@@ -482,7 +482,16 @@ pub struct TilesNear<'a> {
     pub margin: u32,
 }
 
-impl TilesNear<'_> {
+impl<'a> TilesNear<'a> {
+    /// Near `boxes`, for tiles whose content reaches `buffer` of a tile beyond their edges
+    /// (the encoder's buffer over its extent): a margin of `floor(buffer) + 1` tiles.
+    pub fn new(boxes: &'a [LonLatBbox], buffer: f64) -> TilesNear<'a> {
+        TilesNear {
+            boxes,
+            margin: buffer.max(0.0).floor() as u32 + 1,
+        }
+    }
+
     /// The tiles at zoom `z` near the boxes: the rectangle holding every tile within `margin`
     /// of one of them, clamped to the world. `None` when that is every tile of the zoom.
     fn hull(&self, z: u8) -> Option<TileRange> {

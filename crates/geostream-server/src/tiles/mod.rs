@@ -596,10 +596,7 @@ impl Tiles {
                 north: b[3],
             })
             .collect();
-        let near = TilesNear {
-            boxes: &lon_lat,
-            margin: frac.floor() as u32 + 1,
-        };
+        let near = TilesNear::new(&lon_lat, frac);
         {
             let mut recent = self.recent.lock();
             let r = recent.entry(layer).or_default();
@@ -621,10 +618,8 @@ impl Tiles {
             return;
         };
         let own = [t.bounds_lonlat()];
-        let near = TilesNear {
-            boxes: &own,
-            margin: 1,
-        };
+        // The tile itself and its neighbours, which the exact test then leaves out.
+        let near = TilesNear::new(&own, 0.0);
         self.cache
             .invalidate_older(layer, u.version, &near, |x| x == t);
         self.subs.mark(layer, &near, |x| x == t);
