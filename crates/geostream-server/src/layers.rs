@@ -206,8 +206,8 @@ impl Layers {
             crate::metrics::counter(
                 out,
                 "geostream_store_write_groups_total",
-                "Write transactions this node committed on PostgreSQL (a layer's writes that \
-                 arrive while its previous group commits share the next one).",
+                "Write transactions this node committed on PostgreSQL (the writes, to any \
+                 layers, that arrive while groups commit share the next one).",
                 &[("", groups as f64)],
             );
             crate::metrics::counter(

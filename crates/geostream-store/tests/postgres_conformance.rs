@@ -591,3 +591,149 @@ async fn deleting_a_layer_deletes_its_changes() {
     assert_eq!(rows, 1, "only the kept layer's change is left");
     s.drop_schema().await.expect("drop schema");
 }
+
+/// A node's writes over many layers share groups: while a large group (a batch) waits for
+/// its layer's row lock (held here by another transaction), the writes of seven other layers
+/// commit beside it in a few transactions, not one per layer, and a write to a missing layer
+/// fails alone. Then
+/// two nodes write rotating sets of eight layers at once: groups that share layers lock them
+/// in one order, so none deadlocks, and every layer's log stays dense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_span_layers() {
+    const LAYERS: usize = 8;
+    let schema = unique_schema("span");
+    let a = open(&schema, 100_000).await;
+    let b = open(&schema, 100_000).await;
+    let layer = |l: usize| format!("l{l}");
+    for l in 0..LAYERS {
+        a.create_layer(LayerSpec {
+            name: layer(l),
+            last_writer_wins: true,
+            ..Default::default()
+        })
+        .await
+        .expect("layer");
+    }
+    let req = |l: String, ops, who: &str| WriteRequest {
+        layer: l,
+        ops,
+        writer: writer(who),
+        op_id: None,
+    };
+    for l in 0..LAYERS {
+        a.apply(req(layer(l), vec![create("f", l as f64)], "setup"))
+            .await
+            .expect("setup");
+    }
+
+    // Layer l0's row is locked by another transaction: a batch to it waits in its group.
+    let (blocker, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM \"{schema}\".layers WHERE name = 'l0' FOR UPDATE"
+        ))
+        .await
+        .expect("lock l0");
+    let (before, _) = a.write_stats().get();
+    let blocked = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let batch = (0..100).map(|n| patch("f", n, None)).collect();
+            a.apply(req("l0".into(), batch, "w0")).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut tasks = Vec::new();
+    for k in 0..2 * (LAYERS - 1) {
+        let a = a.clone();
+        let l = layer(1 + k % (LAYERS - 1));
+        tasks.push(tokio::spawn(async move {
+            a.apply(req(l, vec![patch("f", k as i64, None)], "w")).await
+        }));
+    }
+    let missing = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.apply(req("missing".into(), vec![create("g", 0.0)], "w"))
+                .await
+        })
+    };
+    let within = std::time::Duration::from_secs(20);
+    for t in tasks {
+        tokio::time::timeout(within, t)
+            .await
+            .expect("the other layers' writes do not wait for l0")
+            .expect("task")
+            .expect("write");
+    }
+    let missing = tokio::time::timeout(within, missing)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert_eq!(
+        missing.unwrap_err(),
+        StoreError::LayerNotFound("missing".into())
+    );
+    let (after, _) = a.write_stats().get();
+    assert!(
+        after - before <= 4,
+        "15 writes over 8 layers took {} transactions",
+        after - before
+    );
+    assert!(!blocked.is_finished(), "l0's write waits for its row lock");
+    blocker.batch_execute("COMMIT").await.expect("release l0");
+    let out = tokio::time::timeout(within, blocked)
+        .await
+        .expect("l0's write ends once the lock is released")
+        .expect("task")
+        .expect("l0's write");
+    assert_eq!(out.changes.last().map(|c| c.version), Some(101));
+    for l in 1..LAYERS {
+        let f = a.get(&layer(l), "f").await.expect("get").expect("f");
+        assert_eq!(f.version, 3, "two edits of {}", layer(l));
+    }
+
+    // Two nodes, sixteen writers, each edit to the next of eight layers: the groups of both
+    // nodes share layers all the time.
+    const WRITERS: usize = 16;
+    const EDITS: usize = 40;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let s = if w % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EDITS {
+                let l = (w + i) % LAYERS;
+                s.apply(req(
+                    layer(l),
+                    vec![patch("f", (w * 1000 + i) as i64, None)],
+                    &format!("w{w}"),
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("writer {w}, edit {i} to l{l}: {e:?}"));
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(std::time::Duration::from_secs(120), t)
+            .await
+            .expect("no writer waits forever")
+            .expect("writer");
+    }
+    let mut total = 0;
+    for l in 0..LAYERS {
+        let page = b.changes(&layer(l), 0, 100_000).await.expect("changes");
+        for (i, c) in page.changes.iter().enumerate() {
+            assert_eq!(c.seq, i as u64 + 1, "dense log of {}", layer(l));
+            assert_eq!(c.version, i as u64 + 1, "versions of {}", layer(l));
+        }
+        let head = a.layer(&layer(l)).await.expect("layer");
+        assert_eq!(head.seq, page.changes.len() as u64);
+        total += page.changes.len();
+    }
+    // Setup, the first part's 100 + 14 edits, and the writers'.
+    assert_eq!(total, LAYERS + 114 + WRITERS * EDITS);
+    a.drop_schema().await.expect("drop schema");
+}

@@ -11,14 +11,13 @@
 //! taking it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::tile::{LonLatBbox, TileRange, TilesNear, tile_ranges};
+use crate::tile::TilesNear;
 use crate::{Result, TileError, TileId};
 
 /// Bookkeeping cost charged per cached tile on top of its bytes, so that a
@@ -260,40 +259,6 @@ impl TileCache {
         true
     }
 
-    /// Invalidates every cached tile of `layer` at zoom levels `zooms` that
-    /// touches `bbox` (lon/lat). Returns the tiles invalidated, sorted.
-    ///
-    /// Scans the layer's cached tiles rather than enumerating the bbox, so a
-    /// world-sized edit at zoom 18 costs the size of the cache, not 4^18.
-    pub fn invalidate_bbox(
-        &self,
-        layer: &str,
-        bbox: &LonLatBbox,
-        zooms: RangeInclusive<u8>,
-    ) -> Result<Vec<TileId>> {
-        let mut ranges: Vec<TileRange> = Vec::new();
-        for z in zooms {
-            ranges.extend(tile_ranges(bbox, z)?);
-        }
-        let mut g = self.inner.lock();
-        let inner = &mut *g;
-        let Some(tiles) = inner.layers.get_mut(layer) else {
-            return Ok(Vec::new());
-        };
-        let mut hit = Vec::new();
-        for (tile, e) in tiles.iter_mut() {
-            if e.current.is_some() && ranges.iter().any(|r| r.contains(*tile)) {
-                let old_cost = e.cost;
-                e.retire_current(self.max_history);
-                e.cost = e.compute_cost();
-                inner.bytes = inner.bytes - old_cost + e.cost;
-                hit.push(*tile);
-            }
-        }
-        hit.sort_unstable();
-        Ok(hit)
-    }
-
     /// Invalidates the cached tiles of `layer` near a change (`near`) whose current version
     /// is below `version` and for which `affected` says yes. Returns the tiles invalidated,
     /// sorted.
@@ -373,6 +338,7 @@ impl TileCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tile::LonLatBbox;
 
     fn t(z: u8, x: u32, y: u32) -> TileId {
         TileId::new(z, x, y).unwrap()
@@ -417,24 +383,6 @@ mod tests {
         assert!(c.insert("l", tile, 1, b(5, 9)).is_err());
         c.insert("l", tile, 2, b(5, 2)).unwrap();
         assert_eq!(c.get("l", tile).unwrap().version, 2);
-    }
-
-    #[test]
-    fn bbox_invalidation() {
-        let c = TileCache::new(1 << 20, 4);
-        let helsinki = TileId::from_lon_lat(24.94, 60.17, 10).unwrap();
-        let sf = TileId::from_lon_lat(-122.42, 37.77, 10).unwrap();
-        let helsinki_z5 = TileId::from_lon_lat(24.94, 60.17, 5).unwrap();
-        for (i, tile) in [helsinki, sf, helsinki_z5].into_iter().enumerate() {
-            c.insert("l", tile, i as u64 + 1, b(3, 0)).unwrap();
-        }
-        c.insert("other", helsinki, 1, b(3, 0)).unwrap();
-        let bbox = LonLatBbox::new(24.9, 60.1, 25.0, 60.2).unwrap();
-        let hit = c.invalidate_bbox("l", &bbox, 0..=10).unwrap();
-        assert_eq!(hit, vec![helsinki_z5, helsinki]);
-        assert!(c.get("l", sf).is_some());
-        assert!(c.get("other", helsinki).is_some());
-        assert!(c.invalidate_bbox("l", &bbox, 11..=12).unwrap().is_empty());
     }
 
     #[test]

@@ -6,27 +6,32 @@
 //!
 //! # Transactions and concurrency
 //!
-//! * **Group commit inside a layer.** Each layer has a queue on each node: the first write
-//!   to a layer with nothing in flight starts the layer's flusher task, and every write that
-//!   arrives while a group is being committed goes into the next group together. A group is
-//!   one transaction on a connection from a small pool (deadpool): it locks its layer's row
-//!   (`SELECT .. FOR UPDATE`), then reads the outcomes already recorded for its requests'
-//!   idempotency keys, every feature the group touches (`SELECT .. FOR UPDATE`) and their
-//!   live locks, all in one round trip. The layer row lock serialises every write of one
-//!   layer across all nodes, which is what keeps the per-layer sequence numbers gap-free and
-//!   in commit order; writes to different layers run in parallel. The requests are then
-//!   decided in order, in memory, by the edit planner (versions, locks, op-id replays, also
-//!   against the group's earlier requests); a request that fails changes nothing and fails
-//!   alone. What the accepted requests decided is written with one multi-row statement per
-//!   kind (`unnest` arrays: deletes, updates, inserts, change log, layer head, op-id
-//!   outcomes), sent together with the COMMIT: no per-row round trips. The op-id outcomes are
-//!   inserted in key order and without `ON CONFLICT`: if another transaction (another
-//!   layer's group, or another node) recorded one of the keys after the group read them, the
-//!   group fails as a whole and runs again, and then replays that outcome. If the database
-//!   itself refuses a value of the group (a data exception), the group's requests are
-//!   committed one by one, so only the bad one fails. A group locks rows of its own layer
-//!   only and inserts keys in one global order, so no two groups wait for each other in a
-//!   cycle: writes cannot deadlock.
+//! * **Group commit across layers.** A node queues its writes by layer. A write that finds
+//!   no group in flight, or only one large group (over 64 operations: a replay's batches),
+//!   and its own layer in none, starts a flusher task; every write that arrives while groups
+//!   are being committed waits for the next one. A group takes
+//!   what every layer without a group in flight has waiting (longest-waiting layer first, up
+//!   to 512 requests and 8,192 operations), so a node's small edits over many layers share
+//!   one transaction and one WAL flush instead of making one each. A group is one transaction
+//!   on a connection from a small pool (deadpool): it locks its layers' rows in name order
+//!   (`SELECT .. ORDER BY name FOR UPDATE`), then reads the outcomes already recorded for its
+//!   requests' idempotency keys, every feature the group touches (`SELECT .. FOR UPDATE`) and
+//!   their live locks, all in one round trip. The layer row lock serialises every write of
+//!   one layer across all nodes, which is what keeps the per-layer sequence numbers gap-free
+//!   and in commit order; a layer is in one group at a time on a node, and groups over other
+//!   layers run in parallel. The requests are then decided in order, in memory, by the edit
+//!   planner (versions, locks, op-id replays, also against the group's earlier requests); a
+//!   request that fails changes nothing and fails alone. What the accepted requests decided
+//!   is written with one multi-row statement per kind for all the group's layers (`unnest`
+//!   arrays: deletes, updates, inserts, change log, layer heads, op-id outcomes; the change
+//!   log is pruned per layer), sent together with the COMMIT: no per-row round trips. The
+//!   op-id outcomes are inserted in key order and without `ON CONFLICT`: if another
+//!   transaction (another group, or another node) recorded one of the keys after the group
+//!   read them, the group fails as a whole and runs again, and then replays that outcome. If
+//!   the database itself refuses a value of the group (a data exception), the group's
+//!   requests are committed one by one, so only the bad one fails. Groups lock layer rows in
+//!   one global order (by name), then rows of those layers only, and insert keys in one
+//!   global order, so no two groups wait for each other in a cycle: writes cannot deadlock.
 //! * **Durability** is PostgreSQL's: a write is answered after its group's COMMIT, which
 //!   (with the default `synchronous_commit = on`) has flushed the WAL; one flush covers the
 //!   whole group.
@@ -35,7 +40,7 @@
 //!   the features they return are one consistent cut. A snapshot streams its features
 //!   through a portal, page by page, holding its transaction until the last page (or until
 //!   the receiver is dropped).
-//! * An `apply` runs in its layer's flusher task: dropping its future does not cancel the
+//! * An `apply` runs in a flusher task: dropping its future does not cancel the
 //!   write (the same as the SQLite store); its outcome is just not seen.
 //!
 //! # Schema (in the configured schema, version 4, in `schema_version`)
@@ -78,7 +83,6 @@ mod read;
 mod schema;
 mod write;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -149,9 +153,8 @@ pub struct PostgresStore {
 pub(crate) struct Inner {
     pub(crate) pool: Pool,
     pub(crate) opts: PostgresOptions,
-    /// Writes waiting for their layer's next group, by layer; a layer is present while its
-    /// flusher runs.
-    pub(crate) queues: parking_lot::Mutex<HashMap<String, Vec<write::Pending>>>,
+    /// Writes waiting for a group, and the groups in flight.
+    pub(crate) queues: parking_lot::Mutex<write::WriteQueues>,
     pub(crate) stats: WriteStats,
 }
 
@@ -286,7 +289,7 @@ impl PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 opts,
-                queues: parking_lot::Mutex::new(HashMap::new()),
+                queues: parking_lot::Mutex::default(),
                 stats: WriteStats::default(),
             }),
         };

@@ -1,7 +1,7 @@
-//! Writes: layers, edits (group commit inside a layer, see the module docs for the locking)
+//! Writes: layers, edits (group commit across layers, see the module docs for the locking)
 //! and feature locks.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -102,9 +102,9 @@ fn layer_from_row(row: &tokio_postgres::Row, name: &str) -> Result<LayerRow> {
     })
 }
 
-// ----- edits: group commit inside a layer -----
+// ----- edits: group commit across layers -----
 
-/// A write waiting for its layer's next group.
+/// A write waiting for a group.
 pub(crate) struct Pending {
     req: WriteRequest,
     reply: oneshot::Sender<Result<WriteOutcome>>,
@@ -115,67 +115,154 @@ pub(crate) struct Pending {
 const MAX_GROUP_REQUESTS: usize = 512;
 const MAX_GROUP_OPS: usize = 8192;
 
-/// Queues `req` for its layer's next group and waits for its own outcome, which is sent
-/// only after the group's COMMIT (or the request's own failure). The first write to a layer
-/// with no group in flight starts the layer's flusher; writes that arrive while a group is
-/// being committed go into the next one together.
-pub(crate) async fn apply(inner: &Arc<Inner>, req: WriteRequest) -> Result<WriteOutcome> {
-    let (reply, answer) = oneshot::channel();
-    let layer = req.layer.clone();
-    let start = {
-        let mut queues = inner.queues.lock();
-        match queues.get_mut(&layer) {
-            Some(q) => {
-                q.push(Pending { req, reply });
-                false
-            }
+/// Most groups one node has in flight at once. A group takes what every layer without a
+/// group in flight has waiting, so one chain of groups carries a node's small edits over any
+/// number of layers: fewer, larger transactions, each with one WAL flush (measured on two
+/// cores with three nodes and eight layers: a second chain for small groups made the groups
+/// half as large and the edits a quarter slower). A second group starts only beside a
+/// [large](LARGE_GROUP_OPS) one, so that a replay's batches, or a group waiting for its
+/// layer's row lock behind another node's batch, do not hold up every other layer's edits.
+const MAX_GROUPS_IN_FLIGHT: usize = 2;
+
+/// A group of more operations than this is large (see [`MAX_GROUPS_IN_FLIGHT`]).
+const LARGE_GROUP_OPS: usize = 64;
+
+/// The node's writes waiting for a group, and the groups in flight.
+#[derive(Default)]
+pub(crate) struct WriteQueues {
+    /// Waiting writes by layer, each layer's in arrival order.
+    waiting: HashMap<String, VecDeque<Pending>>,
+    /// The layers with waiting writes, each once, longest waiting first.
+    order: VecDeque<String>,
+    /// Layers in a group in flight: a layer's next writes wait for its group's COMMIT, so
+    /// that its groups commit in the order they were formed.
+    in_flight: HashSet<String>,
+    /// Flusher tasks running (at most [`MAX_GROUPS_IN_FLIGHT`]).
+    flushers: usize,
+    /// Of those, the ones committing a large group.
+    large: usize,
+}
+
+impl WriteQueues {
+    /// Queues a write; true when a new flusher must start to take it.
+    fn push(&mut self, p: Pending) -> bool {
+        let layer = &p.req.layer;
+        // A flusher that is not committing a large group takes this write next.
+        let startable = !self.in_flight.contains(layer)
+            && self.flushers < MAX_GROUPS_IN_FLIGHT
+            && self.flushers == self.large;
+        match self.waiting.get_mut(layer) {
+            Some(q) => q.push_back(p),
             None => {
-                queues.insert(layer.clone(), vec![Pending { req, reply }]);
-                true
+                self.order.push_back(layer.clone());
+                self.waiting.insert(layer.clone(), VecDeque::from([p]));
             }
         }
-    };
-    if start {
-        tokio::spawn(flush_layer(inner.clone(), layer));
+        if startable {
+            self.flushers += 1;
+        }
+        startable
+    }
+
+    /// The next group: what the layers without a group in flight have waiting, longest
+    /// waiting layer first, up to the group's limits (at least one request). The layers it
+    /// takes are in flight until [`WriteQueues::done`]. Empty when nothing can be taken;
+    /// with whether the group is large.
+    fn take(&mut self) -> (Vec<Pending>, bool) {
+        let mut group = Vec::new();
+        let (mut ops, mut i) = (0, 0);
+        while i < self.order.len() && group.len() < MAX_GROUP_REQUESTS {
+            let layer = &self.order[i];
+            if self.in_flight.contains(layer) {
+                i += 1;
+                continue;
+            }
+            let q = self.waiting.get_mut(layer).expect("an ordered layer waits");
+            let before = group.len();
+            while let Some(p) = q.front() {
+                let n = p.req.ops.len().max(1);
+                if !group.is_empty()
+                    && (ops + n > MAX_GROUP_OPS || group.len() == MAX_GROUP_REQUESTS)
+                {
+                    break;
+                }
+                ops += n;
+                group.push(q.pop_front().expect("a front"));
+            }
+            if group.len() == before {
+                // Not one more request fits.
+                break;
+            }
+            self.in_flight.insert(layer.clone());
+            if q.is_empty() {
+                self.waiting.remove(layer);
+                self.order.remove(i);
+            } else {
+                // Full: the rest of this layer waits, behind the layers not served yet.
+                let layer = self.order.remove(i).expect("in range");
+                self.order.push_back(layer);
+                break;
+            }
+            if ops >= MAX_GROUP_OPS {
+                break;
+            }
+        }
+        let large = ops > LARGE_GROUP_OPS;
+        self.large += usize::from(large);
+        (group, large)
+    }
+
+    /// The group over `layers` committed (or failed): their next writes can be taken.
+    fn done<'a>(&mut self, layers: impl IntoIterator<Item = &'a str>, large: bool) {
+        for l in layers {
+            self.in_flight.remove(l);
+        }
+        self.large -= usize::from(large);
+    }
+}
+
+/// Queues `req` for a group and waits for its own outcome, which is sent only after the
+/// group's COMMIT (or the request's own failure). A write that finds no group in flight, or
+/// only a large one (and its layer in none), starts a flusher; writes that arrive while
+/// groups are being committed go into the next ones together.
+pub(crate) async fn apply(inner: &Arc<Inner>, req: WriteRequest) -> Result<WriteOutcome> {
+    let (reply, answer) = oneshot::channel();
+    if inner.queues.lock().push(Pending { req, reply }) {
+        tokio::spawn(flush(inner.clone()));
     }
     answer
         .await
         .map_err(|_| StoreError::Unavailable("the write was dropped by the store".into()))?
 }
 
-/// Commits the layer's queued writes group after group until none is left.
-async fn flush_layer(inner: Arc<Inner>, layer: String) {
+/// Commits groups until no waiting write can be taken (what is left waits for a layer in
+/// another flusher's group, and that flusher takes it next).
+async fn flush(inner: Arc<Inner>) {
+    let mut layers: Vec<String> = Vec::new();
+    let mut large = false;
     loop {
-        let group: Vec<Pending> = {
+        let group = {
             let mut queues = inner.queues.lock();
-            let Some(q) = queues.get_mut(&layer) else {
-                return;
-            };
-            if q.is_empty() {
-                queues.remove(&layer);
+            queues.done(layers.iter().map(String::as_str), large);
+            let group;
+            (group, large) = queues.take();
+            if group.is_empty() {
+                queues.flushers -= 1;
                 return;
             }
-            let mut ops = 0;
-            let n = q
-                .iter()
-                .take(MAX_GROUP_REQUESTS)
-                .take_while(|p| {
-                    ops += p.req.ops.len().max(1);
-                    ops <= MAX_GROUP_OPS
-                })
-                .count()
-                .max(1);
-            q.drain(..n).collect()
+            group
         };
+        layers = group.iter().map(|p| p.req.layer.clone()).collect();
+        layers.dedup();
         let (reqs, replies): (Vec<WriteRequest>, Vec<_>) =
             group.into_iter().map(|p| (p.req, p.reply)).unzip();
-        // A panic is a bug, but it must cost this group, not every later write of the layer.
+        // A panic is a bug, but it must cost this group, not every later write.
         let outcomes = AssertUnwindSafe(commit_group(&inner, &reqs))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
                 tracing::error!(
-                    layer,
+                    layers = layers.join(","),
                     "A PostgreSQL write group panicked; it was rolled back."
                 );
                 let e = StoreError::Unavailable("internal error while applying the request".into());
@@ -278,10 +365,11 @@ impl Drop for OpenTx {
 
 type Db = deadpool_postgres::ClientWrapper;
 
-/// The group's first round trip, in this order: the layer row is locked (every write of the
-/// layer, on every node, passes here one at a time); then, each statement seeing what was
-/// committed before the lock was granted, the outcomes recorded for the group's idempotency
-/// keys and the touched features (row-locked) with their live locks.
+/// The group's first round trip, in this order: the rows of the group's layers are locked,
+/// in name order (every write of a layer, on every node, passes here one at a time, and two
+/// groups that share layers lock them in the same order); then, each statement seeing what
+/// was committed before the locks were granted, the outcomes recorded for the group's
+/// idempotency keys and the touched features (row-locked) with their live locks.
 ///
 /// Each key is looked up by its own index probe (a `LATERAL` subquery with `LIMIT`, which the
 /// planner cannot flatten into a join): these statements are prepared once per connection,
@@ -289,21 +377,29 @@ type Db = deadpool_postgres::ClientWrapper;
 /// otherwise be kept while the table grows to millions of rows.
 const LOCK_LAYER: &str =
     "SELECT id, last_writer_wins, seq, count FROM layers WHERE name = $1 FOR UPDATE";
+const LOCK_LAYERS: &str = "SELECT id, last_writer_wins, seq, count, name FROM layers \
+     WHERE name = ANY($1) ORDER BY name FOR UPDATE";
 const RECORDED_OUTCOMES: &str = "SELECT t.s, t.i, o.outcome \
      FROM unnest($1::text[], $2::text[]) AS t(s, i) \
      CROSS JOIN LATERAL (SELECT outcome FROM op_ids WHERE scope = t.s AND op_id = t.i LIMIT 1) o";
-const TOUCHED_LOCKS: &str = "SELECT l.fid, l.holder_client, l.holder_user, l.until_ms \
-     FROM unnest($2::text[]) AS t(f) \
-     CROSS JOIN LATERAL (SELECT * FROM locks WHERE layer = (SELECT id FROM layers WHERE name = $1) \
-     AND fid = t.f AND until_ms > $3 LIMIT 1) l";
+/// `(layer name, feature id)` pairs; the layer name comes last.
+const TOUCHED_LOCKS: &str = "SELECT k.fid, k.holder_client, k.holder_user, k.until_ms, t.l \
+     FROM unnest($1::text[], $2::text[]) AS t(l, f) \
+     CROSS JOIN LATERAL (SELECT * FROM locks WHERE layer = (SELECT id FROM layers WHERE name = t.l) \
+     AND fid = t.f AND until_ms > $3 LIMIT 1) k";
 
+/// Like [`TOUCHED_LOCKS`]: the features, row-locked, then their layer's name.
 fn touched_features_sql() -> String {
     format!(
-        "SELECT {FEATURE_COLUMNS} FROM unnest($2::text[]) AS t(f) \
-         CROSS JOIN LATERAL (SELECT * FROM features WHERE layer = (SELECT id FROM layers WHERE name = $1) \
+        "SELECT {FEATURE_COLUMNS}, t.l FROM unnest($1::text[], $2::text[]) AS t(l, f) \
+         CROSS JOIN LATERAL (SELECT * FROM features WHERE layer = (SELECT id FROM layers WHERE name = t.l) \
          AND fid = t.f LIMIT 1 FOR UPDATE) r"
     )
 }
+
+/// Where the layer's name is in a row of [`touched_features_sql`] and of [`TOUCHED_LOCKS`].
+const FEATURE_LAYER_COLUMN: usize = 10;
+const LOCK_LAYER_COLUMN: usize = 4;
 
 /// Generic plans only, inside the group's transaction: the statements are prepared once per
 /// connection and written to need no custom plan, and PostgreSQL would otherwise plan some of
@@ -315,9 +411,9 @@ const BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 enum GroupEnd {
     /// One outcome per request, each error its request's own.
     Done(Vec<Result<WriteOutcome>>),
-    /// Another transaction (another layer's group, or another node) recorded one of the
-    /// group's idempotency keys after this group read them: the group was rolled back, and
-    /// its next run finds that outcome and replays it.
+    /// Another transaction (another group, or another node) recorded one of the group's
+    /// idempotency keys after this group read them: the group was rolled back, and its next
+    /// run finds that outcome and replays it.
     Raced,
 }
 
@@ -327,10 +423,10 @@ const MAX_KEY_RACES: usize = 3;
 /// Runs a group's transaction. `Err`: the transaction failed as a whole (nothing of it is
 /// in the database); `Ok`: one outcome per request, each error its request's own.
 ///
-/// Two round trips: BEGIN with the layer lock and the reads (see [`LOCK_LAYER`]), then every
-/// write with the COMMIT. The layer's row lock is held across both, so on a busy machine,
-/// where a round trip costs a few hundred microseconds of scheduling, their number bounds a
-/// hot layer's rate of groups.
+/// Two round trips: BEGIN with the layer locks and the reads (see [`LOCK_LAYERS`]), then
+/// every write with the COMMIT. The layers' row locks are held across both, so on a busy
+/// machine, where a round trip costs a few hundred microseconds of scheduling, their number
+/// bounds a hot layer's rate of groups.
 async fn run_group(inner: &Inner, reqs: &[WriteRequest]) -> Result<Vec<Result<WriteOutcome>>> {
     for _ in 0..MAX_KEY_RACES {
         let mut tx = OpenTx {
@@ -355,6 +451,17 @@ async fn run_group(inner: &Inner, reqs: &[WriteRequest]) -> Result<Vec<Result<Wr
     ))
 }
 
+/// One layer of a group: its row (locked), and the features the group touches (and their
+/// live locks) as the group's requests so far left them.
+struct LayerState {
+    row: LayerRow,
+    slots: HashMap<String, Slot>,
+    locks: LiveLocks,
+    /// The sequence numbers and bodies of the changes the group appends to the layer's log.
+    seqs: Vec<i64>,
+    bodies: Vec<String>,
+}
+
 /// The group's statements, its COMMIT included when it writes anything.
 async fn group_statements(
     inner: &Inner,
@@ -368,20 +475,28 @@ async fn group_statements(
         .iter()
         .map(|r| r.op_id.clone().map(|o| (plan::scope(&r.writer), o)))
         .collect();
-    let layer_name = &reqs[0].layer;
+    let layer_names: Vec<&str> = reqs
+        .iter()
+        .map(|r| r.layer.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     // Every feature any request names is read and row-locked, including those of requests
     // that turn out to be replays (a few rows locked for nothing, no extra round trip).
     let targets: Vec<Vec<Result<String>>> = reqs
         .iter()
         .map(|r| r.ops.iter().map(plan::target).collect())
         .collect();
-    let mut ids: Vec<&str> = targets
+    let pairs: BTreeSet<(&str, &str)> = reqs
         .iter()
-        .flatten()
-        .filter_map(|t| t.as_deref().ok())
+        .zip(&targets)
+        .flat_map(|(r, t)| {
+            t.iter()
+                .filter_map(|t| t.as_deref().ok())
+                .map(|id| (r.layer.as_str(), id))
+        })
         .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let (pair_layers, pair_ids): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
     let distinct: BTreeSet<&Key> = keys.iter().flatten().collect();
     let scopes: Vec<&str> = distinct.iter().map(|k| k.0.as_str()).collect();
     let op_ids: Vec<&str> = distinct.iter().map(|k| k.1.as_str()).collect();
@@ -389,18 +504,18 @@ async fn group_statements(
     // Prepared first (from the cache after a connection's first group), so the statements
     // below leave in the order written.
     let features_sql = touched_features_sql();
-    let (layer_st, keys_st, features_st, locks_st) = tokio::try_join!(
-        db.prepare_cached(LOCK_LAYER),
+    let (layers_st, keys_st, features_st, locks_st) = tokio::try_join!(
+        db.prepare_cached(LOCK_LAYERS),
         db.prepare_cached(RECORDED_OUTCOMES),
         db.prepare_cached(&features_sql),
         db.prepare_cached(TOUCHED_LOCKS),
     )
     .map_err(db_err)?;
     let stamp = sql_i64(now);
-    let (begun, layer_row, key_rows, feature_rows, lock_rows_) = tokio::join!(
+    let (begun, layer_rows, key_rows, feature_rows, lock_rows_) = tokio::join!(
         biased;
         db.batch_execute(BEGIN),
-        async { db.query_opt(&layer_st, &[layer_name]).await },
+        async { db.query(&layers_st, &[&layer_names]).await },
         async {
             if scopes.is_empty() {
                 return Ok(Vec::new());
@@ -408,23 +523,20 @@ async fn group_statements(
             db.query(&keys_st, &[&scopes, &op_ids]).await
         },
         async {
-            if ids.is_empty() {
+            if pair_ids.is_empty() {
                 return Ok(Vec::new());
             }
-            db.query(&features_st, &[layer_name, &ids]).await
+            db.query(&features_st, &[&pair_layers, &pair_ids]).await
         },
         async {
-            if ids.is_empty() {
+            if pair_ids.is_empty() {
                 return Ok(Vec::new());
             }
-            db.query(&locks_st, &[layer_name, &ids, &stamp]).await
+            db.query(&locks_st, &[&pair_layers, &pair_ids, &stamp]).await
         },
     );
     begun.map_err(db_err)?;
-    let layer = match layer_row.map_err(db_err)? {
-        Some(row) => layer_from_row(&row, layer_name),
-        None => Err(StoreError::LayerNotFound(layer_name.clone())),
-    };
+    let layer_rows = layer_rows.map_err(db_err)?;
     // A key's outcome, or `None` for a key an older node claimed and has not answered yet.
     let recorded: HashMap<Key, Option<String>> = key_rows
         .map_err(db_err)?
@@ -432,10 +544,11 @@ async fn group_statements(
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect();
     let (feature_rows, lock_rows_) = (feature_rows.map_err(db_err)?, lock_rows_.map_err(db_err)?);
+    let mut layers = touched(&layer_rows, &feature_rows, &lock_rows_)?;
     let mut outcomes: Vec<Option<Result<WriteOutcome>>> = vec![None; reqs.len()];
 
-    // Replays of outcomes committed before this group, and requests that are invalid as
-    // they stand, are answered whatever the layer's state.
+    // Replays of outcomes committed before this group, requests that are invalid as they
+    // stand, and requests to layers that do not exist are answered first.
     for (i, req) in reqs.iter().enumerate() {
         let before = match keys[i].as_ref().and_then(|k| recorded.get(k)) {
             Some(Some(body)) => Some(body.as_str()),
@@ -448,28 +561,17 @@ async fn group_statements(
             None => None,
         };
         match plan::start(before, req.ops.len()) {
+            Ok(None) if !layers.contains_key(&req.layer) => {
+                outcomes[i] = Some(Err(StoreError::LayerNotFound(req.layer.clone())))
+            }
             Ok(None) => {}
             Ok(Some(replayed)) => outcomes[i] = Some(Ok(replayed)),
             Err(e) => outcomes[i] = Some(Err(e)),
         }
     }
-    let mut layer = match layer {
-        Ok(l) => l,
-        Err(e) => {
-            let outcomes = outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or_else(|| Err(e.clone())))
-                .collect();
-            return Ok(GroupEnd::Done(outcomes));
-        }
-    };
 
-    let (mut slots, locks) = touched(&feature_rows, &lock_rows_)?;
-
-    // Plan the requests in order, each against the group's state so far.
+    // Plan the requests in order, each against its layer's state so far in the group.
     let mut in_group: HashMap<Key, String> = HashMap::new();
-    let mut seqs = Vec::new();
-    let mut bodies = Vec::new();
     let mut outcome_keys: (Vec<String>, Vec<String>, Vec<String>) = Default::default();
     for (i, req) in reqs.iter().enumerate() {
         if outcomes[i].is_some() {
@@ -483,25 +585,26 @@ async fn group_statements(
                 Some(plan::start(Some(body), req.ops.len()).and_then(|o| o.ok_or_else(lost)));
             continue;
         }
+        let layer = layers.get_mut(&req.layer).ok_or_else(lost)?;
         let w = plan::Writer {
             holder: &req.writer,
             op_id: req.op_id.as_deref(),
             now,
             updated: &updated,
         };
-        match plan_request(req, &targets[i], &slots, &locks, &layer, w) {
+        match plan_request(req, &targets[i], layer, w) {
             Ok((changes, rows, count)) => {
                 let encoded: Vec<String> = changes
                     .iter()
                     .map(plan::encode_change)
                     .collect::<Result<_>>()?;
-                layer.seq = changes.last().map_or(layer.seq, |c| c.seq);
-                layer.count = count;
+                layer.row.seq = changes.last().map_or(layer.row.seq, |c| c.seq);
+                layer.row.count = count;
                 for (id, row) in rows {
-                    match slots.get_mut(&id) {
+                    match layer.slots.get_mut(&id) {
                         Some(slot) => slot.now = row,
                         None => {
-                            slots.insert(
+                            layer.slots.insert(
                                 id,
                                 Slot {
                                     original: None,
@@ -511,10 +614,7 @@ async fn group_statements(
                         }
                     }
                 }
-                for (c, b) in changes.iter().zip(&encoded) {
-                    seqs.push(sql_i64(c.seq));
-                    bodies.push(b.clone());
-                }
+                layer.seqs.extend(changes.iter().map(|c| sql_i64(c.seq)));
                 if let Some(k) = &keys[i] {
                     let body = format!("[{}]", encoded.join(","));
                     outcome_keys.0.push(k.0.clone());
@@ -522,6 +622,7 @@ async fn group_statements(
                     outcome_keys.2.push(body.clone());
                     in_group.insert(k.clone(), body);
                 }
+                layer.bodies.extend(encoded);
                 outcomes[i] = Some(Ok(WriteOutcome {
                     changes,
                     replayed: false,
@@ -534,19 +635,10 @@ async fn group_statements(
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(lost())))
         .collect();
-    if seqs.is_empty() {
+    if layers.values().all(|l| l.seqs.is_empty()) {
         return Ok(GroupEnd::Done(outcomes));
     }
-    let (ended, written) = write_group(
-        inner,
-        db,
-        &layer,
-        &slots,
-        (&seqs, &bodies),
-        &outcome_keys,
-        now,
-    )
-    .await;
+    let (ended, written) = write_group(inner, db, &layers, &outcome_keys, now).await;
     tx.ended = ended;
     Ok(match written? {
         Written::Committed => GroupEnd::Done(outcomes),
@@ -554,15 +646,39 @@ async fn group_statements(
     })
 }
 
-/// The touched features (row-locked) as the group's slots, and their live locks.
+/// The group's layers (locked rows) by name, each with its touched features (row-locked) as
+/// slots and their live locks. A layer that does not exist is missing.
 fn touched(
+    layer_rows: &[tokio_postgres::Row],
     features: &[tokio_postgres::Row],
     locks: &[tokio_postgres::Row],
-) -> Result<(HashMap<String, Slot>, LiveLocks)> {
-    let mut slots = HashMap::with_capacity(features.len());
+) -> Result<HashMap<String, LayerState>> {
+    let mut layers = HashMap::with_capacity(layer_rows.len());
+    for r in layer_rows {
+        let name: String = r.try_get(4).map_err(|e| corrupt("layer row", e))?;
+        let row = layer_from_row(r, &name)?;
+        layers.insert(
+            name,
+            LayerState {
+                row,
+                slots: HashMap::new(),
+                locks: LiveLocks::new(),
+                seqs: Vec::new(),
+                bodies: Vec::new(),
+            },
+        );
+    }
+    // A feature or lock of a layer the group could not lock cannot be read: the layer row
+    // is gone, and so are its rows.
     for r in features {
         let s = StoredFeature::from_row(r, 0)?;
-        slots.insert(
+        let layer: String = r
+            .try_get(FEATURE_LAYER_COLUMN)
+            .map_err(|e| corrupt("feature row", e))?;
+        let Some(l) = layers.get_mut(&layer) else {
+            continue;
+        };
+        l.slots.insert(
             s.feature.id.clone(),
             Slot {
                 original: Some(s.ord),
@@ -578,38 +694,47 @@ fn touched(
             },
         );
     }
-    Ok((slots, lock_rows(locks)?))
+    for r in locks {
+        let layer: String = r
+            .try_get(LOCK_LAYER_COLUMN)
+            .map_err(|e| corrupt("lock", e))?;
+        let Some(l) = layers.get_mut(&layer) else {
+            continue;
+        };
+        let (fid, lock) = lock_row(r)?;
+        l.locks.insert(fid, lock);
+    }
+    Ok(layers)
 }
 
-/// Plans one request against the group's state: its changes, the rows it leaves (by id) and
-/// the layer's count after it. Changes nothing: an error leaves the group as it was.
+/// Plans one request against its layer's state in the group: its changes, the rows it
+/// leaves (by id) and the layer's count after it. Changes nothing: an error leaves the
+/// group as it was.
 #[allow(clippy::type_complexity)]
 fn plan_request(
     req: &WriteRequest,
     targets: &[Result<String>],
-    slots: &HashMap<String, Slot>,
-    locks: &LiveLocks,
-    layer: &LayerRow,
+    layer: &LayerState,
     w: plan::Writer<'_>,
 ) -> Result<(Vec<Change>, HashMap<String, Option<Row>>, u64)> {
     let mut rows: HashMap<String, Option<Row>> = HashMap::new();
     let mut changes: Vec<Change> = Vec::with_capacity(req.ops.len());
-    let mut seq = layer.seq;
-    let mut count = layer.count;
+    let mut seq = layer.row.seq;
+    let mut count = layer.row.count;
     for (op, target) in req.ops.iter().zip(targets) {
         let id = target.clone()?;
         let row: Option<Row> = match rows.get(&id) {
             Some(r) => r.clone(),
-            None => slots.get(&id).and_then(|s| s.now.clone()),
+            None => layer.slots.get(&id).and_then(|s| s.now.clone()),
         };
         let planned = plan::plan(
             op.clone(),
             id.clone(),
             row.as_ref().map(|r| (r.feature.clone(), r.bbox)),
-            locks.get(&id).map(|(h, u)| (h, *u)),
+            layer.locks.get(&id).map(|(h, u)| (h, *u)),
             plan::Layer {
-                name: &layer.name,
-                lww: layer.lww,
+                name: &layer.row.name,
+                lww: layer.row.lww,
                 seq,
             },
             w,
@@ -650,7 +775,8 @@ fn plan_request(
     Ok((changes, rows, count))
 }
 
-// The group's writes, one statement per kind of row.
+// The group's writes, one statement per kind of row, each carrying the rows of every layer
+// of the group (the change log is pruned per layer).
 const DELETE_FEATURES: &str = "DELETE FROM features WHERE ord = ANY($1)";
 const UPDATE_FEATURES: &str = "UPDATE features f SET version = t.v, updated_ms = $1, properties = t.p, \
              geometry = CASE WHEN t.w THEN t.g ELSE f.geometry END, \
@@ -660,11 +786,13 @@ const UPDATE_FEATURES: &str = "UPDATE features f SET version = t.v, updated_ms =
              $7::float8[], $8::float8[], $9::float8[], $10::float8[]) AS t(o, v, g, w, p, x0, y0, x1, y1) \
              WHERE f.ord = t.o";
 const INSERT_FEATURES: &str = "INSERT INTO features (layer, fid, version, updated_ms, geometry, geom, properties, minx, miny, maxx, maxy) \
-             SELECT $1, t.f, t.v, $2, t.g, ST_SetSRID(ST_GeomFromGeoJSON(t.g), 4326), t.p, t.x0, t.y0, t.x1, t.y1 \
-             FROM unnest($3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::float8[], $8::float8[], \
-             $9::float8[], $10::float8[]) WITH ORDINALITY AS t(f, v, g, p, x0, y0, x1, y1, n) ORDER BY t.n";
-const APPEND_CHANGES: &str = "INSERT INTO changes (layer, seq, body) SELECT $1, s, b FROM unnest($2::bigint[], $3::text[]) AS t(s, b)";
-const SET_HEAD: &str = "UPDATE layers SET seq = $2, count = $3 WHERE id = $1";
+             SELECT t.l, t.f, t.v, $1, t.g, ST_SetSRID(ST_GeomFromGeoJSON(t.g), 4326), t.p, t.x0, t.y0, t.x1, t.y1 \
+             FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::float8[], $8::float8[], \
+             $9::float8[], $10::float8[]) WITH ORDINALITY AS t(l, f, v, g, p, x0, y0, x1, y1, n) ORDER BY t.n";
+const APPEND_CHANGES: &str = "INSERT INTO changes (layer, seq, body) \
+             SELECT l, s, b FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS t(l, s, b)";
+const SET_HEADS: &str = "UPDATE layers l SET seq = t.s, count = t.c \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS t(i, s, c) WHERE l.id = t.i";
 const PRUNE_CHANGES: &str = "DELETE FROM changes WHERE layer = $1 AND seq <= $2";
 /// No `ON CONFLICT`: a key recorded by another transaction since this group read the keys
 /// fails the group (see [`GroupEnd::Raced`]). Sorted, so that two groups inserting the same
@@ -686,29 +814,47 @@ enum Written {
 async fn write_group(
     inner: &Inner,
     db: &Db,
-    layer: &LayerRow,
-    slots: &HashMap<String, Slot>,
-    (seqs, bodies): (&[i64], &[String]),
+    layers: &HashMap<String, LayerState>,
     outcome_keys: &(Vec<String>, Vec<String>, Vec<String>),
     now: u64,
 ) -> (bool, Result<Written>) {
     let mut deleted: Vec<i64> = Vec::new();
     let mut updates: Vec<&Row> = Vec::new();
-    let mut inserts: Vec<&Row> = Vec::new();
-    for slot in slots.values() {
-        let kept = slot.now.as_ref().and_then(|r| r.ord);
-        if let Some(o) = slot.original
-            && kept != Some(o)
-        {
-            deleted.push(o);
+    let mut inserts: Vec<(i64, &Row)> = Vec::new();
+    let (mut log_layers, mut log_seqs, mut log_bodies) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut head_ids, mut head_seqs, mut head_counts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cuts: Vec<(i64, i64)> = Vec::new();
+    for layer in layers.values() {
+        if layer.seqs.is_empty() {
+            continue;
         }
-        match &slot.now {
-            Some(r) if r.ord.is_none() => inserts.push(r),
-            Some(r) if r.dirty => updates.push(r),
-            _ => {}
+        let id = layer.row.id;
+        for slot in layer.slots.values() {
+            let kept = slot.now.as_ref().and_then(|r| r.ord);
+            if let Some(o) = slot.original
+                && kept != Some(o)
+            {
+                deleted.push(o);
+            }
+            match &slot.now {
+                Some(r) if r.ord.is_none() => inserts.push((id, r)),
+                Some(r) if r.dirty => updates.push(r),
+                _ => {}
+            }
+        }
+        log_layers.extend(std::iter::repeat_n(id, layer.seqs.len()));
+        log_seqs.extend_from_slice(&layer.seqs);
+        log_bodies.extend(layer.bodies.iter().map(String::as_str));
+        head_ids.push(id);
+        head_seqs.push(sql_i64(layer.row.seq));
+        head_counts.push(sql_i64(layer.row.count));
+        let cut = sql_i64(layer.row.seq.saturating_sub(inner.opts.change_retention));
+        if cut > 0 {
+            cuts.push((id, cut));
         }
     }
-    inserts.sort_by_key(|r| r.created);
+    // A layer's features are created in the order of their changes.
+    inserts.sort_by_key(|(layer, r)| (*layer, r.created));
     // Prepared first (from the cache after a connection's first group), so the statements
     // below leave in the order written: the delete before the inserts, so that a feature
     // deleted and created again in one group keeps its id.
@@ -717,7 +863,7 @@ async fn write_group(
         db.prepare_cached(UPDATE_FEATURES),
         db.prepare_cached(INSERT_FEATURES),
         db.prepare_cached(APPEND_CHANGES),
-        db.prepare_cached(SET_HEAD),
+        db.prepare_cached(SET_HEADS),
         db.prepare_cached(PRUNE_CHANGES),
         db.prepare_cached(RECORD_OUTCOMES),
     );
@@ -759,13 +905,15 @@ async fn write_group(
         if inserts.is_empty() {
             return Ok(0);
         }
-        let fids: Vec<&str> = inserts.iter().map(|r| r.feature.id.as_str()).collect();
-        let cols = Columns::of(&inserts);
+        let ids: Vec<i64> = inserts.iter().map(|(l, _)| *l).collect();
+        let rows: Vec<&Row> = inserts.iter().map(|(_, r)| *r).collect();
+        let fids: Vec<&str> = rows.iter().map(|r| r.feature.id.as_str()).collect();
+        let cols = Columns::of(&rows);
         db.execute(
             &insert_st,
             &[
-                &layer.id,
                 &sql_i64(now),
+                &ids,
                 &fids,
                 &cols.versions,
                 &cols.geometries,
@@ -778,21 +926,20 @@ async fn write_group(
         )
         .await
     };
-    let log = async { db.execute(&log_st, &[&layer.id, &seqs, &bodies]).await };
-    let head = async {
-        db.execute(
-            &head_st,
-            &[&layer.id, &sql_i64(layer.seq), &sql_i64(layer.count)],
-        )
-        .await
+    let log = async {
+        db.execute(&log_st, &[&log_layers, &log_seqs, &log_bodies])
+            .await
     };
-    let cut = sql_i64(layer.seq.saturating_sub(inner.opts.change_retention));
+    let head = async {
+        db.execute(&head_st, &[&head_ids, &head_seqs, &head_counts])
+            .await
+    };
     let prune = async {
-        if cut > 0 {
-            db.execute(&prune_st, &[&layer.id, &cut]).await
-        } else {
-            Ok(0)
+        let mut pruned = 0;
+        for (id, cut) in &cuts {
+            pruned += db.execute(&prune_st, &[id, cut]).await?;
         }
+        Ok(pruned)
     };
     let stamp = sql_i64(now);
     let record = async {
@@ -852,7 +999,7 @@ async fn write_group(
     if updated != updates.len() as u64 || inserted != inserts.len() as u64 {
         // The rows were locked when read, so this cannot happen; the group is committed.
         tracing::error!(
-            layer = layer.name,
+            layers = head_ids.len(),
             updated,
             inserted,
             expected_updates = updates.len(),
@@ -907,21 +1054,22 @@ async fn live_locks(tx: &Transaction<'_>, layer: i64, now: u64) -> Result<LiveLo
 }
 
 fn lock_rows(rows: &[tokio_postgres::Row]) -> Result<LiveLocks> {
-    rows.iter()
-        .map(|r| {
-            let f = |e| corrupt("lock", e);
-            Ok((
-                r.try_get(0).map_err(f)?,
-                (
-                    Holder {
-                        client: r.try_get(1).map_err(f)?,
-                        user: r.try_get(2).map_err(f)?,
-                    },
-                    sql_u64(r.try_get(3).map_err(f)?),
-                ),
-            ))
-        })
-        .collect()
+    rows.iter().map(lock_row).collect()
+}
+
+/// A lock row `(fid, holder_client, holder_user, until_ms, ..)`.
+fn lock_row(r: &tokio_postgres::Row) -> Result<(String, (Holder, u64))> {
+    let f = |e| corrupt("lock", e);
+    Ok((
+        r.try_get(0).map_err(f)?,
+        (
+            Holder {
+                client: r.try_get(1).map_err(f)?,
+                user: r.try_get(2).map_err(f)?,
+            },
+            sql_u64(r.try_get(3).map_err(f)?),
+        ),
+    ))
 }
 
 fn box_params(b: Option<BBox>) -> [Option<f64>; 4] {
