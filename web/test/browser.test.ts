@@ -383,17 +383,18 @@ describe("the demo page in Chromium", { timeout: 900_000 }, () => {
     // Drag the midpoint handle of the first segment: a new vertex.
     const mid: [number, number] = [(moved[0]![0] + moved[1]![0]) / 2, (moved[0]![1] + moved[1]![1]) / 2];
     // The handles are redrawn from the moved line by MapLibre's worker, a moment after the
-    // page holds it: wait for a midpoint handle where the drag will start, or it pans the map.
+    // page holds it, and the page finds the handle under the pointer among what is drawn
+    // (queryRenderedFeatures): wait until a handle is drawn where the pointer will go, or
+    // the drag pans the map and the double-click zooms it.
     const handleAt = (at: [number, number], isMid: boolean): Promise<boolean> =>
       a.evaluate(
         ([x, y, m]) => {
-          const map = (window as unknown as { geostreamDemo: { map: { triggerRepaint(): void; querySourceFeatures(s: string): { properties: { mid?: unknown }; geometry: { coordinates: number[] } }[] } } }).geostreamDemo.map;
-          // Source tiles are reloaded on render frames, which a headless page under load may
-          // not schedule: ask for one on every look.
+          const map = (window as unknown as { geostreamDemo: { map: { triggerRepaint(): void; project(l: [number, number]): { x: number; y: number }; queryRenderedFeatures(pt: [number, number], o: object): unknown[] } } }).geostreamDemo.map;
+          // Source tiles are reloaded, and the handles drawn, on render frames, which a
+          // headless page under load may not schedule: ask for one on every look.
           map.triggerRepaint();
-          return map
-            .querySourceFeatures("vertices")
-            .some((h) => String(h.properties.mid) === String(m) && Math.abs(h.geometry.coordinates[0]! - (x as number)) < 0.5 && Math.abs(h.geometry.coordinates[1]! - (y as number)) < 0.5);
+          const pt = map.project([x as number, y as number]);
+          return map.queryRenderedFeatures([pt.x, pt.y], { layers: [m ? "vertex-mid" : "vertex"] }).length > 0;
         },
         [at[0], at[1], isMid] as const,
       );
