@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use deadpool_postgres::Transaction;
 use futures_util::FutureExt;
@@ -389,15 +389,15 @@ const TOUCHED_LOCKS: &str = "SELECT k.fid, k.holder_client, k.holder_user, k.unt
      AND fid = t.f AND until_ms > $3 LIMIT 1) k";
 
 /// Like [`TOUCHED_LOCKS`]: the features, row-locked, then their layer's name.
-fn touched_features_sql() -> String {
+static TOUCHED_FEATURES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {FEATURE_COLUMNS}, t.l FROM unnest($1::text[], $2::text[]) AS t(l, f) \
          CROSS JOIN LATERAL (SELECT * FROM features WHERE layer = (SELECT id FROM layers WHERE name = t.l) \
          AND fid = t.f LIMIT 1 FOR UPDATE) r"
     )
-}
+});
 
-/// Where the layer's name is in a row of [`touched_features_sql`] and of [`TOUCHED_LOCKS`].
+/// Where the layer's name is in a row of [`TOUCHED_FEATURES`] and of [`TOUCHED_LOCKS`].
 const FEATURE_LAYER_COLUMN: usize = 10;
 const LOCK_LAYER_COLUMN: usize = 4;
 
@@ -503,11 +503,10 @@ async fn group_statements(
 
     // Prepared first (from the cache after a connection's first group), so the statements
     // below leave in the order written.
-    let features_sql = touched_features_sql();
     let (layers_st, keys_st, features_st, locks_st) = tokio::try_join!(
         db.prepare_cached(LOCK_LAYERS),
         db.prepare_cached(RECORDED_OUTCOMES),
-        db.prepare_cached(&features_sql),
+        db.prepare_cached(&TOUCHED_FEATURES),
         db.prepare_cached(TOUCHED_LOCKS),
     )
     .map_err(db_err)?;
