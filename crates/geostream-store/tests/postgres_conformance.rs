@@ -48,22 +48,37 @@ async fn open(schema: &str, change_retention: u64) -> PostgresStore {
     })
 }
 
-/// Drops the schemas a test made, also when it panics.
+/// Drops the schemas a test made when it ends, passed or failed, so that a failing run
+/// leaves nothing in a developer's database.
 #[derive(Default)]
 struct Schemas(Mutex<Vec<PostgresStore>>);
 
 impl Schemas {
+    fn of(s: &PostgresStore) -> Schemas {
+        let schemas = Schemas::default();
+        schemas.keep(s);
+        schemas
+    }
+
     fn keep(&self, s: &PostgresStore) {
         self.0.lock().push(s.clone());
     }
+}
 
-    async fn drop_all(&self) {
+impl Drop for Schemas {
+    fn drop(&mut self) {
         let stores: Vec<_> = std::mem::take(&mut *self.0.lock());
-        for s in stores {
-            if let Err(e) = s.drop_schema().await {
-                eprintln!("could not drop schema {}: {e}", s.schema());
-            }
-        }
+        // `Drop` cannot await: this thread blocks while the multi-threaded runtime's workers
+        // drive the connections (every test here runs on one).
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                for s in stores {
+                    if let Err(e) = s.drop_schema().await {
+                        eprintln!("could not drop schema {}: {e}", s.schema());
+                    }
+                }
+            })
+        });
     }
 }
 
@@ -81,7 +96,6 @@ async fn conformance() {
         }
     })
     .await;
-    schemas.drop_all().await;
 }
 
 fn writer(client: &str) -> Holder {
@@ -118,6 +132,7 @@ fn patch(id: &str, n: i64, expected: Option<u64>) -> WriteOp {
 async fn two_nodes_share_one_schema() {
     let schema = unique_schema("two");
     let a = open(&schema, 100_000).await;
+    let _drop = Schemas::of(&a);
     let b = open(&schema, 100_000).await;
     let spec = LayerSpec {
         name: "shared".into(),
@@ -232,7 +247,6 @@ async fn two_nodes_share_one_schema() {
         103 + 20,
         "each raced create applied once"
     );
-    a.drop_schema().await.expect("drop schema");
 }
 
 /// Filters that have an SQL form and those that do not give the same answers, and user
@@ -240,6 +254,7 @@ async fn two_nodes_share_one_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_values_are_parameters() {
     let s = open(&unique_schema("param"), 1000).await;
+    let _drop = Schemas::of(&s);
     s.create_layer(LayerSpec {
         name: "p".into(),
         ..Default::default()
@@ -301,7 +316,6 @@ async fn filter_values_are_parameters() {
         .await
         .expect("query");
     assert_eq!(page.features.len(), 3);
-    s.drop_schema().await.expect("drop schema");
 }
 
 /// Durable edits per second through the pool: the figure the design notes quote. One
@@ -309,6 +323,7 @@ async fn filter_values_are_parameters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn durable_edit_rate() {
     let s = open(&unique_schema("rate"), 100_000).await;
+    let _drop = Schemas::of(&s);
     for l in 0..8 {
         s.create_layer(LayerSpec {
             name: format!("r{l}"),
@@ -344,7 +359,6 @@ async fn durable_edit_rate() {
         eprintln!("postgres: {rate:.0} durable edits/s, 8 writers on {layers} layer(s)");
         assert!(rate > 50.0, "{rate:.0} edits/s is far too slow");
     }
-    s.drop_schema().await.expect("drop schema");
 }
 
 /// Group commit on a hot layer: 50 concurrent writers on one layer, over two nodes (two
@@ -360,6 +374,7 @@ async fn hot_layer_group_commit() {
     const EDITS: usize = 20;
     let schema = unique_schema("hot");
     let a = open(&schema, 100_000).await;
+    let _drop = Schemas::of(&a);
     let b = open(&schema, 100_000).await;
     a.create_layer(LayerSpec {
         name: "hot".into(),
@@ -531,7 +546,6 @@ async fn hot_layer_group_commit() {
         a.layer("hot").await.expect("layer").count,
         WRITERS as u64 + 1 + 19
     );
-    a.drop_schema().await.expect("drop schema");
 }
 
 /// The change log has no foreign key to its layer (schema version 4): deleting a layer must
@@ -541,6 +555,7 @@ async fn hot_layer_group_commit() {
 async fn deleting_a_layer_deletes_its_changes() {
     let schema = unique_schema("del");
     let s = open(&schema, 100_000).await;
+    let _drop = Schemas::of(&s);
     s.create_layer(LayerSpec {
         name: "gone".into(),
         ..Default::default()
@@ -589,7 +604,6 @@ async fn deleting_a_layer_deletes_its_changes() {
         .expect("count")
         .get(0);
     assert_eq!(rows, 1, "only the kept layer's change is left");
-    s.drop_schema().await.expect("drop schema");
 }
 
 /// A node's writes over many layers share groups: while a large group (a batch) waits for
@@ -603,6 +617,7 @@ async fn groups_span_layers() {
     const LAYERS: usize = 8;
     let schema = unique_schema("span");
     let a = open(&schema, 100_000).await;
+    let _drop = Schemas::of(&a);
     let b = open(&schema, 100_000).await;
     let layer = |l: usize| format!("l{l}");
     for l in 0..LAYERS {
@@ -735,5 +750,4 @@ async fn groups_span_layers() {
     }
     // Setup, the first part's 100 + 14 edits, and the writers'.
     assert_eq!(total, LAYERS + 114 + WRITERS * EDITS);
-    a.drop_schema().await.expect("drop schema");
 }
