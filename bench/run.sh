@@ -7,7 +7,8 @@
 #   bench/run.sh cluster         the cluster comparison instead (see "cluster mode" below): the
 #                                spatial and edits scenarios against one SQLite node, one
 #                                PostgreSQL node and three PostgreSQL/NATS nodes, edits on one
-#                                layer and on eight; prints a table and writes
+#                                layer and on eight (and on eight with an owner of writes per
+#                                layer); prints a table and writes
 #                                $OUT/cluster/RESULTS.md (about 6 minutes plus the build)
 #
 # 1. builds geostream and the load generator (bench/loadgen) in release, once, and measures
@@ -32,7 +33,7 @@
 #                      GS_LOADGEN_BIN)
 #   REPORT_ONLY=1      only rewrite the report from $OUT
 #   cluster mode:      CL_SUBS (viewport subscribers, default 10000), CL_EDITORS (50),
-#                      CL_DURATION (seconds per phase, 8), CL_CONFIGS ("sqlite1 pg1 pg3"),
+#                      CL_DURATION (seconds per phase, 8), CL_CONFIGS ("sqlite1 pg1 pg3 pg3l"),
 #                      PG_URL (postgres://postgres@127.0.0.1:5432, database geostream is
 #                      created if missing), NATS_URL (nats://127.0.0.1:4222)
 set -euo pipefail
@@ -107,7 +108,9 @@ GS_ENV=(GEOSTREAM_LIMITS__REQUESTS_PER_SEC=100000000 GEOSTREAM_LIMITS__REQUEST_B
 #   pg1      one node, PostgreSQL store, in-process broker;
 #   pg3      three nodes on consecutive ports, PostgreSQL store, NATS broker; the load
 #            generator spreads its connections round-robin over them (--nodes), so the
-#            replay of `spatial` runs on node 1 and its viewports on all three.
+#            replay of `spatial` runs on node 1 and its viewports on all three;
+#   pg3l     pg3 with an owner of writes per layer (`broker.write_owner = "layer"`), for
+#            `edits-8layers` only: the other scenarios write one layer, where it is pg3.
 # Scenarios: `spatial` (AIS replay as feature.batch of 500 into one layer, CL_SUBS viewport
 # subscribers), `edits-1layer` and `edits-8layers` (CL_EDITORS editors patching their own
 # feature, one edit in flight each, on one layer or spread over eight).
@@ -118,7 +121,7 @@ if [ "$MODE" = cluster ]; then
   CL_SUBS="${CL_SUBS:-10000}"
   CL_EDITORS="${CL_EDITORS:-50}"
   CL_DURATION="${CL_DURATION:-8}"
-  CL_CONFIGS="${CL_CONFIGS:-sqlite1 pg1 pg3}"
+  CL_CONFIGS="${CL_CONFIGS:-sqlite1 pg1 pg3 pg3l}"
   CL_TRACK="$DATA/trajectories/ais_us_coastal_2020-06-30.csv.zst"
   mkdir -p "$OUT/cluster"
   cl_psql() { psql "$PG_URL/$1" -X -q -v ON_ERROR_STOP=1 "${@:2}"; }
@@ -150,14 +153,15 @@ if [ "$MODE" = cluster ]; then
     local env=("${GS_ENV[@]}" GEOSTREAM_WEB__BASEMAP= GEOSTREAM_SHUTDOWN__UNREADY_SECS=0 RUST_LOG=warn)
     case "$config" in
       sqlite1) ;;
-      pg1|pg3)
+      pg1|pg3|pg3l)
         CL_SCHEMA="gsbench_$(date +%H%M%S)_$$_$config"
         env+=(GEOSTREAM_STORE__TYPE=postgres "GEOSTREAM_STORE__URL=$PG_URL/geostream" "GEOSTREAM_STORE__SCHEMA=$CL_SCHEMA")
-        if [ "$config" = pg3 ]; then
+        if [ "$config" != pg1 ]; then
           n=3
           env+=(GEOSTREAM_BROKER__TYPE=nats "GEOSTREAM_BROKER__URL=$NATS_URL" "GEOSTREAM_BROKER__PREFIX=$CL_SCHEMA")
-        fi ;;
-      *) die "unknown cluster configuration $config (sqlite1, pg1, pg3)" ;;
+        fi
+        if [ "$config" = pg3l ]; then env+=(GEOSTREAM_BROKER__WRITE_OWNER=layer); fi ;;
+      *) die "unknown cluster configuration $config (sqlite1, pg1, pg3, pg3l)" ;;
     esac
     for i in $(seq 0 $((n - 1))); do
       mkdir -p "$OUT/cluster/data/node-$i"
@@ -192,15 +196,18 @@ if [ "$MODE" = cluster ]; then
     [ "$rc" = 0 ] || log "$config $key: loadgen exit $rc: $(head -c 300 "$OUT/cluster/$config-$key.json")"
   }
   for config in $CL_CONFIGS; do
-    cl_scenario "$config" spatial --enc msgpack spatial --track "$CL_TRACK" --subs "$CL_SUBS" \
-      --box-deg 0.05 --duration "$CL_DURATION"
-    cl_scenario "$config" edits-1layer --enc msgpack edits --editors "$CL_EDITORS" --layers 1 --duration "$CL_DURATION"
+    if [ "$config" != pg3l ]; then
+      cl_scenario "$config" spatial --enc msgpack spatial --track "$CL_TRACK" --subs "$CL_SUBS" \
+        --box-deg 0.05 --duration "$CL_DURATION"
+      cl_scenario "$config" edits-1layer --enc msgpack edits --editors "$CL_EDITORS" --layers 1 --duration "$CL_DURATION"
+    fi
     cl_scenario "$config" edits-8layers --enc msgpack edits --editors "$CL_EDITORS" --layers 8 --duration "$CL_DURATION"
   done
   python3 - "$OUT/cluster" "$CL_CONFIGS" >"$OUT/cluster/RESULTS.md" <<'PY'
 import json, os, sys
 out, configs = sys.argv[1], sys.argv[2].split()
-names = {"sqlite1": "1 node, SQLite", "pg1": "1 node, PostgreSQL", "pg3": "3 nodes, PostgreSQL + NATS"}
+names = {"sqlite1": "1 node, SQLite", "pg1": "1 node, PostgreSQL", "pg3": "3 nodes, PostgreSQL + NATS",
+         "pg3l": "3 nodes, an owner of writes per layer"}
 def load(config, key):
     try:
         with open(os.path.join(out, f"{config}-{key}.json")) as f:
@@ -214,6 +221,8 @@ def rate(v):
 rows = ["| configuration | scenario | updates/s | edits/s | p50 ms | p99 ms | note |", "|---|---|---:|---:|---:|---:|---|"]
 for c in configs:
     for key in ("spatial", "edits-1layer", "edits-8layers"):
+        if c == "pg3l" and key != "edits-8layers":
+            continue
         r = load(c, key)
         lat = r.get("latency_ms") or {}
         note = r.get("error", "")

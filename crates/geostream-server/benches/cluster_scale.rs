@@ -112,6 +112,7 @@ async fn start_node(schema: &str, prefix: &str, i: usize) -> Node {
         replicas: 1,
         heartbeat_ms: 500,
         forward_writes: true,
+        write_owner: Default::default(),
     };
     let listener = geostream_server::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
     let addr = listener.local_addr().expect("address");

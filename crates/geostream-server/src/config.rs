@@ -353,16 +353,33 @@ pub enum BrokerConfig {
         /// nodes); a node silent for three heartbeats is taken for dead. Default: 2000.
         #[serde(default = "default_heartbeat_ms")]
         heartbeat_ms: u64,
-        /// With a PostgreSQL store, hand each write to its layer's owner, one live node per
-        /// layer, so a hot layer's edits share one node's commits (false: every node writes
-        /// what it receives). Default: true.
+        /// With a PostgreSQL store, hand each small write to its owner (see `write_owner`),
+        /// so the edits that arrive through every node share one node's commits (false:
+        /// every node writes what it receives). Default: true.
         #[serde(default = "default_forward_writes")]
         forward_writes: bool,
+        /// Which writes share an owner when `forward_writes` is on: `node` (one live node
+        /// writes every layer, so the whole cluster's small edits share one chain of
+        /// commits) or `layer` (each layer has its own owner, spreading the owners' work
+        /// over the nodes at the price of one chain of commits per owner). Default: `node`.
+        #[serde(default)]
+        write_owner: WriteOwner,
     },
 }
 
 fn default_forward_writes() -> bool {
     true
+}
+
+/// Which live node is the owner of a write (`broker.write_owner`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteOwner {
+    /// One owner for every layer.
+    #[default]
+    Node,
+    /// An owner per layer.
+    Layer,
 }
 
 fn default_nats_url() -> String {
@@ -1481,6 +1498,7 @@ mod tests {
             replicas: 1,
             heartbeat_ms: 2000,
             forward_writes: true,
+            write_owner: WriteOwner::Layer,
         };
         let text = c.redacted().to_toml();
         for secret in ["hunter2", "pgpass", "natspass"] {

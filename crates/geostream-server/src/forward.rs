@@ -1,7 +1,10 @@
-//! One writer per layer across a cluster: a node hands each write to the layer's *owner*, one
-//! of the live nodes chosen by rendezvous hashing over the membership table, so every edit of
-//! a hot layer joins the same node's commit groups instead of each node committing small
-//! groups of its own and waiting for the others' layer lock.
+//! One writer across a cluster: a node hands each small write to its *owner*, one of the live
+//! nodes chosen by rendezvous hashing over the membership table, so the edits of every node
+//! join the same node's commit groups instead of each node committing small groups of its own
+//! and waiting for the others' layer locks. `broker.write_owner` says what shares an owner:
+//! every layer (`node`, the default: the whole cluster's small writes make one chain of
+//! groups, as on one node) or each layer on its own (`layer`: the owners' planning and
+//! publishing spread over the nodes, at one chain of groups per owner).
 //!
 //! Ownership is a speed-up, never a rule: versions, locks and operation ids are decided by the
 //! store in the owner's transaction exactly as in anyone else's, so two nodes that briefly
@@ -24,6 +27,8 @@ use bytes::Bytes;
 use geostream_broker::{NatsBroker, NodeRequest, NodeRequestError};
 use geostream_store::{WriteOutcome, WriteRequest};
 
+use crate::config::WriteOwner;
+
 /// The service name of forwarded writes on a node's subject.
 const SERVICE: &str = "write";
 
@@ -45,6 +50,8 @@ const MAX_FORWARDED_OPS: usize = 64;
 /// Where this node's writes go.
 pub struct Forwarding {
     nats: NatsBroker,
+    /// What shares an owner.
+    owner: WriteOwner,
     /// How long to wait for an owner's answer: the membership timeout, after which a silent
     /// owner is taken for dead and its layers move anyway.
     timeout: Duration,
@@ -75,10 +82,12 @@ pub enum Forwarded {
 }
 
 impl Forwarding {
-    /// Forwarding over `nats`; an owner that has not answered after `timeout` is given up.
-    pub fn new(nats: NatsBroker, timeout: Duration) -> Forwarding {
+    /// Forwarding over `nats` to owners chosen by `owner`; an owner that has not answered
+    /// after `timeout` is given up.
+    pub fn new(nats: NatsBroker, owner: WriteOwner, timeout: Duration) -> Forwarding {
         Forwarding {
             nats,
+            owner,
             timeout,
             answered: AtomicU64::new(0),
             not_delivered: AtomicU64::new(0),
@@ -94,7 +103,7 @@ impl Forwarding {
         crate::metrics::counter(
             out,
             "geostream_writes_forwarded_total",
-            "Writes this node sent to their layer's owner, by what came back (not_delivered: \
+            "Writes this node sent to their owner (`broker.write_owner`), by what came back (not_delivered: \
              the owner was not listening and this node wrote; no_answer: the owner did not \
              answer in time).",
             &[
@@ -106,7 +115,7 @@ impl Forwarding {
         crate::metrics::counter(
             out,
             "geostream_writes_served_total",
-            "Writes other nodes forwarded to this node, the owner of their layer.",
+            "Writes other nodes forwarded to this node, their owner.",
             &[("", n(&self.served))],
         );
     }
@@ -119,9 +128,15 @@ impl Forwarding {
         self.nats.node_requests(SERVICE).await
     }
 
-    /// The owner of `layer` when it is another node.
+    /// The owner of a write to `layer` when it is another node.
     fn remote_owner(&self, layer: &str) -> Option<Arc<str>> {
-        let owner = owner_of(layer, &self.nats.service_nodes(SERVICE))?;
+        let key = match self.owner {
+            // Every node hashes the same key, so all of them name the same owner, and a node
+            // leaving moves the writes only if it was that owner.
+            WriteOwner::Node => "",
+            WriteOwner::Layer => layer,
+        };
+        let owner = owner_of(key, &self.nats.service_nodes(SERVICE))?;
         (&*owner != self.nats.node_id()).then_some(owner)
     }
 
@@ -204,8 +219,9 @@ pub fn encode(outcome: &geostream_store::Result<WriteOutcome>) -> Bytes {
     Bytes::from(serde_json::to_vec(outcome).expect("a write outcome serializes"))
 }
 
-/// The node that writes `layer`: the one with the highest hash of (layer, node), so that a
-/// node joining or leaving moves only its own share of the layers.
+/// The node that writes what `layer` names (a layer, or `""` for every layer): the one with
+/// the highest hash of (layer, node), so that a node joining or leaving moves only its own
+/// share of the layers.
 fn owner_of(layer: &str, nodes: &[Arc<str>]) -> Option<Arc<str>> {
     nodes
         .iter()

@@ -38,7 +38,7 @@ pub struct Layers {
     streams: Arc<NodeStreams>,
     hub: Arc<Hub>,
     config: LayersConfig,
-    /// Hands writes to their layer's owner in a cluster (`None`: this node writes all).
+    /// Hands writes to their owner in a cluster (`None`: this node writes all).
     forwarding: Option<Forwarding>,
     /// The task applying other nodes' writes: it ends with this node's layers, and with it
     /// this node's subscription, so that others stop sending it writes.
@@ -111,7 +111,7 @@ impl Layers {
     /// connection's pipeline hands its next write to the store from the first, and lets the
     /// reads of the same features start from the second.
     ///
-    /// In a cluster the write may be applied by its layer's owner ([`crate::forward`]), which
+    /// In a cluster the write may be applied by its owner ([`crate::forward`]), which
     /// then publishes the changes itself. The owner applies forwarded writes as they come, in
     /// no fixed order, so a forwarded write is `submitted` only once it is answered.
     pub async fn apply_then(

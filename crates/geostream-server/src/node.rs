@@ -95,17 +95,20 @@ impl Node {
         let broker = AnyBroker::connect(&settings, limits, bridge)
             .await
             .context("cannot connect to the broker")?;
-        // A shared store written by several nodes: each layer's writes go to one of them.
+        // A shared store written by several nodes: small writes go to their owner.
         let forwarding = match (&broker, &config.broker, &store) {
             (
                 AnyBroker::Nats(nats),
                 BrokerConfig::Nats {
                     forward_writes: true,
+                    write_owner,
                     ..
                 },
                 AnyStore::Postgres(_),
             ) => match &settings {
-                BrokerSettings::Nats(o) => Some(Forwarding::new(nats.clone(), o.node_timeout)),
+                BrokerSettings::Nats(o) => {
+                    Some(Forwarding::new(nats.clone(), *write_owner, o.node_timeout))
+                }
                 BrokerSettings::Memory => None,
             },
             _ => None,

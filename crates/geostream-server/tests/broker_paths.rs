@@ -215,6 +215,7 @@ async fn in_process_and_nats_brokers_push_the_same() {
             replicas: 1,
             heartbeat_ms: 200,
             forward_writes: true,
+            write_owner: Default::default(),
         };
     })
     .await;

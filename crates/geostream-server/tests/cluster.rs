@@ -97,6 +97,7 @@ impl Backends {
                 replicas: 1,
                 heartbeat_ms: 200,
                 forward_writes: true,
+                write_owner: Default::default(),
             };
         })
         .await

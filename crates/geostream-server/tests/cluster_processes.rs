@@ -6,7 +6,8 @@
 //!   the environment as DEPLOY.md documents; a feature created on node 1 reaches a subscriber
 //!   on node 3, `--print-config` shows the effective PostgreSQL/NATS settings, and the demo
 //!   basemap is loaded once, without warnings, though the nodes start together;
-//! - three nodes configured from environment variables alone;
+//! - three nodes configured from environment variables alone, with an owner of writes per
+//!   layer (`broker.write_owner = "layer"`): the layers' owners are spread over the nodes;
 //! - a node SIGKILLed while its client holds a lock: after `layers.lock_grace_ms` a client on
 //!   another node takes the lock, and a watcher on each survivor receives exactly one
 //!   `locked:false` and one presence `leave` per presence channel;
@@ -16,9 +17,9 @@
 //!   test owns; the shared NATS is never stopped) arrive once, in order, after it reconnects;
 //! - a node that cannot reach PostgreSQL or NATS exits non-zero with the reason, before it
 //!   says it is listening;
-//! - a write forwarded to its layer's owner while the owner is frozen (SIGSTOP) is applied by
-//!   the sender after the answer times out, and the thawed owner, reading it late, does not
-//!   apply it again.
+//! - by default one node owns every layer's writes; a write forwarded to it while it is frozen
+//!   (SIGSTOP) is applied by the sender after the answer times out, and the thawed owner,
+//!   reading it late, does not apply it again.
 //!
 //! Needs PostgreSQL with PostGIS (`GEOSTREAM_TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`) and NATS with JetStream
@@ -462,7 +463,13 @@ async fn three_processes_from_the_deploy_toml() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_from_environment_variables_alone() {
     let be = Backends::new("env").await;
-    let env = be.env_only(&nats_url());
+    // With an owner per layer, which `a_write_forwarded_to_a_frozen_owner_is_applied_once`
+    // checks for the default, one owner for all.
+    let env = [
+        be.env_only(&nats_url()),
+        vars(&[("GEOSTREAM_BROKER__WRITE_OWNER", "layer")]),
+    ]
+    .concat();
     let starting = (0..3)
         .map(|_| {
             Node::spawn(|data| {
@@ -503,6 +510,16 @@ async fn three_processes_from_environment_variables_alone() {
         (p["id"].as_str(), p["seq"].as_u64()),
         (Some("e"), r["seq"].as_u64())
     );
+
+    // Layers have their owners spread over the nodes (twelve layers all on one of three
+    // nodes would happen once in 177,000 runs).
+    let mut owners = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let layer = format!("owned-{i}");
+        editor.ok("layer.create", json!({ "name": layer })).await;
+        owners.insert(owner_of(&nodes, &layer).await.0);
+    }
+    assert!(owners.len() > 1, "one owner for every layer: {owners:?}");
 
     drop((on_1, on_3, editor));
     for n in nodes {
@@ -1104,7 +1121,13 @@ async fn a_write_forwarded_to_a_frozen_owner_is_applied_once() {
             json!({ "name": "tally", "last_writer_wins": true }),
         )
         .await;
-    let (owner, served) = owner_of(&nodes, "tally").await;
+    let (owner, _) = owner_of(&nodes, "tally").await;
+    // By default one node owns every layer's writes.
+    for other in ["tally-2", "tally-3"] {
+        setup.ok("layer.create", json!({ "name": other })).await;
+        assert_eq!(owner_of(&nodes, other).await.0, owner, "{other}");
+    }
+    let served = common::metric(nodes[owner].addr, "geostream_writes_served_total").await;
     let writer = (owner + 1) % 3;
     let mut ws = Ws::connect(&nodes[writer].ws_url(), Encoding::Json).await;
     let r = ws

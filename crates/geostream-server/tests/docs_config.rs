@@ -156,7 +156,15 @@ fn every_documented_key_exists_with_its_stated_default() {
                 // `store.type = "postgres"`: the setting must load.
                 let (table, field) = key.rsplit_once('.').unwrap();
                 let text = format!("[{table}]\n{field} = {}\n", assigned.as_str().trim());
-                if let Err(e) = load(&text) {
+                // A key of one `type` of store or broker loads in a table of that type.
+                let typed = match table {
+                    "broker" => Some("nats"),
+                    "store" => Some("postgres"),
+                    _ => None,
+                }
+                .filter(|_| field != "type")
+                .map(|t| format!("{text}type = \"{t}\"\n"));
+                if let Err(e) = load(typed.as_deref().unwrap_or(&text)) {
                     errors.push(format!(
                         "{doc}: `{key} = {}` does not load: {e}",
                         assigned.as_str()

@@ -99,6 +99,7 @@ impl Backends {
                 replicas: 1,
                 heartbeat_ms: 200,
                 forward_writes: true,
+                write_owner: Default::default(),
             };
             c.tiles.raster = vec![RasterLayerConfig {
                 name: "img".into(),
