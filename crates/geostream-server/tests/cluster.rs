@@ -15,72 +15,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::backends::{Nothing, nats_url, pg_url};
+use common::backends::{Backends, nats_url, pg_url};
 use common::{TestServer, Ws, http_json, http_publish};
-use geostream_broker::{HistoryLimits, NatsBroker, NatsOptions};
 use geostream_core::codec::Encoding;
 use geostream_core::error::ErrorCode;
 use geostream_server::config::{BrokerConfig, StoreConfig};
-use geostream_store::{PostgresOptions, PostgresStore};
 use serde_json::{Value, json};
 
-/// The shared backends of one test run: a fresh schema and subject prefix, checked to be
-/// reachable before any node starts, and removed at the end.
-struct Backends {
-    schema: String,
-    prefix: String,
-    store: PostgresStore,
-    broker: NatsBroker,
-}
-
 impl Backends {
-    async fn new(tag: &str) -> Backends {
-        let suffix = geostream_broker::new_epoch().to_ascii_lowercase();
-        let schema = format!("gs_cluster_{tag}_{suffix}");
-        let prefix = format!("gscluster_{tag}_{suffix}");
-        let store = PostgresStore::connect(PostgresOptions {
-            url: pg_url(),
-            schema: schema.clone(),
-            pool_size: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL with PostGIS is needed at {} for the cluster test: {e}\n\
-                 Run scripts/test.sh (it installs PostGIS and starts PostgreSQL), or set \
-                 GEOSTREAM_TEST_POSTGRES_URL.",
-                pg_url()
-            )
-        });
-        let broker = NatsBroker::connect(
-            NatsOptions {
-                url: nats_url(),
-                prefix: prefix.clone(),
-                ..Default::default()
-            },
-            HistoryLimits::default(),
-            Arc::new(Nothing),
-        )
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "NATS with JetStream is needed at {} for the cluster test: {e}\n\
-                 Run scripts/test.sh (it starts NATS), or set GEOSTREAM_TEST_NATS_URL.",
-                nats_url()
-            )
-        });
-        Backends {
-            schema,
-            prefix,
-            store,
-            broker,
-        }
-    }
-
     /// Starts a node on these backends.
     async fn node(&self) -> TestServer {
         let (schema, prefix) = (self.schema.clone(), self.prefix.clone());
@@ -101,11 +45,6 @@ impl Backends {
             };
         })
         .await
-    }
-
-    async fn remove(self) {
-        self.store.drop_schema().await.expect("drop schema");
-        self.broker.delete_streams().await.expect("delete streams");
     }
 }
 
@@ -228,7 +167,7 @@ async fn skip_snapshot(ws: &mut Ws) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_act_as_one() {
-    let be = Backends::new("one").await;
+    let be = Backends::new("cluster_one").await;
     let a = be.node().await;
     let b = be.node().await;
     let c = be.node().await;
@@ -453,7 +392,7 @@ async fn three_nodes_act_as_one() {
     drop((editor_a, editor_b, on_a, carl, east_again, viewers));
     a.shutdown().await;
     b.shutdown().await;
-    be.remove().await;
+    drop(be);
 }
 
 /// Edits by another node during the replay: features of its own, moving west to east

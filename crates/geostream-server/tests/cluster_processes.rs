@@ -36,12 +36,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::backends::{Nothing, nats_url, pg_url};
+use common::backends::{Backends, nats_url, pg_url};
 use common::{Ws, http_json, http_publish, tempdir};
-use geostream_broker::{HistoryLimits, NatsBroker, NatsOptions};
 use geostream_core::codec::Encoding;
 use geostream_core::error::ErrorCode;
-use geostream_store::{PostgresOptions, PostgresStore};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -51,60 +49,7 @@ use tokio::process::{Child, Command};
 /// basemap import).
 const START: Duration = Duration::from_secs(90);
 
-/// The shared backends of one test: a fresh schema and subject prefix, checked to be
-/// reachable before any node starts, and removed at the end.
-struct Backends {
-    schema: String,
-    prefix: String,
-    store: PostgresStore,
-    broker: NatsBroker,
-}
-
 impl Backends {
-    async fn new(tag: &str) -> Backends {
-        let suffix = geostream_broker::new_epoch().to_ascii_lowercase();
-        let schema = format!("gs_proc_{tag}_{suffix}");
-        let prefix = format!("gsproc_{tag}_{suffix}");
-        let store = PostgresStore::connect(PostgresOptions {
-            url: pg_url(),
-            schema: schema.clone(),
-            pool_size: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL with PostGIS is needed at {} for the cluster process tests: {e}\n\
-                 Run scripts/test.sh (it installs PostGIS and starts PostgreSQL), or set \
-                 GEOSTREAM_TEST_POSTGRES_URL.",
-                pg_url()
-            )
-        });
-        let broker = NatsBroker::connect(
-            NatsOptions {
-                url: nats_url(),
-                prefix: prefix.clone(),
-                ..Default::default()
-            },
-            HistoryLimits::default(),
-            Arc::new(Nothing),
-        )
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "NATS with JetStream is needed at {} for the cluster process tests: {e}\n\
-                 Run scripts/test.sh (it starts NATS), or set GEOSTREAM_TEST_NATS_URL.",
-                nats_url()
-            )
-        });
-        Backends {
-            schema,
-            prefix,
-            store,
-            broker,
-        }
-    }
-
     /// A node configured from environment variables alone, as scripts/cluster.sh does.
     fn env_only(&self, broker_url: &str) -> Vec<(String, String)> {
         vars(&[
@@ -119,11 +64,6 @@ impl Backends {
             ("GEOSTREAM_BROKER__HEARTBEAT_MS", "200"),
             ("GEOSTREAM_SHUTDOWN__UNREADY_SECS", "0"),
         ])
-    }
-
-    async fn remove(self) {
-        self.store.drop_schema().await.expect("drop schema");
-        self.broker.delete_streams().await.expect("delete streams");
     }
 }
 
@@ -334,7 +274,7 @@ fn basemap_features() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_from_the_deploy_toml() {
-    let be = Backends::new("doc").await;
+    let be = Backends::new("proc_doc").await;
     let dir = tempdir::Dir::new("deploy-toml");
     let file = dir.path().join("node.toml");
     std::fs::write(&file, deploy_toml()).unwrap();
@@ -457,12 +397,12 @@ async fn three_processes_from_the_deploy_toml() {
     for n in nodes {
         n.kill().await;
     }
-    be.remove().await;
+    drop(be);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_from_environment_variables_alone() {
-    let be = Backends::new("env").await;
+    let be = Backends::new("proc_env").await;
     // With an owner per layer, which `a_write_forwarded_to_a_frozen_owner_is_applied_once`
     // checks for the default, one owner for all.
     let env = [
@@ -525,7 +465,7 @@ async fn three_processes_from_environment_variables_alone() {
     for n in nodes {
         n.kill().await;
     }
-    be.remove().await;
+    drop(be);
 }
 
 /// What a watcher saw of Kim, the client of the node that dies.
@@ -557,7 +497,7 @@ impl SeenOfKim {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_nodes_lock_and_presence_are_cleaned_up_once_by_the_survivors() {
     const GRACE_MS: u64 = 3000;
-    let be = Backends::new("kill").await;
+    let be = Backends::new("proc_kill").await;
     let env = [
         be.env_only(&nats_url()),
         vars(&[("GEOSTREAM_LAYERS__LOCK_GRACE_MS", &GRACE_MS.to_string())]),
@@ -696,7 +636,7 @@ async fn a_killed_nodes_lock_and_presence_are_cleaned_up_once_by_the_survivors()
     for n in nodes {
         n.kill().await;
     }
-    be.remove().await;
+    drop(be);
 }
 
 /// A TCP proxy between one node and NATS that the test can cut and restore.
@@ -758,7 +698,7 @@ impl Drop for Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_made_while_a_node_is_cut_from_nats_arrive_once_in_order() {
-    let be = Backends::new("cut").await;
+    let be = Backends::new("proc_cut").await;
     let nats = nats_url();
     let host = nats
         .trim_start_matches("nats://")
@@ -864,7 +804,7 @@ async fn changes_made_while_a_node_is_cut_from_nats_arrive_once_in_order() {
     for n in nodes {
         n.kill().await;
     }
-    be.remove().await;
+    drop(be);
 }
 
 /// Runs `geostream serve` with `env` until it exits (it must, within a minute); returns its
@@ -896,7 +836,7 @@ async fn closed_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_reach_postgres_or_nats_exits_with_the_reason_before_listening() {
-    let be = Backends::new("down").await;
+    let be = Backends::new("proc_down").await;
     let data = tempdir::Dir::new("down");
     let base = [
         be.env_only(&nats_url()),
@@ -935,7 +875,7 @@ async fn a_node_that_cannot_reach_postgres_or_nats_exits_with_the_reason_before_
     );
     assert!(!out.contains("listening"), "{out}");
 
-    be.remove().await;
+    drop(be);
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to `node`'s process, by its PID.
@@ -952,7 +892,7 @@ async fn signal(node: &Node, signal: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_taken_for_dead_that_comes_back_resurrects_nothing_and_kills_nothing() {
     const GRACE_MS: u64 = 1000;
-    let be = Backends::new("pause").await;
+    let be = Backends::new("proc_pause").await;
     let env = [
         be.env_only(&nats_url()),
         vars(&[("GEOSTREAM_LAYERS__LOCK_GRACE_MS", &GRACE_MS.to_string())]),
@@ -1065,7 +1005,7 @@ async fn a_node_taken_for_dead_that_comes_back_resurrects_nothing_and_kills_noth
     for n in nodes {
         n.kill().await;
     }
-    be.remove().await;
+    drop(be);
 }
 
 /// The owner of `layer`: writes through each of `nodes` until one round of them was served
@@ -1106,7 +1046,7 @@ async fn owner_of(nodes: &[Node], layer: &str) -> (usize, f64) {
 async fn a_write_forwarded_to_a_frozen_owner_is_applied_once() {
     // Three beats of 1 s: the owner is taken for dead 3 s after it froze, long after the
     // write below was forwarded to it.
-    let be = Backends::new("frozen").await;
+    let be = Backends::new("proc_frozen").await;
     let env: Vec<(String, String)> = be
         .env_only(&nats_url())
         .into_iter()
@@ -1180,7 +1120,7 @@ async fn a_write_forwarded_to_a_frozen_owner_is_applied_once() {
     for n in nodes {
         n.kill().await;
     }
-    be.remove().await;
+    drop(be);
 }
 
 /// Which node evaluates the geofences, from each node's `/metrics`.
@@ -1229,7 +1169,7 @@ async fn fence_caught_up(nodes: &[&Node], fence: &str, layer_seq: u64) -> usize 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn geofence_events_are_produced_once_across_nodes_and_a_killed_evaluator() {
-    let be = Backends::new("fence").await;
+    let be = Backends::new("proc_fence").await;
     let env = [
         be.env_only(&nats_url()),
         vars(&[("GEOSTREAM_GEOFENCES__LEASE_MS", "2000")]),
@@ -1403,5 +1343,5 @@ async fn geofence_events_are_produced_once_across_nodes_and_a_killed_evaluator()
         .map(str::to_owned);
     eprintln!("after the takeover: {skipped:?}");
     drop(nodes);
-    be.remove().await;
+    drop(be);
 }

@@ -16,73 +16,19 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::backends::{Nothing, nats_url, pg_url};
+use common::backends::{Backends, nats_url, pg_url};
 use common::{TestServer, Ws};
-use geostream_broker::{HistoryLimits, NatsBroker, NatsOptions};
 use geostream_core::codec::Encoding;
 use geostream_core::error::ErrorCode;
 use geostream_server::config::{BrokerConfig, RasterLayerConfig, StoreConfig};
-use geostream_store::{PostgresOptions, PostgresStore};
 use serde_json::{Value, json};
 
 const WRITERS: usize = 8;
 const EDITS: usize = 15;
 
-/// A fresh schema and subject prefix, checked reachable before any node starts.
-struct Backends {
-    schema: String,
-    prefix: String,
-    store: PostgresStore,
-    broker: NatsBroker,
-}
-
 impl Backends {
-    async fn new() -> Backends {
-        let suffix = geostream_broker::new_epoch().to_ascii_lowercase();
-        let schema = format!("gs_hot_{suffix}");
-        let prefix = format!("gshot_{suffix}");
-        let store = PostgresStore::connect(PostgresOptions {
-            url: pg_url(),
-            schema: schema.clone(),
-            pool_size: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL with PostGIS is needed at {} for the hot-layer test: {e}\n\
-                 Run scripts/test.sh, or set GEOSTREAM_TEST_POSTGRES_URL.",
-                pg_url()
-            )
-        });
-        let broker = NatsBroker::connect(
-            NatsOptions {
-                url: nats_url(),
-                prefix: prefix.clone(),
-                ..Default::default()
-            },
-            HistoryLimits::default(),
-            Arc::new(Nothing),
-        )
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "NATS with JetStream is needed at {} for the hot-layer test: {e}\n\
-                 Run scripts/test.sh, or set GEOSTREAM_TEST_NATS_URL.",
-                nats_url()
-            )
-        });
-        Backends {
-            schema,
-            prefix,
-            store,
-            broker,
-        }
-    }
-
     /// A node on these backends, with the raster layer `img` taking uploads.
     async fn node(&self) -> TestServer {
         let (schema, prefix) = (self.schema.clone(), self.prefix.clone());
@@ -109,11 +55,6 @@ impl Backends {
             }];
         })
         .await
-    }
-
-    async fn remove(self) {
-        self.store.drop_schema().await.expect("drop schema");
-        self.broker.delete_streams().await.expect("delete streams");
     }
 }
 
@@ -254,7 +195,7 @@ impl Picture {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_writers_on_three_nodes() {
-    let be = Backends::new().await;
+    let be = Backends::new("hot").await;
     let nodes = [be.node().await, be.node().await, be.node().await];
 
     let mut admin = client(&nodes[0], "admin").await;
@@ -456,7 +397,7 @@ async fn eight_writers_on_three_nodes() {
     for srv in rest {
         srv.shutdown().await;
     }
-    be.remove().await;
+    drop(be);
 }
 
 /// A small PNG-signed tile (the server checks the signature).

@@ -686,7 +686,83 @@ pub fn datasets() -> std::path::PathBuf {
 pub mod backends {
     use std::sync::Arc;
 
-    use geostream_broker::{BrokerHandler, Publication};
+    use geostream_broker::{BrokerHandler, HistoryLimits, NatsBroker, NatsOptions, Publication};
+    use geostream_store::{PostgresOptions, PostgresStore};
+
+    /// One test's share of the shared PostgreSQL and NATS: a schema and a subject prefix of
+    /// its own, both checked reachable before any node starts, and removed when this is
+    /// dropped, at the end of the test whether it passed or failed (so a failing run leaves
+    /// nothing in a developer's database). Tests that use it run on a multi-threaded runtime.
+    pub struct Backends {
+        pub schema: String,
+        pub prefix: String,
+        store: PostgresStore,
+        broker: NatsBroker,
+    }
+
+    impl Backends {
+        /// Schema `gs_TAG_…` and prefix `gsTAG_…`, unique to this call.
+        pub async fn new(tag: &str) -> Backends {
+            let suffix = geostream_broker::new_epoch().to_ascii_lowercase();
+            let schema = format!("gs_{tag}_{suffix}");
+            let prefix = format!("gs{tag}_{suffix}");
+            let store = PostgresStore::connect(PostgresOptions {
+                url: pg_url(),
+                schema: schema.clone(),
+                pool_size: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL with PostGIS is needed at {} for this test: {e}\n\
+                     Run scripts/test.sh (it installs PostGIS and starts PostgreSQL), or set \
+                     GEOSTREAM_TEST_POSTGRES_URL.",
+                    pg_url()
+                )
+            });
+            let broker = NatsBroker::connect(
+                NatsOptions {
+                    url: nats_url(),
+                    prefix: prefix.clone(),
+                    ..Default::default()
+                },
+                HistoryLimits::default(),
+                Arc::new(Nothing),
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "NATS with JetStream is needed at {} for this test: {e}\n\
+                     Run scripts/test.sh (it starts NATS), or set GEOSTREAM_TEST_NATS_URL.",
+                    nats_url()
+                )
+            });
+            Backends {
+                schema,
+                prefix,
+                store,
+                broker,
+            }
+        }
+    }
+
+    impl Drop for Backends {
+        fn drop(&mut self) {
+            // `Drop` cannot await: this thread blocks while the runtime's other workers drive
+            // the connections.
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    if let Err(e) = self.store.drop_schema().await {
+                        eprintln!("could not drop schema {}: {e}", self.schema);
+                    }
+                    if let Err(e) = self.broker.delete_streams().await {
+                        eprintln!("could not delete the streams of {}: {e}", self.prefix);
+                    }
+                })
+            });
+        }
+    }
 
     /// PostgreSQL for the cluster tests.
     pub fn pg_url() -> String {
