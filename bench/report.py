@@ -143,6 +143,19 @@ w(f"This run: `{(knobs + ' ') if knobs else ''}bench/run.sh`" + (
   "uses" + (", and copies of them measured" if os.environ.get("GS_BIN") or os.environ.get("GS_LOADGEN_BIN")
             else "") + ")."
   if os.environ.get("NO_BUILD") else "."))
+try:
+    with open(f"{OUT}/gs/reruns.txt") as f:
+        reruns = [l.split() for l in f if l.strip()]
+except OSError:
+    reruns = []
+if reruns:
+    last = {}
+    for key, *at in reruns:
+        last[key] = at[0] if at else "?"
+    w("")
+    w("Rerun after the full run with `ONLY=...` (same binaries, same `$OUT`), because another process "
+      "disturbed them the first time; their figures below are from the rerun: "
+      + ", ".join(f"`{k}` ({t} UTC)" for k, t in sorted(last.items())) + ".")
 w("")
 w("Reproduce: `bench/run.sh` (10-11 minutes plus the release build; `QUICK=1` for a ~6-minute smoke run, "
   "`SKIP_PEERS=1` for geostream only). The raw JSON of this run was in "

@@ -27,7 +27,9 @@
 #   OUT=<dir>          raw results (default $TMPDIR/geostream-bench/<time>)
 #   MD=<file>          the report (default docs/BENCHMARKS.md; QUICK=1: $OUT/BENCHMARKS.md)
 #   PEERS="..."        peers for the harness (default: geostream geostream-msgpack rust-raw nats ws socketio)
-#   ONLY="a b"         run only these of geostream's scenarios (keys as in the SCEN list below)
+#   ONLY="a b"         run only these of geostream's scenarios (keys as in the SCEN list below);
+#                      into the $OUT of a full run, then REPORT_ONLY=1 with that run's knobs,
+#                      this reruns disturbed phases and the report lists them as rerun
 #   PORT=9200          geostream's port for its own scenarios
 #   NO_BUILD=1         use the existing release binaries (target/release, or GS_BIN and
 #                      GS_LOADGEN_BIN)
@@ -295,6 +297,8 @@ scenario() {
     >"$OUT/gs/$key.json.tmp" 2>"$OUT/gs/$key.err" || rc=$?
   stop_server
   tail -n 1 "$OUT/gs/$key.json.tmp" >"$OUT/gs/$key.json" && rm -f "$OUT/gs/$key.json.tmp"
+  # Rerun into a full run's $OUT (say, a phase another process disturbed): the report says so.
+  if [ -n "${ONLY:-}" ]; then echo "$key $(date -u +%H:%M)" >>"$OUT/gs/reruns.txt"; fi
   [ "$rc" = 0 ] || log "$key: loadgen exit $rc: $(head -c 300 "$OUT/gs/$key.json")"
 }
 
