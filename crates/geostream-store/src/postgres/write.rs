@@ -167,9 +167,10 @@ impl WriteQueues {
     /// The next group: what the layers without a group in flight have waiting, longest
     /// waiting layer first, up to the group's limits (at least one request). The layers it
     /// takes are in flight until [`WriteQueues::done`]. Empty when nothing can be taken;
-    /// with whether the group is large.
-    fn take(&mut self) -> (Vec<Pending>, bool) {
+    /// with the layers taken, once each, and whether the group is large.
+    fn take(&mut self) -> (Vec<Pending>, Vec<String>, bool) {
         let mut group = Vec::new();
+        let mut layers = Vec::new();
         let (mut ops, mut i) = (0, 0);
         while i < self.order.len() && group.len() < MAX_GROUP_REQUESTS {
             let layer = &self.order[i];
@@ -194,6 +195,7 @@ impl WriteQueues {
                 break;
             }
             self.in_flight.insert(layer.clone());
+            layers.push(layer.clone());
             if q.is_empty() {
                 self.waiting.remove(layer);
                 self.order.remove(i);
@@ -209,7 +211,7 @@ impl WriteQueues {
         }
         let large = ops > LARGE_GROUP_OPS;
         self.large += usize::from(large);
-        (group, large)
+        (group, layers, large)
     }
 
     /// The group over `layers` committed (or failed): their next writes can be taken.
@@ -245,15 +247,13 @@ async fn flush(inner: Arc<Inner>) {
             let mut queues = inner.queues.lock();
             queues.done(layers.iter().map(String::as_str), large);
             let group;
-            (group, large) = queues.take();
+            (group, layers, large) = queues.take();
             if group.is_empty() {
                 queues.flushers -= 1;
                 return;
             }
             group
         };
-        layers = group.iter().map(|p| p.req.layer.clone()).collect();
-        layers.dedup();
         let (reqs, replies): (Vec<WriteRequest>, Vec<_>) =
             group.into_iter().map(|p| (p.req, p.reply)).unzip();
         // A panic is a bug, but it must cost this group, not every later write.
