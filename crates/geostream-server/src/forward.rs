@@ -140,7 +140,7 @@ impl Forwarding {
         (&*owner != self.nats.node_id()).then_some(owner)
     }
 
-    /// Sends `req` to its layer's owner, or gives it back to be applied here.
+    /// Sends `req` to its owner, or gives it back to be applied here.
     pub async fn apply(&self, mut req: WriteRequest) -> Forwarded {
         let owner = match self.remote_owner(&req.layer) {
             Some(owner) if req.ops.len() <= MAX_FORWARDED_OPS => Some(owner),
@@ -183,19 +183,19 @@ impl Forwarding {
                     }
                     Ok(Err(e)) => Forwarded::Done(Err(e)),
                     Err(e) => {
-                        tracing::warn!(%owner, layer = req.layer, error = %e, "Unreadable answer from the layer's owner; writing locally.");
+                        tracing::warn!(%owner, layer = req.layer, error = %e, "Unreadable answer from the write's owner; writing locally.");
                         local(req)
                     }
                 }
             }
             Err(NodeRequestError::NotDelivered(e)) => {
                 self.not_delivered.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%owner, layer = req.layer, error = %e, "Writing locally: the layer's owner is not listening.");
+                tracing::debug!(%owner, layer = req.layer, error = %e, "Writing locally: the write's owner is not listening.");
                 local(req)
             }
             Err(NodeRequestError::NoAnswer(e)) => {
                 self.no_answer.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%owner, layer = req.layer, error = %e, "The layer's owner did not answer; writing locally (the operation id keeps it at most once).");
+                tracing::warn!(%owner, layer = req.layer, error = %e, "The write's owner did not answer; writing locally (the operation id keeps it at most once).");
                 local(req)
             }
         }
