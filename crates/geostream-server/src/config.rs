@@ -1148,11 +1148,41 @@ fn explain(err: figment::Error, sources: &[Source], merged: &toml::Table) -> Con
                 line
             }
             kind if path.is_empty() => format!("{kind}"),
-            kind => format!("`{}`: {kind}{}", path.join("."), from(&path)),
+            kind => {
+                // Inside a typed table serde reports at the table: name the key.
+                if let [table] = path.as_slice()
+                    && TYPED_TABLES.contains(&table.as_str())
+                    && let Some(key) = culprit(merged, table)
+                {
+                    path.push(key);
+                }
+                // Figment quotes a list of choices and then quotes it again: "``a` or `b``".
+                let kind = kind.to_string().replace("``", "`");
+                format!("`{}`: {kind}{}", path.join("."), from(&path))
+            }
         };
         lines.push(line);
     }
     ConfigError(lines.join("; "))
+}
+
+/// The key of typed table `table` ([`TYPED_TABLES`]) that makes the configuration fail:
+/// serde reads a tagged table as a whole, so its errors name the table, not the key. Each
+/// key is tried alone with the table's `type`; the first that fails is the one.
+fn culprit(merged: &toml::Table, table: &str) -> Option<String> {
+    let t = merged.get(table)?.as_table()?;
+    let ty = t.get("type")?;
+    t.iter()
+        .filter(|(k, _)| k.as_str() != "type")
+        .find_map(|(k, v)| {
+            let one = toml::Table::from_iter([("type".into(), ty.clone()), (k.clone(), v.clone())]);
+            let mut alone = merged.clone();
+            alone.insert(table.into(), toml::Value::Table(one));
+            Figment::from(Serialized::defaults(&alone))
+                .extract::<Config>()
+                .is_err()
+                .then(|| k.clone())
+        })
 }
 
 impl AuthConfig {
@@ -1425,6 +1455,32 @@ mod tests {
             .to_string();
         assert!(
             e.contains("`layers.lock_grace_ms`") && e.contains("(set in the environment)"),
+            "{e}"
+        );
+        // A bad value inside a typed table names its key, not only the table.
+        let e = load(
+            None,
+            &[
+                ("GEOSTREAM_STORE__TYPE", "postgres"),
+                ("GEOSTREAM_STORE__POOL_SIZE", "lots"),
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`store.pool_size`: invalid type") && e.contains("(set in the environment)"),
+            "{e}"
+        );
+        let e = load(
+            Some("[broker]\ntype = \"nats\"\nwrite_owner = \"table\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`broker.write_owner`: unknown variant") && e.contains("(set in the file "),
             "{e}"
         );
     }
