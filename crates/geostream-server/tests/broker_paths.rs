@@ -12,12 +12,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::backends::{Nothing, nats_url};
+use common::backends::nats_url;
 use common::{TestServer, Ws, datasets};
-use geostream_broker::{HistoryLimits, NatsBroker, NatsOptions};
 use geostream_core::codec::Encoding;
 use geostream_server::config::BrokerConfig;
 use geostream_server::remote::Remote;
@@ -189,23 +187,7 @@ async fn in_process_and_nats_brokers_push_the_same() {
         "gspaths_{}",
         geostream_broker::new_epoch().to_ascii_lowercase()
     );
-    let own = NatsBroker::connect(
-        NatsOptions {
-            url: nats_url(),
-            prefix: prefix.clone(),
-            ..Default::default()
-        },
-        HistoryLimits::default(),
-        Arc::new(Nothing),
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "NATS with JetStream is needed at {} for this test: {e}\n\
-             Run scripts/test.sh (it starts NATS), or set GEOSTREAM_TEST_NATS_URL.",
-            nats_url()
-        )
-    });
+    let own = common::backends::nats(&prefix).await;
     let p = prefix.clone();
     let nats = TestServer::start_with(move |c| {
         c.limits.outbox_bytes = 256 << 20;

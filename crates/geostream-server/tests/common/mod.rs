@@ -721,23 +721,7 @@ pub mod backends {
                     pg_url()
                 )
             });
-            let broker = NatsBroker::connect(
-                NatsOptions {
-                    url: nats_url(),
-                    prefix: prefix.clone(),
-                    ..Default::default()
-                },
-                HistoryLimits::default(),
-                Arc::new(Nothing),
-            )
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "NATS with JetStream is needed at {} for this test: {e}\n\
-                     Run scripts/test.sh (it starts NATS), or set GEOSTREAM_TEST_NATS_URL.",
-                    nats_url()
-                )
-            });
+            let broker = nats(&prefix).await;
             Backends {
                 schema,
                 prefix,
@@ -745,6 +729,28 @@ pub mod backends {
                 broker,
             }
         }
+    }
+
+    /// A test's own connection to the shared NATS under `prefix` (to publish, to check
+    /// NATS is reachable, and to delete the prefix's streams at the end).
+    pub async fn nats(prefix: &str) -> NatsBroker {
+        NatsBroker::connect(
+            NatsOptions {
+                url: nats_url(),
+                prefix: prefix.to_owned(),
+                ..Default::default()
+            },
+            HistoryLimits::default(),
+            Arc::new(Nothing),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "NATS with JetStream is needed at {} for this test: {e}\n\
+                 Run scripts/test.sh (it starts NATS), or set GEOSTREAM_TEST_NATS_URL.",
+                nats_url()
+            )
+        })
     }
 
     impl Drop for Backends {
