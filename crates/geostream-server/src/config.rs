@@ -1226,6 +1226,7 @@ mod tests {
             },
         )
         .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(cfg.listen.port(), 9100, "CLI wins over the file");
         assert_eq!(
             cfg.websocket.ping_interval_secs, 7,
