@@ -156,15 +156,19 @@ fn every_documented_key_exists_with_its_stated_default() {
                 // `store.type = "postgres"`: the setting must load.
                 let (table, field) = key.rsplit_once('.').unwrap();
                 let text = format!("[{table}]\n{field} = {}\n", assigned.as_str().trim());
-                // A key of one `type` of store or broker loads in a table of that type.
-                let typed = match table {
-                    "broker" => Some("nats"),
-                    "store" => Some("postgres"),
-                    _ => None,
-                }
-                .filter(|_| field != "type")
-                .map(|t| format!("{text}type = \"{t}\"\n"));
-                if let Err(e) = load(typed.as_deref().unwrap_or(&text)) {
+                // A key of one `type` of store or broker loads in a table of that type: the
+                // setting loads if it loads with any of them.
+                let types: &[&str] = match table {
+                    "store" if field != "type" => &["sqlite", "postgres"],
+                    "broker" if field != "type" => &["memory", "nats"],
+                    _ => &[],
+                };
+                let loads = std::iter::once(load(&text)).chain(
+                    types
+                        .iter()
+                        .map(|t| load(&format!("{text}type = \"{t}\"\n"))),
+                );
+                if let Some(Err(e)) = loads.reduce(|a, b| a.or(b)) {
                     errors.push(format!(
                         "{doc}: `{key} = {}` does not load: {e}",
                         assigned.as_str()
