@@ -231,7 +231,7 @@ pub fn broker_settings(config: &Config) -> (BrokerSettings, HistoryLimits) {
         meta_ttl: std::time::Duration::from_secs(24 * 3600),
     };
     let settings = match &config.broker {
-        BrokerConfig::Memory => BrokerSettings::Memory,
+        BrokerConfig::Memory {} => BrokerSettings::Memory,
         BrokerConfig::Nats {
             url,
             prefix,

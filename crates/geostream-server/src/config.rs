@@ -329,12 +329,13 @@ impl Default for ChannelsConfig {
 }
 
 /// Which broker to use.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BrokerConfig {
-    /// In-process: one node, no outside service, history in memory. The default.
-    #[default]
-    Memory,
+    /// In-process: one node, no outside service, history in memory. The default. A table
+    /// with braces, not a unit, so that a key of another broker (`url` without
+    /// `type = "nats"`) is refused rather than ignored.
+    Memory {},
     /// NATS with JetStream, for several nodes (`type = "nats"`): every node of a deployment
     /// points at the same NATS with the same `prefix`. Channel history lives in JetStream
     /// (file storage, `channels.history_size` / `history_ttl_secs` per channel).
@@ -365,6 +366,12 @@ pub enum BrokerConfig {
         #[serde(default)]
         write_owner: WriteOwner,
     },
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig::Memory {}
+    }
 }
 
 fn default_forward_writes() -> bool {
@@ -1126,10 +1133,14 @@ fn explain(err: figment::Error, sources: &[Source], merged: &toml::Table) -> Con
                         .and_then(|t| t.get("type"))
                         .and_then(|t| t.as_str())
                         .unwrap_or_default();
-                    line.push_str(&format!(
-                        "; {table}.type = {ty:?} takes {}",
-                        figment::error::OneOf(expected)
-                    ));
+                    if expected.is_empty() {
+                        line.push_str(&format!("; {table}.type = {ty:?} takes no other key"));
+                    } else {
+                        line.push_str(&format!(
+                            "; {table}.type = {ty:?} takes {}",
+                            figment::error::OneOf(expected)
+                        ));
+                    }
                     let others: Vec<String> = types_of(table)
                         .into_iter()
                         .filter(|t| *t != ty)
@@ -1456,6 +1467,14 @@ mod tests {
             .to_string();
         assert!(
             e.contains("`layers.lock_grace_ms`") && e.contains("(set in the environment)"),
+            "{e}"
+        );
+        // The in-process broker takes no keys: NATS's are refused, not ignored.
+        let e = load(None, &[("GEOSTREAM_BROKER__URL", "nats://n1:4222")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown key `broker.url` (set in the environment); broker.type = \"memory\" takes no other key (`url` belongs to broker.type = \"nats\")"),
             "{e}"
         );
         // A bad value inside a typed table names its key, not only the table.

@@ -153,7 +153,7 @@ impl Geofences {
         }
         match &self.config.broker {
             BrokerConfig::Nats { url, .. } => Some(url.clone()),
-            BrokerConfig::Memory => None,
+            BrokerConfig::Memory {} => None,
         }
     }
 
